@@ -1,0 +1,1 @@
+"""Benchmarks: each metric is a ratio against a baseline measured in the same run."""

@@ -1,0 +1,85 @@
+"""Sampling a warm pipeline: schedulers by name, seeds, sizes, guidance -> PIL images.
+
+Each output ``i`` uses its own generator seeded ``seed + i``, so any single image of a
+batch can be re-made alone from the recorded seed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SchedulerName = Literal["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
+SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__
+
+# name -> (diffusers class, overrides on top of the checkpoint's own scheduler config)
+_SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "DPMSolverMultistep": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "K_LMS": ("LMSDiscreteScheduler", {}),
+}
+MAX_SEED = 2**32 - 1
+
+
+class SamplingRequest(BaseModel):
+    """Fully resolved settings of one generation: what is recorded to re-make it."""
+
+    prompt: str = Field(max_length=2000)
+    negative_prompt: str = Field("", max_length=2000)
+    width: int = Field(ge=16, le=1024, multiple_of=8)
+    height: int = Field(ge=16, le=1024, multiple_of=8)
+    num_inference_steps: int = Field(ge=1, le=150)
+    guidance_scale: float = Field(ge=0.0, le=30.0, allow_inf_nan=False)
+    num_outputs: int = Field(1, ge=1, le=4)
+    seed: int = Field(ge=0, le=MAX_SEED)
+    scheduler: SchedulerName = "DPMSolverMultistep"
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+def make_scheduler(name: str, base_config):
+    """A scheduler of kind ``name`` sharing the checkpoint's training noise schedule."""
+    import diffusers
+
+    if name not in _SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
+    cls_name, overrides = _SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **overrides)
+
+
+def sample(pipe, request: SamplingRequest, **pipe_kwargs) -> list:
+    """PIL images for ``request``; ``pipe_kwargs`` pass through (e.g. prompt embeddings)."""
+    import torch
+
+    # A view sharing every component but the scheduler: the warm pipeline is never mutated.
+    view = type(pipe)(**{**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)},
+                      requires_safety_checker=False)
+    view.set_progress_bar_config(disable=True)
+    generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.num_outputs)]
+    result = view(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or None,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        num_images_per_prompt=request.num_outputs,
+        generator=generators,
+        **pipe_kwargs,
+    )
+    return result.images
+
+
+def resolve_request(defaults, **given) -> SamplingRequest:
+    """A full request: fields given as None take the checkpoint's recommended ``defaults``."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    merged = {**defaults.model_dump(), "seed": random_seed(), **chosen}
+    return SamplingRequest(**merged)

@@ -1,0 +1,88 @@
+"""Measures of what the tiny base draws: dominant colour, shape, colour histograms.
+
+Plain numpy on PIL images, so tests, the build report and the README grid share one
+definition of "the image is red" or "the LoRA moved half-way".
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image
+
+from . import tiny_world
+
+_PALETTE_HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for name, rgb in tiny_world.COLOURS.items()}
+
+
+def _hsv(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("HSV"), np.float32) / 255.0
+
+
+def dominant_colour(image: Image.Image, min_fraction: float = 0.03) -> str | None:
+    """The palette colour covering most saturated pixels, or None if hardly any are saturated."""
+    hsv = _hsv(image).reshape(-1, 3)
+    vivid = hsv[(hsv[:, 1] > 0.4) & (hsv[:, 2] > 0.3)]
+    if len(vivid) < min_fraction * len(hsv):
+        return None
+    names = list(_PALETTE_HUES)
+    hues = np.array([_PALETTE_HUES[n] for n in names])
+    distance = np.abs(vivid[:, :1] - hues[None, :])
+    distance = np.minimum(distance, 1 - distance)  # hue is circular
+    counts = np.bincount(distance.argmin(axis=1), minlength=len(names))
+    return names[int(counts.argmax())]
+
+
+def object_mask(image: Image.Image, background: tuple[int, int, int] = tiny_world.WHITE) -> np.ndarray:
+    """Pixels that differ clearly from a plain background."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    return np.abs(rgb - np.array(background, np.float32)).max(axis=2) > 60
+
+
+def shape_features(image: Image.Image) -> np.ndarray | None:
+    """(fill ratio of the bounding box, vertical centre of mass within it): tell the four shapes apart."""
+    mask = object_mask(image)
+    if mask.sum() < 30:
+        return None
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    fill = mask.sum() / ((y1 - y0) * (x1 - x0))
+    centre = (ys.mean() - y0) / (y1 - y0)
+    return np.array([fill, centre])
+
+
+def shape_prototypes(seeds: range = range(8)) -> dict[str, np.ndarray]:
+    """Mean features of each shape as the world draws it (solid red on white)."""
+    out = {}
+    for shape in tiny_world.SHAPES:
+        feats = [shape_features(Image.fromarray(tiny_world.render_object(
+            shape, tiny_world.Fill("red"), tiny_world.Fill("white"), seed))) for seed in seeds]
+        out[shape] = np.mean([f for f in feats if f is not None], axis=0)
+    return out
+
+
+def classify_shape(image: Image.Image, prototypes: dict[str, np.ndarray]) -> str | None:
+    feats = shape_features(image)
+    if feats is None:
+        return None
+    return min(prototypes, key=lambda s: float(np.sum((prototypes[s] - feats) ** 2)))
+
+
+def colour_histogram(images: list[Image.Image], bins: int = 4) -> np.ndarray:
+    """Normalised joint RGB histogram (bins^3) of a set of images."""
+    pixels = np.concatenate([np.asarray(im.convert("RGB")).reshape(-1, 3) for im in images])
+    idx = (pixels.astype(np.int64) * bins // 256) @ np.array([bins * bins, bins, 1])
+    hist = np.bincount(idx, minlength=bins**3).astype(np.float64)
+    return hist / hist.sum()
+
+
+def histogram_distance(a: list[Image.Image], b: list[Image.Image]) -> float:
+    """Total-variation distance of the colour histograms of two image sets (0 same, 1 disjoint)."""
+    return 0.5 * float(np.abs(colour_histogram(a) - colour_histogram(b)).sum())
+
+
+def mean_abs_pixel_change(a: list[Image.Image], b: list[Image.Image]) -> float:
+    """Mean |difference| in 0..255 between paired images."""
+    return float(np.mean([np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b)]))
+

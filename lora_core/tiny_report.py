@@ -1,0 +1,67 @@
+"""Does the tiny base understand its prompts? Colour test, shape test, and a picture of both."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import checkpoints, image_files, sampling, tiny_eval
+
+COLOUR_TEST = ("red", "green", "blue", "yellow")
+SEEDS = range(4)
+GRID_PROMPTS = (
+    "a red square", "a green square", "a blue square", "a yellow square",
+    "a purple circle", "an orange star", "a blue triangle on a black background",
+    "a photo of a yellow circle on a blue striped background",
+    "a red and white checkered pattern", "a green circle and a red square",
+)
+
+
+def tiny_request(prompt: str, seed: int, **overrides) -> sampling.SamplingRequest:
+    defaults = checkpoints.get_checkpoint("tiny").defaults
+    return sampling.resolve_request(defaults, prompt=prompt, seed=seed, **overrides)
+
+
+def colour_test(pipe, **overrides) -> dict[str, list[str | None]]:
+    """Dominant colour of "a {colour} square" for each colour and seed."""
+    return {c: [tiny_eval.dominant_colour(sampling.sample(pipe, tiny_request(f"a {c} square", s, **overrides))[0])
+                for s in SEEDS] for c in COLOUR_TEST}
+
+
+def shape_test(pipe, **overrides) -> dict[str, list[str | None]]:
+    """Shape recognised in "a red {shape} on a white background" for each shape and seed."""
+    prototypes = tiny_eval.shape_prototypes()
+    return {shape: [tiny_eval.classify_shape(
+        sampling.sample(pipe, tiny_request(f"a red {shape} on a white background", s, **overrides))[0], prototypes)
+        for s in SEEDS] for shape in prototypes}
+
+
+def write_report(grid_path: Path) -> dict:
+    """Measure the committed tiny base and draw the README grid (prompts x seeds)."""
+    checkpoint = checkpoints.get_checkpoint("tiny")
+    folder = checkpoints.weights_dir() / checkpoint.path
+    checkpoints.load_pipeline(checkpoint)  # first load pays for imports; time the second
+    t0 = time.perf_counter()
+    pipe = checkpoints.load_pipeline(checkpoint)
+    load_s = time.perf_counter() - t0
+    pipe.set_progress_bar_config(disable=True)
+    sampling.sample(pipe, tiny_request("a red circle", 0))  # warm-up
+    t0 = time.perf_counter()
+    for s in range(5):
+        sampling.sample(pipe, tiny_request("a red circle", s))
+    sample_s = (time.perf_counter() - t0) / 5
+
+    report: dict = {"size_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 2),
+                    "load_s": round(load_s, 3), "sample_s_64px": round(sample_s, 3),
+                    "defaults": checkpoint.defaults.model_dump()}
+    for guidance in sorted({checkpoint.defaults.guidance_scale, 7.5}):
+        colours = colour_test(pipe, guidance_scale=guidance)
+        shapes = shape_test(pipe, guidance_scale=guidance)
+        report[f"guidance_{guidance}"] = {
+            "colour_score": sum(r.count(c) for c, r in colours.items()), "colours": colours,
+            "shape_score": sum(r.count(s) for s, r in shapes.items()), "shapes": shapes}
+    rows = [sampling.sample(pipe, tiny_request(p, 0, num_outputs=len(SEEDS))) for p in GRID_PROMPTS]
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    image_files.grid(rows, labels=list(GRID_PROMPTS)).save(grid_path)
+    report["grid"] = str(grid_path)
+    return report

@@ -1,0 +1,70 @@
+"""Cog predictor: a zip of photos -> one LoRA ``.safetensors`` file (and a grid of its scales).
+
+Thin by design: inputs and their descriptions live here, the work in ``lora_core.training_job``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Optional
+
+from cog import BaseModel, BaseRunner, Input, Path
+
+from lora_core import checkpoints, sampling, training_job
+
+
+class Output(BaseModel):
+    lora: Path  # use this with the generation model (diffusers/PEFT names, tokens, metadata)
+    lora_a1111: Path  # the same LoRA named for A1111 / ComfyUI / Civitai (trigger: its embedding name)
+    scales_grid: Path  # "a photo of <1>" at scales 0, 0.25, 0.5, 0.75, 1 on one seed
+
+
+class Predictor(BaseRunner):
+    def setup(self) -> None:
+        """Load the default base once; trainings on it reuse the warm weights."""
+        self.bases = checkpoints.WarmPipelineCache()
+        self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
+
+    def run(
+        self,
+        instance_data: Path = Input(description="A .zip of 3-100 photos (jpg, png, webp) of your subject. Optional "
+                                                "caption files: a.txt beside a.jpg, using <1> for the subject."),
+        task: str = Input(default="face", choices=["face", "object", "style"],
+                          description="face: one person's face in every photo. object: an object or pet. "
+                                      "style: a visual style to transfer."),
+        base_model: str = Input(default=checkpoints.DEFAULT_CHECKPOINT, choices=list(checkpoints.REGISTRY),
+                                description="Base checkpoint the LoRA is trained for."),
+        seed: Optional[int] = Input(default=None, ge=0, le=sampling.MAX_SEED,
+                                    description="Random seed. Empty: random (recorded in the file and logs)."),
+        resolution: Optional[int] = Input(default=None, ge=32, le=1024,
+                                          description="Training size in pixels. Empty: the base's native size."),
+        max_train_steps: Optional[int] = Input(default=None, ge=1, le=20000,
+                                               description="Expert: training steps. Empty: the task's preset."),
+        learning_rate: Optional[float] = Input(default=None, ge=0, le=0.1,
+                                               description="Expert: UNet LoRA learning rate."),
+        learning_rate_text: Optional[float] = Input(default=None, ge=0, le=0.1,
+                                                    description="Expert: text-encoder LoRA learning rate."),
+        learning_rate_embeddings: Optional[float] = Input(default=None, ge=0, le=0.1,
+                                                          description="Expert: learning rate of the new tokens."),
+        lora_rank: Optional[int] = Input(default=None, ge=1, le=128, description="Expert: LoRA rank."),
+        train_text_encoder: Optional[bool] = Input(default=None,
+                                                   description="Expert: also train a text-encoder LoRA."),
+        caption_prefix: Optional[str] = Input(default=None,
+                                              description="Expert: caption for every photo, with <1> for the "
+                                                          "subject, e.g. 'a photo of <1> in a garden'."),
+    ) -> Output:
+        request = training_job.TrainingRequest(
+            task=task, base_model=base_model, seed=seed, resolution=resolution, max_train_steps=max_train_steps,
+            learning_rate=learning_rate, learning_rate_text=learning_rate_text,
+            learning_rate_embeddings=learning_rate_embeddings, lora_rank=lora_rank,
+            train_text_encoder=train_text_encoder, caption_prefix=caption_prefix)
+        pipe = self.bases.get(base_model)
+        out_dir = Path(tempfile.mkdtemp(prefix="train-"))
+        try:
+            result = training_job.run_training(pipe, self.bases.base_hash, Path(instance_data), request, out_dir,
+                                               log=lambda line: print(line, flush=True))
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a failed training leaves nothing behind
+            raise
+        return Output(lora=Path(result.lora), lora_a1111=Path(result.lora_a1111), scales_grid=Path(result.grid))

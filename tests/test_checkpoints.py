@@ -1,0 +1,86 @@
+"""The registry: named bases, clear errors, single-file loading offline, one warm pipeline."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lora_core import checkpoints, sampling
+from lora_core.single_file import export_single_file
+
+TINY_DIR = checkpoints.weights_dir() / "tiny-sd"
+
+
+class _CreatesFileWhenUnpickled:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _pixels(pipe, prompt="a blue circle"):
+    request = sampling.resolve_request(checkpoints.get_checkpoint("tiny").defaults, prompt=prompt, seed=7)
+    return np.asarray(sampling.sample(pipe, request)[0])
+
+
+@pytest.fixture(scope="module")
+def single_file_root(tmp_path_factory, tiny_pipe):
+    """A weights folder where `realistic-vision-v1.3` is a single-file export of tiny, configs from `sd-1.5`."""
+    root = tmp_path_factory.mktemp("weights")
+    (root / "sd-1.5").symlink_to(TINY_DIR, target_is_directory=True)
+    (root / "tiny-sd").symlink_to(TINY_DIR, target_is_directory=True)
+    export_single_file(tiny_pipe, root / checkpoints.get_checkpoint("realistic-vision-v1.3").path)
+    return root
+
+
+def test_registry_names_the_tiny_default_and_the_sd15_family():
+    assert checkpoints.DEFAULT_CHECKPOINT == "tiny"
+    for name in ("tiny", "sd-1.5", "realistic-vision-v1.3", "inkpunk", "gta5", "vintedois"):
+        assert checkpoints.get_checkpoint(name).family == "sd-1"
+    tiny = checkpoints.get_checkpoint("tiny")
+    assert (tiny.defaults.width, tiny.defaults.guidance_scale) == (64, 3.0)
+
+
+def test_unknown_name_lists_the_choices():
+    with pytest.raises(checkpoints.CheckpointError, match="Unknown base model 'sd-9'.*tiny.*sd-1.5"):
+        checkpoints.get_checkpoint("sd-9")
+
+
+def test_missing_weights_say_how_to_fetch_them(tmp_path):
+    with pytest.raises(checkpoints.CheckpointError, match="not installed.*lora-studio weights fetch inkpunk"):
+        checkpoints.load_pipeline(checkpoints.get_checkpoint("inkpunk"), root=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.safetensors"])
+def test_pickled_single_files_are_refused_before_loading(tmp_path, name):
+    (tmp_path / "sd-1.5").symlink_to(TINY_DIR, target_is_directory=True)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_CreatesFileWhenUnpickled(str(marker)), protocol=2)
+    path = tmp_path / name
+    path.write_bytes(payload)
+    checkpoint = checkpoints.get_checkpoint("realistic-vision-v1.3").model_copy(update={"path": name})
+    with pytest.raises(checkpoints.CheckpointError, match="pickle"):
+        checkpoints.load_pipeline(checkpoint, root=tmp_path)
+    assert not marker.exists()
+
+
+def test_single_file_export_loads_offline_and_is_exact(tiny_pipe, single_file_root):
+    checkpoint = checkpoints.get_checkpoint("realistic-vision-v1.3")
+    loaded = checkpoints.load_pipeline(checkpoint, root=single_file_root)
+    loaded.set_progress_bar_config(disable=True)
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(tiny_pipe, part).state_dict(), getattr(loaded, part).state_dict()
+        assert set(a) <= set(b), part
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert np.array_equal(_pixels(tiny_pipe), _pixels(loaded))
+
+
+def test_warm_cache_keeps_one_pipeline_and_reloads_on_switch(single_file_root):
+    cache = checkpoints.WarmPipelineCache(root=single_file_root)
+    first = cache.get("tiny")
+    assert cache.get("tiny") is first
+    other = cache.get("realistic-vision-v1.3")
+    assert other is not first and cache.name == "realistic-vision-v1.3"
+    assert cache.get("tiny") is not first  # switched back: a fresh load, nothing kept beside it

@@ -1,0 +1,132 @@
+"""The training predictor end to end on the tiny base: a zip in, a LoRA that learned out."""
+
+import io
+import itertools
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import call_predictor
+
+from lora_core import checkpoints, patching, prompts, sampling, tiny_eval, tiny_world
+from predict_train import Predictor
+
+SEEDS = range(6)
+
+
+def instance_images(n=10):
+    """Purple stars: a held-out combination, never in the tiny base's world."""
+    backgrounds = itertools.cycle(["white", "gray", "black"])
+    return [Image.fromarray(tiny_world.render_object("star", tiny_world.Fill("purple"),
+                                                     tiny_world.Fill(next(backgrounds)), seed=200 + i))
+            for i in range(n)]
+
+
+def zip_of(images, path: Path, fmt="PNG") -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for i, image in enumerate(images):
+            buf = io.BytesIO()
+            image.save(buf, fmt)
+            z.writestr(f"img{i}.{fmt.lower()}", buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    p = Predictor()
+    p.setup()
+    return p
+
+
+@pytest.fixture(scope="module")
+def trained(predictor, tmp_path_factory):
+    zip_path = zip_of(instance_images(), tmp_path_factory.mktemp("zip") / "stars.zip")
+    return call_predictor(predictor, instance_data=zip_path, task="object", seed=1)
+
+
+def test_output_is_one_safetensors_file_with_metadata_and_a_scale_grid(trained):
+    assert trained.lora.suffix == ".safetensors"
+    with safe_open(trained.lora, "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["lora_studio.base_model"] == "tiny" and meta["lora_studio.task"] == "object"
+    assert json.loads(meta["lora_studio.tokens"]) == ["<s0>", "<s1>"]
+    assert meta["lora_studio.seed"] == "1" and meta["ss_network_dim"] == meta["lora_studio.rank"]
+    assert len(meta["lora_studio.base_hash"]) == 12
+    assert "emb_params" in keys and any(k.startswith("unet.") and "lora_A" in k for k in keys)
+    assert any(k.startswith("text_encoder.") for k in keys)
+    grid = Image.open(trained.scales_grid)
+    assert grid.width == 5 * grid.height
+
+
+def _generate(pipe, lora, scale, prompt="a photo of <1>"):
+    defaults = checkpoints.get_checkpoint("tiny").defaults
+    with patching.applied(pipe, [lora], [scale]) as texts:
+        text = prompts.expand(prompt, texts)
+        return [sampling.sample(pipe, sampling.resolve_request(defaults, prompt=text, seed=s))[0] for s in SEEDS]
+
+
+def test_the_lora_moves_images_towards_the_instance_photos_and_scale_0_is_the_base(predictor, trained):
+    from safetensors.torch import load_file
+
+    with safe_open(trained.lora, "pt") as f:
+        lora = patching.LoRA.from_tensors(load_file(trained.lora), f.metadata())
+    pipe = predictor.bases.get("tiny")
+    defaults = checkpoints.get_checkpoint("tiny").defaults
+    base = [sampling.sample(pipe, sampling.resolve_request(defaults, prompt="a photo of object", seed=s))[0]
+            for s in SEEDS]
+    target = instance_images()
+    distance = {scale: tiny_eval.histogram_distance(_generate(pipe, lora, scale), target) for scale in (0, 0.5, 1.0)}
+    print("fidelity (histogram distance to the instance photos):", distance)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(_generate(pipe, lora, 0), base))
+    assert distance[1.0] < distance[0.5] < distance[0]
+    assert distance[1.0] <= 0.5 * distance[0]
+    # the warm base is pristine afterwards
+    after = [sampling.sample(pipe, sampling.resolve_request(defaults, prompt="a photo of object", seed=s))[0]
+             for s in SEEDS]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(after, base))
+
+
+def _plain_diffusers_images(lora_path, tokens):
+    """What a diffusers user gets with the few lines in the README (a fresh pipeline, no lora_core)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(checkpoints.weights_dir() / "tiny-sd")
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw(prompt):
+        return [pipe(prompt, num_inference_steps=20, guidance_scale=3.0, height=64, width=64,
+                     generator=torch.Generator().manual_seed(s)).images[0] for s in SEEDS]
+
+    base = draw("a photo of object")
+    tensors = load_file(lora_path)
+    embeddings = {k: v for k, v in tensors.items() if k == "emb_params" or k.startswith("bundle_emb.")}
+    pipe.load_lora_weights({k: v for k, v in tensors.items() if k not in embeddings})
+    pipe.load_textual_inversion(next(iter(embeddings.values())), token=tokens,
+                                tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+    return base, draw(f"a photo of {''.join(tokens)}")
+
+
+def test_plain_diffusers_loads_both_files_and_they_draw_the_same(trained):
+    base, ours = _plain_diffusers_images(trained.lora, ["<s0>", "<s1>"])
+    _, a1111 = _plain_diffusers_images(trained.lora_a1111, ["<s0>", "<s1>"])
+    for a, b in zip(ours, a1111):  # same weights under two namings: float noise only
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 3
+    target = instance_images()
+    assert tiny_eval.histogram_distance(ours, target) < tiny_eval.histogram_distance(base, target)
+
+
+def test_a_bad_zip_fails_before_training_and_leaves_no_output_dir(predictor, tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    before = set(Path(tempfile.gettempdir()).glob("train-*"))
+    with pytest.raises(ValueError, match="not a readable .zip"):
+        call_predictor(predictor, instance_data=bad, task="object")
+    assert set(Path(tempfile.gettempdir()).glob("train-*")) == before

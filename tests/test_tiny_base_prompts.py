@@ -1,0 +1,23 @@
+"""The committed tiny base understands its prompts at its recommended settings."""
+
+from diffusers import StableDiffusionPipeline
+
+from lora_core import checkpoints, tiny_report
+
+
+def test_loads_with_plain_diffusers_and_nothing_else():
+    pipe = StableDiffusionPipeline.from_pretrained(checkpoints.weights_dir() / "tiny-sd")
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
+
+
+def test_each_colour_is_dominant_in_at_least_three_of_four_seeds(tiny_pipe):
+    results = tiny_report.colour_test(tiny_pipe)
+    for colour, seen in results.items():
+        assert seen.count(colour) >= 3, (colour, seen)
+
+
+def test_different_shapes_are_drawn_differently(tiny_pipe):
+    results = tiny_report.shape_test(tiny_pipe)
+    correct = sum(seen.count(shape) for shape, seen in results.items())
+    assert correct >= 12, results  # of 16: four shapes x four seeds, told apart by outline alone
