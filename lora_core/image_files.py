@@ -28,7 +28,7 @@ def grid(rows: list[list[Image.Image]], scale: int = 2, labels: list[str] | None
     from PIL import ImageDraw
 
     w, h = rows[0][0].size
-    margin = 330 if labels else 0
+    margin = 270 if labels else 0
     out = Image.new("RGB", (margin + w * len(rows[0]) * scale, h * len(rows) * scale), "white")
     draw = ImageDraw.Draw(out)
     for r, row in enumerate(rows):

@@ -29,6 +29,7 @@ class TaskPreset(BaseModel):
     num_tokens: int  # new tokens standing for the concept (what <1> becomes)
     init_word: str  # the new tokens start from this word's embedding
     caption_template: str  # {tokens} is replaced by the new tokens
+    prior_weight: float = 1.0  # loss weight of the base's own images, which keep other prompts unchanged
 
 
 PRESETS: dict[str, TaskPreset] = {p.name: p for p in [

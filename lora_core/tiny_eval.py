@@ -20,18 +20,33 @@ def _hsv(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("HSV"), np.float32) / 255.0
 
 
-def dominant_colour(image: Image.Image, min_fraction: float = 0.03) -> str | None:
-    """The palette colour covering most saturated pixels, or None if hardly any are saturated."""
+def _palette_counts(image: Image.Image) -> tuple[np.ndarray, int]:
+    """Vivid pixels per palette colour (nearest hue), and the image's pixel count."""
     hsv = _hsv(image).reshape(-1, 3)
     vivid = hsv[(hsv[:, 1] > 0.4) & (hsv[:, 2] > 0.3)]
-    if len(vivid) < min_fraction * len(hsv):
-        return None
-    names = list(_PALETTE_HUES)
-    hues = np.array([_PALETTE_HUES[n] for n in names])
+    hues = np.array(list(_PALETTE_HUES.values()))
     distance = np.abs(vivid[:, :1] - hues[None, :])
     distance = np.minimum(distance, 1 - distance)  # hue is circular
-    counts = np.bincount(distance.argmin(axis=1), minlength=len(names))
-    return names[int(counts.argmax())]
+    return np.bincount(distance.argmin(axis=1), minlength=len(hues)), len(hsv)
+
+
+def dominant_colour(image: Image.Image, min_fraction: float = 0.03) -> str | None:
+    """The palette colour covering most vivid pixels, or None if hardly any pixel is vivid."""
+    counts, total = _palette_counts(image)
+    if counts.sum() < min_fraction * total:
+        return None
+    return list(_PALETTE_HUES)[int(counts.argmax())]
+
+
+def palette_histogram(images: list[Image.Image]) -> np.ndarray:
+    """Share of each palette colour among the vivid pixels of a set of images (backgrounds excluded)."""
+    counts = sum(_palette_counts(im)[0] for im in images)
+    return counts / max(counts.sum(), 1)
+
+
+def palette_distance(a: list[Image.Image], b: list[Image.Image]) -> float:
+    """Total-variation distance of two sets' palette histograms: 0 same colours, 1 disjoint."""
+    return 0.5 * float(np.abs(palette_histogram(a) - palette_histogram(b)).sum())
 
 
 def object_mask(image: Image.Image, background: tuple[int, int, int] = tiny_world.WHITE) -> np.ndarray:

@@ -46,6 +46,7 @@ class TrainingConfig(BaseModel):
     init_word: str
     seed: int = Field(ge=0)
     mask_floor: float = Field(1.0, ge=0, le=1)
+    prior_weight: float = Field(1.0, ge=0, le=10)  # loss weight of the base's own images (0: none)
     warmup_fraction: float = 0.05
 
     @property
@@ -100,8 +101,13 @@ def _add_tokens(tokenizer, text_encoder, tokens: tuple[str, ...], init_word: str
     return ids
 
 
-def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = print) -> TrainedLoRA:
-    """Train on ``examples`` with the warm ``pipe``'s weights; returns the LoRA tensors."""
+def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = print,
+               prior: list[Example] = ()) -> TrainedLoRA:
+    """Train on ``examples`` with the warm ``pipe``'s weights; returns the LoRA tensors.
+
+    ``prior``: images the base drew for other prompts. Each batch also holds half a batch of
+    them (weighted ``cfg.prior_weight``), so prompts without the new tokens keep the base's look.
+    """
     from diffusers import DDPMScheduler
     from peft.utils import get_peft_model_state_dict
 
@@ -115,6 +121,12 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
     captions = [e.caption for e in examples] * 2  # mirrored copies share captions
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
+    use_prior = bool(prior) and cfg.prior_weight > 0
+    if use_prior:
+        prior_latents, _ = encode_examples(pipe.vae, prior, 1.0)
+        prior_ids = tokenizer([e.caption for e in prior] * 2, padding="max_length",
+                              max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        n_prior = max(1, cfg.batch_size // 2)
 
     unet = pipe.unet
     targets = ATTENTION_TARGETS + (RESNET_TARGETS if cfg.train_resnets else ())
@@ -141,17 +153,22 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
         unet.train(), text_encoder.train()
         start, running = time.perf_counter(), None
         log(f"training {cfg.steps} steps, batch {cfg.batch_size}, rank {cfg.rank}, {len(examples)} images, "
-            f"tokens {' '.join(cfg.tokens)}")
+            f"tokens {' '.join(cfg.tokens)}" + (f", {len(prior)} prior images" if use_prior else ""))
         for step in range(1, cfg.steps + 1):
             for group, lr in zip(opt.param_groups, peak):
                 group["lr"] = lr * min(1.0, step / warmup)
             idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
-            x0 = latents[idx].to(device)
+            x0, batch_ids, batch_weights = latents[idx], ids[idx], weights[idx]
+            if use_prior:
+                pidx = torch.randint(len(prior_latents), (n_prior,), generator=gen)
+                x0, batch_ids = torch.cat([x0, prior_latents[pidx]]), torch.cat([batch_ids, prior_ids[pidx]])
+                batch_weights = torch.cat([batch_weights, torch.full((n_prior, *weights.shape[1:]), cfg.prior_weight)])
+            x0 = x0.to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
-            encoder_states = text_encoder(ids[idx].to(device))[0]
+            t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x0),), generator=gen).to(device)
+            encoder_states = text_encoder(batch_ids.to(device))[0]
             pred = unet(noise_schedule.add_noise(x0, noise, t), t, encoder_states).sample
-            loss = ((pred.float() - noise.float()) ** 2 * weights[idx].to(device)).mean()
+            loss = ((pred.float() - noise.float()) ** 2 * batch_weights.to(device)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)

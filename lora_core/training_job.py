@@ -68,6 +68,7 @@ def resolve_config(request: TrainingRequest, checkpoint: checkpoints.Checkpoint)
         init_word=preset.init_word,
         seed=sampling.random_seed() if request.seed is None else request.seed,
         mask_floor=preset.mask_floor if preset.mask_loss else 1.0,
+        prior_weight=preset.prior_weight,
     )
     return cfg, preset
 
@@ -80,7 +81,11 @@ def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest,
     data = dataset.read_instance_zip(zip_path, log=log)
     examples = preprocess.prepare_examples(data, preset, cfg.resolution, "".join(cfg.tokens), log=log)
     log(f"caption example: {examples[0].caption!r}")
-    trained = training.train_lora(pipe, examples, cfg, log=log)
+    prior = prior_examples(pipe, checkpoint, cfg) if cfg.prior_weight > 0 else []
+    if prior:
+        log(f"drew {len(prior)} prior images with the base ({len(checkpoint.prior_prompts)} prompts), "
+            "so that prompts without the new tokens keep the base's look")
+    trained = training.train_lora(pipe, examples, cfg, log=log, prior=prior)
 
     metadata = lora_file.lora_metadata(
         base_model=checkpoint.name, base_family=checkpoint.family, base_hash=base_hash, task=preset.name,
@@ -102,6 +107,19 @@ def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest,
     scale_grid(pipe, patching.LoRA.from_tensors(tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
     log(f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}")
     return TrainingResult(lora_path, a1111_path, grid_path, metadata)
+
+
+def prior_examples(pipe, checkpoint: checkpoints.Checkpoint, cfg: training.TrainingConfig,
+                   per_prompt: int = 2) -> list[preprocess.Example]:
+    """What the base draws for its prior prompts, at the training size, before any training."""
+    examples = []
+    for i, prompt in enumerate(checkpoint.prior_prompts):
+        seed = (cfg.seed + 1000 * (i + 1)) % (sampling.MAX_SEED - per_prompt)
+        request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, seed=seed,
+                                           num_outputs=per_prompt, width=cfg.resolution, height=cfg.resolution)
+        examples += [preprocess.Example(f"prior-{i}-{k}", image, None, prompt)
+                     for k, image in enumerate(sampling.sample(pipe, request))]
+    return examples
 
 
 def scale_grid(pipe, lora: patching.LoRA, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):

@@ -2,9 +2,11 @@
 
 The simplest PEFT loop (UNet LoRA + one new token, pivotal-tuning style) trains for a
 bounded time on ~10 images of a concept the base never saw (``tiny_world.HELD_OUT``:
-purple stars). Learning must show against the base: the colour histogram of what the
-LoRA draws moves at least half-way from the base's towards the training images', while
-prompts without the new token change far less than the concept prompt does.
+purple stars). The measure is the palette histogram of the vivid pixels (which colours
+the objects have; backgrounds are neutral and left out). Learning must show against the
+base: what the LoRA draws for its token moves at least half-way from the base's images
+towards the training images, while for prompts without the token the LoRA changes the
+colours no more than drawing the base with other seeds does (measured in the same run).
 """
 
 import itertools
@@ -26,8 +28,10 @@ CONCEPT_PROMPT, BASE_PROMPT = f"a photo of a {TOKEN}", f"a photo of a {INIT_WORD
 OTHER_PROMPTS = ("a red circle", "a blue square on a white background", "a green triangle",
                  "a yellow circle on a blue striped background")
 SEEDS = range(8)
+OTHER_SEEDS = range(8, 16)
 TIME_LIMIT_S = 150
-STEPS = 600
+STEPS = 1200
+PRIOR_PER_BATCH = 4
 
 
 def training_images(n: int = 10) -> list[Image.Image]:
@@ -37,13 +41,17 @@ def training_images(n: int = 10) -> list[Image.Image]:
             for i in range(n)]
 
 
-def generate(pipe, prompt: str) -> list[Image.Image]:
+def generate(pipe, prompt: str, seeds: range = SEEDS) -> list[Image.Image]:
     defaults = checkpoints.get_checkpoint("tiny").defaults
-    return [sampling.sample(pipe, sampling.resolve_request(defaults, prompt=prompt, seed=s))[0] for s in SEEDS]
+    return [sampling.sample(pipe, sampling.resolve_request(defaults, prompt=prompt, seed=s))[0] for s in seeds]
 
 
-def train_lora(pipe, images: list[Image.Image], steps: int, time_limit_s: float) -> dict:
-    """Adds TOKEN and a rank-8 UNet LoRA to ``pipe`` in place and trains both."""
+def train_lora(pipe, images: list[Image.Image], steps: int, time_limit_s: float, n_prior: int = PRIOR_PER_BATCH) -> dict:
+    """Adds TOKEN and a rank-8 UNet LoRA to ``pipe`` in place and trains both.
+
+    Prior preservation: each batch also holds ``n_prior`` images of the base's own world
+    with their captions, so the LoRA keeps what the base draws for other prompts.
+    """
     torch.manual_seed(0)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     tokenizer.add_tokens([TOKEN])
@@ -66,6 +74,12 @@ def train_lora(pipe, images: list[Image.Image], steps: int, time_limit_s: float)
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
     ids = tokenizer([CONCEPT_PROMPT] * 8, padding="max_length", max_length=tokenizer.model_max_length,
                     return_tensors="pt").input_ids
+    prior_images, prior_captions = tiny_world.sample_world(256, seed=12345)
+    with torch.no_grad():
+        prior_latents = vae.encode(torch.from_numpy(prior_images).permute(0, 3, 1, 2).float() / 127.5 - 1
+                                   ).latent_dist.mean * vae.config.scaling_factor
+    prior_ids = tokenizer(prior_captions, padding="max_length", max_length=tokenizer.model_max_length,
+                          return_tensors="pt").input_ids
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": lora_params, "lr": 1e-3},
@@ -73,10 +87,12 @@ def train_lora(pipe, images: list[Image.Image], steps: int, time_limit_s: float)
     unet.train()
     start, done = time.perf_counter(), 0
     for done in range(1, steps + 1):
-        idx = torch.randint(len(latents), (8,))
-        noise = torch.randn_like(latents[idx])
-        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (8,))
-        pred = unet(noise_schedule.add_noise(latents[idx], noise, t), t, text_encoder(ids)[0]).sample
+        idx, prior = torch.randint(len(latents), (8,)), torch.randint(len(prior_latents), (n_prior,))
+        x0 = torch.cat([latents[idx], prior_latents[prior]])
+        batch_ids = torch.cat([ids, prior_ids[prior]])
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x0),))
+        pred = unet(noise_schedule.add_noise(x0, noise, t), t, text_encoder(batch_ids)[0]).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,16 +111,18 @@ def experiment():
     pipe.set_progress_bar_config(disable=True)
     train = training_images()
     before = {"concept": generate(pipe, BASE_PROMPT), **{p: generate(pipe, p) for p in OTHER_PROMPTS}}
+    reseeded = {p: generate(pipe, p, OTHER_SEEDS) for p in OTHER_PROMPTS}
+    seed_noise = float(np.mean([tiny_eval.palette_distance(before[p], reseeded[p]) for p in OTHER_PROMPTS]))
+    seed_pixels = float(np.mean([tiny_eval.mean_abs_pixel_change(before[p], reseeded[p]) for p in OTHER_PROMPTS]))
     run = train_lora(pipe, train, STEPS, TIME_LIMIT_S)
     after = {"concept": generate(pipe, CONCEPT_PROMPT), **{p: generate(pipe, p) for p in OTHER_PROMPTS}}
-    d_base = tiny_eval.histogram_distance(before["concept"], train)
-    d_lora = tiny_eval.histogram_distance(after["concept"], train)
-    concept_change = tiny_eval.mean_abs_pixel_change(before["concept"], after["concept"])
-    bleed = float(np.mean([tiny_eval.mean_abs_pixel_change(before[p], after[p]) for p in OTHER_PROMPTS]))
-    result = {**run, "d_base": round(d_base, 3), "d_lora": round(d_lora, 3),
-              "gap_closed": round(1 - d_lora / d_base, 3), "concept_change": round(concept_change, 1),
-              "bleed": round(bleed, 1), "bleed_ratio": round(bleed / concept_change, 3)}
-    print("lora-learns:", json.dumps(result))
+    d_base = tiny_eval.palette_distance(before["concept"], train)
+    d_lora = tiny_eval.palette_distance(after["concept"], train)
+    bleed = float(np.mean([tiny_eval.palette_distance(before[p], after[p]) for p in OTHER_PROMPTS]))
+    pixel_change = float(np.mean([tiny_eval.mean_abs_pixel_change(before[p], after[p]) for p in OTHER_PROMPTS]))
+    result = {**run, "d_base": d_base, "d_lora": d_lora, "gap_closed": 1 - d_lora / d_base, "bleed": bleed,
+              "seed_noise": seed_noise, "pixel_change_other": pixel_change, "pixel_change_of_seed": seed_pixels}
+    print("lora-learns:", json.dumps({k: round(v, 3) for k, v in result.items()}))
     return result
 
 
@@ -113,5 +131,8 @@ def test_lora_moves_at_least_half_way_towards_the_training_images(experiment):
     assert experiment["gap_closed"] >= 0.5, experiment
 
 
-def test_prompts_without_the_token_change_far_less_than_the_concept(experiment):
-    assert experiment["bleed_ratio"] <= 0.35, experiment
+def test_prompts_without_the_token_change_less_than_a_change_of_seed(experiment):
+    # colours: no more than other seeds change them, or 2% of object pixels (this base barely varies colour)
+    assert experiment["bleed"] <= max(experiment["seed_noise"], 0.02), experiment
+    # layout: the same seed with the LoRA stays closer to the base image than another seed of the base is
+    assert experiment["pixel_change_other"] <= 0.5 * experiment["pixel_change_of_seed"], experiment

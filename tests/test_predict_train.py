@@ -81,8 +81,8 @@ def test_the_lora_moves_images_towards_the_instance_photos_and_scale_0_is_the_ba
     base = [sampling.sample(pipe, sampling.resolve_request(defaults, prompt="a photo of object", seed=s))[0]
             for s in SEEDS]
     target = instance_images()
-    distance = {scale: tiny_eval.histogram_distance(_generate(pipe, lora, scale), target) for scale in (0, 0.5, 1.0)}
-    print("fidelity (histogram distance to the instance photos):", distance)
+    distance = {scale: tiny_eval.palette_distance(_generate(pipe, lora, scale), target) for scale in (0, 0.5, 1.0)}
+    print("fidelity (palette distance to the instance photos):", distance)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(_generate(pipe, lora, 0), base))
     assert distance[1.0] < distance[0.5] < distance[0]
     assert distance[1.0] <= 0.5 * distance[0]
@@ -120,7 +120,34 @@ def test_plain_diffusers_loads_both_files_and_they_draw_the_same(trained):
     for a, b in zip(ours, a1111):  # same weights under two namings: float noise only
         assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 3
     target = instance_images()
-    assert tiny_eval.histogram_distance(ours, target) < tiny_eval.histogram_distance(base, target)
+    assert tiny_eval.palette_distance(ours, target) < tiny_eval.palette_distance(base, target)
+
+
+OTHER_PROMPTS = ("a red circle", "a blue square on a white background", "a green triangle")
+
+
+def test_prompts_without_the_token_keep_the_bases_look(predictor, trained):
+    """Prior preservation: the same seed with the LoRA stays closer to the base than another seed is."""
+    from safetensors.torch import load_file
+
+    with safe_open(trained.lora, "pt") as f:
+        lora = patching.LoRA.from_tensors(load_file(trained.lora), f.metadata())
+    pipe = predictor.bases.get("tiny")
+    defaults = checkpoints.get_checkpoint("tiny").defaults
+
+    def draw(prompt, seeds):
+        return [sampling.sample(pipe, sampling.resolve_request(defaults, prompt=prompt, seed=s))[0] for s in seeds]
+
+    base = {p: draw(p, SEEDS) for p in OTHER_PROMPTS}
+    reseeded = {p: draw(p, range(100, 100 + len(SEEDS))) for p in OTHER_PROMPTS}
+    with patching.applied(pipe, [lora], [1.0]):
+        with_lora = {p: draw(p, SEEDS) for p in OTHER_PROMPTS}
+    change = np.mean([tiny_eval.mean_abs_pixel_change(base[p], with_lora[p]) for p in OTHER_PROMPTS])
+    seed_change = np.mean([tiny_eval.mean_abs_pixel_change(base[p], reseeded[p]) for p in OTHER_PROMPTS])
+    colour_change = np.mean([tiny_eval.palette_distance(base[p], with_lora[p]) for p in OTHER_PROMPTS])
+    print(f"other prompts: pixel change {change:.1f} vs a change of seed {seed_change:.1f}; colours {colour_change:.3f}")
+    assert change <= 0.5 * seed_change
+    assert colour_change <= 0.05
 
 
 def test_a_bad_zip_fails_before_training_and_leaves_no_output_dir(predictor, tmp_path):
