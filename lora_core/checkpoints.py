@@ -105,7 +105,8 @@ def resolve(checkpoint: Checkpoint, root: Path | None = None) -> tuple[Path, Pat
     """Local weights path (and config folder for single files), checked to exist and be safe."""
     root = root or weights_dir()
     path = root / checkpoint.path
-    fetch_hint = f"run `lora-studio weights fetch {checkpoint.name}` when building the image"
+    fetch_hint = (f"put the weights of {checkpoint.source or checkpoint.name} there when building the image "
+                  "(predictions never download weights)")
     if not path.exists():
         raise CheckpointError(f"Weights for base model {checkpoint.name!r} are not installed at {path}; {fetch_hint}.")
     if checkpoint.layout == "single_file":

@@ -22,6 +22,19 @@ def _generate(args: argparse.Namespace) -> None:
     print(json.dumps({"settings": request.model_dump(), "outputs": [str(p) for p in paths]}, indent=1))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from . import checkpoints, training_job
+
+    request = training_job.TrainingRequest(task=args.task, base_model=args.base_model, seed=args.seed,
+                                           max_train_steps=args.steps)
+    cache = checkpoints.WarmPipelineCache()
+    pipe = cache.get(args.base_model)
+    result = training_job.run_training(pipe, cache.base_hash, Path(args.zip), request, Path(args.out),
+                                       log=functools.partial(print, flush=True))
+    print(json.dumps({"lora": str(result.lora), "lora_a1111": str(result.lora_a1111),
+                      "scales_grid": str(result.grid)}, indent=1))
+
+
 def _build_tiny_base(args: argparse.Namespace) -> None:
     from .tiny_base import BuildConfig, build_tiny_base
 
@@ -61,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-format", default="png", choices=["png", "webp", "jpg"])
     p.add_argument("--out", default="outputs")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("train", help="train a LoRA from a zip of photos (what predict_train.py does)")
+    p.add_argument("zip")
+    p.add_argument("--task", default="face", choices=["face", "object", "style"])
+    p.add_argument("--base-model", default="tiny")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int, help="override the task preset's step count")
+    p.add_argument("--out", default="outputs/train")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("build-tiny-base", help="train the embedded tiny base model (tens of minutes on CPU)")
     p.add_argument("--out", default="weights/tiny-sd")

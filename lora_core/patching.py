@@ -8,14 +8,13 @@ applied at all: its ``<k>`` reads as its init word and the pixels are the base's
 from __future__ import annotations
 
 import contextlib
-import itertools
+import json
+import uuid
 from dataclasses import dataclass
 
 import torch
 
 from .lora_file import EMBEDDINGS_KEY
-
-_names = itertools.count()
 
 
 @dataclass
@@ -29,8 +28,6 @@ class LoRA:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "LoRA":
-        import json
-
         adapter = {k: v for k, v in tensors.items() if k != EMBEDDINGS_KEY}
         return cls(adapter, tensors.get(EMBEDDINGS_KEY), json.loads(metadata.get("lora_studio.tokens", "[]")),
                    metadata.get("lora_studio.init_word", ""))
@@ -49,10 +46,11 @@ def applied(pipe, loras: list[LoRA], scales: list[float]):
             if scale == 0 or not lora.tensors:
                 texts.append(lora.init_word)
                 continue
-            name = f"lora_studio_adapter_{next(_names)}"  # never a substring of a module path
+            uid = uuid.uuid4().hex[:10]
+            name = f"lora_studio_adapter_{uid}"  # never a substring of a module path
             pipe.load_lora_weights(dict(lora.tensors), adapter_name=name)
             adapters.append((name, scale))
-            tokens = [f"<lora{name.rsplit('_', 1)[1]}_{i}>" for i in range(len(lora.tokens))]
+            tokens = [f"<lora{uid}_{i}>" for i in range(len(lora.tokens))]
             if lora.embeddings is not None and tokens:
                 pipe.load_textual_inversion(lora.embeddings, token=tokens, tokenizer=pipe.tokenizer,
                                             text_encoder=pipe.text_encoder)

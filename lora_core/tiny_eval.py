@@ -84,19 +84,6 @@ def classify_shape(image: Image.Image, prototypes: dict[str, np.ndarray]) -> str
     return min(prototypes, key=lambda s: float(np.sum((prototypes[s] - feats) ** 2)))
 
 
-def colour_histogram(images: list[Image.Image], bins: int = 4) -> np.ndarray:
-    """Normalised joint RGB histogram (bins^3) of a set of images."""
-    pixels = np.concatenate([np.asarray(im.convert("RGB")).reshape(-1, 3) for im in images])
-    idx = (pixels.astype(np.int64) * bins // 256) @ np.array([bins * bins, bins, 1])
-    hist = np.bincount(idx, minlength=bins**3).astype(np.float64)
-    return hist / hist.sum()
-
-
-def histogram_distance(a: list[Image.Image], b: list[Image.Image]) -> float:
-    """Total-variation distance of the colour histograms of two image sets (0 same, 1 disjoint)."""
-    return 0.5 * float(np.abs(colour_histogram(a) - colour_histogram(b)).sum())
-
-
 def mean_abs_pixel_change(a: list[Image.Image], b: list[Image.Image]) -> float:
     """Mean |difference| in 0..255 between paired images."""
     return float(np.mean([np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b)]))

@@ -49,7 +49,7 @@ def test_unknown_name_lists_the_choices():
 
 
 def test_missing_weights_say_how_to_fetch_them(tmp_path):
-    with pytest.raises(checkpoints.CheckpointError, match="not installed.*lora-studio weights fetch inkpunk"):
+    with pytest.raises(checkpoints.CheckpointError, match="not installed.*Envvi/Inkpunk-Diffusion.*never download"):
         checkpoints.load_pipeline(checkpoints.get_checkpoint("inkpunk"), root=tmp_path)
 
 

@@ -25,3 +25,13 @@ def test_errors_are_one_readable_line_and_exit_2(tmp_path):
     out = lora_studio("generate", "--prompt", "x", "--base-model", "nope", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: Unknown base model 'nope'")
+
+
+def test_train_on_the_example_zip_writes_the_lora_its_a1111_twin_and_the_grid(tmp_path):
+    example = Path(__file__).resolve().parent.parent / "examples" / "purple-stars.zip"
+    out = lora_studio("train", str(example), "--task", "object", "--steps", "5", "--seed", "0",
+                      "--out", str(tmp_path / "lora"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout[out.stdout.rindex("{\n"):])
+    assert all(Path(result[k]).stat().st_size > 0 for k in ("lora", "lora_a1111", "scales_grid"))
+    assert "progress: 100.0% step 5/5" in out.stdout

@@ -68,7 +68,7 @@ def train_lora(pipe, images: list[Image.Image], steps: int, time_limit_s: float,
     keep = torch.ones(len(embedding), dtype=torch.bool)
     keep[new_id] = False
 
-    pixels = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float() / 127.5 - 1 for im in images])
+    pixels = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 127.5 - 1 for im in images])
     pixels = torch.cat([pixels, pixels.flip(-1)])  # mirrored copies
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from safetensors import safe_open
@@ -94,7 +95,6 @@ def test_the_lora_moves_images_towards_the_instance_photos_and_scale_0_is_the_ba
 
 def _plain_diffusers_images(lora_path, tokens):
     """What a diffusers user gets with the few lines in the README (a fresh pipeline, no lora_core)."""
-    import torch
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
@@ -148,6 +148,15 @@ def test_prompts_without_the_token_keep_the_bases_look(predictor, trained):
     print(f"other prompts: pixel change {change:.1f} vs a change of seed {seed_change:.1f}; colours {colour_change:.3f}")
     assert change <= 0.5 * seed_change
     assert colour_change <= 0.05
+
+
+def test_same_seed_same_lora(predictor, tmp_path):
+    from safetensors.torch import load_file
+
+    zip_path = zip_of(instance_images(4), tmp_path / "few.zip")
+    a, b = (load_file(call_predictor(predictor, instance_data=zip_path, task="object", seed=3,
+                                     max_train_steps=10).lora) for _ in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_bad_zip_fails_before_training_and_leaves_no_output_dir(predictor, tmp_path):
