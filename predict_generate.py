@@ -1,4 +1,4 @@
-"""Cog predictor: sample a base checkpoint (LoRAs arrive with the generation issue).
+"""Cog predictor: a prompt naming LoRA concepts <1>, <2>… + their URLs and scales -> images.
 
 Thin by design: inputs and their descriptions live here, the work in ``lora_core``.
 """
@@ -10,7 +10,7 @@ from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
-from lora_core import checkpoints, image_files, sampling
+from lora_core import checkpoints, fetch, generation_job, image_files, sampling
 
 
 class Predictor(BaseRunner):
@@ -18,11 +18,19 @@ class Predictor(BaseRunner):
         """Load the default base once; it stays warm across predictions."""
         self.bases = checkpoints.WarmPipelineCache()
         self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
+        self.fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env(), log=lambda line: print(line, flush=True))
 
     def run(
         self,
-        prompt: str = Input(description="What to draw, e.g. 'a photo of a red circle on a blue striped background'."),
+        prompt: str = Input(description="What to draw. <1>, <2>… stand for the concepts of the 1st, 2nd… LoRA, "
+                                        "e.g. 'a photo of <1> on a blue striped background'. A1111's "
+                                        "<lora:2:0.7> also sets a LoRA's scale."),
         negative_prompt: str = Input(default="", description="What to keep out of the image."),
+        lora_urls: str = Input(default="", description="LoRA file URLs (.safetensors), separated by '|'. "
+                                                       "Files trained here, diffusers/PEFT and kohya/A1111 files work."),
+        lora_scales: str = Input(default="0.5", description="One scale for all LoRAs or one per URL, separated by "
+                                                            "'|'. 0 is the base model, 0.4-0.5 suits faces, 1 "
+                                                            "reproduces the training photos; -2 to 2."),
         base_model: str = Input(default=checkpoints.DEFAULT_CHECKPOINT, choices=list(checkpoints.REGISTRY),
                                 description="Base checkpoint to sample."),
         scheduler: str = Input(default="DPMSolverMultistep", choices=list(sampling.SCHEDULER_NAMES),
@@ -41,12 +49,11 @@ class Predictor(BaseRunner):
                                     description="Random seed; image i uses seed + i. Empty: random (shown in the logs)."),
         output_format: str = Input(default="png", choices=["png", "webp", "jpg"], description="Image file format."),
     ) -> list[Path]:
-        checkpoint = checkpoints.get_checkpoint(base_model)
-        request = sampling.resolve_request(
-            checkpoint.defaults, prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler,
+        images = generation_job.run_generation(
+            self.bases, self.fetcher, prompt=prompt, lora_urls=lora_urls, lora_scales=lora_scales,
+            base_model=base_model, negative_prompt=negative_prompt, scheduler=scheduler,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, width=width, height=height,
-            num_outputs=num_outputs, seed=seed)
-        print(f"settings: {request.model_dump_json()}")
-        images = sampling.sample(self.bases.get(base_model), request)
+            num_outputs=num_outputs, seed=seed,
+            log=lambda line: print(line, flush=True))
         out_dir = Path(tempfile.mkdtemp(prefix="generate-"))
         return [Path(p) for p in image_files.save_images(images, out_dir, output_format)]

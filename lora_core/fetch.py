@@ -51,6 +51,16 @@ class FetchPolicy(BaseModel):
     allow_file_urls: bool = False
     allowed_private_hosts: frozenset[str] = frozenset()  # e.g. {"127.0.0.1"} in tests
 
+    @classmethod
+    def from_env(cls) -> "FetchPolicy":
+        """Deployment settings: LORA_STUDIO_CACHE_DIR, LORA_STUDIO_ALLOW_FILE_URLS=1,
+        LORA_STUDIO_ALLOWED_PRIVATE_HOSTS=host,host (for tests and private networks only)."""
+        env = os.environ
+        hosts = [h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()]
+        return cls(cache_dir=Path(env.get("LORA_STUDIO_CACHE_DIR", Path.home() / ".cache" / "lora-studio" / "loras")),
+                   allow_file_urls=env.get("LORA_STUDIO_ALLOW_FILE_URLS") == "1",
+                   allowed_private_hosts=frozenset(hosts))
+
 
 @dataclass(frozen=True)
 class FetchedFile:

@@ -127,3 +127,27 @@ def check_safetensors(path: Path, name: str = "") -> dict:
             raise LoRAFileError(f"{name} is truncated or corrupt: tensor {key!r} claims bytes {begin}..{end} "
                                 f"but the file holds {data_size} bytes of data.")
     return header
+
+
+def read_lora(path: Path, name: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a LoRA file, after ``check_safetensors`` has vetted its header."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    header = check_safetensors(path, name)
+    try:
+        tensors = load_file(path)
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise LoRAFileError(f"{name or path.name} could not be read as safetensors ({e}).") from None
+    if not any("lora" in k or k == EMBEDDINGS_KEY for k in tensors):
+        raise LoRAFileError(f"{name or path.name} holds {len(header) - 1} tensors but none of them is a LoRA weight.")
+    return tensors, metadata
+
+
+def family_of(metadata: dict[str, str]) -> str:
+    """The base family a file says it was made for, in words a person knows."""
+    family = metadata.get("lora_studio.base_family") or metadata.get("ss_base_model_version") or ""
+    return {"sd-1": "SD 1.x", "sd_v1": "SD 1.x", "sd_v2": "SD 2.x", "sdxl_base_v1-0": "SDXL"}.get(family, family or
+                                                                                                  "an unknown base")

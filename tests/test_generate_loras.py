@@ -1,0 +1,161 @@
+"""The generation predictor with LoRAs fetched over HTTP from 127.0.0.1, trained here by the trainer."""
+
+import http.server
+import io
+import itertools
+import os
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import call_predictor
+from lora_core import checkpoints, lora_file, tiny_eval, tiny_world
+from lora_core.fetch import FetchError
+from lora_core.prompts import PromptError
+from lora_core.training_job import TrainingRequest, run_training
+
+SEED = 4
+
+
+def concept(shape, colour, n=8):
+    backgrounds = itertools.cycle(["white", "gray", "black"])
+    return [Image.fromarray(tiny_world.render_object(shape, tiny_world.Fill(colour), tiny_world.Fill(next(backgrounds)),
+                                                     seed=300 + i)) for i in range(n)]
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    gets: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Files.gets[self.path] = Files.gets.get(self.path, 0) + 1
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Two LoRAs trained by the trainer (purple stars, orange triangles) and two bad files, on a local server."""
+    root = tmp_path_factory.mktemp("served")
+    pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    for name, images in (("stars", concept("star", "purple")), ("triangles", concept("triangle", "orange"))):
+        zip_dir = tmp_path_factory.mktemp(name)
+        with zipfile.ZipFile(zip_dir / "in.zip", "w") as z:
+            for i, im in enumerate(images):
+                buf = io.BytesIO()
+                im.save(buf, "PNG")
+                z.writestr(f"{i}.png", buf.getvalue())
+        result = run_training(pipe, "test", zip_dir / "in.zip", TrainingRequest(task="object", seed=0,
+                                                                                 max_train_steps=400),
+                              zip_dir, log=lambda _: None)
+        (root / f"{name}.safetensors").write_bytes(result.lora.read_bytes())
+        (root / f"{name}-a1111.safetensors").write_bytes(result.lora_a1111.read_bytes())
+    # made for a bigger base (SD-1.5-sized attention): must be refused with one sentence
+    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
+               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4)},
+              root / "other-base.safetensors", metadata={"ss_base_model_version": "sd_v2"})
+    (root / "pickle.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)
+    handler = lambda *a, **k: Files(*a, directory=str(root), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def predictor(served, tmp_path_factory):
+    from predict_generate import Predictor
+
+    os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] = "127.0.0.1"
+    os.environ["LORA_STUDIO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        p = Predictor()
+        p.setup()
+    finally:
+        del os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"], os.environ["LORA_STUDIO_CACHE_DIR"]
+    return p
+
+
+def pixels(predictor, **given):
+    paths = call_predictor(predictor, seed=SEED, num_outputs=2, **given)
+    return [np.asarray(Image.open(p), np.int16) for p in paths]
+
+
+def images(predictor, **given):
+    return [Image.open(p).convert("RGB") for p in call_predictor(predictor, seed=SEED, num_outputs=4, **given)]
+
+
+def test_scale_0_is_the_base_model_bit_for_bit(predictor, served):
+    base = pixels(predictor, prompt="a photo of object")
+    zero = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars.safetensors", lora_scales="0")
+    assert all(np.array_equal(a, b) for a, b in zip(base, zero))
+
+
+def test_the_effect_grows_with_the_scale(predictor, served):
+    url, stars = f"{served}/stars.safetensors", concept("star", "purple")
+    distance = {s: tiny_eval.palette_distance(images(predictor, prompt="a photo of <1>", lora_urls=url,
+                                                     lora_scales=str(s)), stars) for s in (0, 0.25, 0.5, 1.0)}
+    print("palette distance to the training images by scale:", distance)
+    assert distance[0] > distance[0.25] > distance[0.5]
+    assert distance[1.0] <= distance[0.5] + 0.02  # saturated: the training images' colours are reached
+    assert distance[1.0] < 0.2
+
+
+def test_two_loras_each_draw_their_own_concept_and_order_does_not_matter(predictor, served):
+    """At the default scale 0.5 each; at 1|1 two independently trained LoRAs interfere (their deltas sum)."""
+    urls = f"{served}/stars.safetensors|{served}/triangles.safetensors"
+    stars = images(predictor, prompt="a photo of <1>", lora_urls=urls)
+    triangles = images(predictor, prompt="a photo of <2>", lora_urls=urls)
+    purple, orange = concept("star", "purple"), concept("triangle", "orange")
+    to_own = tiny_eval.palette_distance(stars, purple), tiny_eval.palette_distance(triangles, orange)
+    to_other = tiny_eval.palette_distance(stars, orange), tiny_eval.palette_distance(triangles, purple)
+    print("two LoRAs, palette distance to own / other concept:", to_own, to_other)
+    assert to_own[0] < 0.5 * to_other[0] and to_own[1] < 0.5 * to_other[1]
+    swapped = f"{served}/triangles.safetensors|{served}/stars.safetensors"
+    again = images(predictor, prompt="a photo of <2>", lora_urls=swapped)
+    assert max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in zip(stars, again)) <= 3
+
+
+def test_each_lora_alone_draws_its_concept(predictor, served):
+    for name, shape, colour in (("stars", "star", "purple"), ("triangles", "triangle", "orange")):
+        drawn = images(predictor, prompt="a photo of <1>", lora_urls=f"{served}/{name}.safetensors", lora_scales="1")
+        assert tiny_eval.palette_distance(drawn, concept(shape, colour)) < 0.1, name
+
+
+def test_the_a1111_twin_acts_like_our_file(predictor, served):
+    ours = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars.safetensors", lora_scales="0.8")
+    theirs = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars-a1111.safetensors",
+                    lora_scales="0.8")
+    assert max(np.abs(a - b).max() for a, b in zip(ours, theirs)) <= 3
+
+
+def test_a_cached_url_is_not_fetched_again(predictor, served):
+    url = f"{served}/stars.safetensors"
+    pixels(predictor, prompt="a photo of <1>", lora_urls=url, lora_scales="0.5")
+    before = Files.gets["/stars.safetensors"]
+    pixels(predictor, prompt="a photo of <1>", lora_urls=url, lora_scales="0.7")
+    assert Files.gets["/stars.safetensors"] == before == 1
+
+
+@pytest.mark.parametrize("given,error,message", [
+    ({"lora_urls": "{s}/other-base.safetensors"}, lora_file.LoRAFileError, "does not fit this base.*made for SD 2.x"),
+    ({"lora_urls": "{s}/pickle.safetensors"}, lora_file.LoRAFileError, "is a pickle"),
+    ({"lora_urls": "{s}/missing.safetensors"}, FetchError, "HTTP 404"),
+    ({"lora_urls": "http://169.254.169.254/x.safetensors"}, FetchError, "private or local"),
+    ({"lora_urls": "{s}/stars.safetensors", "lora_scales": "0.5|0.5"}, PromptError, "2 values for 1 LoRA"),
+    ({"lora_urls": "{s}/stars.safetensors", "prompt": "<2>"}, PromptError, "mentions <2>"),
+])
+def test_bad_loras_fail_that_prediction_only_and_the_base_stays_pristine(predictor, served, given, error, message):
+    base = pixels(predictor, prompt="a photo of object")
+    inputs = {"prompt": "a photo of <1>", "lora_scales": "0.8", **given}
+    inputs["lora_urls"] = inputs["lora_urls"].format(s=served)
+    with pytest.raises(error, match=message):
+        call_predictor(predictor, **inputs)
+    assert all(np.array_equal(a, b) for a, b in zip(base, pixels(predictor, prompt="a photo of object")))
