@@ -14,12 +14,12 @@ from . import checkpoints, fetch, lora_file, patching, prompts, sampling
 def load_loras(fetcher: fetch.Fetcher, urls: list[str], log: Callable[[str], None]) -> list[patching.LoRA]:
     loras = []
     for i, url in enumerate(urls, 1):
-        name = prompts.lora_name(url) or f"LoRA {i}"
+        label = f"LoRA {i} ({prompts.lora_name(url) or 'data'})"
         fetched = fetcher.fetch(url)
         source = "cache" if fetched.downloaded_bytes == 0 else f"{fetched.downloaded_bytes / 1e6:.2f} MB downloaded"
-        log(f"<{i}> = {name} ({fetched.size / 1e6:.2f} MB, {source}, sha256 {fetched.sha256[:12]})")
-        tensors, metadata = lora_file.read_lora(fetched.path, name=f"LoRA {i} ({name})")
-        loras.append(patching.LoRA.from_tensors(tensors, metadata, name=f"LoRA {i} ({name})"))
+        log(f"<{i}> = {label}: {fetched.size / 1e6:.2f} MB, {source}, sha256 {fetched.sha256[:12]}")
+        tensors, metadata = lora_file.read_lora(fetched.path, name=label)
+        loras.append(patching.LoRA.from_tensors(tensors, metadata, name=label))
     return loras
 
 

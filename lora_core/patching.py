@@ -55,21 +55,22 @@ def _scaled_embeddings(pipe, lora: LoRA, scale: float) -> torch.Tensor:
 def applied(pipe, loras: list[LoRA], scales: list[float]):
     """Within the block, ``pipe`` draws with ``loras`` at ``scales``; yields each LoRA's token text.
 
-    Token strings are renamed per application (``<lora3_0>``…), so two LoRAs trained with
-    the same token names never collide.
+    Token strings are renamed per application (``<lora{random id}_0>``…), so two LoRAs
+    trained with the same token names never collide.
     """
     adapters, added_tokens, texts = [], [], []
     try:
         for lora, scale in zip(loras, scales):
-            if scale == 0 or not lora.tensors:
+            if scale == 0:
                 texts.append(lora.init_word)
                 continue
             uid = uuid.uuid4().hex[:10]
             name = f"lora_studio_adapter_{uid}"  # never a substring of a module path
-            adapters.append((name, scale))  # before loading: a half-loaded adapter is removed too
             tokens = [f"<lora{uid}_{i}>" for i in range(len(lora.tokens))]
             try:
-                pipe.load_lora_weights(dict(lora.tensors), adapter_name=name)
+                if lora.tensors:  # a file may hold embeddings only (textual inversion)
+                    adapters.append((name, scale))  # before loading: a half-loaded adapter is removed too
+                    pipe.load_lora_weights(dict(lora.tensors), adapter_name=name)
                 if lora.embeddings is not None and tokens:
                     pipe.load_textual_inversion(_scaled_embeddings(pipe, lora, scale), token=tokens,
                                                 tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)

@@ -57,6 +57,8 @@ def served(tmp_path_factory):
                               zip_dir, log=lambda _: None)
         (root / f"{name}.safetensors").write_bytes(result.lora.read_bytes())
         (root / f"{name}-a1111.safetensors").write_bytes(result.lora_a1111.read_bytes())
+    tensors, metadata = lora_file.read_lora(root / "stars.safetensors")
+    save_file({"emb_params": tensors["emb_params"]}, root / "embeddings-only.safetensors", metadata=metadata)
     # made for a bigger base (SD-1.5-sized attention): must be refused with one sentence
     save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4)},
@@ -127,6 +129,13 @@ def test_each_lora_alone_draws_its_concept(predictor, served):
     for name, shape, colour in (("stars", "star", "purple"), ("triangles", "triangle", "orange")):
         drawn = images(predictor, prompt="a photo of <1>", lora_urls=f"{served}/{name}.safetensors", lora_scales="1")
         assert tiny_eval.palette_distance(drawn, concept(shape, colour)) < 0.1, name
+
+
+def test_a_file_with_token_embeddings_only_works(predictor, served):
+    base = pixels(predictor, prompt="a photo of object")
+    tokens_only = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/embeddings-only.safetensors",
+                         lora_scales="1")
+    assert not all(np.array_equal(a, b) for a, b in zip(base, tokens_only))
 
 
 def test_the_a1111_twin_acts_like_our_file(predictor, served):
