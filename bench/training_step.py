@@ -9,7 +9,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from bench.results import Metric
 from lora_core import checkpoints, preprocess, tasks, tiny_world, training
@@ -17,9 +16,7 @@ from lora_core.dataset import InstanceData, InstanceImage
 
 
 def _examples(n: int = 10) -> list[preprocess.Example]:
-    backgrounds = itertools.cycle(["white", "gray", "black"])
-    images = [Image.fromarray(tiny_world.render_object("star", tiny_world.Fill("purple"),
-                                                       tiny_world.Fill(next(backgrounds)), seed=i)) for i in range(n)]
+    images = tiny_world.concept_images("star", "purple", n, first_seed=0)
     data = InstanceData([InstanceImage(f"{i}.png", im) for i, im in enumerate(images)])
     return preprocess.prepare_examples(data, tasks.get_preset("object"), 64, "<s0><s1>", log=lambda _: None)
 

@@ -131,14 +131,13 @@ def check_safetensors(path: Path, name: str = "") -> dict:
 
 def read_lora(path: Path, name: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a LoRA file, after ``check_safetensors`` has vetted its header."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     header = check_safetensors(path, name)
+    metadata = header.get("__metadata__") or {}  # already parsed with the header: no second read
     try:
         tensors = load_file(path)
-        with safe_open(path, "pt") as f:
-            metadata = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise LoRAFileError(f"{name or path.name} could not be read as safetensors ({e}).") from None
     if not any("lora" in k or k == EMBEDDINGS_KEY for k in tensors):

@@ -254,6 +254,13 @@ def render_object(shape: str, fill: Fill, background: Fill, seed: int) -> np.nda
     return sampler._finish(canvas * (1 - mask) + sampler._paint(fill) * mask)
 
 
+def concept_images(shape: str, colour: str, n: int, first_seed: int) -> list[Image.Image]:
+    """``n`` pictures of one object (held out or not) on white, gray and black in turn: LoRA training data."""
+    backgrounds = ("white", "gray", "black")
+    return [Image.fromarray(render_object(shape, Fill(colour), Fill(backgrounds[i % 3]), seed=first_seed + i))
+            for i in range(n)]
+
+
 def vocabulary_corpus(captions: list[str]) -> list[str]:
     """Every word the tokenizer must keep whole: the world's words and EXTRA_WORDS."""
     words = set(EXTRA_WORDS) | {"a", "an", "and", "on"}

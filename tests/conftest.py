@@ -1,4 +1,6 @@
 import inspect
+import io
+import zipfile
 
 import pytest
 
@@ -18,3 +20,14 @@ def call_predictor(predictor, **given):
     params = inspect.signature(predictor.run).parameters
     inputs = {name: getattr(param.default, "default", param.default) for name, param in params.items()}
     return predictor.run(**{**inputs, **given})
+
+
+def zip_images(path, images, fmt="PNG", stem="img", **save_options):
+    """A zip upload of PIL images, as a user makes one."""
+    ext = "jpg" if fmt == "JPEG" else fmt.lower()
+    with zipfile.ZipFile(path, "w") as z:
+        for i, image in enumerate(images):
+            buf = io.BytesIO()
+            image.save(buf, fmt, **save_options)
+            z.writestr(f"{stem}{i}.{ext}", buf.getvalue())
+    return path

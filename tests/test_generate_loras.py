@@ -1,11 +1,8 @@
 """The generation predictor with LoRAs fetched over HTTP from 127.0.0.1, trained here by the trainer."""
 
 import http.server
-import io
-import itertools
 import os
 import threading
-import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import call_predictor
+from conftest import call_predictor, zip_images
 from lora_core import checkpoints, lora_file, tiny_eval, tiny_world
 from lora_core.fetch import FetchError
 from lora_core.prompts import PromptError
@@ -23,9 +20,7 @@ SEED = 4
 
 
 def concept(shape, colour, n=8):
-    backgrounds = itertools.cycle(["white", "gray", "black"])
-    return [Image.fromarray(tiny_world.render_object(shape, tiny_world.Fill(colour), tiny_world.Fill(next(backgrounds)),
-                                                     seed=300 + i)) for i in range(n)]
+    return tiny_world.concept_images(shape, colour, n, first_seed=300)
 
 
 class Files(http.server.SimpleHTTPRequestHandler):
@@ -47,11 +42,7 @@ def served(tmp_path_factory):
     pipe.set_progress_bar_config(disable=True)
     for name, images in (("stars", concept("star", "purple")), ("triangles", concept("triangle", "orange"))):
         zip_dir = tmp_path_factory.mktemp(name)
-        with zipfile.ZipFile(zip_dir / "in.zip", "w") as z:
-            for i, im in enumerate(images):
-                buf = io.BytesIO()
-                im.save(buf, "PNG")
-                z.writestr(f"{i}.png", buf.getvalue())
+        zip_images(zip_dir / "in.zip", images)
         result = run_training(pipe, "test", zip_dir / "in.zip", TrainingRequest(task="object", seed=0,
                                                                                  max_train_steps=400),
                               zip_dir, log=lambda _: None)

@@ -9,7 +9,6 @@ towards the training images, while for prompts without the token the LoRA change
 colours no more than drawing the base with other seeds does (measured in the same run).
 """
 
-import itertools
 import json
 import time
 
@@ -35,10 +34,7 @@ PRIOR_PER_BATCH = 4
 
 
 def training_images(n: int = 10) -> list[Image.Image]:
-    backgrounds = itertools.cycle(["white", "gray", "black"])
-    return [Image.fromarray(tiny_world.render_object("star", tiny_world.Fill("purple"),
-                                                     tiny_world.Fill(next(backgrounds)), seed=100 + i))
-            for i in range(n)]
+    return tiny_world.concept_images("star", "purple", n, first_seed=100)
 
 
 def generate(pipe, prompt: str, seeds: range = SEEDS) -> list[Image.Image]:

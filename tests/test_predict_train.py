@@ -1,10 +1,7 @@
 """The training predictor end to end on the tiny base: a zip in, a LoRA that learned out."""
 
-import io
-import itertools
 import json
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import call_predictor
+from conftest import call_predictor, zip_images
 
 from lora_core import checkpoints, patching, prompts, sampling, tiny_eval, tiny_world
 from predict_train import Predictor
@@ -23,19 +20,7 @@ SEEDS = range(6)
 
 def instance_images(n=10):
     """Purple stars: a held-out combination, never in the tiny base's world."""
-    backgrounds = itertools.cycle(["white", "gray", "black"])
-    return [Image.fromarray(tiny_world.render_object("star", tiny_world.Fill("purple"),
-                                                     tiny_world.Fill(next(backgrounds)), seed=200 + i))
-            for i in range(n)]
-
-
-def zip_of(images, path: Path, fmt="PNG") -> Path:
-    with zipfile.ZipFile(path, "w") as z:
-        for i, image in enumerate(images):
-            buf = io.BytesIO()
-            image.save(buf, fmt)
-            z.writestr(f"img{i}.{fmt.lower()}", buf.getvalue())
-    return path
+    return tiny_world.concept_images("star", "purple", n, first_seed=200)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +32,7 @@ def predictor():
 
 @pytest.fixture(scope="module")
 def trained(predictor, tmp_path_factory):
-    zip_path = zip_of(instance_images(), tmp_path_factory.mktemp("zip") / "stars.zip")
+    zip_path = zip_images(tmp_path_factory.mktemp("zip") / "stars.zip", instance_images())
     return call_predictor(predictor, instance_data=zip_path, task="object", seed=1)
 
 
@@ -153,7 +138,7 @@ def test_prompts_without_the_token_keep_the_bases_look(predictor, trained):
 def test_same_seed_same_lora(predictor, tmp_path):
     from safetensors.torch import load_file
 
-    zip_path = zip_of(instance_images(4), tmp_path / "few.zip")
+    zip_path = zip_images(tmp_path / "few.zip", instance_images(4))
     a, b = (load_file(call_predictor(predictor, instance_data=zip_path, task="object", seed=3,
                                      max_train_steps=10).lora) for _ in range(2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

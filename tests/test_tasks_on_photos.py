@@ -1,15 +1,13 @@
 """Each task preset on real photos (shipped inside scikit-image's wheel), as zips of augmented crops."""
 
-import io
 import random
-import zipfile
 
 import numpy as np
 import pytest
 import skimage.data
 from PIL import Image, ImageEnhance
 
-from conftest import call_predictor
+from conftest import call_predictor, zip_images
 from lora_core import dataset, preprocess, tasks
 from predict_train import Predictor
 
@@ -31,12 +29,7 @@ def augmented(photo: np.ndarray, n: int, seed: int) -> list[Image.Image]:
 
 
 def photo_zip(path, images):
-    with zipfile.ZipFile(path, "w") as z:
-        for i, image in enumerate(images):
-            buf = io.BytesIO()
-            image.save(buf, "JPEG", quality=90)
-            z.writestr(f"photo{i}.jpg", buf.getvalue())
-    return path
+    return zip_images(path, images, "JPEG", stem="photo", quality=90)
 
 
 ZIPS = {
