@@ -10,7 +10,13 @@ from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
-from lora_core import checkpoints, fetch, generation_job, image_files, sampling
+from lora_core import adapters, checkpoints, fetch, generation_job, image_files
+
+# Literal on purpose: Cog's build reads these from the source without importing lora_core
+# (tests check they match the registry and the samplers).
+BASE_MODELS = ["tiny", "sd-1.5", "realistic-vision-v1.3", "inkpunk", "gta5", "vintedois"]
+SCHEDULERS = ["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
+MAX_SEED = 4294967295
 
 
 class Predictor(BaseRunner):
@@ -19,6 +25,7 @@ class Predictor(BaseRunner):
         self.bases = checkpoints.WarmPipelineCache()
         self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
         self.fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env(), log=lambda line: print(line, flush=True))
+        self.adapters = adapters.AdapterCache.from_env()
 
     def run(
         self,
@@ -31,9 +38,9 @@ class Predictor(BaseRunner):
         lora_scales: str = Input(default="0.5", description="One scale for all LoRAs or one per URL, separated by "
                                                             "'|'. 0 is the base model, 0.4-0.5 suits faces, 1 "
                                                             "reproduces the training photos; -2 to 2."),
-        base_model: str = Input(default=checkpoints.DEFAULT_CHECKPOINT, choices=list(checkpoints.REGISTRY),
+        base_model: str = Input(default="tiny", choices=BASE_MODELS,
                                 description="Base checkpoint to sample."),
-        scheduler: str = Input(default="DPMSolverMultistep", choices=list(sampling.SCHEDULER_NAMES),
+        scheduler: str = Input(default="DPMSolverMultistep", choices=SCHEDULERS,
                                description="Sampler."),
         num_inference_steps: Optional[int] = Input(default=None, ge=1, le=150,
                                                    description="Denoising steps. Empty: the base model's recommended value."),
@@ -45,12 +52,12 @@ class Predictor(BaseRunner):
         height: Optional[int] = Input(default=None, ge=16, le=1024,
                                       description="Height in pixels, a multiple of 8. Empty: the base model's native size."),
         num_outputs: int = Input(default=1, ge=1, le=4, description="Number of images."),
-        seed: Optional[int] = Input(default=None, ge=0, le=sampling.MAX_SEED,
+        seed: Optional[int] = Input(default=None, ge=0, le=MAX_SEED,
                                     description="Random seed; image i uses seed + i. Empty: random (shown in the logs)."),
         output_format: str = Input(default="png", choices=["png", "webp", "jpg"], description="Image file format."),
     ) -> list[Path]:
         images = generation_job.run_generation(
-            self.bases, self.fetcher, prompt=prompt, lora_urls=lora_urls, lora_scales=lora_scales,
+            self.bases, self.fetcher, self.adapters, prompt=prompt, lora_urls=lora_urls, lora_scales=lora_scales,
             base_model=base_model, negative_prompt=negative_prompt, scheduler=scheduler,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, width=width, height=height,
             num_outputs=num_outputs, seed=seed,

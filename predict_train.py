@@ -11,7 +11,12 @@ from typing import Optional
 
 from cog import BaseModel, BaseRunner, Input, Path
 
-from lora_core import checkpoints, sampling, training_job
+from lora_core import checkpoints, training_job
+
+# Literal on purpose: Cog's build reads these from the source without importing lora_core
+# (tests check they match the registry).
+BASE_MODELS = ["tiny", "sd-1.5", "realistic-vision-v1.3", "inkpunk", "gta5", "vintedois"]
+MAX_SEED = 4294967295
 
 
 class Output(BaseModel):
@@ -33,9 +38,9 @@ class Predictor(BaseRunner):
         task: str = Input(default="face", choices=["face", "object", "style"],
                           description="face: one person's face in every photo. object: an object or pet. "
                                       "style: a visual style to transfer."),
-        base_model: str = Input(default=checkpoints.DEFAULT_CHECKPOINT, choices=list(checkpoints.REGISTRY),
+        base_model: str = Input(default="tiny", choices=BASE_MODELS,
                                 description="Base checkpoint the LoRA is trained for."),
-        seed: Optional[int] = Input(default=None, ge=0, le=sampling.MAX_SEED,
+        seed: Optional[int] = Input(default=None, ge=0, le=MAX_SEED,
                                     description="Random seed. Empty: random (recorded in the file and logs)."),
         resolution: Optional[int] = Input(default=None, ge=32, le=1024,
                                           description="Training size in pixels. Empty: the base's native size."),

@@ -45,10 +45,17 @@ def write(path: Path, metrics: list[Metric], mode: str) -> dict:
     for m in metrics:
         if not math.isfinite(m.value):
             raise ValueError(f"metric {m.name} is not finite: {m.value}")
-    doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "mode": mode,
-           "machine": machine(), "versions": {"diffusers": diffusers.__version__, "transformers": transformers.__version__,
-                                              "peft": peft.__version__},
-           "metrics": [asdict(m) for m in metrics]}
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    entries = [{**asdict(m), "date": now, "mode": mode} for m in metrics]
+    doc = {"date": now, "machine": machine(), "versions": {"diffusers": diffusers.__version__,
+                                                          "transformers": transformers.__version__,
+                                                          "peft": peft.__version__}}
+    if path.exists():  # a partial run (--only) keeps the other suites' figures measured on this same machine
+        old = json.loads(path.read_text())
+        if old.get("machine") == doc["machine"] and old.get("versions") == doc["versions"]:
+            measured = {e["name"] for e in entries}
+            entries = [e for e in old.get("metrics", []) if e["name"] not in measured] + entries
+    doc["metrics"] = entries
     path.write_text(json.dumps(doc, indent=1))
     return doc
 

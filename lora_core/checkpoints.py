@@ -46,6 +46,7 @@ class Checkpoint(BaseModel):
     train_lr_scale: float = Field(1.0, description="multiplies the task presets' learning rates (tiny models need more)")
     train_batch_size: int = 2
     train_resnets: bool = Field(False, description="LoRA on ResNet convolutions too (LoCon)")
+    prior_images: int = Field(48, description="how many images the base draws for prior preservation")
     prior_prompts: tuple[str, ...] = Field(
         ("a photo of a person", "a photo of a dog", "a landscape painting", "a city street at night",
          "a bowl of fruit on a table", "a portrait of a woman", "a red car", "a watercolor of flowers"),
@@ -58,7 +59,7 @@ REGISTRY: dict[str, Checkpoint] = {c.name: c for c in [
     Checkpoint(name="tiny", description="Embedded tiny SD-1.x model of coloured shapes and patterns (CPU, 64x64)",
                layout="diffusers", path="tiny-sd",
                defaults=SamplingDefaults(width=64, height=64, num_inference_steps=20, guidance_scale=3.0),
-               train_lr_scale=10.0, train_batch_size=8, train_resnets=True,
+               train_lr_scale=10.0, train_batch_size=8, train_resnets=True, prior_images=96,
                prior_prompts=("a red circle", "a blue square on a white background", "a green triangle",
                               "a yellow star on a black background", "a photo of an orange circle",
                               "a purple square on a gray background", "a red and white striped pattern",

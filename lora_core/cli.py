@@ -50,10 +50,45 @@ def _export_single_file(args: argparse.Namespace) -> None:
     print(export_single_file(pipe, Path(args.out)))
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from . import cog_schema
+
+    root = Path.cwd()
+    configs = args.config or [c for c in cog_schema.CONFIGS if (root / c).is_file()] or ["cog.yaml"]
+    if args.out and len(configs) > 1:
+        raise ValueError("--out needs one --config")
+    stale = 0
+    for config in configs:
+        predict_ref, train_ref = cog_schema.cog_yaml_refs(root, config)
+        out = Path(args.out) if args.out else cog_schema.schema_file(root, config)
+        if not args.check:
+            print(cog_schema.write_schema(root, predict_ref, train_ref, out=out))
+            continue
+        expected = cog_schema.openapi_json(predict_ref, train_ref, root).encode()
+        if out.is_file() and out.read_bytes() == expected:
+            print(f"{out}: up to date")
+            continue
+        stale += 1
+        state = "out of date" if out.is_file() else "missing"
+        print(f"{out}: {state} for {config}'s predictors; run `lora-studio schema` to regenerate", file=sys.stderr)
+    return 1 if stale else 0
+
+
 def _tiny_report(args: argparse.Namespace) -> None:
     from .tiny_report import write_report
 
     print(json.dumps(write_report(Path(args.out)), indent=1))
+
+
+def _weights_fetch(args: argparse.Namespace) -> None:
+    from .weights_fetch import FetchOptions, fetch_checkpoint
+
+    options = FetchOptions.from_env(endpoint=args.endpoint, revision=args.revision, variant=args.variant,
+                                    file=args.file, source=args.source, connections=args.connections,
+                                    split_above_bytes=int(args.split_above_mb * 2**20))
+    summary = fetch_checkpoint(args.name, options, Path(args.dest) if args.dest else None,
+                               log=functools.partial(print, flush=True))
+    print(summary.text(), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,13 +135,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/tiny-grid.png")
     p.set_defaults(func=_tiny_report)
 
+    p = sub.add_parser("schema", help="write .cog/openapi_schema.json for cog.yaml's predictors (coglet validates "
+                                      "inputs against it), as `cog build` would")
+    p.add_argument("--config", action="append", help="a Cog config (repeatable; default: cog.yaml and "
+                                                     "cog-train.yaml, whichever exist)")
+    p.add_argument("--out", help="where to write it (default: .cog/openapi_schema.json for cog.yaml, "
+                                 ".cog/openapi_schema-<stem>.json for others)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file differs from what "
+                                                        "the predictors' signatures give (for CI)")
+    p.set_defaults(func=_schema)
+
+    p = sub.add_parser("weights", help="base checkpoints in weights/ (fetched when the image is built)")
+    weights = p.add_subparsers(required=True, metavar="ACTION")
+    p = weights.add_parser("fetch", help="download a registry base checkpoint from the Hugging Face hub")
+    p.add_argument("name", help="a base model of the registry (lora_core/checkpoints.py)")
+    p.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    p.add_argument("--revision", default="main", help="branch, tag or commit of the hub repository")
+    p.add_argument("--variant", help="e.g. fp16: take those weight files where the repository has them")
+    p.add_argument("--file", help="single-file checkpoints: which top-level .safetensors to take")
+    p.add_argument("--source", help="hub repository id to fetch instead of the registry's (NAME becomes weights/NAME)")
+    p.add_argument("--connections", type=int, default=4, help="parallel HTTP connections, all files together")
+    p.add_argument("--split-above-mb", type=float, default=64, help="files bigger than this come in parallel ranges")
+    p.add_argument("--dest", help="weights folder (default: $LORA_STUDIO_WEIGHTS or weights/)")
+    p.set_defaults(func=_weights_fetch)
+
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

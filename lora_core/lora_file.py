@@ -10,6 +10,7 @@ Layout (readable by plain diffusers after splitting off ``emb_params``):
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -84,6 +85,8 @@ class LoRAFileError(ValueError):
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                 "F8_E4M3": 1, "F8_E5M2": 1}
 MAX_HEADER_BYTES = 16 * 2**20
+# names a LoRA's tensors have in any layout ``lora_formats`` reads (cloneofsimo's embeddings are flagged in metadata)
+_LORA_KEY = re.compile(rf"lora|^{EMBEDDINGS_KEY}$|^bundle_emb\.|:\d+:(up|down)$")
 
 
 def check_safetensors(path: Path, name: str = "") -> dict:
@@ -140,7 +143,7 @@ def read_lora(path: Path, name: str = "") -> tuple[dict[str, torch.Tensor], dict
         tensors = load_file(path)
     except (SafetensorError, OSError) as e:
         raise LoRAFileError(f"{name or path.name} could not be read as safetensors ({e}).") from None
-    if not any("lora" in k or k == EMBEDDINGS_KEY for k in tensors):
+    if not any(_LORA_KEY.search(k) or metadata.get(k) == "<embed>" for k in tensors):
         raise LoRAFileError(f"{name or path.name} holds {len(header) - 1} tensors but none of them is a LoRA weight.")
     return tensors, metadata
 

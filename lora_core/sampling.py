@@ -7,9 +7,11 @@ batch can be re-made alone from the recorded seed.
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, Field
+
+from .progress import Progress
 
 SchedulerName = Literal["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
 SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__
@@ -25,6 +27,7 @@ _SCHEDULERS: dict[str, tuple[str, dict]] = {
     "K_LMS": ("LMSDiscreteScheduler", {}),
 }
 MAX_SEED = 2**32 - 1
+MAX_OUTPUTS = 4
 
 
 class SamplingRequest(BaseModel):
@@ -36,7 +39,7 @@ class SamplingRequest(BaseModel):
     height: int = Field(ge=16, le=1024, multiple_of=8)
     num_inference_steps: int = Field(ge=1, le=150)
     guidance_scale: float = Field(ge=0.0, le=30.0, allow_inf_nan=False)
-    num_outputs: int = Field(1, ge=1, le=4)
+    num_outputs: int = Field(1, ge=1, le=MAX_OUTPUTS)
     seed: int = Field(ge=0, le=MAX_SEED)
     scheduler: SchedulerName = "DPMSolverMultistep"
 
@@ -55,9 +58,18 @@ def make_scheduler(name: str, base_config):
     return getattr(diffusers, cls_name).from_config(base_config, **overrides)
 
 
-def sample(pipe, request: SamplingRequest, **pipe_kwargs) -> list:
-    """PIL images for ``request``; ``pipe_kwargs`` pass through (e.g. prompt embeddings)."""
+def sample(pipe, request: SamplingRequest, log: Callable[[str], None] | None = None, **pipe_kwargs) -> list:
+    """PIL images for ``request``; with ``log``, progress lines (every 20%); ``pipe_kwargs`` pass through."""
     import torch
+
+    if log is not None:
+        progress = Progress(request.num_inference_steps, log, every=0.2, what="sampling")
+
+        def on_step_end(_pipe, i, _t, tensors):
+            progress.step(i + 1)
+            return tensors
+
+        pipe_kwargs.setdefault("callback_on_step_end", on_step_end)
 
     # A view sharing every component but the scheduler: the warm pipeline is never mutated.
     view = type(pipe)(**{**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)},

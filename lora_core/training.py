@@ -11,7 +11,6 @@ the UNet's training adapter is deleted when the loop ends, whatever happens.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .preprocess import Example
+from .progress import Progress
 
 ADAPTER = "lora_studio_training"  # cannot occur in a module path (adapter names match as substrings)
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -93,12 +93,24 @@ def _add_tokens(tokenizer, text_encoder, tokens: tuple[str, ...], init_word: str
         raise ValueError(f"tokens {tokens} already exist in the base tokenizer")
     tokenizer.add_tokens(list(tokens))
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # no RNG draw: same seed, same LoRA
     table = text_encoder.get_input_embeddings().weight
     init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
     with torch.no_grad():
         table[ids] = table[init_ids].mean(dim=0)
     return ids
+
+
+def _remove_peft_layers(*models) -> None:
+    """Put the base modules back as they were: ``delete_adapters`` leaves PEFT's wrappers in place (and a
+    text-encoder adapter active), which would change what the warm pipe computes and how LoRAs bind to it."""
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    for model in models:
+        recurse_remove_peft_layers(model)
+        if getattr(model, "peft_config", None) is not None:
+            del model.peft_config
+        model._hf_peft_config_loaded = False
 
 
 def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = print,
@@ -111,7 +123,6 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
     from diffusers import DDPMScheduler
     from peft.utils import get_peft_model_state_dict
 
-    torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = pipe.unet.device
     tokenizer, text_encoder = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder)
@@ -130,6 +141,9 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
 
     unet = pipe.unet
     targets = ATTENTION_TARGETS + (RESNET_TARGETS if cfg.train_resnets else ())
+    # LoRA weights are initialised from the global generator: seed it here, after the token table grew (its
+    # size, and so the draws before this line, depend on what the process did before)
+    torch.manual_seed(cfg.seed)
     unet.add_adapter(_lora_config(cfg.rank, targets), adapter_name=ADAPTER)
     try:
         text_encoder.requires_grad_(False)
@@ -149,9 +163,9 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
         peak = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=1e-2)
         warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
-        report_every = max(1, math.ceil(cfg.steps / 20))  # a progress line at least every 5%
         unet.train(), text_encoder.train()
         start, running = time.perf_counter(), None
+        progress = Progress(cfg.steps, log)  # a line at least every 5%
         log(f"training {cfg.steps} steps, batch {cfg.batch_size}, rank {cfg.rank}, {len(examples)} images, "
             f"tokens {' '.join(cfg.tokens)}" + (f", {len(prior)} prior images" if use_prior else ""))
         for step in range(1, cfg.steps + 1):
@@ -176,11 +190,7 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
             with torch.no_grad():
                 table[keep] = original_rows[keep]
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-            if step % report_every == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - start
-                eta = elapsed / step * (cfg.steps - step)
-                log(f"progress: {100 * step / cfg.steps:5.1f}% step {step}/{cfg.steps} loss {running:.4f} "
-                    f"elapsed {elapsed:.0f}s eta {eta:.0f}s")
+            progress.step(step, f"loss {running:.4f}")
         unet.eval(), text_encoder.eval()
         unet_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
         text_state = (get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER, save_embedding_layers=False)
@@ -192,5 +202,5 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
             embeddings=table[new_ids].detach().cpu().clone(),
             config=cfg, final_loss=float(running), seconds=time.perf_counter() - start)
     finally:
-        unet.delete_adapters(ADAPTER)
+        _remove_peft_layers(unet, text_encoder)
         unet.eval()

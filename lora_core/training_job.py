@@ -12,7 +12,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import checkpoints, dataset, image_files, lora_convert, lora_file, patching, preprocess, prompts, sampling, tasks, training
+from . import (adapters, checkpoints, dataset, image_files, lora_convert, lora_file, patching, preprocess, prompts,
+               sampling, tasks, training)
 
 GRID_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -104,25 +105,30 @@ def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest,
 
     grid_path = out_dir / "scales.png"
     prompt = preset.caption_template.format(tokens="<1>")
-    scale_grid(pipe, patching.LoRA.from_tensors(tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
+    scale_grid(pipe, adapters.bind(pipe, tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
     log(f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}")
     return TrainingResult(lora_path, a1111_path, grid_path, metadata)
 
 
-def prior_examples(pipe, checkpoint: checkpoints.Checkpoint, cfg: training.TrainingConfig,
-                   per_prompt: int = 2) -> list[preprocess.Example]:
-    """What the base draws for its prior prompts, at the training size, before any training."""
+def prior_examples(pipe, checkpoint: checkpoints.Checkpoint, cfg: training.TrainingConfig
+                   ) -> list[preprocess.Example]:
+    """What the base draws for its prior prompts (``checkpoint.prior_images`` spread over them), at the training
+    size, before any training. Too few and the LoRA learns those few pictures instead of the base's habits: with 16
+    on the tiny base, prompts without the token drifted 0.37-1.13 of a seed change (12 runs), with 96 0.24-0.43."""
     examples = []
+    per_prompt = max(1, round(checkpoint.prior_images / len(checkpoint.prior_prompts)))
     for i, prompt in enumerate(checkpoint.prior_prompts):
-        seed = (cfg.seed + 1000 * (i + 1)) % (sampling.MAX_SEED - per_prompt)
-        request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, seed=seed,
-                                           num_outputs=per_prompt, width=cfg.resolution, height=cfg.resolution)
-        examples += [preprocess.Example(f"prior-{i}-{k}", image, None, prompt)
-                     for k, image in enumerate(sampling.sample(pipe, request))]
+        for first in range(0, per_prompt, sampling.MAX_OUTPUTS):
+            count = min(sampling.MAX_OUTPUTS, per_prompt - first)
+            seed = (cfg.seed + 1000 * (i + 1) + first) % (sampling.MAX_SEED - count)
+            request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, seed=seed, num_outputs=count,
+                                               width=cfg.resolution, height=cfg.resolution)
+            examples += [preprocess.Example(f"prior-{i}-{first + k}", image, None, prompt)
+                         for k, image in enumerate(sampling.sample(pipe, request))]
     return examples
 
 
-def scale_grid(pipe, lora: patching.LoRA, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):
+def scale_grid(pipe, lora: adapters.Adapter, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):
     """One row, same seed, the LoRA at each of GRID_SCALES: shows which scale to pick."""
     images = []
     for scale in GRID_SCALES:

@@ -3,6 +3,7 @@ import io
 import zipfile
 
 import pytest
+import torch
 
 from lora_core import checkpoints
 
@@ -31,3 +32,25 @@ def zip_images(path, images, fmt="PNG", stem="img", **save_options):
             image.save(buf, fmt, **save_options)
             z.writestr(f"{stem}{i}.{ext}", buf.getvalue())
     return path
+
+
+def cloneofsimo_modules(model, ancestor_classes, legacy=False):
+    """(path, module) in the order cloneofsimo/lora's ``_find_modules_v2`` numbers a file's layers, written out as
+    there (Linear/Conv2d under every module whose class name is targeted). ``legacy``: the numbering of files made
+    with diffusers < 0.13, whose transformer blocks registered ``attn1, ff, attn2``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = []
+    for ancestor in (m for m in model.modules() if m.__class__.__name__ in ancestor_classes):
+        for _, module in ancestor.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                found.append((names[id(module)], module))
+    if not legacy:
+        return found
+    blocks: dict = {}
+    for i, (path, module) in enumerate(found):
+        block, rank = path, 0
+        for part, r in ((".attn1.", 0), (".ff.", 1), (".attn2.", 2)):
+            if part in path:
+                block, rank = path.split(part)[0], r
+        blocks.setdefault(block, []).append((rank, i, path, module))
+    return [(p, m) for entries in blocks.values() for _, _, p, m in sorted(entries, key=lambda e: e[:2])]

@@ -1,6 +1,7 @@
 """The generation predictor with LoRAs fetched over HTTP from 127.0.0.1, trained here by the trainer."""
 
 import http.server
+import json
 import os
 import threading
 
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import call_predictor, zip_images
+from conftest import call_predictor, cloneofsimo_modules, zip_images
 from lora_core import checkpoints, lora_file, tiny_eval, tiny_world
 from lora_core.fetch import FetchError
 from lora_core.prompts import PromptError
@@ -34,22 +35,57 @@ class Files(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
+def save_with_diffusers(tensors, rank, path):
+    """The LoRA as diffusers' own ``save_lora_weights`` writes it (PEFT names, alpha in its metadata), no tokens."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+
+    parts = {c: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(c + ".")} for c in ("unet", "text_encoder")}
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q"]).to_dict()
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=parts["unet"],
+                                              text_encoder_lora_layers=parts["text_encoder"], weight_name=path.name,
+                                              unet_lora_adapter_metadata=config,
+                                              text_encoder_lora_adapter_metadata=config)
+
+
+def as_cloneofsimo(pipe, tensors):
+    """The LoRA (alpha = rank) as cloneofsimo/lora's ``save_safeloras_with_embeds`` lays it out, fp16 like there."""
+    weights, metadata = {}, {}
+    for component, classes in (("unet", {"Attention", "ResnetBlock2D"}), ("text_encoder", {"CLIPAttention"})):
+        metadata[component] = json.dumps(sorted(classes))
+        for i, (path, module) in enumerate(cloneofsimo_modules(getattr(pipe, component), classes)):
+            down = tensors.get(f"{component}.{path}.lora_A.weight")
+            up = tensors.get(f"{component}.{path}.lora_B.weight")
+            if down is None:  # a layer this LoRA did not train: cloneofsimo stores it anyway
+                shape = module.weight.shape
+                down, up = torch.zeros(4, *shape[1:]), torch.zeros(shape[0], 4, *([1, 1] if len(shape) == 4 else []))
+            weights[f"{component}:{i}:down"], weights[f"{component}:{i}:up"] = down.half(), up.half()
+            metadata[f"{component}:{i}:rank"] = str(down.shape[0])
+    for i, row in enumerate(tensors["emb_params"]):
+        weights[f"<s{i + 1}>"], metadata[f"<s{i + 1}>"] = row.clone(), "<embed>"
+    return weights, metadata
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """Two LoRAs trained by the trainer (purple stars, orange triangles) and two bad files, on a local server."""
     root = tmp_path_factory.mktemp("served")
     pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
     pipe.set_progress_bar_config(disable=True)
-    for name, images in (("stars", concept("star", "purple")), ("triangles", concept("triangle", "orange"))):
+    # The preset's 800 steps. Orange triangles train unreliably on the tiny base (seeds 0 and 5 of 0/4/5 miss the
+    # colour at scale 1; stars reach it for 6 of 6 seeds): this file tests generation, so it uses a seed that works.
+    for name, images, seed in (("stars", concept("star", "purple"), 0), ("triangles", concept("triangle", "orange"), 4)):
         zip_dir = tmp_path_factory.mktemp(name)
         zip_images(zip_dir / "in.zip", images)
-        result = run_training(pipe, "test", zip_dir / "in.zip", TrainingRequest(task="object", seed=0,
-                                                                                 max_train_steps=400),
+        result = run_training(pipe, "test", zip_dir / "in.zip", TrainingRequest(task="object", seed=seed),
                               zip_dir, log=lambda _: None)
         (root / f"{name}.safetensors").write_bytes(result.lora.read_bytes())
         (root / f"{name}-a1111.safetensors").write_bytes(result.lora_a1111.read_bytes())
     tensors, metadata = lora_file.read_lora(root / "stars.safetensors")
     save_file({"emb_params": tensors["emb_params"]}, root / "embeddings-only.safetensors", metadata=metadata)
+    save_with_diffusers(tensors, int(metadata["lora_studio.rank"]), root / "stars-peft.safetensors")
+    weights, meta = as_cloneofsimo(pipe, tensors)
+    save_file(weights, root / "stars-cloneofsimo.safetensors", metadata=meta)
     # made for a bigger base (SD-1.5-sized attention): must be refused with one sentence
     save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4)},
@@ -134,6 +170,16 @@ def test_the_a1111_twin_acts_like_our_file(predictor, served):
     theirs = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars-a1111.safetensors",
                     lora_scales="0.8")
     assert max(np.abs(a - b).max() for a, b in zip(ours, theirs)) <= 3
+
+
+@pytest.mark.parametrize("twin,prompt", [("stars-peft", "a photo of a star"), ("stars-cloneofsimo", "a photo of <1>")])
+def test_diffusers_and_cloneofsimo_files_of_the_same_lora_act_like_ours(predictor, served, twin, prompt):
+    """The diffusers file has no tokens, so its prompt names none; the cloneofsimo file carries them."""
+    base = pixels(predictor, prompt=prompt.replace("<1>", "object"))
+    ours = pixels(predictor, prompt=prompt, lora_urls=f"{served}/stars.safetensors", lora_scales="1")
+    theirs = pixels(predictor, prompt=prompt, lora_urls=f"{served}/{twin}.safetensors", lora_scales="1")
+    assert max(np.abs(a - b).mean() for a, b in zip(base, ours)) > 3  # the LoRA changes the picture...
+    assert max(np.abs(a - b).max() for a, b in zip(ours, theirs)) <= 3  # ...and the twin changes it the same way
 
 
 def test_a_cached_url_is_not_fetched_again(predictor, served):

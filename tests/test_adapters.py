@@ -1,0 +1,98 @@
+"""Binding, caching and patching mechanics on the tiny base (LoRA quality is tested in test_generate_loras)."""
+
+import numpy as np
+import pytest
+import torch
+
+from lora_core import adapters, checkpoints, patching, prompts, sampling, token_slots
+from lora_core.lora_file import LoRAFileError
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """Its own pipeline: patching adds slot tokens to the warm one, which the session's shared pipe must not see."""
+    pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def random_lora(pipe, seed=0, rank=4):
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for path, shape in adapters.module_table(pipe).shapes.items():
+        if path.endswith(("to_q", "to_v", "q_proj", "conv1")):
+            tensors[f"{path}.lora_A.weight"] = torch.randn(rank, *shape[1:], generator=gen) * 0.3
+            tensors[f"{path}.lora_B.weight"] = torch.randn(shape[0], rank, *([1, 1] if len(shape) == 4 else []),
+                                                           generator=gen) * 0.3
+    tensors["emb_params"] = torch.randn(2, 64, generator=gen)
+    return tensors, {"lora_studio.init_word": "object"}
+
+
+def draw(pipe, prompt, seed=0):
+    defaults = checkpoints.get_checkpoint("tiny").defaults
+    return np.asarray(sampling.sample(pipe, sampling.resolve_request(defaults, prompt=prompt, seed=seed))[0], np.int16)
+
+
+def hooked(pipe):
+    return sum(len(m._forward_hooks) for c in ("unet", "text_encoder") for m in getattr(pipe, c).modules())
+
+
+def test_a_failure_inside_the_block_still_unpatches(pipe):
+    adapter = adapters.bind(pipe, *random_lora(pipe))
+    base = draw(pipe, "a red circle")
+    with pytest.raises(RuntimeError, match="sampling broke"):
+        with patching.applied(pipe, [adapter], [1.0]) as texts:
+            assert hooked(pipe) == len(adapter.layers) > 0
+            assert not np.array_equal(draw(pipe, "a red circle"), base)
+            raise RuntimeError("sampling broke")
+    assert hooked(pipe) == 0
+    assert np.array_equal(draw(pipe, "a red circle"), base)
+    # the slot rows were zeroed: naming a slot outside a prediction reads nothing of the last one
+    _, ids = token_slots.reserve(pipe, 2)
+    assert not pipe.text_encoder.get_input_embeddings().weight[ids].any()
+    assert texts == [token_slots.SLOT.format(0) + token_slots.SLOT.format(1)]
+
+
+def test_the_same_lora_twice_acts_like_double_the_scale(pipe):
+    """Two applications sum their deltas, as two adapters do in PEFT: 0.5 + 0.5 == 1.0 for the layers."""
+    tensors, _ = random_lora(pipe)
+    tensors.pop("emb_params")
+    adapter = adapters.bind(pipe, tensors, {})
+    with patching.applied(pipe, [adapter], [1.0]):
+        once = draw(pipe, "a blue square")
+    with patching.applied(pipe, [adapter, adapter], [0.5, 0.5]):
+        twice = draw(pipe, "a blue square")
+    assert np.abs(once - twice).max() <= 2
+
+
+def test_the_cache_keeps_recent_adapters_within_its_byte_bound(pipe):
+    made = []
+
+    def make(seed):
+        def bind():
+            made.append(seed)
+            return adapters.bind(pipe, *random_lora(pipe, seed))
+        return bind
+
+    one = adapters.bind(pipe, *random_lora(pipe))
+    cache = adapters.AdapterCache(max_bytes=int(2.5 * one.nbytes))
+    for seed in (1, 2, 1, 3, 1, 2):
+        cache.get(f"sha{seed}", "tiny", make(seed))
+    # 1 and 2 bound; 1 hit; 3 evicts 2 (least recent); 1 hit; 2 bound again (evicts 3)
+    assert made == [1, 2, 3, 2] and cache.hits == 2 and len(cache) == 2
+
+
+def test_a_lora_for_another_base_names_both(pipe):
+    tensors = {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
+               "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4)}
+    meta = {"lora_studio.base_family": "sd-1", "lora_studio.base_model": "sd-1.5"}
+    with pytest.raises(LoRAFileError, match=r"made for SD 1.x \(trained on sd-1.5\), and the base is base model "
+                                            r"'tiny' \(SD-1.x layout, UNet channels \(32, 64, 64\)"):
+        adapters.bind(pipe, tensors, meta, base_label="base model 'tiny'")
+
+
+def test_prompt_expansion_uses_the_slots(pipe):
+    a, b = (adapters.bind(pipe, *random_lora(pipe, seed)) for seed in (0, 1))
+    with patching.applied(pipe, [a, b], [0.5, 0.0]) as texts:
+        expanded = prompts.expand("a photo of <1> and <2>", texts)
+    assert expanded == f"a photo of {token_slots.SLOT.format(0)}{token_slots.SLOT.format(1)} and object"
