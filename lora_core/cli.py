@@ -91,6 +91,27 @@ def _weights_fetch(args: argparse.Namespace) -> None:
     print(summary.text(), flush=True)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .service.app import create_app
+    from .service.config import ServiceConfig
+
+    config = ServiceConfig.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
+    print(f"LoRA Studio on {config.public_url} (data in {config.data_dir}, database "
+          f"{config.database_url.split('://')[0]}, files {config.storage_url.split('://')[0]})", flush=True)
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+
+
+def _token_create(args: argparse.Namespace) -> None:
+    from .service import db, tokens
+    from .service.config import ServiceConfig
+
+    config = ServiceConfig.from_env(data_dir=args.data_dir)
+    print(tokens.create(db.connect(config.database_url), args.owner))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lora-studio", description="LoRA training and generation on Cog.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -158,6 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-above-mb", type=float, default=64, help="files bigger than this come in parallel ranges")
     p.add_argument("--dest", help="weights folder (default: $LORA_STUDIO_WEIGHTS or weights/)")
     p.set_defaults(func=_weights_fetch)
+
+    p = sub.add_parser("serve", help="the Replicate-style service: API, web pages and Cog workers")
+    p.add_argument("--host", default=None, help="default: $LORA_STUDIO_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: $LORA_STUDIO_PORT or 8000")
+    p.add_argument("--data-dir", help="SQLite database and files (default: $LORA_STUDIO_DATA_DIR or .data/)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("token", help="API tokens of the service")
+    token = p.add_subparsers(required=True, metavar="ACTION")
+    p = token.add_parser("create", help="print a new API token for an owner (only its hash is stored)")
+    p.add_argument("--owner", required=True)
+    p.add_argument("--data-dir", help="as for serve; DATABASE_URL wins")
+    p.set_defaults(func=_token_create)
 
     args = parser.parse_args(argv)
     try:

@@ -49,7 +49,7 @@ class FetchPolicy(BaseModel):
     max_redirects: int = 5
     ttl_s: float = 24 * 3600
     allow_file_urls: bool = False
-    allowed_private_hosts: frozenset[str] = frozenset()  # e.g. {"127.0.0.1"} in tests
+    allowed_private_hosts: frozenset[str] = frozenset()  # e.g. {"127.0.0.1"} in tests, {"10.0.0.5:8000"}
 
     @classmethod
     def from_env(cls) -> "FetchPolicy":
@@ -77,17 +77,19 @@ def system_resolver(host: str, port: int) -> list[str]:
         raise FetchError(f"cannot resolve host {host!r} ({e.strerror})") from None
 
 
-def _checked_address(host: str, port: int, policy: FetchPolicy, resolver: Resolver) -> str:
-    """An address of ``host`` that is public, or explicitly allowed."""
+def checked_address(host: str, port: int, allowed_private_hosts: frozenset[str] | set[str],
+                    resolver: Resolver = system_resolver) -> str:
+    """An address of ``host`` that is public, or explicitly allowed (``host``, ``ip``, ``host:port`` or ``ip:port``)."""
     addresses = resolver(host, port)
     if not addresses:
         raise FetchError(f"host {host!r} has no address")
-    allowed = host in policy.allowed_private_hosts
+    allowed = host in allowed_private_hosts or f"{host}:{port}" in allowed_private_hosts
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if ip.version == 6 and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
-        if not ip.is_global and not (allowed or str(ip) in policy.allowed_private_hosts):
+        if not ip.is_global and not (allowed or str(ip) in allowed_private_hosts
+                                     or f"{ip}:{port}" in allowed_private_hosts):
             raise FetchError(f"host {host!r} resolves to {ip}, a private or local address; refusing to fetch it")
     return addresses[0]
 
@@ -159,7 +161,7 @@ class Fetcher:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise FetchError(f"redirected to an unsupported URL {current[:100]!r}")
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = _checked_address(parts.hostname, port, self.policy, self.resolver)
+            address = checked_address(parts.hostname, port, self.policy.allowed_private_hosts, self.resolver)
             if parts.scheme == "https":
                 pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False,
                                                    server_hostname=parts.hostname, assert_hostname=parts.hostname)

@@ -54,3 +54,17 @@ def cloneofsimo_modules(model, ancestor_classes, legacy=False):
                 block, rank = path.split(part)[0], r
         blocks.setdefault(block, []).append((rank, i, path, module))
     return [(p, m) for entries in blocks.values() for _, _, p, m in sorted(entries, key=lambda e: e[:2])]
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """One running ``lora-studio serve`` (SQLite, local files, a Cog worker per model) shared by the API tests.
+
+    Webhook receivers in the tests listen on 127.0.0.1, so that address is allowed for them.
+    """
+    from service_harness import ServiceProcess
+
+    running = ServiceProcess(tmp_path_factory.mktemp("service"),
+                             env={"LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1"}).start()
+    yield running
+    running.stop()

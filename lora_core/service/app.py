@@ -1,0 +1,92 @@
+"""The ASGI application: the API and pages over one ``Service``, with request-size limits and error shapes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from .config import ServiceConfig
+from .models import InvalidField
+from .service import ApiError, Service
+
+
+class BodyLimit:
+    """413 for a request body over the limit, declared or streamed (uploads get the larger limit)."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        limit = self.upload_limit + 2**20 if path == "/v1/files" or "/uploads/" in path else self.limit
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _too_large(send, limit)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _too_large(send, limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = ApiError(413, "Request too large", f"The request body is over the {limit / 2**20:.0f} MB limit; "
+                                              "upload big files with POST /v1/files.").body()
+    response = JSONResponse(body, status_code=413)
+    await response(None, None, send)  # type: ignore[arg-type]
+
+
+def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI:
+    service = service or Service(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="LoRA Studio", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status,
+                            headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        fields = [InvalidField(".".join(str(p) for p in e["loc"][1:]) or "body", e["type"], e["msg"])
+                  for e in error.errors()]
+        detail = "".join(f"- {f.field}: {f.description}\n" for f in fields)
+        return JSONResponse(ApiError(422, "Invalid request", detail, fields).body(), status_code=422)
+
+    from .api import router
+
+    app.include_router(router)
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes, upload_limit=config.max_upload_bytes)
+    logging.getLogger("lora_studio").setLevel(logging.INFO)
+    return app

@@ -1,0 +1,120 @@
+"""File records: uploads (``POST /v1/files``) and prediction outputs, their bytes in the ``FileStore``.
+
+A file is stored once under a random key, hashed while it streams in, capped in size,
+and described for the pages (a ``.safetensors`` file's metadata header: base, task, tokens).
+Its URL is signed with an expiry (``signing``), or fetched with the owner's token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import re
+import secrets
+from pathlib import PurePosixPath
+from typing import Any, BinaryIO
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .db import files as F, utcnow
+from .file_store import FileStore, StorageFull
+
+Row = dict[str, Any]
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class TooLarge(ValueError):
+    pass
+
+
+class _Counting:
+    """Reads through ``stream`` hashing and counting, and stops past ``limit`` bytes."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream, self.limit = stream, limit
+        self.size, self.sha256, self.md5 = 0, hashlib.sha256(), hashlib.md5()
+        self.head = b""
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.stream.read(n)
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise TooLarge(f"the file is larger than the {self.limit / 2**20:.0f} MB limit")
+        self.sha256.update(chunk)
+        self.md5.update(chunk)
+        if len(self.head) < 1 << 20:
+            self.head += chunk[: (1 << 20) - len(self.head)]
+        return chunk
+
+
+def safe_name(name: str) -> str:
+    """A file name that is only a name: no folders, no odd characters, not empty."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    cleaned = SAFE_NAME.sub("_", base).strip("._") or "file"
+    return cleaned[:120]
+
+
+def save(engine: Engine, store: FileStore, *, owner: str, name: str, stream: BinaryIO, limit: int,
+         content_type: str | None = None, prediction_id: str | None = None) -> Row:
+    """Store the bytes, then the record. ``TooLarge`` / ``StorageFull`` leave nothing behind."""
+    name = safe_name(name)
+    content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    file_id = secrets.token_hex(16)
+    key = f"{owner}/{file_id}/{name}"
+    counting = _Counting(stream, limit)
+    try:
+        store.put(key, counting, content_type)
+    except (TooLarge, StorageFull):
+        store.delete(key)
+        raise
+    row = dict(id=file_id, owner=owner, prediction_id=prediction_id, name=name, content_type=content_type,
+               size=counting.size, sha256=counting.sha256.hexdigest(), md5=counting.md5.hexdigest(),
+               metadata=describe(name, counting.head), storage_key=key, created_at=utcnow())
+    with engine.begin() as c:
+        c.execute(F.insert().values(**row))
+    return row
+
+
+def describe(name: str, head: bytes) -> dict:
+    """What a page shows about a file without opening it: for ``.safetensors``, its metadata."""
+    if not name.endswith(".safetensors") or len(head) < 8:
+        return {}
+    size = int.from_bytes(head[:8], "little")
+    if size > len(head) - 8:
+        return {}
+    try:
+        meta = json.loads(head[8:8 + size]).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        return {}
+    keep = ("lora_studio.base_model", "lora_studio.task", "lora_studio.tokens", "lora_studio.rank",
+            "lora_studio.steps", "lora_studio.seed", "modelspec.trigger_phrase", "ss_base_model_version")
+    return {k: str(v)[:500] for k, v in meta.items() if k in keep}
+
+
+def get(engine: Engine, file_id: str, owner: str | None = None) -> Row | None:
+    query = sa.select(F).where(F.c.id == file_id)
+    if owner is not None:
+        query = query.where(F.c.owner == owner)
+    with engine.connect() as c:
+        row = c.execute(query).mappings().first()
+    return dict(row) if row else None
+
+
+def of_prediction(engine: Engine, prediction_id: str) -> list[Row]:
+    with engine.connect() as c:
+        return [dict(r) for r in c.execute(sa.select(F).where(F.c.prediction_id == prediction_id)
+                                           .order_by(F.c.created_at)).mappings()]
+
+
+def list_uploads(engine: Engine, owner: str, limit: int = 100) -> list[Row]:
+    with engine.connect() as c:
+        return [dict(r) for r in c.execute(sa.select(F).where(F.c.owner == owner, F.c.prediction_id.is_(None))
+                                           .order_by(F.c.created_at.desc()).limit(limit)).mappings()]
+
+
+def delete(engine: Engine, store: FileStore, row: Row) -> None:
+    store.delete(row["storage_key"])
+    with engine.begin() as c:
+        c.execute(F.delete().where(F.c.id == row["id"]))

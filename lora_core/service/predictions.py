@@ -1,0 +1,202 @@
+"""Prediction rows: create, read, page, and the queue (claim, start, finish, cancel, recover).
+
+Every state change is one conditional UPDATE, so two service processes sharing a database
+can never both claim, finish or cancel the same prediction. Status names are Replicate's:
+``starting`` (queued or being handed to a worker), ``processing``, then ``succeeded``,
+``failed`` or ``canceled``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import secrets
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .db import instances, predictions as P, utcnow
+
+TERMINAL = ("succeeded", "failed", "canceled")
+Row = dict[str, Any]
+
+
+def new_id() -> str:
+    """26 lowercase base32 characters, like Replicate's ids; unguessable (130 bits)."""
+    return base64.b32encode(secrets.token_bytes(20)).decode().lower()[:26]
+
+
+def create(engine: Engine, *, owner: str, model: str, version: str, kind: str, input: dict, source: str = "api",
+           webhook: str | None = None, webhook_events_filter: list[str] | None = None,
+           forked_from: str | None = None) -> Row:
+    row = dict(id=new_id(), owner=owner, model=model, version=version, kind=kind, source=source, status="starting",
+               input=input, output=None, error=None, logs="", metrics=None, webhook=webhook,
+               webhook_events_filter=webhook_events_filter, forked_from=forked_from, created_at=utcnow(),
+               started_at=None, completed_at=None, worker=None, instance=None, cancel_requested=False)
+    with engine.begin() as c:
+        c.execute(P.insert().values(**row))
+    return row
+
+
+def get(engine: Engine, prediction_id: str, owner: str | None = None) -> Row | None:
+    query = sa.select(P).where(P.c.id == prediction_id)
+    if owner is not None:
+        query = query.where(P.c.owner == owner)
+    with engine.connect() as c:
+        found = c.execute(query).mappings().first()
+    return dict(found) if found else None
+
+
+def page(engine: Engine, owner: str, cursor: str | None = None, limit: int = 20, model: str | None = None,
+         kind: str | None = None) -> tuple[list[Row], str | None, str | None]:
+    """Newest first. Returns (rows, cursor of the next (older) page, cursor of the previous (newer) page)."""
+    direction, after = _decode_cursor(cursor)
+    query = sa.select(P).where(P.c.owner == owner)
+    if model:
+        query = query.where(P.c.model == model)
+    if kind:
+        query = query.where(P.c.kind == kind)
+    key = sa.tuple_(P.c.created_at, P.c.id)
+    if after is not None:
+        query = query.where(key < after if direction == "older" else key > after)
+    order = (P.c.created_at.desc(), P.c.id.desc()) if direction == "older" else (P.c.created_at, P.c.id)
+    with engine.connect() as c:
+        rows = [dict(r) for r in c.execute(query.order_by(*order).limit(limit + 1)).mappings()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if direction == "newer":
+        rows.reverse()
+    if not rows:
+        return [], None, None
+    older = _encode_cursor("older", rows[-1]) if (more or direction == "newer") else None
+    newer = _encode_cursor("newer", rows[0]) if (after is not None and (direction == "older" or more)) else None
+    return rows, older, newer
+
+
+def _encode_cursor(direction: str, row: Row) -> str:
+    raw = json.dumps([direction, row["created_at"].isoformat(), row["id"]])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> tuple[str, tuple | None]:
+    if not cursor:
+        return "older", None
+    try:
+        direction, created, pid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        assert direction in ("older", "newer")
+        return direction, (datetime.datetime.fromisoformat(created), str(pid))
+    except Exception:  # noqa: BLE001 - any malformed cursor is the same user error
+        raise ValueError("invalid cursor; use the 'next' or 'previous' URL of a page") from None
+
+
+# ---- the queue ------------------------------------------------------------------------------------------------
+
+def claim_next(engine: Engine, model: str, worker: str, instance: str) -> Row | None:
+    """The oldest queued prediction of ``model``, now assigned to ``worker`` (or None).
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` hands each row to one claimer without waiting; SQLite
+    serialises writers. Either way the UPDATE's condition makes a lost race harmless.
+    """
+    for _ in range(5):
+        with engine.begin() as c:
+            pid = c.execute(
+                sa.select(P.c.id).where(P.c.status == "starting", P.c.model == model, P.c.worker.is_(None))
+                .order_by(P.c.created_at, P.c.id).limit(1).with_for_update(skip_locked=True)).scalar()
+            if pid is None:
+                return None
+            done = c.execute(P.update().where(P.c.id == pid, P.c.status == "starting", P.c.worker.is_(None))
+                             .values(worker=worker, instance=instance)).rowcount
+        if done:
+            return get(engine, pid)
+    return None
+
+
+def unclaim(engine: Engine, prediction_id: str, worker: str) -> bool:
+    """Back to the queue: the worker refused it before starting (e.g. it was busy after a restart)."""
+    with engine.begin() as c:
+        return bool(c.execute(P.update().where(P.c.id == prediction_id, P.c.worker == worker,
+                                               P.c.status == "starting").values(worker=None, instance=None)).rowcount)
+
+
+def update_running(engine: Engine, prediction_id: str, worker: str, *, logs: str | None = None,
+                   output: Any = None, started_at: datetime.datetime | None = None) -> Row | None:
+    """Progress from the worker running it; ignored (None) once it is final or if another worker has it."""
+    values: dict[str, Any] = {"status": "processing"}
+    if logs is not None:
+        values["logs"] = logs
+    if output is not None:
+        values["output"] = output
+    with engine.begin() as c:
+        current = c.execute(sa.select(P.c.started_at).where(P.c.id == prediction_id)).scalar()
+        values["started_at"] = current or started_at or utcnow()
+        done = c.execute(P.update().where(P.c.id == prediction_id, P.c.worker == worker,
+                                          P.c.status.in_(("starting", "processing"))).values(**values)).rowcount
+    return get(engine, prediction_id) if done else None
+
+
+def finish(engine: Engine, prediction_id: str, status: str, *, worker: str | None = None, output: Any = None,
+           error: str | None = None, logs: str | None = None, metrics: dict | None = None) -> Row | None:
+    """The final state, once (None if it already had one, or belongs to another worker)."""
+    assert status in TERMINAL
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "completed_at": now, "error": error}
+    if output is not None:
+        values["output"] = output
+    if logs is not None:
+        values["logs"] = logs
+    with engine.begin() as c:
+        row = c.execute(sa.select(P.c.started_at, P.c.created_at, P.c.metrics).where(P.c.id == prediction_id)).first()
+        if row is None:
+            return None
+        started = row.started_at
+        merged = dict(row.metrics or {}) | dict(metrics or {})
+        if started is not None and "predict_time" not in merged:
+            merged["predict_time"] = (now - started).total_seconds()
+        merged["total_time"] = (now - row.created_at).total_seconds()
+        values["metrics"] = merged
+        query = P.update().where(P.c.id == prediction_id, P.c.status.notin_(TERMINAL))
+        if worker is not None:
+            query = query.where(P.c.worker == worker)
+        done = c.execute(query.values(**values)).rowcount
+    return get(engine, prediction_id) if done else None
+
+
+def cancel(engine: Engine, prediction_id: str) -> str:
+    """'canceled' if it was still queued (now final), 'requested' if running, 'final' if already done."""
+    with engine.begin() as c:
+        queued = c.execute(P.update().where(P.c.id == prediction_id, P.c.status == "starting", P.c.worker.is_(None))
+                           .values(status="canceled", completed_at=utcnow())).rowcount
+        if queued:
+            return "canceled"
+        running = c.execute(P.update().where(P.c.id == prediction_id, P.c.status.notin_(TERMINAL))
+                            .values(cancel_requested=True)).rowcount
+    return "requested" if running else "final"
+
+
+def cancel_requested(engine: Engine, prediction_id: str) -> bool:
+    with engine.connect() as c:
+        return bool(c.execute(sa.select(P.c.cancel_requested).where(P.c.id == prediction_id)).scalar())
+
+
+# ---- instances: who holds which running predictions ------------------------------------------------------------
+
+def heartbeat(engine: Engine, instance: str) -> None:
+    with engine.begin() as c:
+        if not c.execute(instances.update().where(instances.c.name == instance).values(heartbeat_at=utcnow())).rowcount:
+            c.execute(instances.insert().values(name=instance, heartbeat_at=utcnow()))
+
+
+def fail_interrupted(engine: Engine, instance: str, stale_after_s: float, *, at_start: bool) -> list[str]:
+    """Fail ('interrupted') claimed predictions whose service instance is gone: those of instances
+    silent for ``stale_after_s`` and, ``at_start``, this instance's own (it has just started, so it
+    runs none). Queued ones stay queued."""
+    cutoff = utcnow() - datetime.timedelta(seconds=stale_after_s)
+    alive = sa.select(instances.c.name).where(instances.c.heartbeat_at >= cutoff, instances.c.name != instance)
+    orphaned = P.c.instance.notin_(alive) if at_start else sa.and_(P.c.instance.notin_(alive), P.c.instance != instance)
+    with engine.connect() as c:
+        ids = list(c.execute(sa.select(P.c.id).where(P.c.status.notin_(TERMINAL), P.c.worker.is_not(None),
+                                                     orphaned)).scalars())
+    return [pid for pid in ids
+            if finish(engine, pid, "failed", error="interrupted: the service restarted while this prediction was running")]

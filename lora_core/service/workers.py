@@ -1,0 +1,357 @@
+"""Workers: Cog servers fed from the queue, watched, restarted; their webhooks and uploads received.
+
+One thread per worker takes the oldest queued prediction of its model, hands it over with
+Cog's protocol (``PUT /predictions/{id}``, ``Prefer: respond-async``, a webhook back here)
+and waits for the final webhook, forwarding a cancel if one is asked for. A supervisor
+restarts local servers that die and fails the prediction they held ("worker died"); remote
+servers (GPU containers at configured URLs) are health-checked instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit
+
+import requests
+from sqlalchemy.engine import Engine
+
+from . import files, outputs, predictions
+from .changes import Changes
+from .cog_process import CogProcess
+from .config import ServiceConfig
+from .file_store import FileStore
+from .models import Model
+from .signing import Signer
+from .urls import Urls
+
+log = logging.getLogger("lora_studio.workers")
+EVENTS = ["start", "output", "logs", "completed"]
+
+
+@dataclass
+class Worker:
+    name: str  # "lora-1": unique within this service instance, used in its URLs here
+    model: Model
+    url: str
+    process: CogProcess | None = None  # None: a remote Cog server at ``url``
+    ready: threading.Event = field(default_factory=threading.Event)
+    current: str | None = None  # prediction id being run
+    finished: threading.Event = field(default_factory=threading.Event)
+    upload_errors: list[str] = field(default_factory=list)
+    restarts: int = 0
+    last_seen: float = 0.0
+    misses: int = 0  # health checks unanswered in a row
+
+
+class WorkerPool:
+    def __init__(self, config: ServiceConfig, engine: Engine, store: FileStore, models: dict[str, Model],
+                 changes: Changes, signer: Signer, urls: Urls, on_event: Callable[[dict, str], None]) -> None:
+        """``on_event(row, event)`` is called after each stored change ("start", "logs", "output", "completed")."""
+        self.config, self.engine, self.store, self.changes = config, engine, store, changes
+        self.signer, self.urls = signer, urls
+        self.on_event = on_event
+        self.workers: dict[str, Worker] = {}
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.session = requests.Session()
+        for model in models.values():
+            setting = config.worker_setting(model.full_name)
+            for i, url in enumerate(setting.urls, 1):
+                self._add(Worker(f"{model.name}-remote-{i}", model, url))
+            for i in range(1, setting.count + 1):
+                name = f"{model.name}-{i}"
+                process = CogProcess(name, model.predictor, model.schema_path, config.data_dir / "workers" / name,
+                                     self._worker_env(), upload_url=f"{self.upload_prefix(name)}")
+                self._add(Worker(name, model, "", process))
+
+    def _add(self, worker: Worker) -> None:
+        self.workers[worker.name] = worker
+
+    def _worker_env(self) -> dict[str, str]:
+        service = urlsplit(self.config.internal_url)
+        return {
+            "WEBHOOK_AUTH_TOKEN": self.signer.worker_token(),
+            # LoRA URLs may point at this service's own files: allow exactly its host:port, nothing else local
+            "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": ",".join(sorted(
+                {f"{service.hostname}:{service.port or 80}", *self.config.allowed_private_hosts})),
+            "LORA_STUDIO_CACHE_DIR": str(self.config.data_dir / "cache" / "loras"),
+        }
+
+    def upload_prefix(self, worker_name: str) -> str:
+        return f"{self.config.internal_url}/internal/workers/{quote(worker_name)}/{self.signer.worker_token()}/uploads/"
+
+    @property
+    def output_prefix(self) -> str:
+        """Where uploaded outputs say they are (coglet puts the upload's Location into the output)."""
+        return f"{self.config.internal_url}/internal/outputs/"
+
+    # ---- life cycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for worker in self.workers.values():
+            if worker.process:
+                worker.process.start()
+                worker.url = worker.process.url
+            thread = threading.Thread(target=self._dispatch_loop, args=(worker,), name=f"dispatch-{worker.name}",
+                                      daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.changes.prediction_queued()
+        for worker in self.workers.values():
+            worker.finished.set()
+            if worker.process:
+                worker.process.stop()
+
+    def status(self) -> list[dict]:
+        return [{"name": w.name, "model": w.model.full_name, "url": w.url, "ready": w.ready.is_set(),
+                 "current": w.current, "restarts": w.restarts, "local": w.process is not None,
+                 "pid": w.process.process.pid if w.process and w.process.process else None}
+                for w in self.workers.values()]
+
+    # ---- dispatch -----------------------------------------------------------------------------------------
+    def _dispatch_loop(self, worker: Worker) -> None:
+        while not self.stopping.is_set():
+            if not worker.ready.wait(0.5):
+                continue
+            try:
+                row = predictions.claim_next(self.engine, worker.model.full_name, worker.name, self.config.instance)
+            except Exception:  # noqa: BLE001 - the database may be restarting; keep the worker alive
+                log.exception("claiming from the queue failed")
+                time.sleep(1)
+                continue
+            if row is None:
+                self.changes.wait_for_queue(1.0)
+                continue
+            try:
+                self._run(worker, row)
+            except Exception as e:  # noqa: BLE001 - one prediction's bug must not stop the worker
+                log.exception("running %s failed", row["id"])
+                self._complete(worker, row["id"], "failed", error=f"internal error handing over the prediction: {e}")
+            finally:
+                worker.current = None
+
+    def _run(self, worker: Worker, row: dict) -> None:
+        pid = row["id"]
+        worker.current, worker.upload_errors = pid, []
+        worker.finished.clear()
+        body = {"id": pid, "input": self.worker_input(row),
+                "webhook": f"{self.config.internal_url}/internal/workers/{quote(worker.name)}/webhook",
+                "webhook_events_filter": EVENTS}
+        try:
+            response = self.session.put(f"{worker.url}/predictions/{pid}", json=body,
+                                        headers={"Prefer": "respond-async"}, timeout=30)
+        except requests.RequestException as e:
+            log.warning("worker %s unreachable (%s); prediction %s goes back to the queue", worker.name, e, pid)
+            predictions.unclaim(self.engine, pid, worker.name)
+            worker.ready.clear()
+            return
+        if response.status_code == 409:  # busy: it is still finishing something we lost track of
+            predictions.unclaim(self.engine, pid, worker.name)
+            worker.ready.clear()
+            return
+        if response.status_code >= 400:
+            self._complete(worker, pid, "failed", error=_cog_error(response))
+            return
+        started = predictions.update_running(self.engine, pid, worker.name)
+        if started:
+            self.on_event(started, "start")
+            self.changes.prediction_changed(pid)
+        cancel_sent = False
+        while not worker.finished.wait(0.5):
+            if self.stopping.is_set():
+                return
+            if not cancel_sent and predictions.cancel_requested(self.engine, pid):
+                self.cancel_on_worker(worker, pid)
+                cancel_sent = True
+
+    def worker_input(self, row: dict) -> dict:
+        """The input as the worker must see it: this service's file URLs signed for it to fetch, and no
+        nulls (an empty optional input is left out: Cog's server rejects ``null``)."""
+        return {k: self.urls.for_worker(v, row["owner"], self.engine) if isinstance(v, str) else v
+                for k, v in row["input"].items() if v is not None}
+
+    def cancel(self, prediction_id: str) -> None:
+        """Forward a cancel now if this process runs it (otherwise its dispatcher sees the flag)."""
+        for worker in self.workers.values():
+            if worker.current == prediction_id:
+                self.cancel_on_worker(worker, prediction_id)
+
+    def cancel_on_worker(self, worker: Worker, prediction_id: str) -> None:
+        try:
+            self.session.post(f"{worker.url}/predictions/{prediction_id}/cancel", timeout=10)
+        except requests.RequestException as e:
+            log.warning("cancel of %s on %s failed: %s", prediction_id, worker.name, e)
+
+    # ---- from the worker ----------------------------------------------------------------------------------
+    def on_webhook(self, worker_name: str, payload: dict) -> bool:
+        """A state update from a worker's Cog server; False if it is not about what that worker runs."""
+        worker = self.workers.get(worker_name)
+        pid = payload.get("id")
+        if worker is None or not pid or worker.current != pid:
+            return False
+        worker.last_seen = time.monotonic()
+        status = payload.get("status")
+        if status in predictions.TERMINAL:
+            self._complete(worker, pid, status, output=payload.get("output"), error=payload.get("error"),
+                           logs=payload.get("logs"), metrics=payload.get("metrics"))
+            return True
+        row = predictions.get(self.engine, pid)
+        if row is None:
+            return False
+        output = self._collect(row, payload.get("output")) if payload.get("output") is not None else None
+        updated = predictions.update_running(self.engine, pid, worker.name, logs=payload.get("logs"), output=output,
+                                             started_at=_parse_time(payload.get("started_at")))
+        if updated:
+            if output is not None and output != row.get("output"):
+                self.on_event(updated, "output")
+            if (payload.get("logs") or "") != (row.get("logs") or ""):
+                self.on_event(updated, "logs")
+            self.changes.prediction_changed(pid)
+        return True
+
+    def on_upload(self, worker_name: str, filename: str, stream, content_type: str | None) -> dict:
+        """An output file from a worker's Cog server, stored as a file of the prediction it runs."""
+        worker = self.workers.get(worker_name)
+        if worker is None or worker.current is None:
+            raise LookupError("this worker is running no prediction")
+        row = predictions.get(self.engine, worker.current)
+        try:
+            return files.save(self.engine, self.store, owner=row["owner"], name=filename, stream=stream,
+                              limit=self.config.max_upload_bytes, content_type=content_type, prediction_id=row["id"])
+        except (OSError, ValueError) as e:
+            worker.upload_errors.append(f"{files.safe_name(filename)}: {e}")
+            raise
+
+    def _collect(self, row: dict, output: Any) -> Any:
+        uploaded = {f["id"] for f in files.of_prediction(self.engine, row["id"])}
+
+        def save_data(name: str, content_type: str, data: bytes) -> str:
+            saved = files.save(self.engine, self.store, owner=row["owner"], name=name, stream=io.BytesIO(data),
+                               limit=self.config.max_upload_bytes, content_type=content_type,
+                               prediction_id=row["id"])
+            return saved["id"]
+
+        return outputs.to_refs(output, self.output_prefix, uploaded, save_data)
+
+    def _complete(self, worker: Worker, pid: str, status: str, *, output: Any = None, error: str | None = None,
+                  logs: str | None = None, metrics: dict | None = None) -> None:
+        row = predictions.get(self.engine, pid)
+        if row is None:
+            worker.finished.set()
+            return
+        if output is not None:
+            try:
+                output = self._collect(row, output)
+            except (OSError, ValueError) as e:
+                status, error, output = "failed", f"the output could not be stored: {e}", None
+        if status == "succeeded":
+            problem = worker.model.output_problem(row["input"], output)
+            if problem:
+                detail = f" ({'; '.join(worker.upload_errors)})" if worker.upload_errors else ""
+                status, error = "failed", problem + detail
+        metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        done = predictions.finish(self.engine, pid, status, worker=worker.name, output=output, error=error,
+                                  logs=logs, metrics=metrics)
+        worker.finished.set()
+        if done:
+            self.on_event(done, "completed")
+            self.changes.prediction_changed(pid)
+
+    # ---- supervision --------------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        last_beat = last_sweep = 0.0
+        while not self.stopping.wait(0.5):
+            now = time.monotonic()
+            for worker in self.workers.values():
+                try:
+                    self._check(worker)
+                except Exception:  # noqa: BLE001
+                    log.exception("checking worker %s failed", worker.name)
+            try:
+                if now - last_beat >= self.config.heartbeat_s:
+                    predictions.heartbeat(self.engine, self.config.instance)
+                    last_beat = now
+                if now - last_sweep >= 6 * self.config.heartbeat_s:
+                    for pid in predictions.fail_interrupted(self.engine, self.config.instance,
+                                                            6 * self.config.heartbeat_s, at_start=False):
+                        self._announce_failed(pid)
+                    last_sweep = now
+            except Exception:  # noqa: BLE001
+                log.exception("heartbeat failed")
+
+    def _check(self, worker: Worker) -> None:
+        if worker.process is not None and worker.process.exit_code() is not None:
+            code = worker.process.exit_code()
+            log.warning("worker %s died (exit code %s); restarting\n%s", worker.name, code, worker.process.log_tail())
+            worker.ready.clear()
+            pid = worker.current
+            if pid:
+                self._complete(worker, pid, "failed",
+                               error=f"worker died (exit code {code}) while running this prediction; it has been "
+                                     "restarted, so you can run the prediction again")
+            worker.process.stop()
+            worker.restarts += 1
+            time.sleep(min(30, 0.5 * 2 ** min(worker.restarts, 6)) if worker.restarts > 3 else 0)
+            worker.process.start()
+            worker.url = worker.process.url
+            return
+        if worker.ready.is_set() and worker.current is None and time.monotonic() - worker.last_seen < 5:
+            return
+        state = self._health(worker)
+        worker.last_seen = time.monotonic()
+        worker.misses = 0 if state else worker.misses + 1
+        if state in ("READY", "BUSY"):
+            worker.ready.set()
+        elif state in ("DEFUNCT", "SETUP_FAILED") and worker.process is not None:
+            log.warning("worker %s is %s; restarting\n%s", worker.name, state, worker.process.log_tail())
+            worker.process.stop()  # the next check sees it dead and restarts it
+        elif state is None and worker.process is None and worker.misses >= 3:
+            worker.ready.clear()
+            if worker.current:
+                self._complete(worker, worker.current, "failed",
+                               error=f"worker {worker.name} stopped answering while running this prediction")
+
+    def _health(self, worker: Worker) -> str | None:
+        if not worker.url:
+            return None
+        try:
+            return self.session.get(f"{worker.url}/health-check", timeout=2).json().get("status")
+        except (requests.RequestException, ValueError):
+            return None
+
+    def _announce_failed(self, pid: str) -> None:
+        row = predictions.get(self.engine, pid)
+        if row:
+            self.on_event(row, "completed")
+            self.changes.prediction_changed(pid)
+
+
+def _cog_error(response: requests.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text[:300]
+    if isinstance(detail, list):
+        detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[2:])}: {d.get('msg')}" for d in detail)
+    return f"the worker refused the input (HTTP {response.status_code}): {detail}"
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(datetime.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed

@@ -1,0 +1,108 @@
+"""A real ``lora-studio serve`` process (its own Cog workers, database and files) for the service tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    def __init__(self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.port = data_dir, port or free_port()
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                    "LORA_STUDIO_DATA_DIR": str(data_dir), "LORA_STUDIO_HEARTBEAT_S": "1",
+                    "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.2", **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_dir / "service.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_workers: bool = True, timeout: float = 180) -> "ServiceProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, f"service exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"service not ready in {timeout}s:\n{self.log()}"
+            try:
+                health = requests.get(f"{self.url}/health", timeout=2).json()
+                if not wait_workers or all(w["ready"] for w in health["workers"]):
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def log(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def token(self, owner: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "lora_core.cli", "token", "create", "--owner", owner],
+                             cwd=ROOT, env=self.env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    def workers(self) -> list[dict]:
+        return requests.get(f"{self.url}/health", timeout=5).json()["workers"]
+
+
+class Api:
+    """The HTTP API as one owner sees it."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        self.base, self.session = base, requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def __call__(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 120)
+        return self.session.request(method, path if path.startswith("http") else self.base + path, **kwargs)
+
+    def predict(self, model: str, input: dict, wait: int | None = 60, **body) -> dict:
+        headers = {"Prefer": f"wait={wait}"} if wait else {}
+        r = self("POST", f"/v1/models/{model}/predictions", json={"input": input, **body}, headers=headers)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def wait(self, prediction_id: str, timeout: float = 240, statuses=("succeeded", "failed", "canceled")) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self("GET", f"/v1/predictions/{prediction_id}").json()
+            if body["status"] in statuses:
+                return body
+            assert time.monotonic() < deadline, json.dumps(body)[:3000]
+            time.sleep(0.2)

@@ -1,0 +1,52 @@
+"""The official ``replicate`` client against the service: train from a zip, then generate with the LoRA it made."""
+
+import io
+import time
+
+import numpy as np
+import replicate
+import requests
+from PIL import Image
+
+from conftest import zip_images
+from lora_core import tiny_eval, tiny_world
+
+
+def _images(output) -> list[Image.Image]:
+    """The client wraps https:// outputs in FileOutput; this test server speaks plain http, so those stay URLs."""
+    return [Image.open(io.BytesIO(o.read() if hasattr(o, "read") else requests.get(o, timeout=10).content))
+            .convert("RGB") for o in output]
+
+
+def test_train_then_generate_with_the_official_client(service, tmp_path):
+    client = replicate.Client(api_token=service.token("carol"), base_url=service.url)
+    zip_path = zip_images(tmp_path / "stars.zip", tiny_world.concept_images("star", "purple", 6, first_seed=0))
+
+    training_model = client.models.get("lora-studio/lora-training")
+    with zip_path.open("rb") as f:  # the client uploads the file through POST /v1/files first
+        training = client.trainings.create(
+            version=f"lora-studio/lora-training:{training_model.latest_version.id}", destination="carol/stars",
+            input={"instance_data": f, "task": "object", "seed": 0, "max_train_steps": 300})
+    deadline = time.monotonic() + 300
+    while training.status not in ("succeeded", "failed", "canceled"):  # the client's Training has no wait()
+        assert time.monotonic() < deadline, training.logs[-2000:]
+        time.sleep(1)
+        training.reload()
+    assert training.status == "succeeded", (training.error, training.logs[-2000:])
+    assert "progress: 100.0% step 300/300" in training.logs
+    lora_url = training.output["lora"]
+    assert "/lora.safetensors?" in lora_url
+
+    # scale 0 is the base; at 1 the LoRA draws purple stars (the concept the base has never seen)
+    inputs = {"prompt": "a photo of <1>", "lora_urls": lora_url, "seed": 1, "num_outputs": 4}
+    base = client.run("lora-studio/lora", input={**inputs, "lora_scales": "0"})
+    tuned = client.run("lora-studio/lora", input={**inputs, "lora_scales": "1"})
+    base_images, tuned_images = _images(base), _images(tuned)
+    photos = tiny_world.concept_images("star", "purple", 6, first_seed=0)
+    d_base = tiny_eval.palette_distance(base_images, photos)
+    d_tuned = tiny_eval.palette_distance(tuned_images, photos)
+    assert d_tuned < 0.5 * d_base, (d_base, d_tuned)
+    assert not np.array_equal(np.asarray(base_images[0]), np.asarray(tuned_images[0]))
+
+    page = client.predictions.list()
+    assert {p.model for p in page.results} >= {"lora-studio/lora", "lora-studio/lora-training"}

@@ -1,0 +1,202 @@
+"""The running service through its HTTP API: auth, validation, predictions, files, fork, cancel, webhooks."""
+
+import http.server
+import io
+import json
+import threading
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import zip_images
+from lora_core import tiny_world
+from lora_core.service.signing import verify_webhook
+from service_harness import Api
+
+GENERATE = "lora-studio/lora"
+TRAIN = "lora-studio/lora-training"
+
+
+@pytest.fixture(scope="module")
+def alice(service):
+    return Api(service.url, service.token("alice"))
+
+
+@pytest.fixture(scope="module")
+def bob(service):
+    return Api(service.url, service.token("bob"))
+
+
+def png_size(url: str, session=requests) -> tuple[int, int]:
+    r = session.get(url, timeout=30)
+    assert r.status_code == 200, r.text
+    return Image.open(io.BytesIO(r.content)).size
+
+
+def test_no_token_or_a_wrong_one_is_401(service):
+    r = requests.get(f"{service.url}/v1/predictions", timeout=10)
+    assert r.status_code == 401 and "token" in r.json()["detail"]
+    r = requests.get(f"{service.url}/v1/predictions", headers={"Authorization": "Bearer ls_nope"}, timeout=10)
+    assert r.status_code == 401 and r.json()["status"] == 401
+
+
+def test_models_publish_their_versioned_schema(alice):
+    model = alice("GET", f"/v1/models/{GENERATE}").json()
+    schema = model["latest_version"]["openapi_schema"]
+    assert schema["components"]["schemas"]["Input"]["properties"]["lora_urls"]["type"] == "string"
+    version = model["latest_version"]["id"]
+    assert alice("GET", f"/v1/models/{GENERATE}/versions/{version}").json()["id"] == version
+    assert alice("GET", f"/v1/models/{GENERATE}/versions/{'0' * 64}").status_code == 404
+    assert alice("GET", "/v1/models/nobody/nothing").status_code == 404
+
+
+def test_a_generation_runs_and_its_image_downloads_by_signed_url(alice):
+    body = alice.predict(GENERATE, {"prompt": "a photo of a red circle", "seed": 3, "num_outputs": 2})
+    assert body["status"] == "succeeded", body
+    assert body["model"] == GENERATE and len(body["version"]) == 64 and body["urls"]["get"].endswith(body["id"])
+    assert body["metrics"]["predict_time"] > 0 and body["completed_at"] >= body["started_at"]
+    assert "progress: 100.0%" in body["logs"]
+    assert len(body["output"]) == 2
+    assert png_size(body["output"][0]) == (64, 64)  # no token needed: the URL is signed
+    tampered = body["output"][0].replace("sig=", "sig=x")
+    assert requests.get(tampered, timeout=10).status_code == 404
+    # same input, same pixels (seed recorded in the input)
+    again = alice.predict(GENERATE, {"prompt": "a photo of a red circle", "seed": 3, "num_outputs": 2})
+    assert requests.get(again["output"][1]).content == requests.get(body["output"][1]).content
+
+
+def test_invalid_input_is_422_naming_the_field(alice):
+    r = alice("POST", f"/v1/models/{GENERATE}/predictions", json={"input": {"prompt": "x", "num_outputs": 9}})
+    assert r.status_code == 422
+    assert r.json()["invalid_fields"][0]["field"] == "input.num_outputs"
+    r = alice("POST", "/v1/predictions", json={"version": "f" * 64, "input": {"prompt": "x"}})
+    assert r.status_code == 422 and "version" in r.json()["detail"]
+    r = alice("POST", "/v1/predictions", json={"input": "not an object"})
+    assert r.status_code == 422
+
+
+def test_a_prediction_fails_alone_with_a_clear_message_and_the_next_works(alice):
+    bad = alice.predict(GENERATE, {"prompt": "<1>", "lora_urls": "https://example.invalid/x.safetensors|a",
+                                   "lora_scales": "0.5|0.5|0.5"})
+    assert bad["status"] == "failed" and "scale" in bad["error"].lower(), bad
+    good = alice.predict(GENERATE, {"prompt": "a blue square", "seed": 1})
+    assert good["status"] == "succeeded"
+
+
+def test_owners_are_isolated(alice, bob):
+    mine = alice.predict(GENERATE, {"prompt": "a green star", "seed": 0})
+    for method, path in [("GET", f"/v1/predictions/{mine['id']}"), ("POST", f"/v1/predictions/{mine['id']}/cancel"),
+                         ("POST", f"/v1/predictions/{mine['id']}/fork")]:
+        assert bob(method, path, json={}).status_code == 404
+    assert mine["id"] not in [p["id"] for p in bob("GET", "/v1/predictions").json()["results"]]
+    upload = alice("POST", "/v1/files", files={"content": ("a.txt", b"hello", "text/plain")}).json()
+    assert bob("GET", f"/v1/files/{upload['id']}").status_code == 404
+    assert bob("GET", upload["urls"]["download"].split("?")[0]).status_code == 404  # unsigned, not the owner
+    assert alice("GET", upload["urls"]["download"].split("?")[0]).content == b"hello"  # unsigned, the owner
+    assert requests.get(f"{alice.base}/files/../../etc/passwd", timeout=10).status_code == 404
+
+
+def test_history_pages_newest_first(alice):
+    made = [alice.predict(GENERATE, {"prompt": "a red circle", "seed": i, "num_inference_steps": 2}, wait=None)["id"]
+            for i in range(3)]
+    page = alice("GET", "/v1/predictions").json()
+    assert [p["id"] for p in page["results"][:3]] == made[::-1]
+    seen, url = [], "/v1/predictions"
+    while url:
+        page = alice("GET", url).json()
+        seen += [p["id"] for p in page["results"]]
+        url = page["next"]
+    assert len(seen) == len(set(seen)) and set(made) <= set(seen)
+    for pid in made:
+        assert alice.wait(pid)["status"] == "succeeded"
+
+
+def test_fork_reruns_the_parent_with_one_change(alice):
+    parent = alice.predict(GENERATE, {"prompt": "a photo of a yellow circle", "seed": 5})
+    r = alice("POST", f"/v1/predictions/{parent['id']}/fork", json={"input": {"seed": 6}},
+              headers={"Prefer": "wait=60"})
+    assert r.status_code == 201
+    fork = r.json()
+    assert fork["forked_from"] == parent["id"] and fork["status"] == "succeeded"
+    assert fork["input"] == {**parent["input"], "seed": 6}
+    same = alice("POST", f"/v1/predictions/{parent['id']}/fork", json={}, headers={"Prefer": "wait=60"}).json()
+    assert requests.get(same["output"][0]).content == requests.get(parent["output"][0]).content
+    assert requests.get(fork["output"][0]).content != requests.get(parent["output"][0]).content
+    r = alice("POST", f"/v1/predictions/{parent['id']}/fork", json={"input": {"num_outputs": 99}})
+    assert r.status_code == 422 and r.json()["invalid_fields"][0]["field"] == "input.num_outputs"
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(200)
+        self.end_headers()
+
+
+@pytest.fixture
+def receiver():
+    Receiver.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def test_webhooks_arrive_in_order_and_signed(alice, receiver):
+    secret = alice("GET", "/v1/webhooks/default/secret").json()["key"]
+    body = alice.predict(GENERATE, {"prompt": "a red square", "seed": 2}, webhook=receiver)
+    deadline = time.monotonic() + 30
+    while not any(json.loads(b)["status"] == "succeeded" for _, b in Receiver.received):
+        assert time.monotonic() < deadline, Receiver.received
+        time.sleep(0.1)
+    statuses = [json.loads(b)["status"] for _, b in Receiver.received]
+    assert statuses[0] == "processing" and statuses[-1] == "succeeded", statuses
+    for headers, raw in Receiver.received:
+        assert verify_webhook(secret, headers, raw)
+        assert json.loads(raw)["id"] == body["id"]
+    # only what was asked for
+    Receiver.received = []
+    alice.predict(GENERATE, {"prompt": "a red square", "seed": 2}, webhook=receiver,
+                  webhook_events_filter=["completed"])
+    deadline = time.monotonic() + 30
+    while not Receiver.received:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert [json.loads(b)["status"] for _, b in Receiver.received] == ["succeeded"]
+
+
+def test_webhooks_to_private_addresses_are_refused(alice):
+    r = alice("POST", f"/v1/models/{GENERATE}/predictions",
+              json={"input": {"prompt": "x"}, "webhook": "http://169.254.169.254/latest"})
+    assert r.status_code == 422 and "private" in r.json()["detail"]
+
+
+def test_a_training_from_an_uploaded_zip_then_cancel_a_long_one(alice, tmp_path):
+    zip_path = zip_images(tmp_path / "stars.zip", tiny_world.concept_images("star", "purple", 5, first_seed=0))
+    with zip_path.open("rb") as f:
+        upload = alice("POST", "/v1/files", files={"content": ("stars.zip", f, "application/zip")}).json()
+    assert upload["size"] == zip_path.stat().st_size and upload["checksums"]["sha256"]
+    r = alice("POST", "/v1/trainings", json={"input": {"instance_data": upload["urls"]["get"], "task": "object",
+                                                        "max_train_steps": 2000, "seed": 0}})
+    assert r.status_code == 201, r.text
+    training = r.json()
+    assert training["urls"]["get"].endswith(f"/v1/trainings/{training['id']}")
+    deadline = time.monotonic() + 180
+    while "progress:" not in (current := alice("GET", f"/v1/trainings/{training['id']}").json())["logs"]:
+        assert current["status"] in ("starting", "processing") and time.monotonic() < deadline, current
+        time.sleep(0.5)
+    canceled_at = time.monotonic()
+    assert alice("POST", f"/v1/trainings/{training['id']}/cancel").status_code == 200
+    final = alice.wait(training["id"], timeout=60)
+    assert final["status"] == "canceled" and time.monotonic() - canceled_at < 30
+    assert "progress: 100.0%" not in final["logs"]
+    assert alice.predict(GENERATE, {"prompt": "a red circle"})["status"] == "succeeded"

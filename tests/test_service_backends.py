@@ -1,0 +1,142 @@
+"""The deployment backends, each a real server started here: S3-compatible storage (moto in server mode) and
+PostgreSQL (Debian's, started as a throw-away cluster; CI installs it). Two service processes share one database."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from lora_core.service import db, predictions
+from service_harness import Api, ServiceProcess, free_port
+
+GENERATE = "lora-studio/lora"
+ONLY_GENERATION = {"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            break
+        except requests.RequestException:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _s3_env(endpoint: str) -> dict:
+    return {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint}
+
+
+def test_outputs_and_uploads_live_in_s3_and_survive_a_restart(s3_server, tmp_path):
+    import boto3
+
+    env = _s3_env(s3_server)
+    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test", aws_secret_access_key="test",
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket="lora-outputs")
+    settings = {**env, **ONLY_GENERATION, "STORAGE_URL": "s3://lora-outputs/studio"}
+    service = ServiceProcess(tmp_path / "svc", env=settings).start()
+    try:
+        api = Api(service.url, service.token("alice"))
+        body = api.predict(GENERATE, {"prompt": "a red circle", "seed": 0})
+        assert body["status"] == "succeeded", body
+        upload = api("POST", "/v1/files", files={"content": ("notes.txt", b"hi", "text/plain")}).json()
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lora-outputs")["Contents"]]
+        assert any(k.startswith("studio/alice/") and k.endswith(".png") for k in keys), keys
+        assert f"studio/alice/{upload['id']}/notes.txt" in keys
+        assert not (tmp_path / "svc" / "files").exists()  # nothing on local disk
+    finally:
+        service.stop()
+    service = ServiceProcess(tmp_path / "svc", port=service.port, env=settings).start(wait_workers=False)
+    try:
+        image = requests.get(api("GET", f"/v1/predictions/{body['id']}").json()["output"][0], timeout=10)
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+    finally:
+        service.stop()
+
+
+def _postgres_bin() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL cluster on a free port (as the 'postgres' user when we are root)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="lora-studio-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E",
+                    "UTF8"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_postgres_queue_hands_each_prediction_to_one_claimer(postgres_url):
+    engine = db.connect(postgres_url)
+    made = {predictions.create(engine, owner="q", model="m/x", version="v", kind="prediction", input={})["id"]
+            for _ in range(40)}
+    claimed: list[str] = []
+
+    def claim(name):
+        while (row := predictions.claim_next(engine, "m/x", name, "test")) is not None:
+            claimed.append(row["id"])
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(made)
+
+
+def test_two_service_processes_share_one_postgres_queue(postgres_url, tmp_path):
+    shared = {**ONLY_GENERATION, "DATABASE_URL": postgres_url, "LORA_STUDIO_SECRET": "shared-secret",
+              "STORAGE_URL": f"file://{tmp_path / 'files'}"}
+    first = ServiceProcess(tmp_path / "a", env=shared).start()
+    second = ServiceProcess(tmp_path / "b", env=shared).start()
+    try:
+        api = Api(first.url, first.token("alice"))
+        ids = [api.predict(GENERATE, {"prompt": "a red circle", "seed": i, "num_inference_steps": 10}, wait=None)["id"]
+               for i in range(6)]
+        final = [api.wait(pid) for pid in ids]
+        assert [f["status"] for f in final] == ["succeeded"] * 6
+        engine = db.connect(postgres_url)
+        instances = {predictions.get(engine, pid)["instance"] for pid in ids}
+        assert len(instances) == 2, instances  # both processes' workers took work from the one queue
+        # a file made by the other process is served by this one (shared store and secret)
+        for body in final:
+            assert requests.get(body["output"][0], timeout=10).status_code == 200
+    finally:
+        first.stop()
+        second.stop()

@@ -1,0 +1,86 @@
+"""Faults: a worker killed mid-training, the service killed and restarted with work queued and running."""
+
+import os
+import signal
+import time
+
+import requests
+
+from conftest import zip_images
+from lora_core import tiny_world
+from service_harness import Api, ServiceProcess
+
+GENERATE = "lora-studio/lora"
+
+
+def _training_input(tmp_path, steps: int) -> dict:
+    import base64
+
+    zip_path = zip_images(tmp_path / "stars.zip", tiny_world.concept_images("star", "purple", 5, first_seed=0))
+    return {"instance_data": "data:application/zip;base64," + base64.b64encode(zip_path.read_bytes()).decode(),
+            "task": "object", "max_train_steps": steps, "seed": 0}
+
+
+def _until_progress(api: Api, prediction_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while "progress:" not in (body := api("GET", f"/v1/predictions/{prediction_id}").json())["logs"]:
+        assert body["status"] in ("starting", "processing") and time.monotonic() < deadline, body
+        time.sleep(0.3)
+    return body
+
+
+def test_a_worker_killed_mid_training_fails_that_training_and_comes_back(tmp_path):
+    service = ServiceProcess(tmp_path / "svc", env={"LORA_STUDIO_WORKERS": "lora-studio/lora=0"}).start()
+    try:
+        api = Api(service.url, service.token("alice"))
+        training = api.predict("lora-studio/lora-training", _training_input(tmp_path, 3000), wait=None)
+        _until_progress(api, training["id"])
+        worker = next(w for w in service.workers() if w["current"] == training["id"])
+        os.kill(worker["pid"], signal.SIGKILL)
+        failed = api.wait(training["id"], timeout=60)
+        assert failed["status"] == "failed" and "worker died" in failed["error"], failed
+        deadline = time.monotonic() + 120
+        while not (w := next(x for x in service.workers() if x["name"] == worker["name"]))["ready"]:
+            assert time.monotonic() < deadline, w
+            time.sleep(0.5)
+        assert w["restarts"] == 1 and w["pid"] != worker["pid"]
+        again = api.predict("lora-studio/lora-training", _training_input(tmp_path, 5), wait=120)
+        assert again["status"] == "succeeded", again.get("error")
+    finally:
+        service.stop()
+
+
+def test_a_restart_keeps_everything_fails_what_ran_and_runs_what_was_queued(tmp_path):
+    data = tmp_path / "svc"
+    service = ServiceProcess(data, env={"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}).start()
+    api = Api(service.url, service.token("alice"))
+    done = api.predict(GENERATE, {"prompt": "a red circle", "seed": 1})
+    assert done["status"] == "succeeded"
+    # the one worker is busy with a slow generation; two more wait in the queue behind it
+    slow = api.predict(GENERATE, {"prompt": "a blue square", "num_inference_steps": 150, "num_outputs": 4,
+                                  "width": 256, "height": 256}, wait=None)
+    queued = [api.predict(GENERATE, {"prompt": "a green star", "seed": i}, wait=None)["id"] for i in range(2)]
+    _until_progress(api, slow["id"])
+    assert all(api("GET", f"/v1/predictions/{q}").json()["status"] == "starting" for q in queued)
+    service.stop(signal.SIGKILL)  # no goodbye: its workers die with it
+
+    service = ServiceProcess(data, port=service.port).start()
+    try:
+        api = Api(service.url, api.session.headers["Authorization"].split()[1])
+        interrupted = api.wait(slow["id"], timeout=30)
+        assert interrupted["status"] == "failed" and "interrupted" in interrupted["error"]
+        for pid in queued:
+            assert api.wait(pid)["status"] == "succeeded"
+        before = api("GET", f"/v1/predictions/{done['id']}").json()
+        assert before["status"] == "succeeded" and requests.get(before["output"][0], timeout=10).status_code == 200
+        ids = []
+        url = "/v1/predictions"
+        while url:
+            page = api("GET", url).json()
+            ids += [p["id"] for p in page["results"]]
+            url = page["next"]
+        assert sorted(ids) == sorted([done["id"], slow["id"], *queued])  # nothing lost, nothing duplicated
+        outputs = [o for pid in queued for o in api("GET", f"/v1/predictions/{pid}").json()["output"]]
+        assert len(outputs) == len(set(outputs)) == 2
+    finally:
+        service.stop()

@@ -1,0 +1,237 @@
+"""The service's parts without a running server: schema, queue, paging, validation, signing, URLs, storage."""
+
+import base64
+import io
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from lora_core.service import db, file_store, files, outputs, predictions, signing, tokens
+from lora_core.service.config import ServiceConfig, parse_workers
+from lora_core.service.models import InputError, load_models
+from lora_core.service.urls import Urls
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return db.connect(f"sqlite:///{tmp_path / 'test.db'}")
+
+
+def test_the_migrations_build_exactly_the_declared_tables(engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c), db.metadata)
+    assert diff == []
+    db.migrate(engine)  # a second start changes nothing
+    with engine.connect() as c:
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0001"
+
+
+def _create(engine, owner="alice", model="lora-studio/lora"):
+    return predictions.create(engine, owner=owner, model=model, version="v", kind="prediction", input={"prompt": "x"})
+
+
+def test_pages_walk_newest_first_and_back(engine):
+    made = [_create(engine)["id"] for _ in range(5)]
+    _create(engine, owner="bob")
+    rows, older, newer = predictions.page(engine, "alice", limit=2)
+    assert [r["id"] for r in rows] == made[::-1][:2] and newer is None and older
+    rows2, older2, newer2 = predictions.page(engine, "alice", older, limit=2)
+    assert [r["id"] for r in rows2] == made[::-1][2:4]
+    rows3, older3, _ = predictions.page(engine, "alice", older2, limit=2)
+    assert [r["id"] for r in rows3] == made[::-1][4:] and older3 is None
+    back, _, _ = predictions.page(engine, "alice", newer2, limit=2)
+    assert [r["id"] for r in back] == made[::-1][:2]
+    with pytest.raises(ValueError, match="cursor"):
+        predictions.page(engine, "alice", "garbage!")
+
+
+def test_each_queued_prediction_is_claimed_once_under_racing_workers(engine):
+    made = {_create(engine)["id"] for _ in range(30)}
+    claimed: list[str] = []
+
+    def worker(name):
+        while (row := predictions.claim_next(engine, "lora-studio/lora", name, "test")) is not None:
+            claimed.append(row["id"])
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(made)
+
+
+def test_cancel_finish_and_interrupted(engine):
+    queued, running = _create(engine), _create(engine)
+    assert predictions.claim_next(engine, "lora-studio/lora", "w1", "inst-a")["id"] == queued["id"]
+    # the first is claimed (running); the second is still queued
+    assert predictions.cancel(engine, running["id"]) == "canceled"
+    assert predictions.get(engine, running["id"])["status"] == "canceled"
+    assert predictions.cancel(engine, queued["id"]) == "requested"
+    assert predictions.cancel_requested(engine, queued["id"])
+    assert predictions.update_running(engine, queued["id"], "other-worker") is None  # not its prediction
+    assert predictions.update_running(engine, queued["id"], "w1", logs="step 1")["status"] == "processing"
+    done = predictions.finish(engine, queued["id"], "canceled", worker="w1")
+    assert done["status"] == "canceled" and done["metrics"]["predict_time"] >= 0
+    assert predictions.finish(engine, queued["id"], "succeeded", worker="w1") is None  # final stays final
+
+    left_running = _create(engine)
+    still_queued = _create(engine)
+    predictions.claim_next(engine, "lora-studio/lora", "w1", "inst-a")
+    predictions.heartbeat(engine, "inst-a")
+    assert predictions.fail_interrupted(engine, "inst-b", 60, at_start=True) == []  # inst-a is alive
+    assert predictions.fail_interrupted(engine, "inst-a", 60, at_start=False) == []  # its own, while running
+    assert predictions.fail_interrupted(engine, "inst-a", 60, at_start=True) == [left_running["id"]]
+    row = predictions.get(engine, left_running["id"])
+    assert row["status"] == "failed" and "interrupted" in row["error"]
+    assert predictions.get(engine, still_queued["id"])["status"] == "starting"
+
+
+def test_tokens_are_stored_hashed_and_resolve_to_their_owner(engine):
+    token = tokens.create(engine, "alice")
+    assert tokens.owner_of(engine, token) == "alice"
+    assert tokens.owner_of(engine, token + "x") is None and tokens.owner_of(engine, "") is None
+    with engine.connect() as c:
+        stored = c.execute(sa.text("select token_sha256 from tokens")).scalar()
+    assert token not in stored
+    with pytest.raises(ValueError, match="owner"):
+        tokens.create(engine, "Bad Owner/..")
+
+
+MODELS = load_models()
+GENERATE = MODELS["lora-studio/lora"]
+
+
+@pytest.mark.parametrize("given, field, kind", [
+    ({}, "input.prompt", "required"),
+    ({"prompt": "x", "num_outputs": 9}, "input.num_outputs", "maximum"),
+    ({"prompt": "x", "num_outputs": "two"}, "input.num_outputs", "type"),
+    ({"prompt": "x", "scheduler": "Heun"}, "input.scheduler", "enum"),
+    ({"prompt": "x", "width": 10000}, "input.width", "anyOf"),
+    ({"prompt": "x", "promt": "y"}, "input.promt", "unknown_field"),
+    ({"prompt": 5}, "input.prompt", "type"),
+])
+def test_bad_inputs_name_their_field(given, field, kind):
+    with pytest.raises(InputError) as e:
+        GENERATE.validate(given)
+    assert [(f.field, f.type) for f in e.value.fields] == [(field, kind)]
+    assert e.value.fields[0].description
+
+
+def test_valid_input_gets_the_schema_defaults():
+    clean = GENERATE.validate({"prompt": "a red circle", "seed": None, "width": 64})
+    assert clean["scheduler"] == "DPMSolverMultistep" and clean["num_outputs"] == 1 and clean["width"] == 64
+    assert clean["lora_scales"] == "0.5" and clean["seed"] is None
+    with pytest.raises(InputError, match="did you mean 'prompt'"):
+        GENERATE.validate({"promt": "x", "prompt": "y"})
+
+
+def test_model_versions_are_stable_and_distinct():
+    again = load_models()
+    assert {m.version for m in MODELS.values()} == {m.version for m in again.values()}
+    assert len({m.version for m in MODELS.values()}) == 2
+    assert MODELS["lora-studio/lora-training"].file_inputs == ("instance_data",)
+
+
+def test_an_incomplete_output_is_not_success():
+    train = MODELS["lora-studio/lora-training"]
+    assert train.output_problem({}, {"lora": {"$file": "a"}, "lora_a1111": {"$file": "b"}, "scales_grid": None})
+    assert train.output_problem({}, {"lora": 1, "lora_a1111": 1, "scales_grid": 1}) is None
+    assert GENERATE.output_problem({"num_outputs": 2}, [{"$file": "a"}])
+    assert GENERATE.output_problem({"num_outputs": 2}, [{"$file": "a"}, {"$file": "b"}]) is None
+
+
+def test_signed_file_urls_are_stable_in_a_window_and_expire():
+    signer = signing.Signer("s3cret")
+    day = 86400
+    q1 = signer.file_query("f" * 32, day, now=10 * day + 5)
+    assert q1 == signer.file_query("f" * 32, day, now=10 * day + 80000)  # same URL all day: LoRA caches hit
+    expires, sig = (p.split("=", 1)[1] for p in q1.split("&"))
+    assert signer.file_ok("f" * 32, expires, sig, now=11 * day)
+    assert not signer.file_ok("f" * 32, expires, sig, now=12 * day + 1)  # expired
+    assert not signer.file_ok("e" * 32, expires, sig, now=11 * day)  # another file
+    assert not signing.Signer("other").file_ok("f" * 32, expires, sig, now=11 * day)
+
+
+def test_webhook_signatures_verify_like_replicates():
+    signer = signing.Signer("s3cret")
+    body = b'{"id": "x"}'
+    headers = signer.webhook_headers("msg_1", body)
+    assert signing.verify_webhook(signer.webhook_secret(), headers, body)
+    assert not signing.verify_webhook(signer.webhook_secret(), headers, body + b" ")
+    assert not signing.verify_webhook(signing.Signer("other").webhook_secret(), headers, body)
+
+
+def test_worker_inputs_sign_only_the_owners_files(engine, tmp_path):
+    config = ServiceConfig.from_env(port=8123, data_dir=tmp_path, env={})
+    urls = Urls(config, signing.Signer(config.secret))
+    store = file_store.LocalFileStore(tmp_path / "files")
+    mine = files.save(engine, store, owner="alice", name="face.safetensors", stream=io.BytesIO(b"x"), limit=10)
+    theirs = files.save(engine, store, owner="bob", name="b.safetensors", stream=io.BytesIO(b"y"), limit=10)
+    text = f"{urls.file_api(mine)}|{urls.file_api(theirs)}|https://example.com/x.safetensors"
+    rewritten = urls.for_worker(text, "alice", engine).split("|")
+    assert rewritten[0].startswith(f"http://127.0.0.1:8123/files/{mine['id']}/face.safetensors?expires=")
+    assert rewritten[1:] == text.split("|")[1:]
+    assert urls.own_file_ids(urls.file(mine)) == [mine["id"]]
+
+
+def test_the_local_store_keeps_files_inside_its_folder(tmp_path):
+    store = file_store.LocalFileStore(tmp_path / "files")
+    for key in ("../x", "/etc/passwd", "a/../../x", "a//b", ""):
+        with pytest.raises(ValueError):
+            store.put(key, io.BytesIO(b"x"), "text/plain")
+    store.put("a/b.txt", io.BytesIO(b"hello"), "text/plain")
+    assert b"".join(store.open("a/b.txt")) == b"hello"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["b.txt"]
+
+
+def test_uploads_over_the_limit_leave_nothing(engine, tmp_path):
+    store = file_store.LocalFileStore(tmp_path / "files")
+    with pytest.raises(files.TooLarge):
+        files.save(engine, store, owner="alice", name="big.zip", stream=io.BytesIO(b"x" * 101), limit=100)
+    assert not list((tmp_path / "files").rglob("*"))
+    assert files.list_uploads(engine, "alice") == []
+    row = files.save(engine, store, owner="alice", name="../../evil name.zip", stream=io.BytesIO(b"x"), limit=100)
+    assert row["name"] == "evil_name.zip" and row["storage_key"].startswith("alice/")
+
+
+def test_outputs_become_file_refs_and_back():
+    prefix = "http://svc/internal/outputs/"
+    saved = []
+
+    def save(name, content_type, data):
+        saved.append((name, content_type, data))
+        return f"d{len(saved)}"
+
+    lora = b"\x0c\x00\x00\x00\x00\x00\x00\x00" + b'{"a": "b"}  '
+    out = outputs.to_refs({"lora": "data:application/octet-stream;base64," + base64.b64encode(lora).decode(),
+                           "grid": "data:image/png;base64,aGk=", "up": prefix + "f1", "other": prefix + "zz"},
+                          prefix, {"f1"}, save)
+    assert out == {"lora": {"$file": "d1"}, "grid": {"$file": "d2"}, "up": {"$file": "f1"}, "other": None}
+    assert [s[:2] for s in saved] == [("lora.safetensors", "application/octet-stream"), ("grid.png", "image/png")]
+    listed = outputs.to_refs(["data:image/png;base64,aGk=", "data:image/webp;base64,aGk="], prefix, set(), save)
+    assert listed == [{"$file": "d3"}, {"$file": "d4"}] and [s[0] for s in saved[2:]] == ["output-0.png",
+                                                                                          "output-1.webp"]
+    assert outputs.render(out, lambda fid: f"https://x/{fid}") == {
+        "lora": "https://x/d1", "grid": "https://x/d2", "up": "https://x/f1", "other": None}
+    assert outputs.file_ids([{"$file": "a"}, {"$file": "b"}]) == ["a", "b"]
+
+
+def test_worker_settings_parse():
+    parsed = parse_workers("lora-studio/lora=2; lora-studio/lora-training=http://gpu1:5000/,http://gpu2:5000")
+    assert parsed["lora-studio/lora"].count == 2
+    assert parsed["lora-studio/lora-training"].urls == ("http://gpu1:5000", "http://gpu2:5000")
+    with pytest.raises(ValueError, match="owner/name"):
+        parse_workers("lora=2")
+
+
+def test_a_secret_is_made_once_per_data_dir(tmp_path):
+    a = ServiceConfig.from_env(data_dir=tmp_path, env={})
+    b = ServiceConfig.from_env(data_dir=tmp_path, env={})
+    assert a.secret == b.secret and len(a.secret) > 30
+    assert (tmp_path / "secret").stat().st_mode & 0o077 == 0
+    assert ServiceConfig.from_env(data_dir=tmp_path, env={"LORA_STUDIO_SECRET": "given"}).secret == "given"
