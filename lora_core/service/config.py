@@ -38,6 +38,7 @@ class ServiceConfig(BaseModel):
     internal_url: str  # how workers reach the service (webhooks, uploads, input files)
     instance: str  # this process's name in the shared queue; restarted under the same name it fails its own leftovers
     secret: str  # signs file URLs, worker traffic and user webhooks (``whsec_``); kept in data_dir if not given
+    worker_token: str | None = None  # what workers send back (WEBHOOK_AUTH_TOKEN); derived from secret if None
     workers: dict[str, WorkerSetting] = {}  # "owner/name" -> setting; models not named get one local worker
     allowed_private_hosts: frozenset[str] = frozenset()  # webhook / input URL hosts allowed despite being private
     max_request_bytes: int = 64 * 2**20
@@ -71,6 +72,7 @@ class ServiceConfig(BaseModel):
             internal_url=(env.get("LORA_STUDIO_INTERNAL_URL") or public).rstrip("/"),
             instance=env.get("LORA_STUDIO_INSTANCE") or f"{socket.gethostname()}:{port}",
             secret=env.get("LORA_STUDIO_SECRET") or _stored_secret(data),
+            worker_token=env.get("LORA_STUDIO_WORKER_TOKEN") or None,
             workers=parse_workers(env.get("LORA_STUDIO_WORKERS", "")),
             allowed_private_hosts=frozenset(h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",")
                                             if h.strip()),

@@ -49,7 +49,7 @@ class Service:
         self.engine = engine or db.connect(config.database_url)
         self.store = file_store.from_url(config.storage_url, config.s3_endpoint_url)
         self.models = load_models()
-        self.signer = Signer(config.secret)
+        self.signer = Signer(config.secret, config.worker_token)
         self.urls = Urls(config, self.signer)
         self.changes = Changes()
         self.webhooks = Webhooks(self.engine, self.signer, config.allowed_private_hosts,

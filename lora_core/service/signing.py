@@ -16,8 +16,9 @@ import time
 
 
 class Signer:
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, worker_token: str | None = None) -> None:
         self._secret = secret.encode()
+        self._worker_token = worker_token
 
     def _mac(self, purpose: str, message: str) -> bytes:
         return hmac.new(self._secret, f"{purpose}\n{message}".encode(), hashlib.sha256).digest()
@@ -39,7 +40,8 @@ class Signer:
 
     # ---- workers --------------------------------------------------------------
     def worker_token(self) -> str:
-        return base64.urlsafe_b64encode(self._mac("worker", "token")).decode().rstrip("=")
+        """Given (``LORA_STUDIO_WORKER_TOKEN``, shared with remote GPU workers) or derived from the secret."""
+        return self._worker_token or base64.urlsafe_b64encode(self._mac("worker", "token")).decode().rstrip("=")
 
     def worker_ok(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(self.worker_token(), token)
