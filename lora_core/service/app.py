@@ -85,8 +85,11 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
         return JSONResponse(ApiError(422, "Invalid request", detail, fields).body(), status_code=422)
 
     from .api import router
+    from .web import router as pages, static_files
 
     app.include_router(router)
+    app.include_router(pages)
+    app.mount("/static", static_files(), name="static")
     app.add_middleware(BodyLimit, limit=config.max_request_bytes, upload_limit=config.max_upload_bytes)
     logging.getLogger("lora_studio").setLevel(logging.INFO)
     return app
