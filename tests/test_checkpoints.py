@@ -84,3 +84,16 @@ def test_warm_cache_keeps_one_pipeline_and_reloads_on_switch(single_file_root):
     other = cache.get("realistic-vision-v1.3")
     assert other is not first and cache.name == "realistic-vision-v1.3"
     assert cache.get("tiny") is not first  # switched back: a fresh load, nothing kept beside it
+
+
+def test_the_device_is_the_gpu_when_there_is_one_or_what_LORA_STUDIO_DEVICE_says(monkeypatch):
+    """A Cog image on a GPU host samples and trains on the GPU without any setting; here there is none."""
+    monkeypatch.delenv("LORA_STUDIO_DEVICE", raising=False)
+    assert checkpoints.torch_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("LORA_STUDIO_DEVICE", "cpu")
+    assert checkpoints.torch_device() == "cpu"
+    assert checkpoints.WarmPipelineCache().get("tiny").unet.device.type == "cpu"
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("LORA_STUDIO_DEVICE", "cuda")
+        with pytest.raises(checkpoints.CheckpointError, match="sees no CUDA GPU"):
+            checkpoints.torch_device()
