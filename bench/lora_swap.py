@@ -205,23 +205,30 @@ def cached_resolve(fetcher: fetch.Fetcher, url: str, repeats: int) -> tuple[floa
 # --- (d) peak RSS, each case in a fresh process -----------------------------------------------------------------
 
 def _peak_rss_mb(base: str, lora_paths: list[str]) -> float:
+    """Peak RSS (MB) of generating in a fresh process, counted from after the base is loaded: loading an fp16
+    checkpoint as fp32 peaks higher than anything after it and would hide the LoRAs. Linux resets the
+    peak (VmHWM) when 5 is written to /proc/self/clear_refs."""
     code = f"""
-import resource, sys
+import gc, re
+from pathlib import Path
 from lora_core import adapters, checkpoints, lora_file, patching, sampling
 from bench.lora_swap import sd15_sized_pipeline
 pipe = sd15_sized_pipeline(dtype=__import__('torch').float32) if {base!r} == 'sd15' else \\
     checkpoints.load_pipeline(checkpoints.get_checkpoint('tiny'))
 pipe.set_progress_bar_config(disable=True)
+gc.collect()
+Path('/proc/self/clear_refs').write_text('5')
 bound = [adapters.bind(pipe, *lora_file.read_lora(p)) for p in {lora_paths!r}]
 defaults = checkpoints.get_checkpoint('tiny').defaults
 with patching.applied(pipe, bound, [0.5] * len(bound)) as texts:
     prompt = 'a photo of ' + (' and '.join(texts) or 'object')
     request = sampling.resolve_request(defaults, prompt=prompt, seed=0, num_inference_steps=2, num_outputs=2)
     sampling.sample(pipe, request)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path('/proc/self/status').read_text())[1]) / 1024)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=checkpoints.REPO_ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=checkpoints.REPO_ROOT)
+    if out.returncode:
+        raise RuntimeError(f"peak-RSS run failed:\n{out.stderr[-3000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -241,39 +248,49 @@ def measure(repeats: int) -> list[Metric]:
             urls = [f"{root}/lora{n}.safetensors" for n in range(4)]
             s = swap_seconds(pipe, fetcher, urls, repeats)
             size_mb = (folder / "lora0.safetensors").stat().st_size / 1e6
+            what = (f"pair -> pair of {size_mb:.1f} MB fp16 r{RANK} LoRAs (with token vectors) in the file cache; "
+                    "baseline: diffusers unload_lora_weights + load_lora_weights x2 + set_adapters")
+            if name == "sd15":  # the headline figures: a real-sized model
+                metrics.append(Metric("lora_swap_vs_diffusers", s["cold"] / s["diffusers"], "x",
+                                      baseline=s["diffusers"] * 1e3, ratio=s["cold"] / s["diffusers"], limit=0.25,
+                                      note=f"SD-1.5-sized pipeline (random weights, fp16): {what}; ours reads and "
+                                           "binds the files each time"))
+                metrics.append(Metric("lora_swap_ms_sd15", s["cold"] * 1e3, "ms", baseline=s["diffusers"] * 1e3,
+                                      ratio=s["cold"] / s["diffusers"], limit=50.0, note="the same swap, in ms"))
             for mode in ("cold", "warm"):
-                ratio = s[mode] / s["diffusers"]
-                goal_ms = 50 if name == "sd15" else None
-                met = ratio <= 0.25 and (goal_ms is None or s[mode] * 1e3 <= goal_ms)
                 metrics.append(Metric(
-                    f"swap_{mode}_{name}", s[mode] * 1e3, "ms", baseline=s["diffusers"] * 1e3, ratio=ratio,
-                    goal="<= 0.25x diffusers" + (" and <= 50 ms" if goal_ms else ""), met=met,
-                    note=f"pair -> pair of {size_mb:.1f} MB fp16 r{RANK} files from the file cache "
-                         f"({'read + bind each time' if mode == 'cold' else 'adapters already bound'}); baseline: "
-                         "unload_lora_weights + load_lora_weights x2 + set_adapters (without token embeddings)"))
+                    f"swap_{mode}_{name}_ms", s[mode] * 1e3, "ms", baseline=s["diffusers"] * 1e3,
+                    ratio=s[mode] / s["diffusers"],
+                    note=f"{name}: {what}; {'read + bind each time' if mode == 'cold' else 'adapters already bound'}"))
             if name == "tiny":
                 bound = [adapters.bind(pipe, *lora_file.read_lora(fetcher.fetch(u).path)) for u in urls[:2]]
                 patch_s, sample_s, sample_with_s = patch_and_sample_seconds(pipe, bound, max(3, repeats // 4))
                 fraction = patch_s / sample_s
-                metrics.append(Metric("patch_fraction_of_sampling", fraction, "x", baseline=sample_s * 1e3,
-                                      ratio=fraction, goal="<= 0.05", met=fraction <= 0.05,
+                metrics.append(Metric("patch_overhead_fraction", fraction, "x", baseline=sample_s * 1e3,
+                                      ratio=fraction, limit=0.05,
                                       note=f"patch+unpatch 2 LoRAs {patch_s * 1e3:.2f} ms vs one 25-step 64px "
                                            f"sampling {sample_s * 1e3:.0f} ms, tiny base"))
                 overhead = sample_with_s / sample_s
                 metrics.append(Metric("sampling_with_2_loras", overhead, "x", baseline=sample_s * 1e3,
                                       ratio=overhead, note="25-step sampling with 2 LoRAs applied / without, tiny"))
                 seconds, downloaded, requests = cached_resolve(fetcher, urls[0], repeats * 10)
-                metrics.append(Metric("cached_url_resolve", seconds * 1e3, "ms", goal="<= 10 ms, 0 bytes",
-                                      met=seconds <= 0.010 and downloaded == 0 and requests == 0,
-                                      note=f"{downloaded} bytes downloaded, {requests} HTTP requests"))
+                metric = Metric("cached_fetch_ms", seconds * 1e3, "ms", limit=10.0,
+                                note=f"resolving a cached lora_url: {downloaded} bytes downloaded, "
+                                     f"{requests} HTTP requests")
+                metric.met = metric.met and downloaded == 0 and requests == 0
+                metric.goal += ", 0 bytes"
+                metrics.append(metric)
             server.shutdown()
         del cases
-        for name in ("tiny", "sd15"):
+        for name in ("sd15", "tiny"):
             paths = sorted(str(p) for p in (tmp / name).glob("lora[01].safetensors"))
             base_mb, with_mb = _peak_rss_mb(name, []), _peak_rss_mb(name, paths)
-            ratio = with_mb / base_mb
-            metrics.append(Metric(f"generate_peak_rss_{name}", with_mb, "MB", baseline=base_mb, ratio=ratio,
-                                  goal="<= 1.3x", met=ratio <= 1.3,
-                                  note="peak RSS of a fresh process generating 2 images with 2 LoRAs vs the base "
-                                       "alone" + (" (fp32, 64px, 2 steps)" if name == "sd15" else "")))
+            note = (f"peak RSS of a fresh process generating 2 images with 2 LoRAs ({with_mb:.0f} MB) vs the base "
+                    f"alone ({base_mb:.0f} MB)")
+            if name == "sd15":
+                metrics.append(Metric("peak_rss_ratio", with_mb / base_mb, "x", baseline=base_mb,
+                                      ratio=with_mb / base_mb, limit=1.3,
+                                      note=note + ", SD-1.5-sized pipeline (fp32, 64px, 2 steps)"))
+            metrics.append(Metric(f"generate_peak_rss_{name}_mb", with_mb, "MB", baseline=base_mb,
+                                  ratio=with_mb / base_mb, note=note))
     return metrics

@@ -13,6 +13,8 @@ from pathlib import Path
 
 @dataclass
 class Metric:
+    """One measured figure; ``limit`` is its goal (value <= limit), from which ``goal`` and ``met`` follow."""
+
     name: str
     value: float
     unit: str
@@ -21,6 +23,13 @@ class Metric:
     goal: str = ""
     met: bool | None = None
     note: str = ""
+    limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            self.goal = self.goal or f"<= {self.limit:g}{'' if self.unit == 'x' else ' ' + self.unit}"
+            if self.met is None:
+                self.met = self.value <= self.limit
 
 
 def machine() -> dict:
@@ -47,7 +56,7 @@ def write(path: Path, metrics: list[Metric], mode: str) -> dict:
             raise ValueError(f"metric {m.name} is not finite: {m.value}")
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     entries = [{**asdict(m), "date": now, "mode": mode} for m in metrics]
-    doc = {"date": now, "machine": machine(), "versions": {"diffusers": diffusers.__version__,
+    doc = {"date": now, "mode": mode, "machine": machine(), "versions": {"diffusers": diffusers.__version__,
                                                           "transformers": transformers.__version__,
                                                           "peft": peft.__version__}}
     if path.exists():  # a partial run (--only) keeps the other suites' figures measured on this same machine

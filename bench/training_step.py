@@ -77,7 +77,7 @@ def measure(steps: int) -> list[Metric]:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ratio = ours_s / bare_s
     return [
-        Metric("train_step_overhead", ratio, "x", baseline=1.0, ratio=ratio, goal="<= 1.10", met=ratio <= 1.10,
+        Metric("train_step_overhead", ratio, "x", baseline=bare_s * 1e3, ratio=ratio, limit=1.10,
                note=f"ours {ours_s * 1e3:.1f} ms/step vs bare PEFT {bare_s * 1e3:.1f} ms/step, tiny base, batch 8"),
         Metric("train_step_ms_tiny", ours_s * 1e3, "ms", baseline=bare_s * 1e3, ratio=ratio),
         Metric("train_peak_rss_mb", peak_mb, "MB", note="peak RSS of the benchmark process while training"),

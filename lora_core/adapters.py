@@ -74,11 +74,13 @@ def bind(pipe, tensors: dict[str, torch.Tensor], metadata: dict[str, str], name:
         raise LoRAFileError(f"{name} does not fit this base model: its token embeddings are "
                             f"{contents.embeddings.shape[-1]} wide, the base's text encoder {hidden.shape[-1]}; it was "
                             f"made for {family_of(metadata)}{_made_on(metadata)}.")
+    # diffusers' ``model.device``/``.dtype`` walk every module (~3 ms on SD-1.5's UNet): ask once per component
+    placement = {c: (w.device, w.dtype) for c in COMPONENTS
+                 for w in [next(getattr(pipe, c).parameters())]}
     layers = {}
     for path, layer in contents.layers.items():
-        model = getattr(pipe, path.split(".", 1)[0])
-        layers[path] = Layer(layer.down.to(model.device, model.dtype), layer.up.to(model.device, model.dtype),
-                             layer.alpha)
+        device, dtype = placement[path.split(".", 1)[0]]
+        layers[path] = Layer(layer.down.to(device, dtype), layer.up.to(device, dtype), layer.alpha)
     embeddings = None if contents.embeddings is None else contents.embeddings.to(hidden.device, hidden.dtype)
     return Adapter(layers, embeddings, metadata.get("lora_studio.init_word", ""),
                    metadata.get("modelspec.trigger_phrase", "") if embeddings is None else "", name, contents.layout)

@@ -91,6 +91,16 @@ def _weights_fetch(args: argparse.Namespace) -> None:
     print(summary.text(), flush=True)
 
 
+def _bench(argv: list[str]) -> int:
+    """``python -m bench`` under its own argument parser (bench/ lives beside lora_core/)."""
+    from .service.config import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench.__main__ import main as bench_main
+
+    return bench_main(argv)
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -113,6 +123,9 @@ def _token_create(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     parser = argparse.ArgumentParser(prog="lora-studio", description="LoRA training and generation on Cog.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -186,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="SQLite database and files (default: $LORA_STUDIO_DATA_DIR or .data/)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
+
+    sub.add_parser("bench", help="the benchmarks (bench/: `lora-studio bench --help`)")
 
     p = sub.add_parser("token", help="API tokens of the service")
     token = p.add_subparsers(required=True, metavar="ACTION")

@@ -95,6 +95,7 @@ def check_safetensors(path: Path, name: str = "") -> dict:
     Runs before any tensor is read: pickles, truncated files and headers that claim more
     data than the file holds are refused with a sentence, not a stack trace.
     """
+    path = Path(path)
     name = name or path.name
     size = path.stat().st_size
     with path.open("rb") as f:

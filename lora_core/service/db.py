@@ -119,6 +119,8 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # replicas starting together: one migrates, the others wait
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7306185411)"))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -160,7 +160,7 @@ MODELS: dict[str, dict] = {
         description="Generate images with one or more LoRAs (<1>, <2>… in the prompt) on a Stable Diffusion 1.x base."),
     "lora-studio/lora-training": dict(
         kind="training", predictor="predict_train.py:Predictor", schema=".cog/openapi_schema-cog-train.json",
-        description="Train a LoRA from a .zip of 5-30 photos of a face, an object or a style."),
+        description="Train a LoRA from a .zip of photos (3-100; 5-30 work best) of a face, an object or a style."),
 }
 
 

@@ -106,10 +106,10 @@ def claim_next(engine: Engine, model: str, worker: str, instance: str) -> Row | 
                 .order_by(P.c.created_at, P.c.id).limit(1).with_for_update(skip_locked=True)).scalar()
             if pid is None:
                 return None
-            done = c.execute(P.update().where(P.c.id == pid, P.c.status == "starting", P.c.worker.is_(None))
-                             .values(worker=worker, instance=instance)).rowcount
-        if done:
-            return get(engine, pid)
+            claimed = c.execute(P.update().where(P.c.id == pid, P.c.status == "starting", P.c.worker.is_(None))
+                                .values(worker=worker, instance=instance).returning(*P.c)).mappings().first()
+        if claimed:
+            return dict(claimed)
     return None
 
 
@@ -122,18 +122,18 @@ def unclaim(engine: Engine, prediction_id: str, worker: str) -> bool:
 
 def update_running(engine: Engine, prediction_id: str, worker: str, *, logs: str | None = None,
                    output: Any = None, started_at: datetime.datetime | None = None) -> Row | None:
-    """Progress from the worker running it; ignored (None) once it is final or if another worker has it."""
-    values: dict[str, Any] = {"status": "processing"}
+    """Progress from the worker running it, in one statement; None once it is final or if another worker has it."""
+    values: dict[str, Any] = {"status": "processing",
+                              "started_at": sa.func.coalesce(P.c.started_at, started_at or utcnow())}
     if logs is not None:
         values["logs"] = logs
     if output is not None:
         values["output"] = output
     with engine.begin() as c:
-        current = c.execute(sa.select(P.c.started_at).where(P.c.id == prediction_id)).scalar()
-        values["started_at"] = current or started_at or utcnow()
-        done = c.execute(P.update().where(P.c.id == prediction_id, P.c.worker == worker,
-                                          P.c.status.in_(("starting", "processing"))).values(**values)).rowcount
-    return get(engine, prediction_id) if done else None
+        row = c.execute(P.update().where(P.c.id == prediction_id, P.c.worker == worker,
+                                         P.c.status.in_(("starting", "processing")))
+                        .values(**values).returning(*P.c)).mappings().first()
+    return dict(row) if row else None
 
 
 def finish(engine: Engine, prediction_id: str, status: str, *, worker: str | None = None, output: Any = None,
@@ -150,17 +150,15 @@ def finish(engine: Engine, prediction_id: str, status: str, *, worker: str | Non
         row = c.execute(sa.select(P.c.started_at, P.c.created_at, P.c.metrics).where(P.c.id == prediction_id)).first()
         if row is None:
             return None
-        started = row.started_at
         merged = dict(row.metrics or {}) | dict(metrics or {})
-        if started is not None and "predict_time" not in merged:
-            merged["predict_time"] = (now - started).total_seconds()
+        if row.started_at is not None and "predict_time" not in merged:
+            merged["predict_time"] = (now - row.started_at).total_seconds()
         merged["total_time"] = (now - row.created_at).total_seconds()
-        values["metrics"] = merged
         query = P.update().where(P.c.id == prediction_id, P.c.status.notin_(TERMINAL))
         if worker is not None:
             query = query.where(P.c.worker == worker)
-        done = c.execute(query.values(**values)).rowcount
-    return get(engine, prediction_id) if done else None
+        done = c.execute(query.values(**values, metrics=merged).returning(*P.c)).mappings().first()
+    return dict(done) if done else None
 
 
 def cancel(engine: Engine, prediction_id: str) -> str:

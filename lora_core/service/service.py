@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from dataclasses import asdict
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -52,6 +53,7 @@ class Service:
         self.signer = Signer(config.secret, config.worker_token)
         self.urls = Urls(config, self.signer)
         self.changes = Changes()
+        self._owners: dict[str, tuple[str, float]] = {}  # token -> (owner, valid until): a cache, nothing else
         self.webhooks = Webhooks(self.engine, self.signer, config.allowed_private_hosts,
                                  retries=config.webhook_retries, backoff_s=config.webhook_backoff_s)
         self.pool = WorkerPool(config, self.engine, self.store, self.models, self.changes, self.signer, self.urls,
@@ -71,7 +73,17 @@ class Service:
 
     # ---- who and what ---------------------------------------------------------------------------------------
     def owner_of(self, token: str) -> str | None:
-        return tokens.owner_of(self.engine, token)
+        """The token's owner; known tokens are remembered for a minute (one query fewer per request)."""
+        now = time.monotonic()
+        hit = self._owners.get(token)
+        if hit and hit[1] > now:
+            return hit[0]
+        owner = tokens.owner_of(self.engine, token)
+        if owner is not None:
+            if len(self._owners) > 10_000:
+                self._owners.clear()
+            self._owners[token] = (owner, now + 60)
+        return owner
 
     def model(self, full_name: str) -> Model:
         if full_name not in self.models:

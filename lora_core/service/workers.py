@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,10 @@ from .signing import Signer
 from .urls import Urls
 
 log = logging.getLogger("lora_studio.workers")
-EVENTS = ["start", "output", "logs", "completed"]
+# From the worker only logs and the final state: the PUT's answer says it started, and outputs come with the end
+# (two webhooks fewer per prediction; a 1-step prediction spends more time in webhooks than in sampling).
+EVENTS = ["logs", "completed"]
+LOST_AFTER_CHECKS = 60  # ~30 s of an idle worker without its final webhook (Cog retries that one for ~7 s)
 
 
 @dataclass
@@ -42,11 +46,15 @@ class Worker:
     process: CogProcess | None = None  # None: a remote Cog server at ``url``
     ready: threading.Event = field(default_factory=threading.Event)
     current: str | None = None  # prediction id being run
+    row: dict | None = None  # its row as claimed (owner, input), so updates need no extra read
+    logs: str = ""  # the logs last stored for it
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one progress update at a time
     finished: threading.Event = field(default_factory=threading.Event)
     upload_errors: list[str] = field(default_factory=list)
     restarts: int = 0
     last_seen: float = 0.0
     misses: int = 0  # health checks unanswered in a row
+    idle_checks: int = 0  # health checks in a row saying "idle" while we think it runs something
 
 
 class WorkerPool:
@@ -143,7 +151,7 @@ class WorkerPool:
 
     def _run(self, worker: Worker, row: dict) -> None:
         pid = row["id"]
-        worker.current, worker.upload_errors = pid, []
+        worker.current, worker.row, worker.logs, worker.upload_errors = pid, row, "", []
         worker.finished.clear()
         body = {"id": pid, "input": self.worker_input(row),
                 "webhook": f"{self.config.internal_url}/internal/workers/{quote(worker.name)}/webhook",
@@ -163,10 +171,7 @@ class WorkerPool:
         if response.status_code >= 400:
             self._complete(worker, pid, "failed", error=_cog_error(response))
             return
-        started = predictions.update_running(self.engine, pid, worker.name)
-        if started:
-            self.on_event(started, "start")
-            self.changes.prediction_changed(pid)
+        self._progress(worker, pid)
         cancel_sent = False
         while not worker.finished.wait(0.5):
             if self.stopping.is_set():
@@ -206,26 +211,37 @@ class WorkerPool:
             self._complete(worker, pid, status, output=payload.get("output"), error=payload.get("error"),
                            logs=payload.get("logs"), metrics=payload.get("metrics"))
             return True
-        row = predictions.get(self.engine, pid)
-        if row is None:
+        if worker.finished.is_set():  # a late update after the final one
             return False
-        output = self._collect(row, payload.get("output")) if payload.get("output") is not None else None
-        updated = predictions.update_running(self.engine, pid, worker.name, logs=payload.get("logs"), output=output,
-                                             started_at=_parse_time(payload.get("started_at")))
-        if updated:
-            if output is not None and output != row.get("output"):
-                self.on_event(updated, "output")
-            if (payload.get("logs") or "") != (row.get("logs") or ""):
-                self.on_event(updated, "logs")
-            self.changes.prediction_changed(pid)
+        output = self._collect(worker.row, payload.get("output")) if payload.get("output") is not None else None
+        self._progress(worker, pid, payload.get("logs") or "", output, _parse_time(payload.get("started_at")))
         return True
+
+    def _progress(self, worker: Worker, pid: str, logs: str = "", output: Any = None,
+                  started_at: datetime.datetime | None = None) -> None:
+        """Store what is new (the start, logs, output) and announce it: 'start' first, once."""
+        with worker.lock:
+            first = worker.row.get("started_at") is None
+            new_logs = logs if logs and logs != worker.logs else None
+            if not first and new_logs is None and output is None:
+                return
+            updated = predictions.update_running(self.engine, pid, worker.name, logs=new_logs, output=output,
+                                                 started_at=started_at)
+            if updated is None:
+                return
+            worker.row, worker.logs = updated, logs or worker.logs
+            events = (["start"] if first else []) + (["output"] if output is not None else []) + \
+                (["logs"] if new_logs is not None and not first else [])
+        for event in events:
+            self.on_event(updated, event)
+        self.changes.prediction_changed(pid)
 
     def on_upload(self, worker_name: str, filename: str, stream, content_type: str | None) -> dict:
         """An output file from a worker's Cog server, stored as a file of the prediction it runs."""
         worker = self.workers.get(worker_name)
-        if worker is None or worker.current is None:
+        row = worker.row if worker is not None and worker.current is not None else None
+        if row is None:
             raise LookupError("this worker is running no prediction")
-        row = predictions.get(self.engine, worker.current)
         try:
             return files.save(self.engine, self.store, owner=row["owner"], name=filename, stream=stream,
                               limit=self.config.max_upload_bytes, content_type=content_type, prediction_id=row["id"])
@@ -234,8 +250,18 @@ class WorkerPool:
             raise
 
     def _collect(self, row: dict, output: Any) -> Any:
-        uploaded = {f["id"] for f in files.of_prediction(self.engine, row["id"])}
+        """The worker's output as stored: file refs, in the predictor's order.
 
+        Cog's server uploads a list's files in parallel and lists them as the uploads finish, so
+        ``[out-0.png, out-1.png]`` may arrive swapped; the predictor's order is restored by file name.
+        """
+        rows = {f["id"]: f for f in files.of_prediction(self.engine, row["id"])}
+        refs = self._to_refs(row, output, set(rows))
+        if isinstance(refs, list) and refs and all(isinstance(r, dict) and r.get("$file") in rows for r in refs):
+            refs.sort(key=lambda r: _natural(rows[r["$file"]]["name"]))
+        return refs
+
+    def _to_refs(self, row: dict, output: Any, uploaded: set[str]) -> Any:
         def save_data(name: str, content_type: str, data: bytes) -> str:
             saved = files.save(self.engine, self.store, owner=row["owner"], name=name, stream=io.BytesIO(data),
                                limit=self.config.max_upload_bytes, content_type=content_type,
@@ -246,7 +272,7 @@ class WorkerPool:
 
     def _complete(self, worker: Worker, pid: str, status: str, *, output: Any = None, error: str | None = None,
                   logs: str | None = None, metrics: dict | None = None) -> None:
-        row = predictions.get(self.engine, pid)
+        row = worker.row if worker.row and worker.row["id"] == pid else predictions.get(self.engine, pid)
         if row is None:
             worker.finished.set()
             return
@@ -311,6 +337,11 @@ class WorkerPool:
         state = self._health(worker)
         worker.last_seen = time.monotonic()
         worker.misses = 0 if state else worker.misses + 1
+        worker.idle_checks = worker.idle_checks + 1 if state == "READY" and worker.current else 0
+        if worker.idle_checks > LOST_AFTER_CHECKS:  # idle for a while, and its final webhook never came
+            self._complete(worker, worker.current, "failed",
+                           error="the worker finished this prediction but its result never reached the service")
+            worker.idle_checks = 0
         if state in ("READY", "BUSY"):
             worker.ready.set()
         elif state in ("DEFUNCT", "SETUP_FAILED") and worker.process is not None:
@@ -345,6 +376,10 @@ def _cog_error(response: requests.Response) -> str:
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[2:])}: {d.get('msg')}" for d in detail)
     return f"the worker refused the input (HTTP {response.status_code}): {detail}"
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _parse_time(value: str | None) -> datetime.datetime | None:
