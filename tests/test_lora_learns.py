@@ -29,7 +29,7 @@ OTHER_PROMPTS = ("a red circle", "a blue square on a white background", "a green
 SEEDS = range(8)
 OTHER_SEEDS = range(8, 16)
 TIME_LIMIT_S = 150
-STEPS = 1200
+STEPS = 600
 PRIOR_PER_BATCH = 4
 
 
