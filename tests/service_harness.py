@@ -106,3 +106,26 @@ class Api:
                 return body
             assert time.monotonic() < deadline, json.dumps(body)[:3000]
             time.sleep(0.2)
+
+
+def race_claimers(engine, count: int, claimers: int) -> tuple[list[str], list[str]]:
+    """``count`` queued predictions, then ``claimers`` threads claiming until the queue is empty:
+    (ids made, ids claimed, with repeats if any was claimed twice)."""
+    import threading
+
+    from lora_core.service import predictions
+
+    made = [predictions.create(engine, owner="q", model="m/x", version="v", kind="prediction", input={})["id"]
+            for _ in range(count)]
+    claimed: list[str] = []
+
+    def claim(name: str) -> None:
+        while (row := predictions.claim_next(engine, "m/x", name, "test")) is not None:
+            claimed.append(row["id"])
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return made, claimed

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from lora_core.service import db, predictions
-from service_harness import Api, ServiceProcess, free_port
+from service_harness import Api, ServiceProcess, free_port, race_claimers
 
 GENERATE = "lora-studio/lora"
 ONLY_GENERATION = {"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}
@@ -103,20 +102,7 @@ def postgres_url():
 
 
 def test_the_postgres_queue_hands_each_prediction_to_one_claimer(postgres_url):
-    engine = db.connect(postgres_url)
-    made = {predictions.create(engine, owner="q", model="m/x", version="v", kind="prediction", input={})["id"]
-            for _ in range(40)}
-    claimed: list[str] = []
-
-    def claim(name):
-        while (row := predictions.claim_next(engine, "m/x", name, "test")) is not None:
-            claimed.append(row["id"])
-
-    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    made, claimed = race_claimers(db.connect(postgres_url), count=40, claimers=6)
     assert sorted(claimed) == sorted(made)
 
 

@@ -2,7 +2,6 @@
 
 import base64
 import io
-import threading
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +10,7 @@ from lora_core.service import db, file_store, files, outputs, predictions, signi
 from lora_core.service.config import ServiceConfig, parse_workers
 from lora_core.service.models import InputError, load_models
 from lora_core.service.urls import Urls
+from service_harness import race_claimers
 
 
 @pytest.fixture
@@ -50,18 +50,7 @@ def test_pages_walk_newest_first_and_back(engine):
 
 
 def test_each_queued_prediction_is_claimed_once_under_racing_workers(engine):
-    made = {_create(engine)["id"] for _ in range(30)}
-    claimed: list[str] = []
-
-    def worker(name):
-        while (row := predictions.claim_next(engine, "lora-studio/lora", name, "test")) is not None:
-            claimed.append(row["id"])
-
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    made, claimed = race_claimers(engine, count=30, claimers=4)
     assert sorted(claimed) == sorted(made)
 
 
@@ -235,3 +224,14 @@ def test_a_secret_is_made_once_per_data_dir(tmp_path):
     assert a.secret == b.secret and len(a.secret) > 30
     assert (tmp_path / "secret").stat().st_mode & 0o077 == 0
     assert ServiceConfig.from_env(data_dir=tmp_path, env={"LORA_STUDIO_SECRET": "given"}).secret == "given"
+
+
+def test_the_service_never_imports_torch_or_diffusers():
+    """The API process reaches models only through Cog's protocol, so it starts in a second and scales apart."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lora_core.cli, lora_core.service.app, lora_core.service.web; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -93,6 +93,16 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+def row_by_id(engine: Engine, table: sa.Table, row_id: str, owner: str | None = None) -> dict | None:
+    """One row as a dict, or None; with ``owner``, only if it is theirs (another owner's id reads as missing)."""
+    query = sa.select(table).where(table.c.id == row_id)
+    if owner is not None:
+        query = query.where(table.c.owner == owner)
+    with engine.connect() as c:
+        found = c.execute(query).mappings().first()
+    return dict(found) if found else None
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import files as F, utcnow
+from .db import files as F, row_by_id, utcnow
 from .file_store import FileStore, StorageFull
 
 Row = dict[str, Any]
@@ -94,12 +94,7 @@ def describe(name: str, head: bytes) -> dict:
 
 
 def get(engine: Engine, file_id: str, owner: str | None = None) -> Row | None:
-    query = sa.select(F).where(F.c.id == file_id)
-    if owner is not None:
-        query = query.where(F.c.owner == owner)
-    with engine.connect() as c:
-        row = c.execute(query).mappings().first()
-    return dict(row) if row else None
+    return row_by_id(engine, F, file_id, owner)
 
 
 def of_prediction(engine: Engine, prediction_id: str) -> list[Row]:

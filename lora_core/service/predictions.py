@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import instances, predictions as P, utcnow
+from .db import instances, predictions as P, row_by_id, utcnow
 
 TERMINAL = ("succeeded", "failed", "canceled")
 Row = dict[str, Any]
@@ -41,12 +41,7 @@ def create(engine: Engine, *, owner: str, model: str, version: str, kind: str, i
 
 
 def get(engine: Engine, prediction_id: str, owner: str | None = None) -> Row | None:
-    query = sa.select(P).where(P.c.id == prediction_id)
-    if owner is not None:
-        query = query.where(P.c.owner == owner)
-    with engine.connect() as c:
-        found = c.execute(query).mappings().first()
-    return dict(found) if found else None
+    return row_by_id(engine, P, prediction_id, owner)
 
 
 def page(engine: Engine, owner: str, cursor: str | None = None, limit: int = 20, model: str | None = None,
