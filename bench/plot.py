@@ -22,7 +22,8 @@ def write(doc: dict, path: Path) -> Path:
         limit = m.get("limit")
         colour = "#9aa5b1" if limit is None else ("#2f9e44" if m["met"] else "#e03131")
         bars = [("ours", m["value"], colour)]
-        if m.get("baseline") is not None and m["unit"] not in ("x",):
+        comparable = m.get("baseline") and m.get("ratio") and abs(m["value"] / m["baseline"] - m["ratio"]) < 1e-6
+        if comparable and m["unit"] != "x":  # the baseline as a bar only where the value is the same kind of figure
             bars.insert(0, ("baseline", m["baseline"], "#ced4da"))
         ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars], width=0.6)
         if limit is not None:
