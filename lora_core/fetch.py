@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,12 +55,18 @@ class FetchPolicy(BaseModel):
     @classmethod
     def from_env(cls) -> "FetchPolicy":
         """Deployment settings: LORA_STUDIO_CACHE_DIR, LORA_STUDIO_ALLOW_FILE_URLS=1,
-        LORA_STUDIO_ALLOWED_PRIVATE_HOSTS=host,host (for tests and private networks only)."""
+        LORA_STUDIO_ALLOWED_PRIVATE_HOSTS=host,host (for tests and private networks only), and the limits
+        LORA_STUDIO_MAX_LORA_BYTES, LORA_STUDIO_LORA_READ_TIMEOUT_S, LORA_STUDIO_LORA_TIMEOUT_S (whole download)."""
         env = os.environ
         hosts = [h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()]
+        limits = {field: float(env[name]) for field, name in _LIMITS.items() if env.get(name)}
         return cls(cache_dir=Path(env.get("LORA_STUDIO_CACHE_DIR", Path.home() / ".cache" / "lora-studio" / "loras")),
                    allow_file_urls=env.get("LORA_STUDIO_ALLOW_FILE_URLS") == "1",
-                   allowed_private_hosts=frozenset(hosts))
+                   allowed_private_hosts=frozenset(hosts), **limits)
+
+
+_LIMITS = {"max_bytes": "LORA_STUDIO_MAX_LORA_BYTES", "read_timeout_s": "LORA_STUDIO_LORA_READ_TIMEOUT_S",
+           "total_timeout_s": "LORA_STUDIO_LORA_TIMEOUT_S"}
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,26 @@ def checked_address(host: str, port: int, allowed_private_hosts: frozenset[str] 
         ip = ipaddress.ip_address(address.split("%")[0])
         if ip.version == 6 and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
-        if not ip.is_global and not (allowed or str(ip) in allowed_private_hosts
-                                     or f"{ip}:{port}" in allowed_private_hosts):
+        if not _public(ip) and not (allowed or str(ip) in allowed_private_hosts
+                                    or f"{ip}:{port}" in allowed_private_hosts):
             raise FetchError(f"host {host!r} resolves to {ip}, a private or local address; refusing to fetch it")
     return addresses[0]
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Global unicast, including any IPv4 address an IPv6 one carries (6to4, Teredo, NAT64, IPv4-compatible),
+    which Python calls global although a gateway may deliver it to the private address inside."""
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if ip.version == 6:
+        inner = [ip.sixtofour, *(ip.teredo or ())]
+        if ip in _NAT64 or int(ip) >> 32 == 0:  # 64:ff9b::a.b.c.d, ::a.b.c.d
+            inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return all(v4 is None or (v4.is_global and not v4.is_multicast) for v4 in inner)
+    return True
 
 
 class Fetcher:
@@ -156,39 +179,41 @@ class Fetcher:
                 headers["If-Modified-Since"] = previous["last_modified"]
         timeout = urllib3.Timeout(connect=self.policy.connect_timeout_s, read=self.policy.read_timeout_s)
         current = url
-        for _ in range(self.policy.max_redirects + 1):
-            parts = urlsplit(current)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise FetchError(f"redirected to an unsupported URL {current[:100]!r}")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = checked_address(parts.hostname, port, self.policy.allowed_private_hosts, self.resolver)
-            if parts.scheme == "https":
-                pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False,
-                                                   server_hostname=parts.hostname, assert_hostname=parts.hostname)
-            else:
-                pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
-            path = parts.path or "/"
-            if parts.query:
-                path += "?" + parts.query
-            try:
-                response = pool.urlopen("GET", path, headers={**headers, "Host": parts.netloc}, redirect=False,
-                                        preload_content=False)
-            except urllib3.exceptions.HTTPError as e:
-                raise FetchError(f"could not connect to {parts.hostname}: {type(e).__name__}") from None
-            if response.status in (301, 302, 303, 307, 308):
-                location = response.headers.get("Location")
-                response.release_conn()
-                if not location:
-                    raise FetchError(f"{parts.hostname} answered a redirect without a Location")
-                current = urljoin(current, location)
-                continue
-            try:
-                return self._receive(url, key, response, previous)
-            finally:
-                response.release_conn()
-        raise FetchError(f"more than {self.policy.max_redirects} redirects fetching {url[:100]!r}")
+        with _Deadline(self.policy.total_timeout_s) as deadline:
+            for _ in range(self.policy.max_redirects + 1):
+                parts = urlsplit(current)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise FetchError(f"redirected to an unsupported URL {current[:100]!r}")
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                address = checked_address(parts.hostname, port, self.policy.allowed_private_hosts, self.resolver)
+                pool = deadline.pool(parts.scheme, address, port, parts.hostname, timeout)
+                path = parts.path or "/"
+                if parts.query:
+                    path += "?" + parts.query
+                try:
+                    response = pool.urlopen("GET", path, headers={**headers, "Host": parts.netloc}, redirect=False,
+                                            preload_content=False)
+                except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                    if deadline.expired:
+                        raise self._too_slow(url) from None
+                    raise FetchError(f"could not connect to {parts.hostname}: {type(e).__name__}") from None
+                if response.status in (301, 302, 303, 307, 308):
+                    location = response.headers.get("Location")
+                    response.release_conn()
+                    if not location:
+                        raise FetchError(f"{parts.hostname} answered a redirect without a Location")
+                    current = urljoin(current, location)
+                    continue
+                try:
+                    return self._receive(url, key, response, previous, deadline)
+                finally:
+                    response.release_conn()  # back to its pool, which closes it on leaving
+            raise FetchError(f"more than {self.policy.max_redirects} redirects fetching {url[:100]!r}")
 
-    def _receive(self, url: str, key: str, response, previous: dict | None) -> FetchedFile:
+    def _too_slow(self, url: str) -> FetchError:
+        return FetchError(f"download of {url[:100]!r} took longer than {self.policy.total_timeout_s:.0f}s; aborted")
+
+    def _receive(self, url: str, key: str, response, previous: dict | None, deadline: "_Deadline") -> FetchedFile:
         import urllib3
 
         if response.status == 304 and previous:
@@ -206,9 +231,8 @@ class Fetcher:
         try:
             with tmp.open("wb") as out:
                 while chunk := response.read1(256 * 1024):
-                    if time.monotonic() - started > self.policy.total_timeout_s:
-                        raise FetchError(f"download of {url[:100]!r} took longer than "
-                                         f"{self.policy.total_timeout_s:.0f}s; aborted")
+                    if deadline.expired:
+                        raise self._too_slow(url)
                     size += len(chunk)
                     if size > self.policy.max_bytes:
                         raise FetchError(f"download exceeded the {self.policy.max_bytes / 2**20:.0f} MB limit; aborted")
@@ -218,8 +242,15 @@ class Fetcher:
                         self.log(f"download: {100 * size / declared:.0f}% of {declared / 2**20:.0f} MB "
                                  f"({time.monotonic() - started:.0f}s)")
                         next_report += 0.1
-        except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ProtocolError, TimeoutError, OSError) as e:
+            if deadline.expired:  # the watchdog cut the connection: what arrived is not the file
+                raise self._too_slow(url)
+        except FetchError:
             tmp.unlink(missing_ok=True)
+            raise
+        except (urllib3.exceptions.HTTPError, TimeoutError, OSError, ValueError) as e:
+            tmp.unlink(missing_ok=True)
+            if deadline.expired:
+                raise self._too_slow(url) from None
             raise FetchError(f"download of {url[:100]!r} failed or timed out ({type(e).__name__})") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -247,7 +278,9 @@ class Fetcher:
 
     @contextmanager
     def _lock(self, key: str):
-        with (self.index / f"{key}.lock").open("w") as f:
+        """One download per URL at a time, across processes. 256 lock files, not one per URL: a URL that fails
+        (or is refused) leaves nothing behind, and URLs sharing a stripe only wait for each other."""
+        with (self.index / f"{key[:2]}.lock").open("w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -275,6 +308,68 @@ class Fetcher:
             if blob != keep:
                 total -= blob.stat().st_size
                 blob.unlink(missing_ok=True)
+
+
+class _Deadline:
+    """The whole download's time limit, headers included: read timeouts alone never trip on a server that sends
+    one byte a second. When time is up, the sockets of the download are shut down, so whatever reads them returns."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._pools: list = []
+        self._guard = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        for pool in self._pools:  # the connections go with the download: an aborted body is never reused
+            pool.close()
+
+    def _expire(self) -> None:
+        with self._guard:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: safe under a TLS reader
+            except OSError:
+                pass
+
+    def _watch(self, sock: socket.socket | None) -> None:
+        with self._guard:
+            if sock is not None:
+                self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._expire()
+
+    def pool(self, scheme: str, address: str, port: int, hostname: str, timeout):
+        """A connection pool to the checked ``address`` whose connections this deadline can cut."""
+        import urllib3
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+
+        deadline = self
+        base = HTTPSConnection if scheme == "https" else HTTPConnection
+
+        class Connection(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                deadline._watch(self.sock)
+
+        if scheme == "https":
+            pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False,
+                                               server_hostname=hostname, assert_hostname=hostname)
+        else:
+            pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+        pool.ConnectionCls = Connection
+        self._pools.append(pool)
+        return pool
 
 
 def _sha256_file(path: Path) -> str:
