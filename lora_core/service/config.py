@@ -43,6 +43,7 @@ class ServiceConfig(BaseModel):
     allowed_private_hosts: frozenset[str] = frozenset()  # webhook / input URL hosts allowed despite being private
     max_request_bytes: int = 64 * 2**20
     max_upload_bytes: int = 200 * 2**20
+    storage_quota_bytes: int = 0  # local file store only: at most this many bytes of files (0: the disk's size)
     file_url_window_s: int = 24 * 3600  # signed file URLs stay valid 1-2 windows and are stable within one
     webhook_retries: int = 6
     webhook_backoff_s: float = 1.0
@@ -85,7 +86,7 @@ class ServiceConfig(BaseModel):
 
 _NUMBERS = {"max_request_bytes": "LORA_STUDIO_MAX_REQUEST_BYTES", "max_upload_bytes": "LORA_STUDIO_MAX_UPLOAD_BYTES",
             "webhook_retries": "LORA_STUDIO_WEBHOOK_RETRIES", "webhook_backoff_s": "LORA_STUDIO_WEBHOOK_BACKOFF_S",
-            "heartbeat_s": "LORA_STUDIO_HEARTBEAT_S"}
+            "heartbeat_s": "LORA_STUDIO_HEARTBEAT_S", "storage_quota_bytes": "LORA_STUDIO_STORAGE_QUOTA_BYTES"}
 
 
 def parse_workers(text: str) -> dict[str, WorkerSetting]:

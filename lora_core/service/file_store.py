@@ -6,9 +6,11 @@ a key that could leave the folder or bucket prefix is refused.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 from urllib.parse import urlsplit
@@ -34,11 +36,29 @@ def check_key(key: str) -> str:
 
 
 class LocalFileStore:
-    """Files under one folder; written to a temporary name and renamed, so a reader never sees half a file."""
+    """Files under one folder; written to a temporary name and renamed, so a reader never sees half a file.
 
-    def __init__(self, root: Path) -> None:
+    ``quota_bytes`` caps what the folder holds (``LORA_STUDIO_STORAGE_QUOTA_BYTES``): a store that fills
+    its disk would take the database and logs beside it down too; past the quota a write fails with
+    ``StorageFull`` as on a full disk, and the service goes on serving. The usage is counted once at start
+    and kept by this process (other processes writing the same folder are not seen until a restart).
+    """
+
+    def __init__(self, root: Path, quota_bytes: int = 0) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.quota = quota_bytes
+        self._used = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if quota_bytes else 0
+        self._usage = threading.Lock()
+
+    def _reserve(self, size: int) -> None:
+        """Count ``size`` more bytes against the quota, or raise ``EDQUOT`` (negative: give bytes back)."""
+        if not self.quota:
+            return
+        with self._usage:
+            if size > 0 and self._used + size > self.quota:
+                raise OSError(errno.EDQUOT, "quota exceeded")
+            self._used += size
 
     def _path(self, key: str) -> Path:
         path = (self.root / check_key(key)).resolve()
@@ -50,12 +70,16 @@ class LocalFileStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        written = 0
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := stream.read(CHUNK):
+                    self._reserve(len(chunk))
+                    written += len(chunk)
                     out.write(chunk)
             os.replace(tmp, path)
         except BaseException as e:  # too large, disk full, cancelled: leave nothing behind
+            self._reserve(-written)
             Path(tmp).unlink(missing_ok=True)
             self._prune_empty(path.parent)
             if isinstance(e, OSError) and e.errno in (28, 122):  # ENOSPC, EDQUOT
@@ -83,7 +107,12 @@ class LocalFileStore:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        path.unlink(missing_ok=True)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            self._reserve(-size)
+        except FileNotFoundError:
+            pass
         self._prune_empty(path.parent)
 
 
@@ -128,11 +157,14 @@ class S3FileStore:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
-def from_url(url: str, s3_endpoint_url: str | None = None) -> FileStore:
-    """``file:///path`` or ``s3://bucket/prefix``."""
+def from_url(url: str, s3_endpoint_url: str | None = None, quota_bytes: int = 0) -> FileStore:
+    """``file:///path`` or ``s3://bucket/prefix``; ``quota_bytes`` (local folders only; 0: none)."""
     parts = urlsplit(url)
     if parts.scheme == "file":
-        return LocalFileStore(Path(parts.path))
+        return LocalFileStore(Path(parts.path), quota_bytes)
+    if quota_bytes:
+        raise ValueError("LORA_STUDIO_STORAGE_QUOTA_BYTES applies to a local STORAGE_URL (file://) only; "
+                         "set the bucket's own quota instead")
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ValueError(f"STORAGE_URL {url!r} names no bucket; use s3://bucket/prefix")

@@ -48,7 +48,7 @@ class Service:
     def __init__(self, config: ServiceConfig, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or db.connect(config.database_url)
-        self.store = file_store.from_url(config.storage_url, config.s3_endpoint_url)
+        self.store = file_store.from_url(config.storage_url, config.s3_endpoint_url, config.storage_quota_bytes)
         self.models = load_models()
         self.signer = Signer(config.secret, config.worker_token)
         self.urls = Urls(config, self.signer)
