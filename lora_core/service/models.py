@@ -13,6 +13,7 @@ import datetime
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -89,9 +90,13 @@ class Model:
         """The input with the schema's defaults filled in; ``InputError`` naming each bad field."""
         if not isinstance(value, dict):
             raise InputError([InvalidField("input", "type", "input must be a JSON object")])
-        errors = []
+        errors = [InvalidField(f"input.{path}", "finite", f"must be a finite number, got {number}")
+                  for path, number in _non_finite(value)]  # JSON has no NaN/Infinity; Python's parser lets them in
+        non_finite = {f.field for f in errors}
         props = self.input_schema["properties"]
         for error in sorted(self._validator.iter_errors(value), key=lambda e: list(e.path)):
+            if "input." + ".".join(str(p) for p in error.path) in non_finite:
+                continue  # said already, better
             if error.validator == "additionalProperties":
                 for name in sorted(set(value) - set(props)):
                     close = difflib.get_close_matches(name, props, n=1)
@@ -126,6 +131,18 @@ class Model:
         return None
 
 
+def _non_finite(value: Any, path: str = "") -> list[tuple[str, float]]:
+    """(path, number) of every NaN or infinity inside ``value``: JSON Schema bounds let them through
+    (NaN compares false to everything), and they cannot be written back out as JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _non_finite(v, f"{path}.{i}" if path else str(i))]
+    return []
+
+
 def _json_schema(openapi: Any) -> Any:
     """OpenAPI 3.0 -> JSON Schema: ``nullable: true`` becomes 'or null'; vendor keys go."""
     if isinstance(openapi, list):
@@ -144,12 +161,16 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"must be less than or equal to {error.validator_value}"
     if v == "minimum":
         return f"must be greater than or equal to {error.validator_value}"
+    if v in ("maxLength", "minLength"):
+        bound = "at most" if v == "maxLength" else "at least"
+        return f"must be {bound} {error.validator_value} characters long, got {len(error.instance)}"
     if v == "enum":
         return f"must be one of: {', '.join(map(str, error.validator_value))}"
     if v == "type":
         return f"must be of type {error.validator_value}, got {json.dumps(error.instance)[:60]}"
-    if v == "anyOf":  # a nullable field: report the non-null branch's complaint
-        best = jsonschema.exceptions.best_match(error.context)
+    if v == "anyOf":  # a nullable field: report the non-null branch's complaint, not "must be of type null"
+        branches = [e for e in error.context if e.schema.get("type") != "null"] or error.context
+        best = jsonschema.exceptions.best_match(branches)
         return _describe(best) if best is not None else error.message
     return error.message[:300]
 
