@@ -13,20 +13,23 @@ import datetime
 import io
 import logging
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
 import requests
 from sqlalchemy.engine import Engine
 
+from ..fetch import FetchError, Fetcher, FetchPolicy
 from . import files, outputs, predictions
 from .changes import Changes
 from .cog_process import CogProcess
 from .config import ServiceConfig
-from .file_store import FileStore
+from .file_store import FileStore, StorageFull
 from .models import Model
 from .signing import Signer
 from .urls import Urls
@@ -153,12 +156,20 @@ class WorkerPool:
         pid = row["id"]
         worker.current, worker.row, worker.logs, worker.upload_errors = pid, row, "", []
         worker.finished.clear()
-        body = {"id": pid, "input": self.worker_input(row),
+        try:
+            worker_input = self.worker_input(row, worker.model)
+        except (FetchError, OSError) as e:  # an input file at an outside URL that could not be fetched or stored
+            self._complete(worker, pid, "failed", error=getattr(e, "strerror", None) or str(e))
+            return
+        body = {"id": pid, "input": worker_input,
                 "webhook": f"{self.config.internal_url}/internal/workers/{quote(worker.name)}/webhook",
                 "webhook_events_filter": EVENTS}
         try:
             response = self.session.put(f"{worker.url}/predictions/{pid}", json=body,
                                         headers={"Prefer": "respond-async"}, timeout=30)
+        except requests.exceptions.InvalidJSONError as e:  # this prediction's fault, not the worker's: never requeue it
+            self._complete(worker, pid, "failed", error=f"the input cannot be sent to the worker as JSON: {e}")
+            return
         except requests.RequestException as e:
             log.warning("worker %s unreachable (%s); prediction %s goes back to the queue", worker.name, e, pid)
             predictions.unclaim(self.engine, pid, worker.name)
@@ -180,11 +191,42 @@ class WorkerPool:
                 self.cancel_on_worker(worker, pid)
                 cancel_sent = True
 
-    def worker_input(self, row: dict) -> dict:
-        """The input as the worker must see it: this service's file URLs signed for it to fetch, and no
-        nulls (an empty optional input is left out: Cog's server rejects ``null``)."""
-        return {k: self.urls.for_worker(v, row["owner"], self.engine) if isinstance(v, str) else v
-                for k, v in row["input"].items() if v is not None}
+    def worker_input(self, row: dict, model: Model | None = None) -> dict:
+        """The input as the worker must see it: this service's file URLs signed for it to fetch, file inputs at
+        outside URLs fetched here first (``import_file``), and no nulls (an empty optional input is left out:
+        Cog's server rejects ``null``)."""
+        out = {}
+        for name, value in row["input"].items():
+            if isinstance(value, str):
+                if model is not None and name in model.file_inputs and not self.urls.own_file_ids(value):
+                    value = self.import_file(row, name, value)
+                else:
+                    value = self.urls.for_worker(value, row["owner"], self.engine)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def import_file(self, row: dict, name: str, url: str) -> str:
+        """An input file at an outside URL, fetched by the service as LoRA URLs are (every hop's address checked
+        and connected to, size and time capped) and stored as the owner's upload; the worker gets this service's
+        signed URL for it. Handed the outside URL, Cog's server would follow redirects to any address."""
+        scratch = self.config.data_dir / "cache" / "inputs"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            policy = FetchPolicy(cache_dir=Path(tmp), max_bytes=self.config.max_upload_bytes,
+                                 allowed_private_hosts=self.config.allowed_private_hosts)
+            try:
+                fetched = Fetcher(policy, log=lambda _: None).fetch(url)
+            except FetchError as e:
+                raise FetchError(f"input {name}: {e}") from None
+            with fetched.path.open("rb") as stream:
+                try:
+                    saved = files.save(self.engine, self.store, owner=row["owner"], stream=stream,
+                                       name=PurePosixPath(urlsplit(url).path).name or name,
+                                       limit=self.config.max_upload_bytes)
+                except StorageFull:
+                    raise StorageFull(28, f"input {name} could not be stored: the file store is full") from None
+        return self.urls.file(saved, base=self.config.internal_url)
 
     def cancel(self, prediction_id: str) -> None:
         """Forward a cancel now if this process runs it (otherwise its dispatcher sees the flag)."""
@@ -208,7 +250,7 @@ class WorkerPool:
         worker.last_seen = time.monotonic()
         status = payload.get("status")
         if status in predictions.TERMINAL:
-            self._complete(worker, pid, status, output=payload.get("output"), error=payload.get("error"),
+            self._complete(worker, pid, status, output=payload.get("output"), error=_worker_error(payload.get("error")),
                            logs=payload.get("logs"), metrics=payload.get("metrics"))
             return True
         if worker.finished.is_set():  # a late update after the final one
@@ -246,7 +288,7 @@ class WorkerPool:
             return files.save(self.engine, self.store, owner=row["owner"], name=filename, stream=stream,
                               limit=self.config.max_upload_bytes, content_type=content_type, prediction_id=row["id"])
         except (OSError, ValueError) as e:
-            worker.upload_errors.append(f"{files.safe_name(filename)}: {e}")
+            worker.upload_errors.append(f"{files.safe_name(filename)}: {getattr(e, 'strerror', None) or e}")
             raise
 
     def _collect(self, row: dict, output: Any) -> Any:
@@ -281,11 +323,13 @@ class WorkerPool:
                 output = self._collect(row, output)
             except (OSError, ValueError) as e:
                 status, error, output = "failed", f"the output could not be stored: {e}", None
+        detail = f" ({'; '.join(worker.upload_errors)})" if worker.upload_errors else ""
         if status == "succeeded":
             problem = worker.model.output_problem(row["input"], output)
             if problem:
-                detail = f" ({'; '.join(worker.upload_errors)})" if worker.upload_errors else ""
                 status, error = "failed", problem + detail
+        elif status == "failed" and detail and error and detail not in error:
+            error += detail  # Cog's server says only "upload returned status 507": say what the store said
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
         done = predictions.finish(self.engine, pid, status, worker=worker.name, output=output, error=error,
                                   logs=logs, metrics=metrics)
@@ -376,6 +420,13 @@ def _cog_error(response: requests.Response) -> str:
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[2:])}: {d.get('msg')}" for d in detail)
     return f"the worker refused the input (HTTP {response.status_code}): {detail}"
+
+
+def _worker_error(error: str | None) -> str | None:
+    """What the predictor said: Cog's server prefixes it with "Prediction failed: ", twice."""
+    while error and error.startswith("Prediction failed: "):
+        error = error[len("Prediction failed: "):]
+    return error
 
 
 def _natural(name: str) -> list:
