@@ -5,12 +5,11 @@ Thin by design: inputs and their descriptions live here, the work in ``lora_core
 
 from __future__ import annotations
 
-import tempfile
 from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
-from lora_core import adapters, checkpoints, fetch, generation_job, image_files
+from lora_core import adapters, checkpoints, fetch, generation_job, image_files, output_dirs
 
 # Literal on purpose: Cog's build reads these from the source without importing lora_core
 # (tests check they match the registry and the samplers).
@@ -26,13 +25,16 @@ class Predictor(BaseRunner):
         self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
         self.fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env(), log=lambda line: print(line, flush=True))
         self.adapters = adapters.AdapterCache.from_env()
+        self.outputs = output_dirs.OutputDirs("generate-")  # the previous prediction's images go when the next starts
 
     def run(
         self,
-        prompt: str = Input(description="What to draw. <1>, <2>… stand for the concepts of the 1st, 2nd… LoRA, "
+        prompt: str = Input(max_length=2000,
+                            description="What to draw. <1>, <2>… stand for the concepts of the 1st, 2nd… LoRA, "
                                         "e.g. 'a photo of <1> on a blue striped background'. A1111's "
                                         "<lora:2:0.7> also sets a LoRA's scale."),
-        negative_prompt: str = Input(default="", description="What to keep out of the image."),
+        negative_prompt: str = Input(default="", max_length=2000,
+                                     description="What to keep out of the image."),
         lora_urls: str = Input(default="", description="LoRA file URLs (.safetensors), separated by '|'. "
                                                        "Files trained here, diffusers/PEFT and kohya/A1111 files work."),
         lora_scales: str = Input(default="0.5", description="One scale for all LoRAs or one per URL, separated by "
@@ -63,5 +65,4 @@ class Predictor(BaseRunner):
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, width=width, height=height,
             num_outputs=num_outputs, seed=seed,
             log=lambda line: print(line, flush=True))
-        out_dir = Path(tempfile.mkdtemp(prefix="generate-"))
-        return [Path(p) for p in image_files.save_images(images, out_dir, output_format)]
+        return [Path(p) for p in image_files.save_images(images, self.outputs.new(), output_format)]

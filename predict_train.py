@@ -6,12 +6,11 @@ Thin by design: inputs and their descriptions live here, the work in ``lora_core
 from __future__ import annotations
 
 import shutil
-import tempfile
 from typing import Optional
 
 from cog import BaseModel, BaseRunner, Input, Path
 
-from lora_core import checkpoints, training_job
+from lora_core import checkpoints, output_dirs, training_job
 
 # Literal on purpose: Cog's build reads these from the source without importing lora_core
 # (tests check they match the registry).
@@ -30,6 +29,7 @@ class Predictor(BaseRunner):
         """Load the default base once; trainings on it reuse the warm weights."""
         self.bases = checkpoints.WarmPipelineCache()
         self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
+        self.outputs = output_dirs.OutputDirs("train-")  # the previous training's files go when the next starts
 
     def run(
         self,
@@ -55,7 +55,7 @@ class Predictor(BaseRunner):
         lora_rank: Optional[int] = Input(default=None, ge=1, le=128, description="Expert: LoRA rank."),
         train_text_encoder: Optional[bool] = Input(default=None,
                                                    description="Expert: also train a text-encoder LoRA."),
-        caption_prefix: Optional[str] = Input(default=None,
+        caption_prefix: Optional[str] = Input(default=None, max_length=200,
                                               description="Expert: caption for every photo, with <1> for the "
                                                           "subject, e.g. 'a photo of <1> in a garden'."),
     ) -> Output:
@@ -65,7 +65,7 @@ class Predictor(BaseRunner):
             learning_rate_embeddings=learning_rate_embeddings, lora_rank=lora_rank,
             train_text_encoder=train_text_encoder, caption_prefix=caption_prefix)
         pipe = self.bases.get(base_model)
-        out_dir = Path(tempfile.mkdtemp(prefix="train-"))
+        out_dir = Path(self.outputs.new())
         try:
             result = training_job.run_training(pipe, self.bases.base_hash, Path(instance_data), request, out_dir,
                                                log=lambda line: print(line, flush=True))

@@ -28,13 +28,14 @@ _SCHEDULERS: dict[str, tuple[str, dict]] = {
 }
 MAX_SEED = 2**32 - 1
 MAX_OUTPUTS = 4
+MAX_PROMPT_CHARS = 2000  # also the predictor's Input(max_length=...), so the API refuses longer ones (422)
 
 
 class SamplingRequest(BaseModel):
     """Fully resolved settings of one generation: what is recorded to re-make it."""
 
-    prompt: str = Field(max_length=2000)
-    negative_prompt: str = Field("", max_length=2000)
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     width: int = Field(ge=16, le=1024, multiple_of=8)
     height: int = Field(ge=16, le=1024, multiple_of=8)
     num_inference_steps: int = Field(ge=1, le=150)
@@ -90,8 +91,21 @@ def sample(pipe, request: SamplingRequest, log: Callable[[str], None] | None = N
     return result.images
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be sampled; one line per setting, saying what it must be."""
+
+
 def resolve_request(defaults, **given) -> SamplingRequest:
     """A full request: fields given as None take the checkpoint's recommended ``defaults``."""
+    from pydantic import ValidationError
+
     chosen = {k: v for k, v in given.items() if v is not None}
     merged = {**defaults.model_dump(), "seed": random_seed(), **chosen}
-    return SamplingRequest(**merged)
+    try:
+        return SamplingRequest(**merged)
+    except ValidationError as e:  # pydantic's own text is a page long and quotes the whole value
+        def shown(value) -> str:
+            text = repr(value)
+            return text if len(text) <= 40 else f"{text[:30]}… ({len(value) if hasattr(value, '__len__') else '?'} long)"
+        raise SettingsError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {shown(err['input'])})"
+                                      for err in e.errors())) from None
