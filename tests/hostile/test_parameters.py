@@ -65,6 +65,7 @@ def test_a_hostile_request_is_refused_with_422_naming_the_field(hardened, alice,
     else:
         assert phrase in detail["detail"], detail
     assert alice("GET", "/v1/predictions").status_code == 200  # nothing half-made that breaks the history
+    still_serves(alice, hardened.files)  # and nothing stuck in the queue
 
 
 FAILED = {  # input -> the sentence the prediction fails with (checked by the predictor, before any download)
