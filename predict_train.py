@@ -9,8 +9,9 @@ import shutil
 from typing import Optional
 
 from cog import BaseModel, BaseRunner, Input, Path
+from pydantic import ValidationError
 
-from lora_core import checkpoints, output_dirs, training_job
+from lora_core import checkpoints, output_dirs, sampling, training_job
 
 # Literal on purpose: Cog's build reads these from the source without importing lora_core
 # (tests check they match the registry).
@@ -59,11 +60,14 @@ class Predictor(BaseRunner):
                                               description="Expert: caption for every photo, with <1> for the "
                                                           "subject, e.g. 'a photo of <1> in a garden'."),
     ) -> Output:
-        request = training_job.TrainingRequest(
-            task=task, base_model=base_model, seed=seed, resolution=resolution, max_train_steps=max_train_steps,
-            learning_rate=learning_rate, learning_rate_text=learning_rate_text,
-            learning_rate_embeddings=learning_rate_embeddings, lora_rank=lora_rank,
-            train_text_encoder=train_text_encoder, caption_prefix=caption_prefix)
+        try:
+            request = training_job.TrainingRequest(
+                task=task, base_model=base_model, seed=seed, resolution=resolution, max_train_steps=max_train_steps,
+                learning_rate=learning_rate, learning_rate_text=learning_rate_text,
+                learning_rate_embeddings=learning_rate_embeddings, lora_rank=lora_rank,
+                train_text_encoder=train_text_encoder, caption_prefix=caption_prefix)
+        except ValidationError as e:  # e.g. a resolution that is not a multiple of 8: one line, not pydantic's page
+            raise sampling.SettingsError.of(e) from None
         pipe = self.bases.get(base_model)
         out_dir = Path(self.outputs.new())
         try:

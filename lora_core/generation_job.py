@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from pydantic import ValidationError
+
 from . import adapters, checkpoints, fetch, lora_file, patching, prompts, sampling
 
 
@@ -40,7 +42,10 @@ def run_generation(bases: checkpoints.WarmPipelineCache, fetcher: fetch.Fetcher,
     """PIL images for one prediction; ``settings`` are ``SamplingRequest`` fields (None = the base's default)."""
     prompt, urls, scales = prompts.parse_request(prompt, lora_urls, lora_scales)
     checkpoint = checkpoints.get_checkpoint(base_model)
-    request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, **settings)  # validated before fetching
+    try:
+        request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, **settings)  # validated before fetching
+    except ValidationError as e:
+        raise sampling.SettingsError.of(e) from None
     pipe = bases.get(base_model)
     loras = load_adapters(fetcher, cache, bases, urls, log)
     with patching.applied(pipe, loras, scales) as texts:

@@ -92,20 +92,20 @@ def sample(pipe, request: SamplingRequest, log: Callable[[str], None] | None = N
 
 
 class SettingsError(ValueError):
-    """Settings that cannot be sampled; one line per setting, saying what it must be."""
+    """Settings that cannot be used; one line per setting, saying what it must be."""
+
+    @classmethod
+    def of(cls, error) -> "SettingsError":
+        """From a pydantic ``ValidationError``, whose own text is a page long and quotes the whole value."""
+        def shown(value) -> str:
+            text = repr(value)
+            return text if len(text) <= 40 else f"{text[:30]}… ({len(value) if hasattr(value, '__len__') else '?'} long)"
+        return cls("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {shown(e['input'])})"
+                             for e in error.errors()))
 
 
 def resolve_request(defaults, **given) -> SamplingRequest:
     """A full request: fields given as None take the checkpoint's recommended ``defaults``."""
-    from pydantic import ValidationError
-
     chosen = {k: v for k, v in given.items() if v is not None}
     merged = {**defaults.model_dump(), "seed": random_seed(), **chosen}
-    try:
-        return SamplingRequest(**merged)
-    except ValidationError as e:  # pydantic's own text is a page long and quotes the whole value
-        def shown(value) -> str:
-            text = repr(value)
-            return text if len(text) <= 40 else f"{text[:30]}… ({len(value) if hasattr(value, '__len__') else '?'} long)"
-        raise SettingsError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {shown(err['input'])})"
-                                      for err in e.errors())) from None
+    return SamplingRequest(**merged)

@@ -121,3 +121,13 @@ def test_the_prompt_limit_is_the_samplers(alice):
     schema = alice("GET", f"/v1/models/{GENERATE}").json()["latest_version"]["openapi_schema"]
     props = schema["components"]["schemas"]["Input"]["properties"]
     assert props["prompt"]["maxLength"] == props["negative_prompt"]["maxLength"] == sampling.MAX_PROMPT_CHARS
+
+
+def test_training_settings_that_do_not_fit_fail_with_one_line(hardened, alice):
+    from . import zips
+    from .conftest import TRAIN, data_uri
+
+    result, seconds = timed(alice, TRAIN, {"instance_data": data_uri(zips.make(zips.three_images())),
+                                           "task": "object", "resolution": 100})
+    assert result["status"] == "failed" and seconds < 10
+    assert result["error"] == "SettingsError: resolution: Input should be a multiple of 8 (got 100)", result["error"]
