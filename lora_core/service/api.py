@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from . import files, predictions, views
-from .models import InputError, InvalidField, Model
+from .models import InvalidField, Model
 from .service import ApiError, Service
 
 router = APIRouter()

@@ -274,9 +274,8 @@ class WorkerPool:
             worker.row, worker.logs = updated, logs or worker.logs
             events = (["start"] if first else []) + (["output"] if output is not None else []) + \
                 (["logs"] if new_logs is not None and not first else [])
-        for event in events:
+        for event in events:  # no wake-up for waiters: `Prefer: wait` waits for the final state only
             self.on_event(updated, event)
-        self.changes.prediction_changed(pid)
 
     def on_upload(self, worker_name: str, filename: str, stream, content_type: str | None) -> dict:
         """An output file from a worker's Cog server, stored as a file of the prediction it runs."""
