@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,6 +82,13 @@ def system_resolver(host: str, port: int) -> list[str]:
         return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
     except socket.gaierror as e:
         raise FetchError(f"cannot resolve host {host!r} ({e.strerror})") from None
+
+
+def checked_url_address(parts: SplitResult, allowed_private_hosts: frozenset[str] | set[str],
+                        resolver: Resolver = system_resolver) -> tuple[int, str]:
+    """(port, checked address) of a split http(s) URL: its port or the scheme's, and ``checked_address``."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return port, checked_address(parts.hostname or "", port, allowed_private_hosts, resolver)
 
 
 def checked_address(host: str, port: int, allowed_private_hosts: frozenset[str] | set[str],
@@ -184,8 +191,7 @@ class Fetcher:
                 parts = urlsplit(current)
                 if parts.scheme not in ("http", "https") or not parts.hostname:
                     raise FetchError(f"redirected to an unsupported URL {current[:100]!r}")
-                port = parts.port or (443 if parts.scheme == "https" else 80)
-                address = checked_address(parts.hostname, port, self.policy.allowed_private_hosts, self.resolver)
+                port, address = checked_url_address(parts, self.policy.allowed_private_hosts, self.resolver)
                 pool = deadline.pool(parts.scheme, address, port, parts.hostname, timeout)
                 path = parts.path or "/"
                 if parts.query:

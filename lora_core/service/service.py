@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Engine
 
-from ..fetch import FetchError, checked_address
+from ..fetch import FetchError, checked_url_address
 from . import db, file_store, files, outputs, predictions, tokens, views
 from .changes import Changes
 from .config import ServiceConfig
@@ -168,8 +168,7 @@ class Service:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return InvalidField(field, "invalid", "must be an https:// URL, a data: URI or a file uploaded to /v1/files")
         try:
-            checked_address(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                            self.config.allowed_private_hosts)
+            checked_url_address(parts, self.config.allowed_private_hosts)
         except FetchError as e:
             return InvalidField(field, "invalid", str(e))
         return name, value

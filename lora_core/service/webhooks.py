@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..fetch import FetchError, checked_address, system_resolver
+from ..fetch import FetchError, checked_url_address, system_resolver
 from .db import utcnow, webhook_deliveries as W
 from .signing import Signer
 
@@ -31,8 +31,7 @@ def check_url(url: str, allowed_private_hosts: frozenset[str], resolver=system_r
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("webhook must be an http:// or https:// URL")
     try:
-        checked_address(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                        allowed_private_hosts, resolver)
+        checked_url_address(parts, allowed_private_hosts, resolver)
     except FetchError as e:
         raise ValueError(f"webhook refused: {e}") from None
 
@@ -79,9 +78,8 @@ class Webhooks:
         import urllib3
 
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            address = checked_address(parts.hostname or "", port, self.allowed, self.resolver)
+            port, address = checked_url_address(parts, self.allowed, self.resolver)
         except FetchError as e:
             return str(e)
         timeout = urllib3.Timeout(connect=5, read=10)

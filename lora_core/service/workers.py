@@ -191,14 +191,14 @@ class WorkerPool:
                 self.cancel_on_worker(worker, pid)
                 cancel_sent = True
 
-    def worker_input(self, row: dict, model: Model | None = None) -> dict:
+    def worker_input(self, row: dict, model: Model) -> dict:
         """The input as the worker must see it: this service's file URLs signed for it to fetch, file inputs at
         outside URLs fetched here first (``import_file``), and no nulls (an empty optional input is left out:
         Cog's server rejects ``null``)."""
         out = {}
         for name, value in row["input"].items():
             if isinstance(value, str):
-                if model is not None and name in model.file_inputs and not self.urls.own_file_ids(value):
+                if name in model.file_inputs and not self.urls.own_file_ids(value):
                     value = self.import_file(row, name, value)
                 else:
                     value = self.urls.for_worker(value, row["owner"], self.engine)
