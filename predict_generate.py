@@ -35,9 +35,10 @@ class Predictor(BaseRunner):
                                         "<lora:2:0.7> also sets a LoRA's scale."),
         negative_prompt: str = Input(default="", max_length=2000,
                                      description="What to keep out of the image."),
-        lora_urls: str = Input(default="", description="LoRA file URLs (.safetensors), separated by '|'. "
-                                                       "Files trained here, diffusers/PEFT and kohya/A1111 files work."),
-        lora_scales: str = Input(default="0.5", description="One scale for all LoRAs or one per URL, separated by "
+        lora_urls: str = Input(default="", max_length=16384,
+                               description="LoRA file URLs (.safetensors), separated by '|', at most 8. "
+                                           "Files trained here, diffusers/PEFT and kohya/A1111 files work."),
+        lora_scales: str = Input(default="0.5", max_length=256, description="One scale for all LoRAs or one per URL, separated by "
                                                             "'|'. 0 is the base model, 0.4-0.5 suits faces, 1 "
                                                             "reproduces the training photos; -2 to 2."),
         base_model: str = Input(default="tiny", choices=BASE_MODELS,
@@ -56,13 +57,14 @@ class Predictor(BaseRunner):
                                       description="Height in pixels, a multiple of 8. Empty: the base model's native size."),
         num_outputs: int = Input(default=1, ge=1, le=4, description="Number of images."),
         seed: Optional[int] = Input(default=None, ge=0, le=MAX_SEED,
-                                    description="Random seed; image i uses seed + i. Empty: random (shown in the logs)."),
+                                    description="Random seed. Image i uses seed + i and is exactly the single "
+                                                "image of the same input with seed + i. Empty: random (shown in the logs)."),
         output_format: str = Input(default="png", choices=["png", "webp", "jpg"], description="Image file format."),
     ) -> list[Path]:
-        images = generation_job.run_generation(
+        generation = generation_job.run_generation(
             self.bases, self.fetcher, self.adapters, prompt=prompt, lora_urls=lora_urls, lora_scales=lora_scales,
             base_model=base_model, negative_prompt=negative_prompt, scheduler=scheduler,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, width=width, height=height,
             num_outputs=num_outputs, seed=seed,
             log=lambda line: print(line, flush=True))
-        return [Path(p) for p in image_files.save_images(images, self.outputs.new(), output_format)]
+        return [Path(p) for p in image_files.save_images(generation.images, self.outputs.new(), output_format)]

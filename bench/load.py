@@ -205,7 +205,7 @@ def metrics(report: LoadReport) -> list[Metric]:
 
 def measure(quick: bool) -> list[Metric]:
     """Start a service of our own (both models, one worker each), run the load, stop it."""
-    from bench.service_api import ROOT, _env, _free_port, _stop, _token, _wait_until
+    from bench.service_api import ROOT, _env, _free_port, _stop, _token, _wait_until, _workers_ready
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         data, port = Path(tmp), _free_port()
@@ -215,8 +215,7 @@ def measure(quick: bool) -> list[Metric]:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait_until(lambda: all(w["ready"] for w in requests.get(f"{base}/health", timeout=1).json()["workers"]),
-                        180, "service workers")
+            _wait_until(lambda: _workers_ready(base), 180, "service workers")
             report = run(base, token, generations=20 if quick else 50, trainings=1 if quick else 2)
         finally:
             _stop(proc)

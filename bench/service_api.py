@@ -34,8 +34,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+WORKER_TOKEN = "bench-worker-token"
+
+
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "LORA_STUDIO_WORKER_TOKEN": WORKER_TOKEN, **extra}
+
+
+def _workers_ready(base: str) -> bool:
+    """Every worker of the service at ``base`` is ready (/internal/health, with the worker token)."""
+    health = requests.get(f"{base}/internal/health", headers={"Authorization": f"Bearer {WORKER_TOKEN}"}, timeout=1)
+    return all(w["ready"] for w in health.json()["workers"])
 
 
 def _wait_until(check, timeout: float, what: str) -> None:
@@ -106,8 +116,7 @@ def api_overhead(data_dir: Path, rounds: int) -> tuple[float, float, float]:
         base, direct = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cog_port}"
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
-        _wait_until(lambda: all(w["ready"] for w in session.get(f"{base}/health", timeout=1).json()["workers"]),
-                    180, "service workers")
+        _wait_until(lambda: _workers_ready(base), 180, "service workers")
         _wait_until(lambda: session.get(f"{direct}/health-check", timeout=1).json()["status"] == "READY", 180,
                     "Cog server")
 

@@ -10,16 +10,23 @@ from pathlib import Path
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from . import checkpoints, image_files, sampling
+    """What the generation predictor does, from the command line: the same job, so the same pixels."""
+    from . import adapters, checkpoints, fetch, generation_job, image_files
 
-    checkpoint = checkpoints.get_checkpoint(args.base_model)
-    request = sampling.resolve_request(
-        checkpoint.defaults, prompt=args.prompt, negative_prompt=args.negative_prompt, scheduler=args.scheduler,
-        num_inference_steps=args.steps, guidance_scale=args.guidance_scale, width=args.width, height=args.height,
-        num_outputs=args.num_outputs, seed=args.seed)
-    images = sampling.sample(checkpoints.WarmPipelineCache().get(args.base_model), request)
-    paths = image_files.save_images(images, Path(args.out), args.output_format, stem=f"seed{request.seed}")
-    print(json.dumps({"settings": request.model_dump(), "outputs": [str(p) for p in paths]}, indent=1))
+    # Local paths are this user's own files: allowed here (never on a server), given to the fetcher as file:// URLs.
+    urls = "|".join(u if "://" in u or u.startswith("data:") else Path(u).resolve().as_uri()
+                    for u in args.lora_urls.split("|") if u.strip())
+    fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env().model_copy(update={"allow_file_urls": True}),
+                            log=functools.partial(print, file=sys.stderr, flush=True))
+    generation = generation_job.run_generation(
+        checkpoints.WarmPipelineCache(), fetcher, adapters.AdapterCache.from_env(), prompt=args.prompt,
+        lora_urls=urls, lora_scales=args.lora_scales, base_model=args.base_model,
+        negative_prompt=args.negative_prompt, scheduler=args.scheduler, num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale, width=args.width, height=args.height, num_outputs=args.num_outputs,
+        seed=args.seed, log=functools.partial(print, file=sys.stderr, flush=True))
+    seed = generation.settings.seed
+    paths = image_files.save_images(generation.images, Path(args.out), args.output_format, stem=f"seed{seed}")
+    print(json.dumps({"settings": generation.settings.model_dump(), "outputs": [str(p) for p in paths]}, indent=1))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -102,24 +109,43 @@ def _bench(argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
+    from .service import server
     from .service.app import create_app
     from .service.config import ServiceConfig
 
     config = ServiceConfig.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
     print(f"LoRA Studio on {config.public_url} (data in {config.data_dir}, database "
           f"{config.database_url.split('://')[0]}, files {config.storage_url.split('://')[0]})", flush=True)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    server.run(create_app(config), config, args.log_level)
+
+
+def _tokens_engine(args: argparse.Namespace):
+    from .service import db
+    from .service.config import ServiceConfig
+
+    return db.connect(ServiceConfig.from_env(data_dir=args.data_dir).database_url)
 
 
 def _token_create(args: argparse.Namespace) -> None:
-    from .service import db, tokens
-    from .service.config import ServiceConfig
+    from .service import tokens
 
-    config = ServiceConfig.from_env(data_dir=args.data_dir)
-    print(tokens.create(db.connect(config.database_url), args.owner))
+    print(tokens.create(_tokens_engine(args), args.owner))
+
+
+def _token_list(args: argparse.Namespace) -> None:
+    from .service import tokens
+
+    for row in tokens.listing(_tokens_engine(args), args.owner):
+        print(f"{row['id']}  {row['owner']:<20} {row['hint'] or '?'}…  created {row['created_at']:%Y-%m-%d %H:%M} UTC")
+
+
+def _token_revoke(args: argparse.Namespace) -> None:
+    from .service import tokens
+
+    gone = tokens.revoke(_tokens_engine(args), token_id=args.id, token=args.token, owner=args.owner)
+    if not gone:
+        raise ValueError("no such token")
+    print(f"revoked {gone} token{'s' if gone != 1 else ''}: refused from now on by every service process")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lora-studio", description="LoRA training and generation on Cog.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="sample a base checkpoint into image files")
-    p.add_argument("--prompt", required=True)
+    p = sub.add_parser("generate", help="sample a base checkpoint, with LoRAs if given, into image files "
+                                        "(what predict_generate.py does)")
+    p.add_argument("--prompt", required=True, help="<1>, <2>... name the concepts of the 1st, 2nd... LoRA")
+    p.add_argument("--lora-urls", default="", help="LoRA files (URLs or local paths), separated by '|'")
+    p.add_argument("--lora-scales", default="0.5", help="one scale for all LoRAs or one per LoRA, separated by '|'")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--base-model", default="tiny")
     p.add_argument("--scheduler", default="DPMSolverMultistep")
@@ -208,6 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--owner", required=True)
     p.add_argument("--data-dir", help="as for serve; DATABASE_URL wins")
     p.set_defaults(func=_token_create)
+    p = token.add_parser("list", help="the tokens (id, owner, first characters, created), never the tokens themselves")
+    p.add_argument("--owner")
+    p.add_argument("--data-dir", help="as for serve; DATABASE_URL wins")
+    p.set_defaults(func=_token_list)
+    p = token.add_parser("revoke", help="revoke a token (by id, the token itself, or all of an owner's): at once")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="a token id from `token list`")
+    which.add_argument("--token", help="the token itself")
+    which.add_argument("--owner", help="every token of this owner")
+    p.add_argument("--data-dir", help="as for serve; DATABASE_URL wins")
+    p.set_defaults(func=_token_revoke)
 
     args = parser.parse_args(argv)
     try:

@@ -6,6 +6,7 @@ LoRA is read and bound (vetted against the base) before the warm pipeline is pat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from pydantic import ValidationError
@@ -36,10 +37,16 @@ def load_adapters(fetcher: fetch.Fetcher, cache: adapters.AdapterCache, bases: c
     return loaded
 
 
+@dataclass(frozen=True)
+class Generation:
+    images: list  # PIL images, output i drawn with seed + i
+    settings: sampling.SamplingRequest  # as resolved (the seed it drew included), with the prompt as the user wrote it
+
+
 def run_generation(bases: checkpoints.WarmPipelineCache, fetcher: fetch.Fetcher, cache: adapters.AdapterCache, *,
                    prompt: str, lora_urls: str, lora_scales: str, base_model: str,
-                   log: Callable[[str], None] = print, **settings) -> list:
-    """PIL images for one prediction; ``settings`` are ``SamplingRequest`` fields (None = the base's default)."""
+                   log: Callable[[str], None] = print, **settings) -> Generation:
+    """One prediction's images; ``settings`` are ``SamplingRequest`` fields (None = the base's default)."""
     prompt, urls, scales = prompts.parse_request(prompt, lora_urls, lora_scales)
     checkpoint = checkpoints.get_checkpoint(base_model)
     try:
@@ -49,7 +56,6 @@ def run_generation(bases: checkpoints.WarmPipelineCache, fetcher: fetch.Fetcher,
     pipe = bases.get(base_model)
     loras = load_adapters(fetcher, cache, bases, urls, log)
     with patching.applied(pipe, loras, scales) as texts:
-        request = request.model_copy(update={"prompt": prompts.expand(prompt, texts)})
-        log(f"settings: {request.model_copy(update={'prompt': prompt}).model_dump_json()}; "
-            f"scales: {scales}; expanded prompt: {request.prompt!r}")
-        return sampling.sample(pipe, request, log=log)
+        expanded = request.model_copy(update={"prompt": prompts.expand(prompt, texts)})
+        log(f"settings: {request.model_dump_json()}; scales: {scales}; expanded prompt: {expanded.prompt!r}")
+        return Generation(sampling.sample(pipe, expanded, log=log), request)

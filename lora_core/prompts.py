@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 PLACEHOLDER = re.compile(r"<(\d+)>")
 A1111_TAG = re.compile(r"<lora:([^:<>]+):([^:<>]+)>")
 MAX_ABS_SCALE = 2.0
+MAX_LORAS = 8  # also in predict_generate.py's description of lora_urls
 
 
 class PromptError(ValueError):
@@ -25,6 +26,8 @@ def split_urls(lora_urls: str) -> list[str]:
     if not lora_urls.strip():
         return []
     urls = [u.strip() for u in lora_urls.split("|")]
+    if len(urls) > MAX_LORAS:
+        raise PromptError(f"lora_urls names {len(urls)} LoRAs; at most {MAX_LORAS} can be applied at once.")
     for i, url in enumerate(urls, 1):
         if not url:
             raise PromptError(f"lora_urls has an empty entry at position {i}; separate URLs with a single '|'.")

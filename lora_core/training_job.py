@@ -12,8 +12,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import (adapters, checkpoints, dataset, image_files, lora_convert, lora_file, patching, preprocess, prompts,
-               sampling, tasks, training)
+from . import (adapters, checkpoints, dataset, image_files, lora_convert, lora_file, patching, preprocess,
+               prior_images, prompts, sampling, tasks, training)
 
 GRID_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -82,9 +82,9 @@ def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest,
     data = dataset.read_instance_zip(zip_path, log=log)
     examples = preprocess.prepare_examples(data, preset, cfg.resolution, "".join(cfg.tokens), log=log)
     log(f"caption example: {examples[0].caption!r}")
-    prior = prior_examples(pipe, checkpoint, cfg) if cfg.prior_weight > 0 else []
+    prior = prior_images.prior_examples(pipe, checkpoint, cfg.resolution, base_hash) if cfg.prior_weight > 0 else []
     if prior:
-        log(f"drew {len(prior)} prior images with the base ({len(checkpoint.prior_prompts)} prompts), "
+        log(f"{len(prior)} prior images of the base ({len(checkpoint.prior_prompts)} prompts), "
             "so that prompts without the new tokens keep the base's look")
     trained = training.train_lora(pipe, examples, cfg, log=log, prior=prior)
 
@@ -108,24 +108,6 @@ def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest,
     scale_grid(pipe, adapters.bind(pipe, tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
     log(f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}")
     return TrainingResult(lora_path, a1111_path, grid_path, metadata)
-
-
-def prior_examples(pipe, checkpoint: checkpoints.Checkpoint, cfg: training.TrainingConfig
-                   ) -> list[preprocess.Example]:
-    """What the base draws for its prior prompts (``checkpoint.prior_images`` spread over them), at the training
-    size, before any training. Too few and the LoRA learns those few pictures instead of the base's habits: with 16
-    on the tiny base, prompts without the token drifted 0.37-1.13 of a seed change (12 runs), with 96 0.24-0.43."""
-    examples = []
-    per_prompt = max(1, round(checkpoint.prior_images / len(checkpoint.prior_prompts)))
-    for i, prompt in enumerate(checkpoint.prior_prompts):
-        for first in range(0, per_prompt, sampling.MAX_OUTPUTS):
-            count = min(sampling.MAX_OUTPUTS, per_prompt - first)
-            seed = (cfg.seed + 1000 * (i + 1) + first) % (sampling.MAX_SEED - count)
-            request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, seed=seed, num_outputs=count,
-                                               width=cfg.resolution, height=cfg.resolution)
-            examples += [preprocess.Example(f"prior-{i}-{first + k}", image, None, prompt)
-                         for k, image in enumerate(sampling.sample(pipe, request))]
-    return examples
 
 
 def scale_grid(pipe, lora: adapters.Adapter, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):

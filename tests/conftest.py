@@ -1,6 +1,7 @@
 import inspect
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,58 @@ def tiny_pipe():
     pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def train_predictor():
+    """predict_train.py's predictor, set up once: its warm base (and the prior images it keeps) are shared."""
+    from predict_train import Predictor
+
+    predictor = Predictor()
+    predictor.setup()
+    return predictor
+
+
+@pytest.fixture(scope="session")
+def preset_lora(train_predictor, tmp_path_factory):
+    """``preset_lora(name, images, seed)``: the object preset's full training (800 steps) through predict_train.py,
+    once per session for each ``name`` (the slowest fixture: the training and the generation tests share it).
+    Returns the output files, copied out of the predictor's folders (it keeps only its latest few)."""
+    import shutil
+    from types import SimpleNamespace
+
+    made: dict = {}
+
+    def train(name: str, images, seed: int):
+        if name not in made:
+            folder = tmp_path_factory.mktemp(f"preset-{name}")
+            out = call_predictor(train_predictor, instance_data=zip_images(folder / "in.zip", images), task="object",
+                                 seed=seed)
+            made[name] = SimpleNamespace(**{key: Path(shutil.copy(getattr(out, key), folder / Path(getattr(out, key)).name))
+                                            for key in ("lora", "lora_a1111", "scales_grid")})
+        return made[name]
+
+    return train
+
+
+def purple_stars(n: int = 10):
+    """A held-out concept (never in the tiny base's world): what the training tests learn."""
+    from lora_core import tiny_world
+
+    return tiny_world.concept_images("star", "purple", n, first_seed=200)
+
+
+def draw(pipe, prompt: str, seeds) -> list:
+    """One tiny-base image per seed, in batched passes: for tests that compare sets of images drawn the same way
+    (about a third of the time of a pass per image; ``sampling.sample`` itself draws each output alone)."""
+    from lora_core import checkpoints, sampling
+
+    seeds, defaults = list(seeds), checkpoints.get_checkpoint("tiny").defaults
+    assert seeds == list(range(seeds[0], seeds[0] + len(seeds))), "consecutive seeds"
+    return [image for first in range(0, len(seeds), sampling.MAX_OUTPUTS)
+            for image in sampling.sample(pipe, sampling.resolve_request(
+                defaults, prompt=prompt, seed=seeds[first], num_outputs=min(sampling.MAX_OUTPUTS, len(seeds) - first)),
+                one_pass=True)]
 
 
 def call_predictor(predictor, **given):

@@ -14,6 +14,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = ("succeeded", "failed", "canceled")
+WORKER_TOKEN = "test-worker-token"  # the operators' credential: /internal/health shows the workers with it
 
 
 def free_port() -> int:
@@ -27,7 +29,7 @@ class ServiceProcess:
         self.data_dir, self.port = data_dir, port or free_port()
         self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                     "LORA_STUDIO_DATA_DIR": str(data_dir), "LORA_STUDIO_HEARTBEAT_S": "1",
-                    "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.2", **(env or {})}
+                    "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.2", "LORA_STUDIO_WORKER_TOKEN": WORKER_TOKEN, **(env or {})}
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir / "service.log"
 
@@ -35,19 +37,19 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_workers: bool = True, timeout: float = 180) -> "ServiceProcess":
+    def start(self, wait_workers: bool = True, timeout: float = 180, log_level: str = "warning") -> "ServiceProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+                [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(self.port), "--log-level", log_level],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             assert self.process.poll() is None, f"service exited:\n{self.log()}"
             assert time.monotonic() < deadline, f"service not ready in {timeout}s:\n{self.log()}"
             try:
-                health = requests.get(f"{self.url}/health", timeout=2).json()
-                if not wait_workers or all(w["ready"] for w in health["workers"]):
+                up = requests.get(f"{self.url}/health", timeout=2).ok
+                if up and (not wait_workers or all(w["ready"] for w in self.workers(timeout=2))):
                     return self
             except requests.RequestException:
                 pass
@@ -76,8 +78,10 @@ class ServiceProcess:
                              cwd=ROOT, env=self.env, capture_output=True, text=True, check=True)
         return out.stdout.strip()
 
-    def workers(self) -> list[dict]:
-        return requests.get(f"{self.url}/health", timeout=5).json()["workers"]
+    def workers(self, timeout: float = 5) -> list[dict]:
+        token = self.env["LORA_STUDIO_WORKER_TOKEN"]
+        return requests.get(f"{self.url}/internal/health", headers={"Authorization": f"Bearer {token}"},
+                            timeout=timeout).json()["workers"]
 
 
 class Api:
@@ -92,13 +96,18 @@ class Api:
         kwargs.setdefault("timeout", 120)
         return self.session.request(method, path if path.startswith("http") else self.base + path, **kwargs)
 
-    def predict(self, model: str, input: dict, wait: int | None = 60, **body) -> dict:
+    def predict(self, model: str, input: dict, wait: int | None = 60, follow: bool = True, **body) -> dict:
+        """Create a prediction. With ``wait``, held with ``Prefer: wait=N`` and then, as the official clients'
+        ``run()`` does, followed to its end (``follow``): on a slow machine it may outlast any fixed wait."""
         headers = {"Prefer": f"wait={wait}"} if wait else {}
         r = self("POST", f"/v1/models/{model}/predictions", json={"input": input, **body}, headers=headers)
         assert r.status_code == 201, r.text
+        if wait and follow and r.json()["status"] not in TERMINAL:
+            return self.wait(r.json()["id"])
         return r.json()
 
-    def wait(self, prediction_id: str, timeout: float = 240, statuses=("succeeded", "failed", "canceled")) -> dict:
+    def wait(self, prediction_id: str, timeout: float = 600, statuses=TERMINAL) -> dict:
+        """Polls until the prediction reaches ``statuses``; ``timeout`` only guards a hung test."""
         deadline = time.monotonic() + timeout
         while True:
             body = self("GET", f"/v1/predictions/{prediction_id}").json()

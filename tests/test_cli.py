@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 
@@ -27,6 +28,7 @@ def test_errors_are_one_readable_line_and_exit_2(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith("error: Unknown base model 'nope'")
 
 
+@pytest.mark.slow
 def test_train_on_the_example_zip_writes_the_lora_its_a1111_twin_and_the_grid(tmp_path):
     example = Path(__file__).resolve().parent.parent / "examples" / "purple-stars.zip"
     out = lora_studio("train", str(example), "--task", "object", "--steps", "5", "--seed", "0",

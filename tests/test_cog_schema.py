@@ -603,11 +603,13 @@ def cog_server(cwd: Path, ref: str, train: bool = False):
 
 
 def _request(port: int, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """A GET, or a synchronous prediction (answered when it ends). The timeout only guards a hung server: a
+    prediction (a training draws its prior images first) may take minutes on the slowest machine of this kind."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30 if body is None else 900) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())

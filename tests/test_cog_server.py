@@ -6,6 +6,8 @@ import json
 import shutil
 import zipfile
 
+import pytest
+
 from conftest import zip_images
 from lora_core import cog_schema, tiny_world
 from test_cog_schema import ROOT, cog_server, _request
@@ -31,6 +33,7 @@ def test_the_generation_model_validates_and_runs():
         assert _request(port, "/health-check")[1]["status"] in ("READY", "BUSY")
 
 
+@pytest.mark.slow
 def test_the_training_model_validates_and_runs(tmp_path):
     """The training model's worker runs in its own folder, holding that model's schema as .cog/openapi_schema.json."""
     run_dir = tmp_path / "lora-training"

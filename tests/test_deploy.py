@@ -30,9 +30,10 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from lora_core import adapters, checkpoints, fetch
+from lora_core.service import cog_serve
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import MODELS, load_models
-from lora_core.service.signing import Signer
+from lora_core.service.signing import Signer, upload_url
 from lora_core.service.workers import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,8 @@ def worker_side(config: ServiceConfig) -> SimpleNamespace:
 def code_reads(env: dict[str, str]) -> tuple:
     """Everything the code derives from the environment: the service's settings and the predictors'."""
     readers = (ServiceConfig.from_env, fetch.FetchPolicy.from_env, checkpoints.weights_dir,
-               lambda: adapters.AdapterCache.from_env().max_bytes, checkpoints.torch_device)
+               lambda: adapters.AdapterCache.from_env().max_bytes, checkpoints.torch_device,
+               lambda: cog_serve.upload_url_from(os.environ))
     seen = []
     with mock.patch.dict(os.environ, env, clear=True):
         for read in readers:
@@ -359,9 +361,13 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
             host = urlsplit(url)
             worker = services[host.hostname]
             assert host.port == COG_PORT and worker["image"].startswith(f"lora-studio-{model.name}:")
-            assert worker["command"] == ["python", "-m", "cog.server.http", "--upload-url",
-                                         WorkerPool.upload_prefix(pool, f"{model.name}-remote-{i}")]
+            name = f"{model.name}-remote-{i}"
+            assert worker["command"] == ["env", f"LORA_STUDIO_WORKER_NAME={name}", "python", "-m",
+                                         "lora_core.service.cog_serve"]
             env = worker["environment"]
+            # the upload URL Cog's server is given (made from the environment) is the one the service expects
+            assert upload_url(env["LORA_STUDIO_SERVICE_URL"], name, env["WEBHOOK_AUTH_TOKEN"]) == \
+                WorkerPool.upload_prefix(pool, name)
             assert set(expected_env) <= set(env)
             assert env["WEBHOOK_AUTH_TOKEN"] == expected_env["WEBHOOK_AUTH_TOKEN"]
             assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == expected_env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
@@ -505,10 +511,14 @@ def test_k8s_workers_and_service_share_the_secret_keys(cluster):
 
 
 def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tmp_path):
-    """Runs each worker's start command (as the kubelet expands it) with a stand-in python that prints its argv."""
+    """Runs each worker's start command (as the kubelet expands it) with a stand-in python that prints its argv and
+    the upload URL ``cog_serve`` would make from its environment."""
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
-    stub.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    stub.write_text(f"#!{sys.executable}\nimport json, os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                    "from lora_core.service.signing import upload_url\n"
+                    "env = os.environ\nprint(json.dumps([sys.argv[1:], upload_url(env['LORA_STUDIO_SERVICE_URL'], "
+                    "env['LORA_STUDIO_WORKER_NAME'], env['WEBHOOK_AUTH_TOKEN'])]))\n")
     stub.chmod(0o755)
     dispatcher = cluster.settings("lora-studio-dispatcher")
     pool = worker_side(dispatcher)
@@ -521,7 +531,7 @@ def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tm
         result = subprocess.run(command, env={**env, "HOSTNAME": pod, "PATH": f"{stub.parent}:/usr/bin:/bin"},
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout) == ["-m", "cog.server.http", "--upload-url",
+        assert json.loads(result.stdout) == [["-m", "lora_core.service.cog_serve"],
                                              WorkerPool.upload_prefix(pool, f"{model.name}-remote-{i}")]
 
 
@@ -542,8 +552,12 @@ def test_every_setting_the_deploy_files_give_the_service_is_read_by_it(tmp_path)
 
 
 def test_gpu_workers_get_exactly_what_local_workers_get(tmp_path):
-    """Every name the service sets for its local workers; others only if the start command uses them."""
+    """Every name the service sets for its local workers; others only if the start command or the Cog launcher it
+    runs (``lora_core.service.cog_serve``) uses them."""
     expected = set(WorkerPool._worker_env(worker_side(ServiceConfig.from_env(env={}, data_dir=tmp_path))))
+    launcher = (ROOT / "lora_core" / "service" / "cog_serve.py").read_text()
+    read_by_launcher = set(re.findall(r'env(?:\.get\(|\[)"([A-Z_]+)"', launcher))
+    assert {"LORA_STUDIO_SERVICE_URL", "LORA_STUDIO_WORKER_NAME"} <= read_by_launcher
     workers = {name: (set(s["environment"]), " ".join(s["command"]))
                for name, s in compose()["services"].items() if name.startswith("gpu-")}
     for statefulset in (d for d in k8s_docs() if d["kind"] == "StatefulSet"):
@@ -551,7 +565,8 @@ def test_gpu_workers_get_exactly_what_local_workers_get(tmp_path):
         workers[statefulset["metadata"]["name"]] = ({e["name"] for e in container["env"]}, " ".join(container["args"]))
     for name, (names, command) in workers.items():
         assert expected <= names, f"{name} lacks {expected - names}"
-        assert all(f"${{{extra}}}" in command for extra in names - expected), f"{name}: {names - expected}"
+        extras = names - expected - read_by_launcher
+        assert all(f"${{{extra}}}" in command for extra in extras), f"{name}: {extras}"
 
 
 def test_every_setting_docs_deploy_md_names_is_read_by_the_code(tmp_path):

@@ -1,8 +1,8 @@
 """A LoRA can learn on the tiny base.
 
-The simplest PEFT loop (UNet LoRA + one new token, pivotal-tuning style) trains for a
-bounded time on ~10 images of a concept the base never saw (``tiny_world.HELD_OUT``:
-purple stars). The measure is the palette histogram of the vivid pixels (which colours
+The simplest PEFT loop (UNet LoRA + one new token, pivotal-tuning style) trains a fixed
+number of steps (the same on every machine: no time budget) on ~10 images of a concept the
+base never saw (``tiny_world.HELD_OUT``: purple stars). The measure is the palette histogram of the vivid pixels (which colours
 the objects have; backgrounds are neutral and left out). Learning must show against the
 base: what the LoRA draws for its token moves at least half-way from the base's images
 towards the training images, while for prompts without the token the LoRA changes the
@@ -20,7 +20,10 @@ from diffusers import DDPMScheduler
 from peft import LoraConfig
 from PIL import Image
 
-from lora_core import checkpoints, sampling, tiny_eval, tiny_world
+from conftest import draw
+from lora_core import checkpoints, tiny_eval, tiny_world
+
+pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 
 TOKEN, INIT_WORD = "<s1>", "star"
 CONCEPT_PROMPT, BASE_PROMPT = f"a photo of a {TOKEN}", f"a photo of a {INIT_WORD}"
@@ -28,7 +31,6 @@ OTHER_PROMPTS = ("a red circle", "a blue square on a white background", "a green
                  "a yellow circle on a blue striped background")
 SEEDS = range(8)
 OTHER_SEEDS = range(8, 16)
-TIME_LIMIT_S = 150
 STEPS = 600
 PRIOR_PER_BATCH = 4
 
@@ -38,11 +40,10 @@ def training_images(n: int = 10) -> list[Image.Image]:
 
 
 def generate(pipe, prompt: str, seeds: range = SEEDS) -> list[Image.Image]:
-    defaults = checkpoints.get_checkpoint("tiny").defaults
-    return [sampling.sample(pipe, sampling.resolve_request(defaults, prompt=prompt, seed=s))[0] for s in seeds]
+    return draw(pipe, prompt, seeds)
 
 
-def train_lora(pipe, images: list[Image.Image], steps: int, time_limit_s: float, n_prior: int = PRIOR_PER_BATCH) -> dict:
+def train_lora(pipe, images: list[Image.Image], steps: int, n_prior: int = PRIOR_PER_BATCH) -> dict:
     """Adds TOKEN and a rank-8 UNet LoRA to ``pipe`` in place and trains both.
 
     Prior preservation: each batch also holds ``n_prior`` images of the base's own world
@@ -95,8 +96,6 @@ def train_lora(pipe, images: list[Image.Image], steps: int, time_limit_s: float,
         opt.step()
         with torch.no_grad():
             embedding[keep] = frozen_rows[keep]
-        if time.perf_counter() - start > time_limit_s:
-            break
     unet.eval()
     return {"steps": done, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -110,7 +109,7 @@ def experiment():
     reseeded = {p: generate(pipe, p, OTHER_SEEDS) for p in OTHER_PROMPTS}
     seed_noise = float(np.mean([tiny_eval.palette_distance(before[p], reseeded[p]) for p in OTHER_PROMPTS]))
     seed_pixels = float(np.mean([tiny_eval.mean_abs_pixel_change(before[p], reseeded[p]) for p in OTHER_PROMPTS]))
-    run = train_lora(pipe, train, STEPS, TIME_LIMIT_S)
+    run = train_lora(pipe, train, STEPS)
     after = {"concept": generate(pipe, CONCEPT_PROMPT), **{p: generate(pipe, p) for p in OTHER_PROMPTS}}
     d_base = tiny_eval.palette_distance(before["concept"], train)
     d_lora = tiny_eval.palette_distance(after["concept"], train)
@@ -123,7 +122,7 @@ def experiment():
 
 
 def test_lora_moves_at_least_half_way_towards_the_training_images(experiment):
-    assert experiment["seconds"] <= TIME_LIMIT_S + 30
+    assert experiment["steps"] == STEPS
     assert experiment["gap_closed"] >= 0.5, experiment
 
 

@@ -4,12 +4,15 @@ import io
 import time
 
 import numpy as np
+import pytest
 import replicate
 import requests
 from PIL import Image
 
 from conftest import zip_images
 from lora_core import tiny_eval, tiny_world
+
+pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 
 
 def _images(output) -> list[Image.Image]:

@@ -18,8 +18,19 @@ def _pixels(pipe, **given):
 def test_same_seed_same_pixels_and_each_output_remakeable_alone(tiny_pipe):
     batch = _pixels(tiny_pipe, num_outputs=3)
     assert all(np.array_equal(a, b) for a, b in zip(batch, _pixels(tiny_pipe, num_outputs=3)))
-    assert np.array_equal(batch[2], _pixels(tiny_pipe, seed=13)[0])
     assert not np.array_equal(batch[0], batch[1])
+    # by construction (one pass per output), not by luck of the processor's kernels: exact, every output
+    for i, image in enumerate(batch):
+        assert np.array_equal(image, _pixels(tiny_pipe, seed=11 + i)[0]), f"output {i} differs from seed {11 + i}"
+
+
+def test_an_ancestral_sampler_with_a_negative_prompt_remakes_each_output_alone(tiny_pipe):
+    """Euler a draws fresh noise from the generator at every step: the draws of one output never depend on
+    how many outputs were asked for."""
+    given = {"scheduler": "Euler a", "negative_prompt": "a blue square", "num_inference_steps": 8, "seed": 40}
+    batch = _pixels(tiny_pipe, num_outputs=4, **given)
+    assert np.array_equal(batch[3], _pixels(tiny_pipe, **{**given, "seed": 43})[0])
+    assert np.array_equal(batch[1], _pixels(tiny_pipe, **{**given, "num_outputs": 2, "seed": 40})[1])
 
 
 @pytest.mark.parametrize("name", sampling.SCHEDULER_NAMES)

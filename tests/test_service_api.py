@@ -181,6 +181,7 @@ def test_webhooks_to_private_addresses_are_refused(alice):
     assert r.status_code == 422 and "private" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_training_from_an_uploaded_zip_then_cancel_a_long_one(alice, tmp_path):
     zip_path = zip_images(tmp_path / "stars.zip", tiny_world.concept_images("star", "purple", 5, first_seed=0))
     with zip_path.open("rb") as f:

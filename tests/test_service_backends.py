@@ -15,6 +15,8 @@ import requests
 from lora_core.service import db, predictions
 from service_harness import Api, ServiceProcess, free_port, race_claimers
 
+pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
+
 GENERATE = "lora-studio/lora"
 ONLY_GENERATION = {"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}
 

@@ -4,11 +4,14 @@ import os
 import signal
 import time
 
+import pytest
 import requests
 
 from conftest import zip_images
 from lora_core import tiny_world
 from service_harness import Api, ServiceProcess
+
+pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 
 GENERATE = "lora-studio/lora"
 

@@ -6,7 +6,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
-from lora_core.service import db, file_store, files, outputs, predictions, signing, tokens
+from lora_core.service import bodies, content_types, db, file_store, files, outputs, predictions, signing, tokens
 from lora_core.service.config import ServiceConfig, parse_workers
 from lora_core.service.models import InputError, load_models
 from lora_core.service.urls import Urls
@@ -27,7 +27,7 @@ def test_the_migrations_build_exactly_the_declared_tables(engine):
     assert diff == []
     db.migrate(engine)  # a second start changes nothing
     with engine.connect() as c:
-        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0001"
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0002"
 
 
 def _create(engine, owner="alice", model="lora-studio/lora"):
@@ -52,6 +52,43 @@ def test_pages_walk_newest_first_and_back(engine):
 def test_each_queued_prediction_is_claimed_once_under_racing_workers(engine):
     made, claimed = race_claimers(engine, count=30, claimers=4)
     assert sorted(claimed) == sorted(made)
+
+
+def test_claims_take_turns_across_owners_and_respect_the_running_limit(engine):
+    flood = [_create(engine, owner="flood")["id"] for _ in range(6)]
+    late = _create(engine, owner="late")["id"]
+    order = [predictions.claim_next(engine, "lora-studio/lora", f"w{i}", "inst")["id"] for i in range(3)]
+    assert order == [flood[0], late, flood[1]]  # the late owner's one goes second, not seventh
+    # with at most 3 running per owner, the flood's next waits while another owner's goes
+    other = _create(engine, owner="other")["id"]
+    assert predictions.claim_next(engine, "lora-studio/lora", "w3", "inst", max_running=2)["id"] == other
+    assert predictions.claim_next(engine, "lora-studio/lora", "w4", "inst", max_running=2) is None
+    predictions.finish(engine, flood[0], "succeeded")
+    assert predictions.claim_next(engine, "lora-studio/lora", "w4", "inst", max_running=2)["id"] == flood[2]
+
+
+def test_stored_content_types_are_bare_safe_and_true():
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 20
+    assert content_types.stored_type("image/png", png) == "image/png"
+    assert content_types.stored_type("IMAGE/PNG; charset=x", png) == "image/png"
+    assert content_types.stored_type("image/jpeg", png) == "image/png"  # the bytes decide an image's type
+    assert content_types.stored_type("image/png", b"<html>") == "application/octet-stream"
+    assert content_types.stored_type("image/svg+xml", b"<svg>") == "application/octet-stream"
+    assert content_types.stored_type("text/html", b"<html>") == "application/octet-stream"
+    assert content_types.stored_type("image/png, text/html", png) == "application/octet-stream"
+    assert content_types.stored_type("text/plain\r\nX-A: b", b"hi") == "application/octet-stream"
+    assert content_types.stored_type("application/zip", b"PK\x03\x04") == "application/zip"
+    assert content_types.served_inline("image/png", png) and not content_types.served_inline("image/png", b"<svg")
+    assert "Content-Disposition" in content_types.headers("application/zip", b"PK", "a.zip")
+
+
+@pytest.mark.parametrize("raw, phrase", [
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply"), (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "nested too deeply"),
+    (b'{"a": "\\ud800"}', "lone surrogate"), (b'{"\\udfff": 1}', "lone surrogate"), (b"\xff\xfe{}", "UTF-8"),
+    (b"{'a': 1}", "not valid JSON")])
+def test_json_bodies_too_deep_or_not_unicode_are_refused_with_a_sentence(raw, phrase):
+    with pytest.raises(bodies.BadBody, match=phrase):
+        bodies.parse(raw)
 
 
 def test_cancel_finish_and_interrupted(engine):
@@ -235,3 +272,36 @@ def test_the_service_never_imports_torch_or_diffusers():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_body_deadline_ends_with_the_body_and_never_cuts_a_slow_download():
+    """BodyGuard's 408 is for a body that stops arriving; once it has arrived, a response that streams for longer
+    than the deadline (a big LoRA to a slow client, while the framework waits for a disconnect) goes out whole."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from lora_core.service.app import BodyGuard
+
+    async def slow(request):
+        await request.body()
+
+        async def chunks():
+            for i in range(6):
+                await asyncio.sleep(0.1)
+                yield bytes([i]) * 1000
+        return StreamingResponse(chunks())
+
+    app = BodyGuard(Starlette(routes=[Route("/", slow, methods=["GET", "POST"])]), limit=10_000, upload_limit=10_000,
+                    timeout_s=0.25)
+
+    async def fetch(method: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.request(method, "/", content=b"x" * 100 if method == "POST" else None)
+
+    for method in ("GET", "POST"):
+        answer = asyncio.run(fetch(method))
+        assert answer.status_code == 200 and answer.content == b"".join(bytes([i]) * 1000 for i in range(6)), method

@@ -1,5 +1,6 @@
 """A worker the service did not start (a GPU container in production): a Cog server at a configured URL,
-started the way docs/deploy.md says, with the upload URL and token that name it."""
+started the way docs/deploy.md says (``lora_core.service.cog_serve`` with the worker's name, the service's URL and
+the worker token in its environment)."""
 
 import os
 import signal
@@ -8,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from service_harness import ROOT, Api, ServiceProcess, free_port
+
+pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 
 TOKEN = "remote-worker-token"
 
@@ -18,10 +22,10 @@ TOKEN = "remote-worker-token"
 def start_cog_server(port: int, service_port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict_generate.py:Predictor",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "WEBHOOK_AUTH_TOKEN": TOKEN,
+           "LORA_STUDIO_SERVICE_URL": f"http://127.0.0.1:{service_port}", "LORA_STUDIO_WORKER_NAME": "lora-remote-1",
            "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": f"127.0.0.1:{service_port}"}
-    upload = f"http://127.0.0.1:{service_port}/internal/workers/lora-remote-1/{TOKEN}/uploads/"
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", "--upload-url", upload],
+        proc = subprocess.Popen([sys.executable, "-m", "lora_core.service.cog_serve", "--host", "127.0.0.1"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while True:
@@ -57,10 +61,10 @@ def test_a_remote_cog_server_runs_predictions_and_one_that_goes_away_loses_none(
         while service.workers()[0]["ready"]:
             assert time.monotonic() < deadline
             time.sleep(0.5)
-        waiting = api.predict("lora-studio/lora", {"prompt": "a blue square", "seed": 2}, wait=3)
+        waiting = api.predict("lora-studio/lora", {"prompt": "a blue square", "seed": 2}, wait=3, follow=False)
         assert waiting["status"] == "starting"
         cog = start_cog_server(cog_port, service_port, tmp_path / "cog.log")
-        assert api.wait(waiting["id"], timeout=120)["status"] == "succeeded"
+        assert api.wait(waiting["id"])["status"] == "succeeded"
     finally:
         stop(cog)
         service.stop()

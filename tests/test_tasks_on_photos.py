@@ -11,6 +11,8 @@ from conftest import call_predictor, zip_images
 from lora_core import dataset, preprocess, tasks
 from predict_train import Predictor
 
+pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
+
 
 def augmented(photo: np.ndarray, n: int, seed: int) -> list[Image.Image]:
     """Crops (80-100% of each side), mirror images and brightness changes of one photo."""

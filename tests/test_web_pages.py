@@ -24,9 +24,8 @@ from conftest import zip_images
 from lora_core import tiny_world
 from service_harness import ROOT, Api
 
-from selenium import webdriver
+from browser import chromium, needs_chromium
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
@@ -35,13 +34,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from lora_core.service import pages
 from lora_core.service.models import load_models
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# a mark, not a skip in a fixture: decided before the (shared, slow to start) service is started
-needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="browser tests need Debian's Chromium: apt-get install chromium chromium-driver "
-           "(/usr/bin/chromium or /usr/bin/chromedriver is missing)")
 GENERATE = "lora-studio/lora"
 TRAIN = "lora-studio/lora-training"
 OWNER = "webuser"
@@ -113,19 +105,8 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory) -> WebDriver:
-    """Headless Chromium with a fresh profile and nothing that phones home (the network is closed)."""
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download a driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", "--window-size=1280,900",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -187,6 +168,7 @@ def update_docs(shots: Path) -> None:
 # ---- the click-through --------------------------------------------------------------------------------------
 
 @needs_chromium
+@pytest.mark.slow
 def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots, tmp_path):
     d, base = browser, service.url
     zip_path = zip_images(tmp_path / "purple-stars.zip", tiny_world.concept_images("star", "purple", 6, first_seed=0))
@@ -207,7 +189,8 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     css(d, "[data-signin] button").click()
     wait(d, lambda d: css(d, ".who").text == OWNER)
     cookie = d.get_cookie("lora_studio_token")
-    assert cookie["value"] == token and cookie["sameSite"] == "Strict"
+    assert cookie["value"] == token and cookie["sameSite"] == "Strict" and cookie["httpOnly"]
+    assert token not in d.execute_script("return document.cookie")  # no script on the origin can read it
 
     # train: drop the zip on the form's file input, pick the task, a short run
     css(d, f"[data-model='{TRAIN}']").click()
@@ -228,10 +211,10 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
 
     # live: the progress bar follows the training's progress lines
     wait(d, lambda d: css(d, "[data-progress-card]").is_displayed()
-         and re.fullmatch(r"\d+/250", css(d, "[data-progress-step]").text), 120, "no progress shown")
+         and re.fullmatch(r"\d+/250", css(d, "[data-progress-step]").text), 600, "no progress shown")
     assert css(d, "[data-progress-eta]").text.startswith("ETA") or css(d, "[data-progress-percent]").text == "100%"
     shoot(d, shots, "training-running")
-    assert wait_final(d, 240) == "succeeded", css(d, "[data-logs]").text[-2000:]
+    assert wait_final(d, 600) == "succeeded", css(d, "[data-logs]").text[-2000:]
     marks["training succeeded"] = time.monotonic() - started
     assert css(d, "[data-progress-percent]").text == "100%"
     lora_card = css(d, "[data-output-file='lora']")
@@ -253,7 +236,7 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     css(d, "[data-submit]").click()
     wait(d, lambda d: re.search(r"/predictions/[a-z0-9]{26}$", d.current_url) and training_id not in d.current_url)
     generation_id = d.current_url.rsplit("/", 1)[1]
-    assert wait_final(d, 120) == "succeeded", css(d, "[data-logs]").text[-2000:]
+    assert wait_final(d, 600) == "succeeded", css(d, "[data-logs]").text[-2000:]
     images = d.find_elements(By.CSS_SELECTOR, "[data-output-image]")
     assert len(images) == 4
     assert all(d.execute_script("return arguments[0].naturalWidth", i) == 64 for i in images)
@@ -272,7 +255,7 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     shoot(d, shots, "tweak-form")
     css(d, "[data-submit]").click()
     wait(d, lambda d: re.search(r"/predictions/[a-z0-9]{26}$", d.current_url) and generation_id not in d.current_url)
-    assert wait_final(d, 120) == "succeeded"
+    assert wait_final(d, 600) == "succeeded"
     marks["fork succeeded"] = time.monotonic() - started
     assert css(d, "[data-forked-from] a").get_attribute("href").endswith(f"/predictions/{generation_id}")
     rows = [r.text for r in css(d, "[data-diff]").find_elements(By.TAG_NAME, "tr")]
@@ -321,10 +304,12 @@ def test_without_a_token_nothing_private_shows(service, browser, token, a_predic
     other = requests.get(base + f"/predictions/{pid}", cookies={"lora_studio_token": service.token("someone-else")},
                          timeout=30)
     assert other.status_code == 404 and "circle" not in other.text
-    # the cookie opens pages only: the JSON API (where state changes) wants the header, so no CSRF
+    # the cookie alone does not open the JSON API (where state changes): it needs the pages' own header too, which
+    # no other site's page can send (no CORS here), so no CSRF; nor can another site sign a browser in
     assert requests.get(base + "/v1/predictions", cookies={"lora_studio_token": token}, timeout=30).status_code == 401
     assert requests.post(base + f"/v1/models/{GENERATE}/predictions", json={"input": {"prompt": "x"}},
                          cookies={"lora_studio_token": token}, timeout=30).status_code == 401
+    assert requests.post(base + "/session", json={"token": token}, timeout=30).status_code == 403
     d.delete_all_cookies()
     d.get(base + f"/predictions/{pid}")
     assert css(d, "#signin").is_displayed() and not d.find_elements(By.CSS_SELECTOR, "[data-prediction]")

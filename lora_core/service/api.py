@@ -13,37 +13,35 @@ import tempfile
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
-from . import files, predictions, views
+from . import content_types, files, predictions, views
+from .bodies import json_body
 from .models import InvalidField, Model
-from .service import ApiError, Service
+from .service import MAX_URL_CHARS, ApiError, Service
 
 router = APIRouter()
 EventName = Literal["start", "output", "logs", "completed"]
 
 
-class PredictionRequest(BaseModel):
-    version: str | None = Field(None, description="a version id, 'owner/name' or 'owner/name:version'")
+class ModelPredictionRequest(BaseModel):
     input: dict[str, Any] = {}
-    webhook: str | None = None
-    webhook_events_filter: list[EventName] | None = None
+    webhook: str | None = Field(None, max_length=MAX_URL_CHARS)
+    webhook_events_filter: list[EventName] | None = Field(None, max_length=4)
     stream: bool | None = None  # accepted for compatibility; outputs are files, not streams
 
 
-class ModelPredictionRequest(BaseModel):
-    input: dict[str, Any] = {}
-    webhook: str | None = None
-    webhook_events_filter: list[EventName] | None = None
-    stream: bool | None = None
+class PredictionRequest(ModelPredictionRequest):
+    version: str | None = Field(None, max_length=200, description="a version id, 'owner/name' or 'owner/name:version'")
 
 
 class TrainingRequest(ModelPredictionRequest):
-    destination: str | None = None  # Replicate's trainings push to a model; ours return a LoRA file instead
-    model: str | None = None
+    destination: str | None = Field(None, max_length=200)  # Replicate's trainings push to a model; ours return a file
+    model: str | None = Field(None, max_length=200)
 
 
 class ForkRequest(ModelPredictionRequest):
@@ -54,8 +52,16 @@ def service(request: Request) -> Service:
     return request.app.state.service
 
 
+TOKEN_COOKIE = "lora_studio_token"  # the pages' sign-in: HttpOnly, SameSite=Strict, set by POST /session
+PAGE_HEADER = "x-lora-studio-page"  # sent by the pages' script: no other site's page can send it (no CORS here)
+
+
 async def owner(request: Request, svc: Service = Depends(service)) -> str:
+    """The caller's owner name, from ``Authorization: Bearer <token>``, or from the pages' HttpOnly cookie when the
+    request also carries the pages' header (so a link or form on another site can never act with the cookie)."""
     header = request.headers.get("authorization", "")
+    if not header and request.headers.get(PAGE_HEADER) and request.cookies.get(TOKEN_COOKIE):
+        header = f"Bearer {request.cookies[TOKEN_COOKIE]}"
     scheme, _, token = header.partition(" ")
     if scheme.lower() not in ("bearer", "token") or not token.strip():
         raise ApiError(401, "Unauthenticated", "You did not pass an authentication token: "
@@ -66,12 +72,29 @@ async def owner(request: Request, svc: Service = Depends(service)) -> str:
     return found
 
 
+def _json_limit(request: Request) -> int:
+    return request.app.state.service.config.max_request_bytes
+
+
+def body_of(model: type[BaseModel]):
+    """The request body as ``model``: read only once the caller is known (declare after ``owner``)."""
+    return Depends(json_body(model, _json_limit))
+
+
 def prefer_wait(request: Request) -> float:
-    """Seconds to hold the response for ``Prefer: wait`` / ``wait=N`` (Replicate: at most 60)."""
-    match = re.search(r"(?:^|[,;\s])wait(?:=(\d+))?", request.headers.get("prefer", ""))
-    if not match:
+    """Seconds to hold the response for ``Prefer: wait`` / ``wait=N`` (Replicate: at most 60). Parsed strictly, before
+    anything is created: a value that is not 1-12 ASCII digits is a 400."""
+    preferences = [p.strip() for p in request.headers.get("prefer", "").replace(";", ",").split(",")]
+    waits = [p for p in preferences if p == "wait" or p.startswith("wait=")]
+    if not waits:
         return 0.0
-    return float(min(60, max(1, int(match[1])))) if match[1] else 60.0
+    value = waits[0].partition("=")[2].strip()
+    if not value:
+        return 60.0
+    if not re.fullmatch(r"[0-9]{1,12}", value):
+        raise ApiError(400, "Invalid header", f"Prefer: wait={value[:20]!r} is not a number of seconds; "
+                                              "send 'Prefer: wait' or 'Prefer: wait=N' with N from 1 to 60.")
+    return float(min(60, max(1, int(value))))
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -106,17 +129,24 @@ async def get_version(model_owner: str, name: str, version_id: str, svc: Service
 
 async def _create(request: Request, svc: Service, who: str, model: Model, body: ModelPredictionRequest,
                   forked_from: str | None = None, source: str = "api") -> JSONResponse:
+    arrived = time.monotonic()
+    wait = prefer_wait(request)
     row = await run_in_threadpool(svc.create_prediction, who, model, body.input, body.webhook,
                                   body.webhook_events_filter, forked_from, source)
-    wait = prefer_wait(request)
     if wait:
-        row = await _wait(svc, row["id"], wait)
+        row = await _wait(svc, row["id"], arrived + wait)
     payload = await run_in_threadpool(svc.render, row)
+    if wait and row["status"] not in predictions.TERMINAL:
+        # Replicate's blocking answer when the wait runs out: "starting", whatever the true status. The official
+        # clients' run() keeps polling only on "starting" and takes any other status as final (an unfinished
+        # "processing" would hand their users output None). GET /v1/predictions/{id} reports the true status.
+        payload["status"] = "starting"
     return JSONResponse(payload, status_code=201, headers={"Location": payload["urls"]["get"]})
 
 
-async def _wait(svc: Service, prediction_id: str, seconds: float) -> dict:
-    deadline = time.monotonic() + seconds
+async def _wait(svc: Service, prediction_id: str, deadline: float) -> dict:
+    """The row once it is final, or as it is at ``deadline`` (counted from the request's arrival: the official
+    Python client gives up reading half a second after the wait it asked for)."""
     with svc.changes.watching(prediction_id) as changed:
         while True:
             changed.clear()
@@ -131,8 +161,8 @@ async def _wait(svc: Service, prediction_id: str, seconds: float) -> dict:
 
 
 @router.post("/v1/predictions", status_code=201)
-async def create_prediction(request: Request, body: PredictionRequest, svc: Service = Depends(service),
-                            who: str = Depends(owner)):
+async def create_prediction(request: Request, svc: Service = Depends(service), who: str = Depends(owner),
+                            body: PredictionRequest = body_of(PredictionRequest)):
     if not body.version:
         raise ApiError(422, "Invalid request", "version is required: a version id, or 'owner/name'",
                        invalid_fields=[InvalidField("version", "required", "version is required")])
@@ -141,8 +171,9 @@ async def create_prediction(request: Request, body: PredictionRequest, svc: Serv
 
 
 @router.post("/v1/models/{model_owner}/{name}/predictions", status_code=201)
-async def create_model_prediction(model_owner: str, name: str, request: Request, body: ModelPredictionRequest,
-                                  svc: Service = Depends(service), who: str = Depends(owner)):
+async def create_model_prediction(model_owner: str, name: str, request: Request, svc: Service = Depends(service),
+                                  who: str = Depends(owner),
+                                  body: ModelPredictionRequest = body_of(ModelPredictionRequest)):
     return await _create(request, svc, who, svc.model(f"{model_owner}/{name}"), body)
 
 
@@ -164,8 +195,8 @@ async def cancel_prediction(prediction_id: str, svc: Service = Depends(service),
 
 
 @router.post("/v1/predictions/{prediction_id}/fork", status_code=201)
-async def fork_prediction(prediction_id: str, request: Request, body: ForkRequest, svc: Service = Depends(service),
-                          who: str = Depends(owner)):
+async def fork_prediction(prediction_id: str, request: Request, svc: Service = Depends(service),
+                          who: str = Depends(owner), body: ForkRequest = body_of(ForkRequest)):
     parent = await run_in_threadpool(svc.prediction, prediction_id, who)
     merged = {**parent["input"], **body.input}
     fork = ModelPredictionRequest(input=merged, webhook=body.webhook, webhook_events_filter=body.webhook_events_filter)
@@ -176,14 +207,15 @@ async def fork_prediction(prediction_id: str, request: Request, body: ForkReques
 
 @router.post("/v1/models/{model_owner}/{name}/versions/{version_id}/trainings", status_code=201)
 async def create_model_training(model_owner: str, name: str, version_id: str, request: Request,
-                                body: TrainingRequest, svc: Service = Depends(service), who: str = Depends(owner)):
+                                svc: Service = Depends(service), who: str = Depends(owner),
+                                body: TrainingRequest = body_of(TrainingRequest)):
     model = svc.model_for_version(f"{model_owner}/{name}:{version_id}")
     return await _create(request, svc, who, svc.training_model(model), body)
 
 
 @router.post("/v1/trainings", status_code=201)
-async def create_training(request: Request, body: TrainingRequest, svc: Service = Depends(service),
-                          who: str = Depends(owner)):
+async def create_training(request: Request, svc: Service = Depends(service), who: str = Depends(owner),
+                          body: TrainingRequest = body_of(TrainingRequest)):
     model = svc.model_for_version(body.model) if body.model else svc.default_training_model()
     return await _create(request, svc, who, svc.training_model(model), body)
 
@@ -209,11 +241,29 @@ async def cancel_training(training_id: str, svc: Service = Depends(service), who
 # ---- files --------------------------------------------------------------------------------------------------------
 
 @router.post("/v1/files", status_code=201)
-async def upload_file(content: UploadFile = File(...), filename: str | None = Form(None),
-                      content_type: str | None = Form(None), svc: Service = Depends(service),
-                      who: str = Depends(owner)):
-    name = filename or content.filename or "upload"
-    row = await run_in_threadpool(svc.save_upload, who, name, content.file, content_type or content.content_type)
+async def upload_file(request: Request, svc: Service = Depends(service), who: str = Depends(owner)):
+    """Multipart with the file in ``content`` (as the official clients send it), read only once the owner is known
+    and has room for it."""
+    room = await run_in_threadpool(svc.upload_room, who)
+    declared = request.headers.get("content-length", "")
+    if room is not None and declared.isascii() and declared.isdigit() and int(declared) > room + 2**16:
+        raise ApiError(507, "Insufficient storage", f"This upload is larger than the {room / 2**20:.0f} MB left of "
+                                                    "your upload quota: delete files with DELETE /v1/files/{id}.")
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except Exception as e:  # noqa: BLE001 - any unparsable multipart body is the same client error
+        raise ApiError(400, "Invalid upload", f"The body is not a multipart form with a file in 'content' ({e}).") from None
+    try:
+        content = form.get("content")
+        if not isinstance(content, UploadFile):
+            raise ApiError(422, "Invalid upload", "Send the file as multipart form data in the field 'content'.",
+                           invalid_fields=[InvalidField("content", "required", "a file is required")])
+        name = form.get("filename") if isinstance(form.get("filename"), str) else None
+        given_type = form.get("content_type") if isinstance(form.get("content_type"), str) else None
+        row = await run_in_threadpool(svc.save_upload, who, name or content.filename or "upload", content.file,
+                                      given_type or content.content_type, room)
+    finally:
+        await form.close()
     return JSONResponse(views.file(row, svc.urls), status_code=201)
 
 
@@ -238,7 +288,8 @@ async def delete_file(file_id: str, svc: Service = Depends(service), who: str = 
 @router.get("/files/{file_id}/{name}")
 async def download(file_id: str, name: str, request: Request, expires: str | None = None, sig: str | None = None,
                    svc: Service = Depends(service)):
-    """A file's bytes: with a valid signature, or with its owner's token."""
+    """A file's bytes: with a valid signature, or with its owner's token. Inline only for a raster image whose bytes
+    match its type, always sandboxed (``content_types.headers``)."""
     if not re.fullmatch(r"[0-9a-f]{32}", file_id):
         raise ApiError(404, "Not found", "No such file.")
     row = await run_in_threadpool(files.get, svc.engine, file_id)
@@ -248,17 +299,22 @@ async def download(file_id: str, name: str, request: Request, expires: str | Non
     if not allowed or row["name"] != name:
         raise ApiError(404, "Not found", "No such file, or its link has expired: get a fresh one from the API.")
     etag = f'"{row["sha256"]}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    if not row["content_type"].startswith("image/"):
-        headers["Content-Disposition"] = f'attachment; filename="{row["name"]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+    if request.headers.get("if-none-match") == etag:  # before opening the store: a 304 carries no body to type
+        return Response(status_code=304, headers={**headers, "X-Content-Type-Options": "nosniff"})
     try:
         chunks = await run_in_threadpool(svc.store.open, row["storage_key"])
+        first = await run_in_threadpool(next, chunks, b"")
     except FileNotFoundError:
         raise ApiError(404, "Not found", "The file's bytes are gone from the store.") from None
+    headers.update(content_types.headers(row["content_type"], first, row["name"]))
     headers["Content-Length"] = str(row["size"])
-    return StreamingResponse(chunks, media_type=row["content_type"], headers=headers)
+
+    def body():
+        yield first
+        yield from chunks
+
+    return StreamingResponse(body(), media_type=row["content_type"], headers=headers)
 
 
 # ---- webhooks -----------------------------------------------------------------------------------------------------
@@ -279,12 +335,19 @@ async def webhook_deliveries(prediction_id: str, svc: Service = Depends(service)
 # ---- health -------------------------------------------------------------------------------------------------------
 
 @router.get("/health")
-async def health(svc: Service = Depends(service)):
-    """Cheap on purpose (no database): what load balancers poll."""
+async def health():
+    """Up or down, nothing more: what load balancers poll, unauthenticated, no database."""
+    return {"status": "ok"}
+
+
+@router.get("/internal/health")
+async def worker_health(request: Request, svc: Service = Depends(service)):
+    """The workers and what each runs, for operators (the worker token, as workers send it)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not svc.signer.worker_ok(token):
+        raise ApiError(401, "Unauthenticated", "send the worker token (LORA_STUDIO_WORKER_TOKEN) as a bearer token")
     return {"status": "ok", "instance": svc.config.instance, "workers": svc.pool.status()}
 
-
-# ---- from the workers (authenticated by the service's worker token) -----------------------------------------------
 
 @router.post("/internal/workers/{worker}/webhook")
 async def worker_webhook(worker: str, request: Request, svc: Service = Depends(service)):
@@ -296,9 +359,10 @@ async def worker_webhook(worker: str, request: Request, svc: Service = Depends(s
     return {"accepted": accepted}
 
 
-@router.put("/internal/workers/{worker}/{token}/uploads/{filename}")
-async def worker_upload(worker: str, token: str, filename: str, request: Request, svc: Service = Depends(service)):
-    if not svc.signer.worker_ok(token):
+@router.put("/internal/workers/{worker}/uploads/{key}/{filename}")
+async def worker_upload(worker: str, key: str, filename: str, request: Request, svc: Service = Depends(service)):
+    """An output file from a worker's Cog server, which sends no credentials but its URL's per-worker key."""
+    if not svc.signer.upload_key_ok(worker, key):
         raise ApiError(401, "Unauthenticated", "not a worker of this service")
     with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as body:
         async for chunk in request.stream():
@@ -314,4 +378,3 @@ async def worker_upload(worker: str, token: str, filename: str, request: Request
         except (OSError, ValueError) as e:
             raise ApiError(507, "Insufficient storage", f"could not store the output: {e}") from None
     return Response(status_code=201, headers={"Location": f"{svc.pool.output_prefix}{row['id']}"})
-

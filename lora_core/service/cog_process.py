@@ -1,4 +1,4 @@
-"""One local Cog server (``python -m cog.server.http``) running a predictor: start, watch, stop.
+"""One local Cog server (coglet, through ``lora_core.service.cog_serve``) running a predictor: start, watch, stop.
 
 Cog's server spawns its worker as ``python`` from ``PATH``, so this interpreter's folder goes
 first. The server and its worker share a new process group, killed together, and the server
@@ -33,10 +33,10 @@ def free_port() -> int:
 
 
 class CogProcess:
-    def __init__(self, name: str, predictor: str, schema_path: Path, run_dir: Path, env: dict[str, str],
-                 upload_url: str) -> None:
+    def __init__(self, name: str, predictor: str, schema_path: Path, run_dir: Path, env: dict[str, str]) -> None:
+        """``env`` holds the worker's secrets (``WEBHOOK_AUTH_TOKEN``, ``COG_UPLOAD_URL``): never on a command line."""
         self.name, self.predictor, self.schema_path = name, predictor, schema_path
-        self.run_dir, self.extra_env, self.upload_url = run_dir, env, upload_url
+        self.run_dir, self.extra_env = run_dir, env
         self.process: subprocess.Popen | None = None
         self.port = 0
         self.log_path = run_dir / "server.log"
@@ -55,7 +55,7 @@ class CogProcess:
                "COG_PREDICT_TYPE_STUB": f"{REPO_ROOT / path}:{stub_class}",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", "--upload-url", self.upload_url]
+        command = [sys.executable, "-m", "lora_core.service.cog_serve", "--host", "127.0.0.1"]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .limits import OwnerLimits
+
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -35,14 +37,20 @@ class ServiceConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str  # how clients reach the API; the base of every URL it returns
+    files_url: str | None = None  # a separate origin for file bytes (production): uploads never share the pages' origin
     internal_url: str  # how workers reach the service (webhooks, uploads, input files)
     instance: str  # this process's name in the shared queue; restarted under the same name it fails its own leftovers
     secret: str  # signs file URLs, worker traffic and user webhooks (``whsec_``); kept in data_dir if not given
     worker_token: str | None = None  # what workers send back (WEBHOOK_AUTH_TOKEN); derived from secret if None
     workers: dict[str, WorkerSetting] = {}  # "owner/name" -> setting; models not named get one local worker
     allowed_private_hosts: frozenset[str] = frozenset()  # webhook / input URL hosts allowed despite being private
-    max_request_bytes: int = 64 * 2**20
+    max_request_bytes: int = 2**20  # JSON bodies; files go through POST /v1/files
     max_upload_bytes: int = 200 * 2**20
+    owner_limits: OwnerLimits = OwnerLimits()
+    header_timeout_s: float = 10.0  # a request's headers must all arrive within this
+    body_timeout_s: float = 30.0  # a body with no new bytes for this long is answered 408
+    keep_alive_s: float = 5.0
+    max_connections: int = 1000  # open connections before new requests get 503
     storage_quota_bytes: int = 0  # local file store only: at most this many bytes of files (0: the disk's size)
     file_url_window_s: int = 24 * 3600  # signed file URLs stay valid 1-2 windows and are stable within one
     webhook_retries: int = 6
@@ -77,6 +85,8 @@ class ServiceConfig(BaseModel):
             workers=parse_workers(env.get("LORA_STUDIO_WORKERS", "")),
             allowed_private_hosts=frozenset(h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",")
                                             if h.strip()),
+            files_url=(env.get("LORA_STUDIO_FILES_URL") or "").rstrip("/") or None,
+            owner_limits=OwnerLimits(**{k: int(env[v]) for k, v in _OWNER_LIMITS.items() if v in env}),
             **{k: type(cls.model_fields[k].default)(env[v]) for k, v in _NUMBERS.items() if v in env},
         )
 
@@ -86,7 +96,12 @@ class ServiceConfig(BaseModel):
 
 _NUMBERS = {"max_request_bytes": "LORA_STUDIO_MAX_REQUEST_BYTES", "max_upload_bytes": "LORA_STUDIO_MAX_UPLOAD_BYTES",
             "webhook_retries": "LORA_STUDIO_WEBHOOK_RETRIES", "webhook_backoff_s": "LORA_STUDIO_WEBHOOK_BACKOFF_S",
-            "heartbeat_s": "LORA_STUDIO_HEARTBEAT_S", "storage_quota_bytes": "LORA_STUDIO_STORAGE_QUOTA_BYTES"}
+            "heartbeat_s": "LORA_STUDIO_HEARTBEAT_S", "storage_quota_bytes": "LORA_STUDIO_STORAGE_QUOTA_BYTES",
+            "header_timeout_s": "LORA_STUDIO_HEADER_TIMEOUT_S", "body_timeout_s": "LORA_STUDIO_BODY_TIMEOUT_S",
+            "keep_alive_s": "LORA_STUDIO_KEEP_ALIVE_S", "max_connections": "LORA_STUDIO_MAX_CONNECTIONS"}
+_OWNER_LIMITS = {"creates_per_minute": "LORA_STUDIO_OWNER_CREATES_PER_MINUTE",
+                 "queued": "LORA_STUDIO_OWNER_MAX_QUEUED", "running": "LORA_STUDIO_OWNER_MAX_RUNNING",
+                 "upload_bytes": "LORA_STUDIO_OWNER_UPLOAD_BYTES"}
 
 
 def parse_workers(text: str) -> dict[str, WorkerSetting]:

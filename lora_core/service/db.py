@@ -21,6 +21,7 @@ tokens = sa.Table(
     sa.Column("owner", sa.String(64), nullable=False, index=True),
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("hint", sa.String(16)),  # the token's first characters, to tell tokens apart in a listing
 )
 
 predictions = sa.Table(
@@ -47,8 +48,10 @@ predictions = sa.Table(
     sa.Column("worker", sa.String(128)),
     sa.Column("instance", sa.String(128)),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("claimed_at", sa.DateTime),  # when a worker took it: the owner's last turn, for fair claims
     sa.Index("ix_predictions_owner_created", "owner", "created_at", "id"),
     sa.Index("ix_predictions_queue", "status", "model", "created_at"),
+    sa.Index("ix_predictions_owner_turns", "model", "owner", "claimed_at"),
 )
 
 files = sa.Table(

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from . import content_types
 from .db import files as F, row_by_id, utcnow
 from .file_store import FileStore, StorageFull
 
@@ -56,14 +57,32 @@ def safe_name(name: str) -> str:
     return cleaned[:120]
 
 
+class _Prefixed:
+    """``head`` (already read from ``rest``), then the rest of ``rest``: a stream that was peeked at."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.rest.read(n)
+        if n < 0:
+            out, self.head = self.head + self.rest.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        return out
+
+
 def save(engine: Engine, store: FileStore, *, owner: str, name: str, stream: BinaryIO, limit: int,
          content_type: str | None = None, prediction_id: str | None = None) -> Row:
-    """Store the bytes, then the record. ``TooLarge`` / ``StorageFull`` leave nothing behind."""
+    """Store the bytes, then the record. ``TooLarge`` / ``StorageFull`` leave nothing behind. The stored content type
+    is the declared one only if it is safe and true (``content_types.stored_type``)."""
     name = safe_name(name)
-    content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    head = stream.read(64)
+    content_type = content_types.stored_type(content_type or mimetypes.guess_type(name)[0], head)
     file_id = secrets.token_hex(16)
     key = f"{owner}/{file_id}/{name}"
-    counting = _Counting(stream, limit)
+    counting = _Counting(_Prefixed(head, stream), limit)
     try:
         store.put(key, counting, content_type)
     except (TooLarge, StorageFull):

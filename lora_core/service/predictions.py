@@ -34,7 +34,8 @@ def create(engine: Engine, *, owner: str, model: str, version: str, kind: str, i
     row = dict(id=new_id(), owner=owner, model=model, version=version, kind=kind, source=source, status="starting",
                input=input, output=None, error=None, logs="", metrics=None, webhook=webhook,
                webhook_events_filter=webhook_events_filter, forked_from=forked_from, created_at=utcnow(),
-               started_at=None, completed_at=None, worker=None, instance=None, cancel_requested=False)
+               started_at=None, completed_at=None, worker=None, instance=None, cancel_requested=False,
+               claimed_at=None)
     with engine.begin() as c:
         c.execute(P.insert().values(**row))
     return row
@@ -88,31 +89,47 @@ def _decode_cursor(cursor: str | None) -> tuple[str, tuple | None]:
 
 # ---- the queue ------------------------------------------------------------------------------------------------
 
-def claim_next(engine: Engine, model: str, worker: str, instance: str) -> Row | None:
-    """The oldest queued prediction of ``model``, now assigned to ``worker`` (or None).
+def claim_next(engine: Engine, model: str, worker: str, instance: str, max_running: int = 0) -> Row | None:
+    """The next queued prediction of ``model``, now assigned to ``worker`` (or None).
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` hands each row to one claimer without waiting; SQLite
-    serialises writers. Either way the UPDATE's condition makes a lost race harmless.
+    Fair across owners: the owner whose last turn on this model is oldest (or who never had one) goes next,
+    oldest prediction first within an owner; so one owner's flood delays another owner's next prediction by at
+    most one prediction per worker. Owners already running ``max_running`` predictions (0: no limit) wait.
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` hands each row to one claimer without waiting; SQLite serialises
+    writers. Either way the UPDATE's condition makes a lost race harmless.
     """
+    turns, running = P.alias("turns"), P.alias("running")
+    last_turn = (sa.select(sa.func.max(turns.c.claimed_at))
+                 .where(turns.c.model == P.c.model, turns.c.owner == P.c.owner).scalar_subquery())
+    query = sa.select(P.c.id).where(P.c.status == "starting", P.c.model == model, P.c.worker.is_(None))
+    if max_running:
+        busy = (sa.select(sa.func.count()).select_from(running)
+                .where(running.c.owner == P.c.owner, running.c.worker.is_not(None),
+                       running.c.status.in_(("starting", "processing"))).scalar_subquery())
+        query = query.where(busy < max_running)
+    query = query.order_by(sa.func.coalesce(last_turn, _NEVER), P.c.created_at, P.c.id).limit(1)
     for _ in range(5):
         with engine.begin() as c:
-            pid = c.execute(
-                sa.select(P.c.id).where(P.c.status == "starting", P.c.model == model, P.c.worker.is_(None))
-                .order_by(P.c.created_at, P.c.id).limit(1).with_for_update(skip_locked=True)).scalar()
+            pid = c.execute(query.with_for_update(skip_locked=True, of=P)).scalar()
             if pid is None:
                 return None
             claimed = c.execute(P.update().where(P.c.id == pid, P.c.status == "starting", P.c.worker.is_(None))
-                                .values(worker=worker, instance=instance).returning(*P.c)).mappings().first()
+                                .values(worker=worker, instance=instance, claimed_at=utcnow())
+                                .returning(*P.c)).mappings().first()
         if claimed:
             return dict(claimed)
     return None
+
+
+_NEVER = datetime.datetime(1970, 1, 1)
 
 
 def unclaim(engine: Engine, prediction_id: str, worker: str) -> bool:
     """Back to the queue: the worker refused it before starting (e.g. it was busy after a restart)."""
     with engine.begin() as c:
         return bool(c.execute(P.update().where(P.c.id == prediction_id, P.c.worker == worker,
-                                               P.c.status == "starting").values(worker=None, instance=None)).rowcount)
+                                               P.c.status == "starting")
+                              .values(worker=None, instance=None, claimed_at=None)).rowcount)
 
 
 def update_running(engine: Engine, prediction_id: str, worker: str, *, logs: str | None = None,

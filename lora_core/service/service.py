@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from dataclasses import asdict
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -12,7 +11,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import Engine
 
 from ..fetch import FetchError, checked_url_address
-from . import db, file_store, files, outputs, predictions, tokens, views
+from . import db, file_store, files, limits, outputs, predictions, tokens, views
 from .changes import Changes
 from .config import ServiceConfig
 from .models import InputError, InvalidField, Model, load_models
@@ -22,21 +21,29 @@ from .webhooks import Webhooks, check_url
 from .workers import WorkerPool
 
 log = logging.getLogger("lora_studio.service")
+MAX_URL_CHARS = 2048  # any URL a caller gives (file inputs, webhooks): browsers' and CDNs' common limit
 
 
 class ApiError(Exception):
     """An error response in Replicate's shape: ``{"title", "detail", "status"}`` (+ ``invalid_fields``)."""
 
-    def __init__(self, status: int, title: str, detail: str, invalid_fields: list[InvalidField] | None = None) -> None:
+    def __init__(self, status: int, title: str, detail: str, invalid_fields: list[InvalidField] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail = status, title, detail
-        self.invalid_fields = invalid_fields
+        self.invalid_fields, self.headers = invalid_fields, headers
 
     def body(self) -> dict:
         body: dict[str, Any] = {"title": self.title, "detail": self.detail, "status": self.status}
         if self.invalid_fields:
             body["invalid_fields"] = [asdict(f) for f in self.invalid_fields]
         return body
+
+
+def limit_reached(error: limits.LimitReached) -> ApiError:
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
+    title = "Too many requests" if error.status == 429 else "Insufficient storage"
+    return ApiError(error.status, title, error.detail, headers=headers)
 
 
 def invalid_input(error: InputError) -> ApiError:
@@ -53,7 +60,6 @@ class Service:
         self.signer = Signer(config.secret, config.worker_token)
         self.urls = Urls(config, self.signer)
         self.changes = Changes()
-        self._owners: dict[str, tuple[str, float]] = {}  # token -> (owner, valid until): a cache, nothing else
         self.webhooks = Webhooks(self.engine, self.signer, config.allowed_private_hosts,
                                  retries=config.webhook_retries, backoff_s=config.webhook_backoff_s)
         self.pool = WorkerPool(config, self.engine, self.store, self.models, self.changes, self.signer, self.urls,
@@ -73,17 +79,9 @@ class Service:
 
     # ---- who and what ---------------------------------------------------------------------------------------
     def owner_of(self, token: str) -> str | None:
-        """The token's owner; known tokens are remembered for a minute (one query fewer per request)."""
-        now = time.monotonic()
-        hit = self._owners.get(token)
-        if hit and hit[1] > now:
-            return hit[0]
-        owner = tokens.owner_of(self.engine, token)
-        if owner is not None:
-            if len(self._owners) > 10_000:
-                self._owners.clear()
-            self._owners[token] = (owner, now + 60)
-        return owner
+        """The token's owner, looked up on every request (one indexed query): a revoked token stops working at
+        once on every service process, with no cache to outlive it."""
+        return tokens.owner_of(self.engine, token)
 
     def model(self, full_name: str) -> Model:
         if full_name not in self.models:
@@ -130,6 +128,10 @@ class Service:
             clean = model.validate(input)
         except InputError as e:
             raise invalid_input(e) from None
+        try:
+            limits.check_create(self.engine, owner, self.config.owner_limits)
+        except limits.LimitReached as e:
+            raise limit_reached(e) from None
         fields = [self._file_input(owner, name, clean[name]) for name in model.file_inputs if clean.get(name)]
         problems = [f for f in fields if isinstance(f, InvalidField)]
         if problems:
@@ -159,6 +161,9 @@ class Service:
                 return InvalidField(field, "invalid", str(e))
             saved = self.save_upload(owner, f"{name}{_extension(content_type)}", io.BytesIO(data), content_type)
             return name, self.urls.file_api(saved)
+        if len(value) > MAX_URL_CHARS:
+            return InvalidField(field, "too_long", f"a URL of at most {MAX_URL_CHARS} characters (upload big "
+                                                   "files with POST /v1/files, or send small ones as a data: URI)")
         own = self.urls.own_file_ids(value)
         if own:
             if files.get(self.engine, own[0], owner) is None:
@@ -173,11 +178,24 @@ class Service:
             return InvalidField(field, "invalid", str(e))
         return name, value
 
-    def save_upload(self, owner: str, name: str, stream: BinaryIO, content_type: str | None) -> dict:
+    def upload_room(self, owner: str) -> int | None:
+        """Bytes ``owner`` may still upload (None: no quota); a 507 if none."""
         try:
-            return files.save(self.engine, self.store, owner=owner, name=name, stream=stream,
-                              limit=self.config.max_upload_bytes, content_type=content_type)
+            return limits.upload_room(self.engine, owner, self.config.owner_limits)
+        except limits.LimitReached as e:
+            raise limit_reached(e) from None
+
+    def save_upload(self, owner: str, name: str, stream: BinaryIO, content_type: str | None,
+                    room: int | None = None) -> dict:
+        room = self.upload_room(owner) if room is None else room
+        limit = self.config.max_upload_bytes if room is None else min(self.config.max_upload_bytes, room)
+        try:
+            return files.save(self.engine, self.store, owner=owner, name=name, stream=stream, limit=limit,
+                              content_type=content_type)
         except files.TooLarge as e:
+            if limit < self.config.max_upload_bytes:
+                raise ApiError(507, "Insufficient storage", f"This upload does not fit in the {limit / 2**20:.0f} MB "
+                               "left of your upload quota: delete files with DELETE /v1/files/{id}.") from None
             raise ApiError(413, "Too large", str(e)) from None
         except file_store.StorageFull:
             raise ApiError(507, "Insufficient storage", "The file store is full; try again later.") from None

@@ -1,4 +1,5 @@
-"""API tokens: created once and shown once, stored only as SHA-256, resolved to their owner per request."""
+"""API tokens: created once and shown once, stored only as SHA-256 (and their first characters, to tell them apart),
+resolved to their owner on every request, revoked by deleting their row (so at once, on every process)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,30 @@ def create(engine: Engine, owner: str) -> str:
     token = PREFIX + secrets.token_urlsafe(30)
     with engine.begin() as c:
         c.execute(tokens.insert().values(id=secrets.token_hex(8), owner=owner, token_sha256=_digest(token),
-                                         created_at=utcnow()))
+                                         created_at=utcnow(), hint=token[:HINT]))
     return token
+
+
+HINT = 7  # "ls_" and 4 random characters: enough to recognise a token, far too few to guess one
+
+
+def listing(engine: Engine, owner: str | None = None) -> list[dict]:
+    """Every token (or ``owner``'s): id, owner, created_at, hint; never the token."""
+    query = sa.select(tokens.c.id, tokens.c.owner, tokens.c.created_at, tokens.c.hint).order_by(tokens.c.created_at)
+    if owner:
+        query = query.where(tokens.c.owner == owner)
+    with engine.connect() as c:
+        return [dict(r) for r in c.execute(query).mappings()]
+
+
+def revoke(engine: Engine, *, token_id: str | None = None, token: str | None = None, owner: str | None = None) -> int:
+    """Deletes the token with this id, this token, or every token of ``owner``; how many went."""
+    if sum(x is not None for x in (token_id, token, owner)) != 1:
+        raise ValueError("name exactly one of: a token id, a token, an owner")
+    where = (tokens.c.id == token_id if token_id is not None else
+             tokens.c.token_sha256 == _digest(token) if token is not None else tokens.c.owner == owner)
+    with engine.begin() as c:
+        return c.execute(tokens.delete().where(where)).rowcount
 
 
 def owner_of(engine: Engine, token: str) -> str | None:

@@ -12,11 +12,10 @@ from .config import ServiceConfig
 from .signing import Signer
 
 
-
 class Urls:
     def __init__(self, config: ServiceConfig, signer: Signer) -> None:
         self.config, self.signer = config, signer
-        bases = "|".join(re.escape(b) for b in sorted({config.public_url, config.internal_url}))
+        bases = "|".join(re.escape(b) for b in sorted({config.public_url, config.internal_url, config.files_url} - {None}))
         # an uploaded file's API URL, or a served file URL (with or without its signature)
         self._own_file = re.compile(rf"(?:{bases})/(?:v1/files/(?P<api>[0-9a-f]{{32}})"
                                     rf"|files/(?P<served>[0-9a-f]{{32}})/[^\s|?]*(?:\?[^\s|]*)?)")
@@ -27,8 +26,9 @@ class Urls:
         return {"get": api, "cancel": f"{api}/cancel", "web": f"{self.config.public_url}/predictions/{row['id']}"}
 
     def file(self, row: dict, base: str | None = None) -> str:
-        """A signed download URL: works without a token until it expires (1-2 days), the same URL within a day."""
-        base = base or self.config.public_url
+        """A signed download URL: works without a token until it expires (1-2 days), the same URL within a day.
+        On ``LORA_STUDIO_FILES_URL`` when set: file bytes then never share an origin with the pages."""
+        base = base or self.config.files_url or self.config.public_url
         return (f"{base}/files/{row['id']}/{quote(row['name'])}?"
                 f"{self.signer.file_query(row['id'], self.config.file_url_window_s)}")
 

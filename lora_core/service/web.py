@@ -16,25 +16,25 @@ from urllib.parse import urlencode
 
 import jinja2
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
 from . import files, pages, predictions, views
+from .api import PAGE_HEADER, TOKEN_COOKIE
 from .models import Model
 from .service import ApiError, Service
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
-TOKEN_COOKIE = "lora_studio_token"
 
 
-def _headers(public_url: str) -> dict[str, str]:
+def _headers(*urls: str | None) -> dict[str, str]:
     """Same-origin scripts, styles and requests only (no inline script: user text can never run); images also from
-    the service's public URL (output links use it); no framing; private pages are not cached."""
-    origin = "/".join(public_url.split("/")[:3])
+    the service's public and files URLs (output links use them); no framing; private pages are not cached."""
+    origins = " ".join(sorted({"/".join(u.split("/")[:3]) for u in urls if u}))
     return {
-        "Content-Security-Policy": f"default-src 'self'; img-src 'self' data: {origin}; style-src 'self'; "
+        "Content-Security-Policy": f"default-src 'self'; img-src 'self' data: {origins}; style-src 'self'; "
                                    "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "same-origin",
@@ -80,12 +80,40 @@ async def _page(request: Request, template: str, status: int = 200, **context: A
     svc = _service(request)
     html = templates.get_template(template).render(
         owner=owner, token_refused=refused, models=list(svc.models.values()), path=request.url.path, **context)
-    return HTMLResponse(html, status_code=status, headers=_headers(svc.config.public_url))
+    return HTMLResponse(html, status_code=status, headers=_headers(svc.config.public_url, svc.config.files_url))
 
 
 async def _message(request: Request, status: int, title: str, text: str,
                    viewer: tuple[str | None, bool] | None = None) -> HTMLResponse:
     return await _page(request, "message.html", status=status, title=title, text=text, viewer=viewer)
+
+
+@router.post("/session")
+async def sign_in(request: Request) -> Response:
+    """The pages' sign-in: the token goes into an HttpOnly cookie that no script (neither the pages' nor one
+    smuggled in a file) can read. Only the pages' own script may call this (its header; no CORS here)."""
+    if not request.headers.get(PAGE_HEADER):
+        raise ApiError(403, "Forbidden", "Sign in from the pages of this service.")
+    try:
+        token = str((await request.json()).get("token", "")).strip()[:200]
+    except (ValueError, AttributeError):
+        token = ""
+    owner = await run_in_threadpool(_service(request).owner_of, token) if token else None
+    if owner is None:
+        raise ApiError(401, "Unauthenticated", "This server does not know that token.")
+    response = Response(status_code=204)
+    response.set_cookie(TOKEN_COOKIE, token, max_age=365 * 24 * 3600, path="/", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https" or _service(request).config.public_url.startswith("https:"))
+    return response
+
+
+@router.post("/session/end")
+async def sign_out(request: Request) -> Response:
+    if not request.headers.get(PAGE_HEADER):
+        raise ApiError(403, "Forbidden", "Sign out from the pages of this service.")
+    response = Response(status_code=204)
+    response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -194,6 +222,7 @@ def _prediction_context(svc: Service, row: dict, owner: str) -> dict[str, Any]:
         "model": model,
         "items": items,
         "images": [i for i in items if i.is_image and i.url],
+        "image_seeds": _image_seeds(row, items),
         "others": [i for i in items if not (i.is_image and i.url)],
         "progress": pages.progress(row["logs"] or ""),
         "grid_caption": pages.grid_caption(row["logs"] or ""),
@@ -203,6 +232,18 @@ def _prediction_context(svc: Service, row: dict, owner: str) -> dict[str, Any]:
         "input_files": _own_files(svc, row["owner"], row["input"]),
         "terminal": row["status"] in predictions.TERMINAL,
     }
+
+
+def _image_seeds(row: dict, items: list[pages.OutputItem]) -> list[int]:
+    """The seed of each output image of a generation (``seed + i``): each is re-made alone, pixel for pixel,
+    by the same input with that seed and one output (``sampling`` draws every output in its own pass)."""
+    seed = row["input"].get("seed")
+    if seed is None:
+        seed = pages.resolved_seed(row["logs"] or "")
+    images = [i for i in items if i.is_image and i.url]
+    if row["kind"] != "prediction" or seed is None or len(images) < 2:
+        return []
+    return [int(seed) + k for k in range(len(images))]
 
 
 def _own_files(svc: Service, owner: str, values: dict[str, Any]) -> dict[str, dict]:

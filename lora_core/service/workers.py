@@ -31,7 +31,7 @@ from .cog_process import CogProcess
 from .config import ServiceConfig
 from .file_store import FileStore, StorageFull
 from .models import Model
-from .signing import Signer
+from .signing import Signer, upload_url
 from .urls import Urls
 
 log = logging.getLogger("lora_studio.workers")
@@ -78,7 +78,7 @@ class WorkerPool:
             for i in range(1, setting.count + 1):
                 name = f"{model.name}-{i}"
                 process = CogProcess(name, model.predictor, model.schema_path, config.data_dir / "workers" / name,
-                                     self._worker_env(), upload_url=f"{self.upload_prefix(name)}")
+                                     {**self._worker_env(), "COG_UPLOAD_URL": self.upload_prefix(name)})
                 self._add(Worker(name, model, "", process))
 
     def _add(self, worker: Worker) -> None:
@@ -95,7 +95,7 @@ class WorkerPool:
         }
 
     def upload_prefix(self, worker_name: str) -> str:
-        return f"{self.config.internal_url}/internal/workers/{quote(worker_name)}/{self.signer.worker_token()}/uploads/"
+        return upload_url(self.config.internal_url, worker_name, self.signer.worker_token())
 
     @property
     def output_prefix(self) -> str:
@@ -136,7 +136,8 @@ class WorkerPool:
             if not worker.ready.wait(0.5):
                 continue
             try:
-                row = predictions.claim_next(self.engine, worker.model.full_name, worker.name, self.config.instance)
+                row = predictions.claim_next(self.engine, worker.model.full_name, worker.name, self.config.instance,
+                                                  self.config.owner_limits.running)
             except Exception:  # noqa: BLE001 - the database may be restarting; keep the worker alive
                 log.exception("claiming from the queue failed")
                 time.sleep(1)

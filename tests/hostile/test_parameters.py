@@ -45,7 +45,7 @@ REFUSED = {  # raw JSON body -> (field, phrase in its description)
                                 "webhook_events_filter.0", "'start', 'output', 'logs' or 'completed'"),
     "not JSON at all": ("prompt=x&width=10000", "body", "the request body is not valid JSON"),
     "a JSON array body": ('[{"prompt": "x"}]', "body", "valid dictionary"),
-    "JSON nested 100,000 deep": ('{"input": ' + "[" * 100_000 + "]" * 100_000 + "}", "", "error parsing the body"),
+    "JSON nested 100,000 deep": ('{"input": ' + "[" * 100_000 + "]" * 100_000 + "}", "body", "nested too deeply"),
 }
 
 

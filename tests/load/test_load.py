@@ -12,6 +12,8 @@ import requests
 
 from bench import load, results
 
+pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
+
 
 @pytest.fixture(scope="module")
 def report(service):

@@ -1,30 +1,20 @@
 // LoRA Studio pages: sign-in, upload zones, form submission, live prediction status.
-// Everything that changes state goes through the JSON API with an Authorization header
-// (never a cookie), so another site cannot make this browser run or cancel predictions.
+// The API token lives in an HttpOnly, SameSite=Strict cookie set by POST /session: no script can read it, not
+// even one smuggled in through a file. Requests carry the pages' header, without which the API ignores the
+// cookie, so a link or form on another site cannot act with it.
 "use strict";
 
 (() => {
-  const COOKIE = "lora_studio_token";
+  const PAGE_HEADER = "X-LoRA-Studio-Page";
   const TERMINAL = ["succeeded", "failed", "canceled"];
 
-  // ---- the token: kept in a SameSite=Strict cookie so server-rendered pages can show private data ----
-  function token() {
-    const entry = document.cookie.split("; ").find((c) => c.startsWith(COOKIE + "="));
-    return entry ? decodeURIComponent(entry.slice(COOKIE.length + 1)) : "";
-  }
-
-  function saveToken(value) {
-    const secure = location.protocol === "https:" ? "; Secure" : "";
-    document.cookie = `${COOKIE}=${encodeURIComponent(value)}; Path=/; Max-Age=31536000; SameSite=Strict${secure}`;
-  }
-
-  function forgetToken() {
-    document.cookie = `${COOKIE}=; Path=/; Max-Age=0; SameSite=Strict`;
+  function signedIn() {
+    return document.body.dataset.signedIn === "1";
   }
 
   async function api(method, path, body) {
-    const headers = { Authorization: `Bearer ${token()}` };
-    const init = { method, headers, credentials: "omit" };
+    const headers = { [PAGE_HEADER]: "1" };
+    const init = { method, headers, credentials: "same-origin" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -58,11 +48,8 @@
           error.textContent = "Paste your API token.";
           return;
         }
-        const response = await fetch("/v1/predictions", {
-          headers: { Authorization: `Bearer ${value}` }, credentials: "omit",
-        });
+        const response = await api("POST", "/session", { token: value });
         if (response.ok) {
-          saveToken(value);
           location.reload();
         } else if (response.status === 401) {
           error.textContent = "This server does not know that token.";
@@ -72,8 +59,8 @@
       });
     });
     document.querySelectorAll("[data-signout]").forEach((button) => {
-      button.addEventListener("click", () => {
-        forgetToken();
+      button.addEventListener("click", async () => {
+        await api("POST", "/session/end");
         location.href = "/";
       });
     });
@@ -182,7 +169,7 @@
       const slot = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
       slot.textContent = "";
       slot.closest("[data-field]").classList.remove("invalid");
-      if (!token()) {
+      if (!signedIn()) {
         fieldError(form, name, "Sign in first: uploads belong to your API token.");
         return;
       }
@@ -193,7 +180,7 @@
       bar.value = 0;
       const request = new XMLHttpRequest();
       request.open("POST", "/v1/files");
-      request.setRequestHeader("Authorization", `Bearer ${token()}`);
+      request.setRequestHeader(PAGE_HEADER, "1");
       request.upload.addEventListener("progress", (e) => {
         if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total;
       });
@@ -233,7 +220,7 @@
         general.textContent = "Wait for the upload to finish.";
         return;
       }
-      if (!token()) {
+      if (!signedIn()) {
         general.textContent = "Sign in first: paste your API token below.";
         return;
       }
