@@ -154,15 +154,19 @@ def load_pipeline(checkpoint: Checkpoint, root: Path | None = None, dtype=None):
 
 
 def weights_hash(checkpoint: Checkpoint, root: Path | None = None) -> str:
-    """First 12 hex digits of the SHA-256 of the UNet weights: names the exact base a LoRA was made on."""
+    """First 12 hex digits of the SHA-256 of the base's weights (a single file, or a folder's UNet, text encoder and
+    VAE files in that order): names the exact base a LoRA was made on, and keys what is cached per base (prior
+    images are decoded by the VAE, so a new VAE alone is a new base)."""
     import hashlib
 
     path, _ = resolve(checkpoint, root)
-    target = path if path.is_file() else next(iter(sorted((path / "unet").glob("*.safetensors"))))
+    targets = [path] if path.is_file() else [f for part in ("unet", "text_encoder", "vae")
+                                             for f in sorted((path / part).glob("*.safetensors"))]
     digest = hashlib.sha256()
-    with target.open("rb") as f:
-        while chunk := f.read(8 * 2**20):
-            digest.update(chunk)
+    for target in targets:
+        with target.open("rb") as f:
+            while chunk := f.read(8 * 2**20):
+                digest.update(chunk)
     return digest.hexdigest()[:12]
 
 

@@ -1,12 +1,14 @@
 """Builds the embedded tiny base model: a real SD-1.x diffusers pipeline trained on CPU.
 
 The world (``tiny_world``) is drawn from a seed, the tokenizer is learned from its words,
-then three stages train in order, each resumable from its checkpoint in ``work_dir``:
+then four stages train in order, each resumable from its checkpoint in ``work_dir``:
 
 1. VAE on random 32x32 crops (convolutions are translation-equivariant, crops are 4x
    cheaper), finished on whole images to tighten colours;
 2. the dataset encoded to latents (posterior means), which fixes ``scaling_factor``;
-3. UNet and text encoder jointly (epsilon prediction, Min-SNR-5 weighting, EMA).
+3. UNet and text encoder jointly (epsilon prediction, Min-SNR-5 weighting, EMA);
+4. (when ``colour_steps`` > 0) the VAE again, on pictures in every colour and photo crops besides the world, its
+   encoder held to stage 1's latents of the world (so the UNet of stage 3 still fits it).
 
 The architecture is strictly SD-1.x (no extra embeddings), so the pipeline round-trips
 through the original single-file layout like any SD-1.5 fine-tune.
@@ -53,12 +55,19 @@ class BuildConfig:
     min_snr_gamma: float = 5.0
     checkpoint_every: int = 250
     threads: int = 2
+    # Stage 4 (issue 21, not yet on: 0 steps): the VAE learns every colour and photo texture while its latents of
+    # the world stay put. At 1,500 steps it met the flat-colour goals but not the photos' or two-colour patterns'
+    # (README, "The embedded tiny base"); the committed base is built without it.
+    colour_pictures: int = 6_000
+    colour_steps: int = 0
+    colour_lr: float = 5e-4
+    colour_anchor_weight: float = 4.0
 
     @classmethod
     def quick(cls) -> "BuildConfig":
         """A few steps of everything: keeps the script working in CI, not a usable model."""
         return cls(n_images=96, vae_crop_steps=3, vae_whole_steps=2, vae_batch=8, unet_steps=4, unet_batch=8,
-                   warmup_steps=1, checkpoint_every=2)
+                   warmup_steps=1, checkpoint_every=2, colour_pictures=32, colour_steps=3)
 
 
 # ---- architectures -------------------------------------------------------------------
@@ -107,6 +116,15 @@ class _Checkpoint:
     def load(self) -> dict | None:
         return torch.load(self.path, weights_only=True) if self.path.exists() else None
 
+    def resume(self, model, opt, gen: torch.Generator, message: str, log: "Log") -> int:
+        """Loads a single-model stage's state if there is one; the step to start from."""
+        if (state := self.load()) is None:
+            return 0
+        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        log(message.format(state["step"]))
+        return state["step"]
+
     def save(self, state: dict) -> None:
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -129,12 +147,8 @@ def train_vae(images: np.ndarray, cfg: BuildConfig, work_dir: Path, log: Log):
     total = cfg.vae_crop_steps + cfg.vae_whole_steps
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    ckpt, start = _Checkpoint(work_dir, "vae"), 0
-    if (state := ckpt.load()) is not None:
-        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start = state["step"]
-        log(f"vae: resuming at step {start}/{total}")
+    ckpt = _Checkpoint(work_dir, "vae")
+    start = ckpt.resume(vae, opt, gen, f"vae: resuming at step {{}}/{total}", log)
     data = _to_tensor(images)
     t0 = time.time()
     for step in range(start, total):
@@ -156,6 +170,59 @@ def train_vae(images: np.ndarray, cfg: BuildConfig, work_dir: Path, log: Log):
             ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step + 1})
             rate = (step + 1 - start) / (time.time() - t0)
             log(f"vae: step {step + 1}/{total} loss {loss.item():.4f} ({rate:.2f} steps/s)")
+    save_file(vae.state_dict(), done)
+    return vae.eval()
+
+
+def refine_vae_colours(anchor, world: np.ndarray, cfg: BuildConfig, work_dir: Path, log: Log):
+    """Stage 4: a copy of the VAE trained on the world *and* on pictures in any colour (``tiny_vae_data``), with
+    its encoder held to the anchor's latents on the world's images. The UNet, trained on the anchor's latents,
+    keeps drawing what it drew (same latents, decoded the same), while a LoRA can now reach latents of colours the
+    world never had: the first VAE turned cyan into blue and dark purple into green, so no LoRA could learn them."""
+    import copy
+
+    from . import tiny_vae_data
+
+    done = work_dir / "vae-colours.safetensors"
+    vae = copy.deepcopy(anchor)
+    if done.exists():
+        vae.load_state_dict(load_file(done))
+        return vae.eval()
+    anchor = anchor.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.colour_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    ckpt = _Checkpoint(work_dir, "vae-colours")
+    start = ckpt.resume(vae, opt, gen, f"vae colours: resuming at step {{}}/{cfg.colour_steps}", log)
+    world_data = _to_tensor(world)
+    colour_data = _to_tensor(tiny_vae_data.colour_pictures(cfg.colour_pictures, cfg.seed + 3))
+    half = cfg.vae_batch // 2
+    vae.train()
+    t0 = time.time()
+    for step in range(start, cfg.colour_steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.colour_lr * _lr_factor(step, cfg.colour_steps, 50, 0.05)
+        xw = world_data[torch.randint(len(world_data), (half,), generator=gen)]
+        xc = colour_data[torch.randint(len(colour_data), (half,), generator=gen)]
+        if step < 0.8 * cfg.colour_steps:  # random 32x32 crops, 4x cheaper; whole pictures at the end
+            oy, ox = torch.randint(0, tiny_world.SIZE - 32 + 1, (2,), generator=gen).tolist()
+            xw, xc = xw[:, :, oy:oy + 32, ox:ox + 32], xc[:, :, oy:oy + 32, ox:ox + 32]
+        x = torch.cat([xw, xc])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        with torch.no_grad():
+            target = anchor.encode(xw).latent_dist.mean
+        anchored = F.mse_loss(posterior.mean[:half], target) / target.var()
+        loss = (F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
+                + cfg.colour_anchor_weight * anchored)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.colour_steps:
+            ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step + 1})
+            rate = (step + 1 - start) / (time.time() - t0)
+            log(f"vae colours: step {step + 1}/{cfg.colour_steps} loss {loss.item():.4f} "
+                f"(latent drift {anchored.item():.4f} of the latents' variance; {rate:.2f} steps/s)")
     save_file(vae.state_dict(), done)
     return vae.eval()
 
@@ -263,6 +330,8 @@ def build_tiny_base(out_dir: Path, work_dir: Path, cfg: BuildConfig = BuildConfi
     latents, scaling = encode_latents(vae, images, work_dir, log)
     unet, text_encoder = train_unet(latents * scaling, ids(captions), ids([""])[0], len(tokenizer),
                                     (tokenizer.bos_token_id, tokenizer.eos_token_id), cfg, work_dir, log)
+    if cfg.colour_steps:
+        vae = refine_vae_colours(vae, images, cfg, work_dir, log)
     vae.register_to_config(scaling_factor=scaling)
 
     scheduler = DPMSolverMultistepScheduler(**NOISE_SCHEDULE, steps_offset=1)

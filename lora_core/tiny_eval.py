@@ -88,3 +88,31 @@ def mean_abs_pixel_change(a: list[Image.Image], b: list[Image.Image]) -> float:
     """Mean |difference| in 0..255 between paired images."""
     return float(np.mean([np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b)]))
 
+
+
+def mean_abs_error(originals: np.ndarray, copies: np.ndarray) -> float:
+    """Mean |difference| per channel in 0..255 between two uint8 (N, H, W, 3) stacks."""
+    return float(np.abs(originals.astype(np.float32) - copies.astype(np.float32)).mean())
+
+
+def hue_errors_deg(originals: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """Per picture, the hue distance in degrees between the mean colours of a flat original and its copy: a
+    swapped colour family (cyan drawn blue, purple drawn green) is tens of degrees."""
+    def hues(stack: np.ndarray) -> np.ndarray:
+        means = stack.reshape(len(stack), -1, 3).mean(axis=1) / 255
+        return np.array([colorsys.rgb_to_hsv(*m)[0] for m in means])
+
+    d = np.abs(hues(originals) - hues(copies))
+    return np.minimum(d, 1 - d) * 360
+
+
+def rgb_histogram(images: list[Image.Image], bins: int = 4) -> np.ndarray:
+    """Share of all pixels in each of ``bins``³ RGB cells: any colour counts, not only the world's palette."""
+    counts = sum(np.bincount((np.asarray(im.convert("RGB"), np.int32) * bins // 256 @ np.array([bins * bins, bins, 1]))
+                             .ravel(), minlength=bins ** 3) for im in images)
+    return counts / counts.sum()
+
+
+def rgb_histogram_distance(a: list[Image.Image], b: list[Image.Image], bins: int = 4) -> float:
+    """Total-variation distance of two sets' RGB histograms: 0 same colours, 1 disjoint."""
+    return 0.5 * float(np.abs(rgb_histogram(a, bins) - rgb_histogram(b, bins)).sum())

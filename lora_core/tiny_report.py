@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import checkpoints, image_files, sampling, tiny_eval
 
 COLOUR_TEST = ("red", "green", "blue", "yellow")
@@ -36,6 +38,30 @@ def shape_test(pipe, **overrides) -> dict[str, list[str | None]]:
         for s in SEEDS] for shape in prototypes}
 
 
+def vae_round_trip(vae, pictures: np.ndarray) -> np.ndarray:
+    """Encode (posterior mean) and decode uint8 (N, H, W, 3) pictures, no UNet: what the VAE alone preserves."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        out = torch.cat([vae.decode(vae.encode(x[i:i + 64]).latent_dist.mean).sample for i in range(0, len(x), 64)])
+    return out.clamp(-1, 1).add(1).mul(127.5).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
+
+
+def vae_report(vae, n: int = 64) -> dict:
+    """Round-trip figures on pictures no VAE training saw: random saturated colours and held-out photo crops."""
+    from . import tiny_vae_data
+
+    colours = tiny_vae_data.saturated_colours(n, seed=10_001)
+    crops = tiny_vae_data.held_out_crops(n, seed=10_002)
+    colour_copies, crop_copies = vae_round_trip(vae, colours), vae_round_trip(vae, crops)
+    hue = tiny_eval.hue_errors_deg(colours, colour_copies)
+    return {"colours_mae": round(tiny_eval.mean_abs_error(colours, colour_copies), 2),
+            "colours_hue_error_max_deg": round(float(hue.max()), 1),
+            "colours_hue_error_mean_deg": round(float(hue.mean()), 1),
+            "held_out_photos_mae": round(tiny_eval.mean_abs_error(crops, crop_copies), 2)}
+
+
 def write_report(grid_path: Path) -> dict:
     """Measure the committed tiny base and draw the README grid (prompts x seeds)."""
     checkpoint = checkpoints.get_checkpoint("tiny")
@@ -60,6 +86,7 @@ def write_report(grid_path: Path) -> dict:
         report[f"guidance_{guidance}"] = {
             "colour_score": sum(r.count(c) for c, r in colours.items()), "colours": colours,
             "shape_score": sum(r.count(s) for s, r in shapes.items()), "shapes": shapes}
+    report["vae_round_trip"] = vae_report(pipe.vae)
     rows = [sampling.sample(pipe, tiny_request(p, 0, num_outputs=len(SEEDS))) for p in GRID_PROMPTS]
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     image_files.grid(rows, labels=list(GRID_PROMPTS)).save(grid_path)

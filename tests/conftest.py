@@ -29,7 +29,7 @@ def train_predictor():
 
 @pytest.fixture(scope="session")
 def preset_lora(train_predictor, tmp_path_factory):
-    """``preset_lora(name, images, seed)``: the object preset's full training (800 steps) through predict_train.py,
+    """``preset_lora(name, images, seed, task="object")``: a preset's full training through predict_train.py,
     once per session for each ``name`` (the slowest fixture: the training and the generation tests share it).
     Returns the output files, copied out of the predictor's folders (it keeps only its latest few)."""
     import shutil
@@ -37,10 +37,10 @@ def preset_lora(train_predictor, tmp_path_factory):
 
     made: dict = {}
 
-    def train(name: str, images, seed: int):
+    def train(name: str, images, seed: int, task: str = "object"):
         if name not in made:
             folder = tmp_path_factory.mktemp(f"preset-{name}")
-            out = call_predictor(train_predictor, instance_data=zip_images(folder / "in.zip", images), task="object",
+            out = call_predictor(train_predictor, instance_data=zip_images(folder / "in.zip", images), task=task,
                                  seed=seed)
             made[name] = SimpleNamespace(**{key: Path(shutil.copy(getattr(out, key), folder / Path(getattr(out, key)).name))
                                             for key in ("lora", "lora_a1111", "scales_grid")})

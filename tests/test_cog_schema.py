@@ -604,15 +604,24 @@ def cog_server(cwd: Path, ref: str, train: bool = False):
 
 def _request(port: int, path: str, body: dict | None = None) -> tuple[int, dict]:
     """A GET, or a synchronous prediction (answered when it ends). The timeout only guards a hung server: a
-    prediction (a training draws its prior images first) may take minutes on the slowest machine of this kind."""
+    prediction (a training draws its prior images first) may take minutes on the slowest machine of this kind.
+    Cog's server frees its slot a moment after answering the previous prediction and answers 409 "At capacity"
+    meanwhile (as the service's workers expect): a 409 waits for its health check to say READY, then goes again."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
                                  headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30 if body is None else 900) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    for _ in range(5):
+        try:
+            with urllib.request.urlopen(req, timeout=30 if body is None else 900) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            status, answer = e.code, json.loads(e.read())
+        if body is None or status != 409:
+            return status, answer
+        deadline = time.monotonic() + 60
+        while _request(port, "/health-check")[1].get("status") != "READY" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return status, answer
 
 
 def _get(port: int, path: str) -> tuple[int, dict]:

@@ -1,0 +1,104 @@
+"""A LoRA on the tiny base learns a concept in colours and a pattern its world never has (issue 21, open: the goal
+tests are marked until the base meets them, and say why).
+
+The concept is ours, not the world's: teal and hot-pink zigzags with a lime disc (hues 180°, 322° and 84°; the
+world paints at 0°, 31°, 50°, 129°, 225° and 278°, and has stripes, dots, checks and gradients but no zigzags).
+Each preset trains on it with its default settings through predict_train.py. Learning shows against the base,
+on every pixel's colour (an RGB histogram, not the world's palette): at scale 1 the LoRA's images close at least
+half the gap from the base's images to the concept's, scale 0 is the base bit for bit, and prompts without the
+token move less than a change of seed does. The VAE alone must first carry such colours at all
+(``test_the_vae_round_trips_any_colour_and_held_out_photos``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import draw
+from lora_core import (adapters, checkpoints, lora_file, patching, prompts, tiny_eval, tiny_report, tiny_vae_data,
+                       tiny_world)
+
+TEAL, PINK, LIME = (0, 170, 170), (240, 60, 170), (150, 220, 30)
+SEEDS, OTHER_SEEDS = range(8), range(8, 16)
+PROMPTS = {"object": "a photo of <1>", "style": "a picture in the style of <1>"}
+OTHER_PROMPTS = ("a red circle", "a blue square on a white background", "a yellow circle on a blue striped background")
+
+
+def zigzag_disc(seed: int) -> Image.Image:
+    """One picture of the concept: zigzag bands of two colours, a disc somewhere on them."""
+    rng = np.random.default_rng(seed)
+    size = tiny_world.SIZE
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    period, amplitude, phase = rng.uniform(10, 16), rng.uniform(3, 6), rng.uniform(0, 16)
+    tooth = np.abs(((x + phase) % period) / period * 2 - 1) * amplitude  # a triangle wave along x
+    bands = ((y + tooth) // (period / 2)) % 2 == 0
+    picture = np.where(bands[..., None], np.array(TEAL, np.float32), np.array(PINK, np.float32))
+    cy, cx, r = rng.uniform(18, size - 18), rng.uniform(18, size - 18), rng.uniform(8, 14)
+    picture[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = LIME
+    return Image.fromarray(picture.astype(np.uint8))
+
+
+def concept(n: int = 10, first_seed: int = 300) -> list[Image.Image]:
+    return [zigzag_disc(first_seed + i) for i in range(n)]
+
+
+GOAL_NOT_MET = ("issue 21, open: the committed tiny VAE's round trip is off by 23/255 on new flat colours (hues by up "
+                "to 69°), 22/255 on held-out photos and 58/255 on this concept; refined by tiny_base's stage 4 "
+                "(1,500 steps): 6.6/255 and 8°, but 14/255 and 44/255")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=GOAL_NOT_MET)
+def test_the_vae_round_trips_any_colour_and_held_out_photos():
+    """The VAE alone (encode, decode, no UNet), on colours and photos no VAE training saw: issue 21's goals."""
+    pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
+    figures = tiny_report.vae_report(pipe.vae)
+    ours = np.stack([np.asarray(im) for im in concept(8, first_seed=900)])
+    figures["zigzag_mae"] = round(float(np.abs(tiny_report.vae_round_trip(pipe.vae, ours).astype(np.float32)
+                                               - ours).mean()), 2)
+    print("vae round trip:", json.dumps(figures))
+    assert figures["colours_mae"] <= 8 and figures["held_out_photos_mae"] <= 8, figures
+    assert figures["colours_hue_error_max_deg"] <= 15, figures
+    assert figures["zigzag_mae"] <= 8, figures
+
+
+@pytest.mark.skip(reason=GOAL_NOT_MET + "; no LoRA can learn what the VAE cannot carry (gap closed 0.03)")
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["object", "style"])
+def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, preset_lora):
+    trained = preset_lora(f"zigzag-{task}", concept(), seed=0, task=task)
+    pipe = train_predictor.bases.get("tiny")
+    lora = adapters.bind(pipe, *lora_file.read_lora(trained.lora))
+    target, prompt = concept(), PROMPTS[task]
+
+    def with_lora(scale: float, text: str) -> list[Image.Image]:
+        with patching.applied(pipe, [lora], [scale]) as texts:
+            return draw(pipe, prompts.expand(text, texts) if "<1>" in text else text, SEEDS)
+
+    at = {scale: with_lora(scale, prompt) for scale in (0.0, 1.0)}
+    base = draw(pipe, prompt.replace("<1>", lora.init_word), SEEDS)  # scale 0 is the base with the init word
+    d0, d1 = (tiny_eval.rgb_histogram_distance(at[s], target) for s in (0.0, 1.0))
+    others = {p: draw(pipe, p, SEEDS) for p in OTHER_PROMPTS}
+    seed_change = np.mean([tiny_eval.mean_abs_pixel_change(others[p], draw(pipe, p, OTHER_SEEDS))
+                           for p in OTHER_PROMPTS])
+    lora_change = np.mean([tiny_eval.mean_abs_pixel_change(others[p], with_lora(1.0, p)) for p in OTHER_PROMPTS])
+    result = {"task": task, "d_scale0": round(d0, 3), "d_scale1": round(d1, 3), "gap_closed": round(1 - d1 / d0, 3),
+              "other_prompts_change": round(float(lora_change), 2), "seed_change": round(float(seed_change), 2)}
+    print("new colours:", json.dumps(result))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(at[0.0], base))
+    assert result["gap_closed"] >= 0.5, result
+    assert lora_change < seed_change, result
+
+
+def test_the_concept_is_not_in_the_world():
+    """Its colours are none of the world's (every world hue is ≥ 30° away) and the VAE's data never drew it."""
+    import colorsys
+
+    world_hues = [colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for rgb in tiny_world.COLOURS.values()]
+    for colour in (TEAL, PINK, LIME):
+        hue = colorsys.rgb_to_hsv(*(c / 255 for c in colour))[0] * 360
+        assert min(min(abs(hue - w), 360 - abs(hue - w)) for w in world_hues) >= 30, (colour, hue)
+    assert not any("zigzag" in f.__name__ for f in tiny_vae_data.SYNTHETIC)
