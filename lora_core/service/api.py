@@ -72,13 +72,9 @@ async def owner(request: Request, svc: Service = Depends(service)) -> str:
     return found
 
 
-def _json_limit(request: Request) -> int:
-    return request.app.state.service.config.max_request_bytes
-
-
 def body_of(model: type[BaseModel]):
     """The request body as ``model``: read only once the caller is known (declare after ``owner``)."""
-    return Depends(json_body(model, _json_limit))
+    return Depends(json_body(model))
 
 
 def prefer_wait(request: Request) -> float:

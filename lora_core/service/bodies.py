@@ -1,5 +1,5 @@
-"""JSON request bodies, read only after the caller is known, bounded, parsed off the event loop, checked for depth
-and valid Unicode, then validated by a pydantic model.
+"""JSON request bodies, read only after the caller is known (bounded by ``app.BodyGuard``), parsed off the event
+loop, checked for depth and valid Unicode, then validated by a pydantic model.
 
 Why by hand rather than FastAPI's body parameters: FastAPI reads and parses a body before it runs any dependency,
 so a 60 MB body cost seconds of the event loop before its 401; a body nested thousands deep raised RecursionError
@@ -66,25 +66,16 @@ def _unicode(text: str) -> None:
                       "Unicode text") from None
 
 
-def json_body(model: type[M], limit: Callable[[Request], int]) -> Callable[[Request], Any]:
-    """A FastAPI dependency giving the body as ``model``; declare it after the one that authenticates."""
+def json_body(model: type[M]) -> Callable[[Request], Any]:
+    """A FastAPI dependency giving the body as ``model``; declare it after the one that authenticates. Its size is
+    bounded before it is read, by the app's ``BodyGuard`` (413 declared or streamed), the one place that does so."""
     async def read(request: Request) -> M:
+        from .models import InvalidField
         from .service import ApiError
 
-        cap = limit(request)
-        declared = request.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > cap:
-            raise ApiError(413, "Request too large", _too_large(cap))
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > cap:
-                raise ApiError(413, "Request too large", _too_large(cap))
         try:
-            value = await run_in_threadpool(parse, bytes(raw))
+            value = await run_in_threadpool(parse, await request.body())
         except BadBody as e:
-            from .models import InvalidField
-
             raise ApiError(422, "Invalid request", f"- body: {e}\n", [InvalidField("body", "json_invalid", str(e))]) from None
         try:
             return model.model_validate(value)
@@ -92,8 +83,3 @@ def json_body(model: type[M], limit: Callable[[Request], int]) -> Callable[[Requ
             raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
     return read
-
-
-def _too_large(cap: int) -> str:
-    return (f"The request body is over the {cap / 2**20:.1f} MB limit for JSON; put files in "
-            "POST /v1/files and pass their URLs.")
