@@ -12,10 +12,16 @@ from . import checkpoints, image_files, sampling, tiny_eval
 COLOUR_TEST = ("red", "green", "blue", "yellow")
 SEEDS = range(4)
 GRID_PROMPTS = (
-    "a red square", "a green square", "a blue square", "a yellow square",
-    "a purple circle", "an orange star", "a blue triangle on a black background",
+    "a red square",
+    "a green square",
+    "a blue square",
+    "a yellow square",
+    "a purple circle",
+    "an orange star",
+    "a blue triangle on a black background",
     "a photo of a yellow circle on a blue striped background",
-    "a red and white checkered pattern", "a green circle and a red square",
+    "a red and white checkered pattern",
+    "a green circle and a red square",
 )
 
 
@@ -26,16 +32,28 @@ def tiny_request(prompt: str, seed: int, **overrides) -> sampling.SamplingReques
 
 def colour_test(pipe, **overrides) -> dict[str, list[str | None]]:
     """Dominant colour of "a {colour} square" for each colour and seed."""
-    return {c: [tiny_eval.dominant_colour(sampling.sample(pipe, tiny_request(f"a {c} square", s, **overrides))[0])
-                for s in SEEDS] for c in COLOUR_TEST}
+    return {
+        c: [
+            tiny_eval.dominant_colour(sampling.sample(pipe, tiny_request(f"a {c} square", s, **overrides))[0])
+            for s in SEEDS
+        ]
+        for c in COLOUR_TEST
+    }
 
 
 def shape_test(pipe, **overrides) -> dict[str, list[str | None]]:
     """Shape recognised in "a red {shape} on a white background" for each shape and seed."""
     prototypes = tiny_eval.shape_prototypes()
-    return {shape: [tiny_eval.classify_shape(
-        sampling.sample(pipe, tiny_request(f"a red {shape} on a white background", s, **overrides))[0], prototypes)
-        for s in SEEDS] for shape in prototypes}
+    return {
+        shape: [
+            tiny_eval.classify_shape(
+                sampling.sample(pipe, tiny_request(f"a red {shape} on a white background", s, **overrides))[0],
+                prototypes,
+            )
+            for s in SEEDS
+        ]
+        for shape in prototypes
+    }
 
 
 def vae_round_trip(vae, pictures: np.ndarray) -> np.ndarray:
@@ -44,22 +62,27 @@ def vae_round_trip(vae, pictures: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        out = torch.cat([vae.decode(vae.encode(x[i:i + 64]).latent_dist.mean).sample for i in range(0, len(x), 64)])
+        out = torch.cat([vae.decode(vae.encode(x[i : i + 64]).latent_dist.mean).sample for i in range(0, len(x), 64)])
     return out.clamp(-1, 1).add(1).mul(127.5).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
 
 
 def vae_report(vae, n: int = 64) -> dict:
-    """Round-trip figures on pictures no VAE training saw: random saturated colours and held-out photo crops."""
-    from . import tiny_vae_data
+    """Round-trip figures on pictures no VAE training saw: random saturated colours, held-out photo crops, and
+    fresh pictures of the world (what the base itself draws must survive too)."""
+    from . import tiny_vae_data, tiny_world
 
     colours = tiny_vae_data.saturated_colours(n, seed=10_001)
     crops = tiny_vae_data.held_out_crops(n, seed=10_002)
-    colour_copies, crop_copies = vae_round_trip(vae, colours), vae_round_trip(vae, crops)
+    world = tiny_world.sample_world(n, seed=10_003)[0]
+    colour_copies = vae_round_trip(vae, colours)
     hue = tiny_eval.hue_errors_deg(colours, colour_copies)
-    return {"colours_mae": round(tiny_eval.mean_abs_error(colours, colour_copies), 2),
-            "colours_hue_error_max_deg": round(float(hue.max()), 1),
-            "colours_hue_error_mean_deg": round(float(hue.mean()), 1),
-            "held_out_photos_mae": round(tiny_eval.mean_abs_error(crops, crop_copies), 2)}
+    return {
+        "colours_mae": round(tiny_eval.mean_abs_error(colours, colour_copies), 2),
+        "colours_hue_error_max_deg": round(float(hue.max()), 1),
+        "colours_hue_error_mean_deg": round(float(hue.mean()), 1),
+        "held_out_photos_mae": round(tiny_eval.mean_abs_error(crops, vae_round_trip(vae, crops)), 2),
+        "world_mae": round(tiny_eval.mean_abs_error(world, vae_round_trip(vae, world)), 2),
+    }
 
 
 def write_report(grid_path: Path) -> dict:
@@ -77,15 +100,21 @@ def write_report(grid_path: Path) -> dict:
         sampling.sample(pipe, tiny_request("a red circle", s))
     sample_s = (time.perf_counter() - t0) / 5
 
-    report: dict = {"size_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 2),
-                    "load_s": round(load_s, 3), "sample_s_64px": round(sample_s, 3),
-                    "defaults": checkpoint.defaults.model_dump()}
+    report: dict = {
+        "size_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 2),
+        "load_s": round(load_s, 3),
+        "sample_s_64px": round(sample_s, 3),
+        "defaults": checkpoint.defaults.model_dump(),
+    }
     for guidance in sorted({checkpoint.defaults.guidance_scale, 7.5}):
         colours = colour_test(pipe, guidance_scale=guidance)
         shapes = shape_test(pipe, guidance_scale=guidance)
         report[f"guidance_{guidance}"] = {
-            "colour_score": sum(r.count(c) for c, r in colours.items()), "colours": colours,
-            "shape_score": sum(r.count(s) for s, r in shapes.items()), "shapes": shapes}
+            "colour_score": sum(r.count(c) for c, r in colours.items()),
+            "colours": colours,
+            "shape_score": sum(r.count(s) for s, r in shapes.items()),
+            "shapes": shapes,
+        }
     report["vae_round_trip"] = vae_report(pipe.vae)
     rows = [sampling.sample(pipe, tiny_request(p, 0, num_outputs=len(SEEDS))) for p in GRID_PROMPTS]
     grid_path.parent.mkdir(parents=True, exist_ok=True)

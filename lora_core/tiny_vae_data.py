@@ -11,16 +11,27 @@ those tests stay honest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from .tiny_world import SIZE
 
-TRAIN_PHOTOS = ("rocket", "colorwheel", "hubble_deep_field", "immunohistochemistry", "retina", "logo",
-                "stereo_motorcycle", "grace_hopper", "camera", "coins", "moon")
+TRAIN_PHOTOS = (
+    "rocket",
+    "colorwheel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "logo",
+    "stereo_motorcycle",
+    "grace_hopper",
+    "camera",
+    "coins",
+    "moon",
+)
 HELD_OUT_PHOTOS = ("astronaut", "chelsea", "coffee", "brick", "grass", "gravel")
 
 
@@ -30,8 +41,8 @@ def photo(name: str) -> np.ndarray:
     if name == "grace_hopper":
         import matplotlib.cbook
 
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            return np.asarray(Image.open(f).convert("RGB"))
+        path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        return np.asarray(Image.open(path).convert("RGB"))
     import skimage.data
 
     image = getattr(skimage.data, name)()
@@ -48,7 +59,7 @@ def photo_crop(rng: np.random.Generator, names: tuple[str, ...] = TRAIN_PHOTOS) 
     h, w = image.shape[:2]
     side = int(rng.uniform(0.125, 1.0) * min(h, w))
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    crop = Image.fromarray(image[y:y + side, x:x + side]).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    crop = Image.fromarray(image[y : y + side, x : x + side]).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
     out = np.asarray(crop)
     return out[:, ::-1].copy() if rng.random() < 0.5 else out
 
@@ -98,7 +109,7 @@ def dots(rng: np.random.Generator) -> np.ndarray:
 def disc(rng: np.random.Generator) -> np.ndarray:
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     cy, cx, r = rng.uniform(8, SIZE - 8, 2).tolist() + [rng.uniform(5, SIZE / 2)]
-    return _two(rng, (y - cy) ** 2 + (x - cx) ** 2 < r ** 2)
+    return _two(rng, (y - cy) ** 2 + (x - cx) ** 2 < r**2)
 
 
 def noise(rng: np.random.Generator) -> np.ndarray:
@@ -107,22 +118,35 @@ def noise(rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.fromarray(small).resize((SIZE, SIZE), Image.Resampling.BICUBIC), np.float32)
 
 
-SYNTHETIC: tuple[Callable[[np.random.Generator], np.ndarray], ...] = (flat, gradient, stripes, checks, dots, disc,
-                                                                      noise)
+SYNTHETIC: tuple[Callable[[np.random.Generator], np.ndarray], ...] = (
+    flat,
+    gradient,
+    stripes,
+    checks,
+    dots,
+    disc,
+    noise,
+)
 
 
-def colour_pictures(n: int, seed: int, photo_share: float = 0.4) -> np.ndarray:
-    """``n`` SIZE x SIZE RGB uint8 pictures: ``photo_share`` photo crops, the rest synthetic in random colours.
+PHOTO_CAPTION, SYNTHETIC_CAPTION = "a photograph", "a swatch"
+
+
+def colour_pictures(n: int, seed: int, photo_share: float = 0.4) -> tuple[np.ndarray, list[str]]:
+    """``n`` SIZE x SIZE RGB uint8 pictures, ``photo_share`` of them photo crops and the rest synthetic in random
+    colours, and their captions (words the world never uses, so its prompts keep their meaning).
     Same ``n`` and ``seed``, same pictures."""
     rng = np.random.default_rng(seed)
-    out = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    out, captions = np.empty((n, SIZE, SIZE, 3), np.uint8), []
     for i in range(n):
         if rng.random() < photo_share:
             out[i] = photo_crop(rng)
+            captions.append(PHOTO_CAPTION)
         else:
             picture = SYNTHETIC[rng.integers(len(SYNTHETIC))](rng)
             out[i] = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
-    return out
+            captions.append(SYNTHETIC_CAPTION)
+    return out, captions
 
 
 def held_out_crops(n: int, seed: int) -> np.ndarray:
