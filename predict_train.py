@@ -34,45 +34,72 @@ class Predictor(BaseRunner):
 
     def run(
         self,
-        instance_data: Path = Input(description="A .zip of 3-100 photos (jpg, png, webp) of your subject. Optional "
-                                                "caption files: a.txt beside a.jpg, using <1> for the subject."),
-        task: str = Input(default="face", choices=["face", "object", "style"],
-                          description="face: one person's face in every photo. object: an object or pet. "
-                                      "style: a visual style to transfer."),
-        base_model: str = Input(default="tiny", choices=BASE_MODELS,
-                                description="Base checkpoint the LoRA is trained for."),
-        seed: Optional[int] = Input(default=None, ge=0, le=MAX_SEED,
-                                    description="Random seed. Empty: random (recorded in the file and logs)."),
-        resolution: Optional[int] = Input(default=None, ge=32, le=1024,
-                                          description="Training size in pixels. Empty: the base's native size."),
-        max_train_steps: Optional[int] = Input(default=None, ge=1, le=20000,
-                                               description="Expert: training steps. Empty: the task's preset."),
-        learning_rate: Optional[float] = Input(default=None, ge=0, le=0.1,
-                                               description="Expert: UNet LoRA learning rate."),
-        learning_rate_text: Optional[float] = Input(default=None, ge=0, le=0.1,
-                                                    description="Expert: text-encoder LoRA learning rate."),
-        learning_rate_embeddings: Optional[float] = Input(default=None, ge=0, le=0.1,
-                                                          description="Expert: learning rate of the new tokens."),
+        instance_data: Path = Input(
+            description="A .zip of 3-100 photos (jpg, png, webp) of your subject. Optional "
+            "caption files: a.txt beside a.jpg, using <1> for the subject."
+        ),
+        task: str = Input(
+            default="face",
+            choices=["face", "object", "style"],
+            description="face: one person's face in every photo. object: an object or pet. "
+            "style: a visual style to transfer.",
+        ),
+        base_model: str = Input(
+            default="tiny", choices=BASE_MODELS, description="Base checkpoint the LoRA is trained for."
+        ),
+        seed: Optional[int] = Input(
+            default=None, ge=0, le=MAX_SEED, description="Random seed. Empty: random (recorded in the file and logs)."
+        ),
+        resolution: Optional[int] = Input(
+            default=None, ge=32, le=1024, description="Training size in pixels. Empty: the base's native size."
+        ),
+        max_train_steps: Optional[int] = Input(
+            default=None, ge=1, le=20000, description="Expert: training steps. Empty: the task's preset."
+        ),
+        learning_rate: Optional[float] = Input(
+            default=None, ge=0, le=0.1, description="Expert: UNet LoRA learning rate."
+        ),
+        learning_rate_text: Optional[float] = Input(
+            default=None, ge=0, le=0.1, description="Expert: text-encoder LoRA learning rate."
+        ),
+        learning_rate_embeddings: Optional[float] = Input(
+            default=None, ge=0, le=0.1, description="Expert: learning rate of the new tokens."
+        ),
         lora_rank: Optional[int] = Input(default=None, ge=1, le=128, description="Expert: LoRA rank."),
-        train_text_encoder: Optional[bool] = Input(default=None,
-                                                   description="Expert: also train a text-encoder LoRA."),
-        caption_prefix: Optional[str] = Input(default=None, max_length=200,
-                                              description="Expert: caption for every photo, with <1> for the "
-                                                          "subject, e.g. 'a photo of <1> in a garden'."),
+        train_text_encoder: Optional[bool] = Input(default=None, description="Expert: also train a text-encoder LoRA."),
+        caption_prefix: Optional[str] = Input(
+            default=None,
+            max_length=200,
+            description="Expert: caption for every photo, with <1> for the subject, e.g. 'a photo of <1> in a garden'.",
+        ),
     ) -> Output:
         try:
             request = training_job.TrainingRequest(
-                task=task, base_model=base_model, seed=seed, resolution=resolution, max_train_steps=max_train_steps,
-                learning_rate=learning_rate, learning_rate_text=learning_rate_text,
-                learning_rate_embeddings=learning_rate_embeddings, lora_rank=lora_rank,
-                train_text_encoder=train_text_encoder, caption_prefix=caption_prefix)
+                task=task,
+                base_model=base_model,
+                seed=seed,
+                resolution=resolution,
+                max_train_steps=max_train_steps,
+                learning_rate=learning_rate,
+                learning_rate_text=learning_rate_text,
+                learning_rate_embeddings=learning_rate_embeddings,
+                lora_rank=lora_rank,
+                train_text_encoder=train_text_encoder,
+                caption_prefix=caption_prefix,
+            )
         except ValidationError as e:  # e.g. a resolution that is not a multiple of 8: one line, not pydantic's page
             raise sampling.SettingsError.of(e) from None
         pipe = self.bases.get(base_model)
         out_dir = Path(self.outputs.new())
         try:
-            result = training_job.run_training(pipe, self.bases.base_hash, Path(instance_data), request, out_dir,
-                                               log=lambda line: print(line, flush=True))
+            result = training_job.run_training(
+                pipe,
+                self.bases.base_hash,
+                Path(instance_data),
+                request,
+                out_dir,
+                log=lambda line: print(line, flush=True),
+            )
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed training leaves nothing behind
             raise

@@ -14,7 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its per-load reports drown the table
 
-from bench import load, lora_file, lora_swap, plot, results, sampling_batch, service_api, training_step  # noqa: E402
+from bench import load, lora_file, lora_swap, plot, results, sampling_batch, service_api, training_step
 
 SUITES = {
     "training": lambda quick: training_step.measure(steps=30 if quick else 150),

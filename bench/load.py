@@ -33,8 +33,13 @@ from bench.results import Metric
 
 GENERATE, TRAIN = "lora-studio/lora", "lora-studio/lora-training"
 FINAL = ("succeeded", "failed", "canceled")
-PROMPTS = ["a red circle", "a blue square on a white background", "a photo of a green star",
-           "a yellow triangle on a black background", "a purple circle"]
+PROMPTS = [
+    "a red circle",
+    "a blue square on a white background",
+    "a photo of a green star",
+    "a yellow triangle on a black background",
+    "a purple circle",
+]
 
 
 @dataclass
@@ -66,8 +71,13 @@ class LoadReport:
     def lost(self) -> int:
         """Made but not listed + listed more than once + listed but never made + not final at the end."""
         made, listed = set(self.created), self.listed
-        return (len(made - set(listed)) + (len(listed) - len(set(listed))) + len(set(listed) - made)
-                + sum(o.status not in FINAL for o in self.outcomes) + (len(self.created) - len(made)))
+        return (
+            len(made - set(listed))
+            + (len(listed) - len(set(listed)))
+            + len(set(listed) - made)
+            + sum(o.status not in FINAL for o in self.outcomes)
+            + (len(self.created) - len(made))
+        )
 
     def latency(self, q: float) -> float:
         return _quantile([o.seconds for o in self.generations], q)
@@ -106,8 +116,18 @@ def training_zip(images: int = 5) -> bytes:
     return buf.getvalue()
 
 
-def run(base_url: str, token: str, *, generations: int = 50, clients: int = 10, trainings: int = 2,
-        steps: int = 4, size: int = 64, train_steps: int = 30, timeout_s: float = 600) -> LoadReport:
+def run(
+    base_url: str,
+    token: str,
+    *,
+    generations: int = 50,
+    clients: int = 10,
+    trainings: int = 2,
+    steps: int = 4,
+    size: int = 64,
+    train_steps: int = 30,
+    timeout_s: float = 600,
+) -> LoadReport:
     """Run the load against a service already up; ``token``'s owner should have no other predictions."""
     auth = {"Authorization": f"Bearer {token}"}
     local = threading.local()
@@ -122,8 +142,12 @@ def run(base_url: str, token: str, *, generations: int = 50, clients: int = 10, 
 
     def one(model: str, kind: str, input: dict, **body) -> Outcome:
         started = time.monotonic()
-        r = session().post(f"{base_url}/v1/models/{model}/predictions", json={"input": input, **body},
-                           headers={"Prefer": "wait=60"}, timeout=90)
+        r = session().post(
+            f"{base_url}/v1/models/{model}/predictions",
+            json={"input": input, **body},
+            headers={"Prefer": "wait=60"},
+            timeout=90,
+        )
         r.raise_for_status()
         prediction = r.json()
         with guard:
@@ -134,8 +158,9 @@ def run(base_url: str, token: str, *, generations: int = 50, clients: int = 10, 
         output = prediction["output"]
         outputs = output if isinstance(output, list) else sorted((output or {}).values())
         now = time.monotonic()
-        return Outcome(prediction["id"], kind, prediction["status"], now - started, outputs, prediction["error"],
-                       now - run_started)
+        return Outcome(
+            prediction["id"], kind, prediction["status"], now - started, outputs, prediction["error"], now - run_started
+        )
 
     zip_uri = "data:application/zip;base64," + base64.b64encode(training_zip()).decode()
     busy, health_ms, health_failures = threading.Event(), [], [0]
@@ -159,15 +184,34 @@ def run(base_url: str, token: str, *, generations: int = 50, clients: int = 10, 
     run_started = time.monotonic()
     watcher.start()
     try:
-        with ThreadPoolExecutor(trainings or 1, thread_name_prefix="train") as train_pool, \
-                ThreadPoolExecutor(clients, thread_name_prefix="client") as clients_pool:
-            training_jobs = [train_pool.submit(one, TRAIN, "training",
-                                               {"instance_data": zip_uri, "task": "object", "seed": i,
-                                                "max_train_steps": train_steps}) for i in range(trainings)]
-            generation_jobs = [clients_pool.submit(one, GENERATE, "generation",
-                                                   {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i,
-                                                    "num_inference_steps": steps, "width": size, "height": size})
-                               for i in range(generations)]
+        with (
+            ThreadPoolExecutor(trainings or 1, thread_name_prefix="train") as train_pool,
+            ThreadPoolExecutor(clients, thread_name_prefix="client") as clients_pool,
+        ):
+            training_jobs = [
+                train_pool.submit(
+                    one,
+                    TRAIN,
+                    "training",
+                    {"instance_data": zip_uri, "task": "object", "seed": i, "max_train_steps": train_steps},
+                )
+                for i in range(trainings)
+            ]
+            generation_jobs = [
+                clients_pool.submit(
+                    one,
+                    GENERATE,
+                    "generation",
+                    {
+                        "prompt": PROMPTS[i % len(PROMPTS)],
+                        "seed": i,
+                        "num_inference_steps": steps,
+                        "width": size,
+                        "height": size,
+                    },
+                )
+                for i in range(generations)
+            ]
             generation_outcomes = [j.result() for j in generation_jobs]
             training_outcomes = [j.result() for j in training_jobs]
     finally:
@@ -187,19 +231,44 @@ def metrics(report: LoadReport) -> list[Metric]:
     failed = sum(o.status != "succeeded" for o in report.outcomes)
     counts = f"{len(gens)} generations from concurrent clients + {len(trains)} trainings, one worker per model"
     return [
-        Metric("load_generation_p50_s", report.latency(0.5), "s", goal="record",
-               note=f"{counts}; client-side latency, queueing included"),
+        Metric(
+            "load_generation_p50_s",
+            report.latency(0.5),
+            "s",
+            goal="record",
+            note=f"{counts}; client-side latency, queueing included",
+        ),
         Metric("load_generation_p95_s", report.latency(0.95), "s", goal="record", note=counts),
-        Metric("load_throughput_per_s", report.throughput, "/s", goal="record",
-               note=f"{len(gens)} generations in {report.generations_s:.1f} s (first request to the last one "
-                    f"final), trainings running beside them"),
-        Metric("load_training_s", max((o.seconds for o in trains), default=0.0), "s", goal="record",
-               note="the slower training, sharing the machine with the generations"),
-        Metric("load_health_p95_ms", report.health_p95_ms, "ms", limit=100.0,
-               note=f"GET /health every 50 ms while busy: {len(report.health_ms)} answers, "
-                    f"median {statistics.median(report.health_ms):.1f} ms, {report.health_failures} failed"),
-        Metric("load_lost", float(report.lost + failed), "", limit=0.0,
-               note="predictions lost, duplicated, not final or not succeeded"),
+        Metric(
+            "load_throughput_per_s",
+            report.throughput,
+            "/s",
+            goal="record",
+            note=f"{len(gens)} generations in {report.generations_s:.1f} s (first request to the last one "
+            f"final), trainings running beside them",
+        ),
+        Metric(
+            "load_training_s",
+            max((o.seconds for o in trains), default=0.0),
+            "s",
+            goal="record",
+            note="the slower training, sharing the machine with the generations",
+        ),
+        Metric(
+            "load_health_p95_ms",
+            report.health_p95_ms,
+            "ms",
+            limit=100.0,
+            note=f"GET /health every 50 ms while busy: {len(report.health_ms)} answers, "
+            f"median {statistics.median(report.health_ms):.1f} ms, {report.health_failures} failed",
+        ),
+        Metric(
+            "load_lost",
+            float(report.lost + failed),
+            "",
+            limit=0.0,
+            note="predictions lost, duplicated, not final or not succeeded",
+        ),
     ]
 
 
@@ -210,9 +279,14 @@ def measure(quick: bool) -> list[Metric]:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         data, port = Path(tmp), _free_port()
         token = _token(data)
-        proc = subprocess.Popen([sys.executable, "-m", "lora_core.cli", "serve", "--port", str(port), "--log-level",
-                                 "warning"], cwd=ROOT, env=_env({"LORA_STUDIO_DATA_DIR": str(data)}),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT,
+            env=_env({"LORA_STUDIO_DATA_DIR": str(data)}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_until(lambda: _workers_ready(base), 180, "service workers")

@@ -34,6 +34,7 @@ RANK = 8
 
 # --- fixtures: an SD-1.5-sized pipeline and LoRA files ---------------------------------------------------------
 
+
 def sd15_sized_pipeline(dtype=torch.float16):
     """SD 1.5's UNet, text encoder and VAE shapes with random weights, saved once and memory-mapped after."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -42,21 +43,43 @@ def sd15_sized_pipeline(dtype=torch.float16):
     if not (SD15_DIR / "model_index.json").exists():
         torch.manual_seed(0)
         unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, sample_size=512,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=2)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                            num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                            hidden_act="quick_gelu", projection_dim=768))
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            latent_channels=4,
+            sample_size=512,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+        )
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                projection_dim=768,
+            )
+        )
         tiny = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tiny.tokenizer, unet=unet,
-                                       scheduler=PNDMScheduler.from_config(tiny.scheduler.config), safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False).to(dtype=dtype)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text,
+            tokenizer=tiny.tokenizer,
+            unet=unet,
+            scheduler=PNDMScheduler.from_config(tiny.scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        ).to(dtype=dtype)
         pipe.save_pretrained(SD15_DIR, safe_serialization=True)
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(SD15_DIR, dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        SD15_DIR, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -75,8 +98,11 @@ def write_random_loras(pipe, folder: Path, count: int = 4) -> list[Path]:
                 tensors[f"{path}.lora_A.weight"] = torch.randn(RANK, shape[1], generator=gen).half() * 0.01
                 tensors[f"{path}.lora_B.weight"] = torch.randn(shape[0], RANK, generator=gen).half() * 0.01
         tensors[lora_file.EMBEDDINGS_KEY] = torch.randn(2, hidden, generator=gen).half()
-        meta = {"lora_studio.tokens": json.dumps(["<s0>", "<s1>"]), "lora_studio.init_word": "object",
-                "lora_studio.base_family": "sd-1"}
+        meta = {
+            "lora_studio.tokens": json.dumps(["<s0>", "<s1>"]),
+            "lora_studio.init_word": "object",
+            "lora_studio.base_family": "sd-1",
+        }
         paths.append(lora_file.write_lora(folder / f"lora{n}.safetensors", tensors, meta))
     return paths
 
@@ -100,11 +126,13 @@ def serve(folder: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
 
 
 def fetcher_for(cache_dir: Path) -> fetch.Fetcher:
-    return fetch.Fetcher(fetch.FetchPolicy(cache_dir=cache_dir, allowed_private_hosts=("127.0.0.1",)),
-                         log=lambda _: None)
+    return fetch.Fetcher(
+        fetch.FetchPolicy(cache_dir=cache_dir, allowed_private_hosts=("127.0.0.1",)), log=lambda _: None
+    )
 
 
 # --- (a) swap ---------------------------------------------------------------------------------------------------
+
 
 def _median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
@@ -135,10 +163,16 @@ def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) ->
             bound = []
             for url in pair:
                 fetched = fetcher.fetch(url)
-                bound.append(cache.get(fetched.sha256, "bench",
-                                       lambda: adapters.bind(pipe, *lora_file.read_lora(fetched.path))))
+                bound.append(
+                    cache.get(
+                        fetched.sha256,
+                        "bench",
+                        lambda fetched=fetched: adapters.bind(pipe, *lora_file.read_lora(fetched.path)),
+                    )
+                )
             state["context"] = patching.applied(pipe, bound, scales)
             state["context"].__enter__()
+
         return swap
 
     def close():
@@ -168,8 +202,10 @@ def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) ->
 
 # --- (b) patch cost vs sampling, (c) cached URL ----------------------------------------------------------------
 
+
 def patch_and_sample_seconds(pipe, bound: list[adapters.Adapter], repeats: int) -> tuple[float, float, float]:
     """(enter+leave ``applied`` with 2 LoRAs, one 25-step sampling without, the same with them)."""
+
     def patch():
         with patching.applied(pipe, bound, [0.5, 0.5]):
             pass
@@ -184,8 +220,11 @@ def patch_and_sample_seconds(pipe, bound: list[adapters.Adapter], repeats: int) 
         with patching.applied(pipe, bound, [0.5, 0.5]):
             sampling.sample(pipe, request)
 
-    return (_median_seconds(patch, repeats * 10), _median_seconds(sample, repeats),
-            _median_seconds(sample_with, repeats))
+    return (
+        _median_seconds(patch, repeats * 10),
+        _median_seconds(sample, repeats),
+        _median_seconds(sample_with, repeats),
+    )
 
 
 def cached_resolve(fetcher: fetch.Fetcher, url: str, repeats: int) -> tuple[float, int, int]:
@@ -203,6 +242,7 @@ def cached_resolve(fetcher: fetch.Fetcher, url: str, repeats: int) -> tuple[floa
 
 
 # --- (d) peak RSS, each case in a fresh process -----------------------------------------------------------------
+
 
 def _peak_rss_mb(base: str, lora_paths: list[str]) -> float:
     """Peak RSS (MB) of generating in a fresh process, counted from after the base is loaded: loading an fp16
@@ -234,8 +274,8 @@ print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path('/proc/self/status').read_text(
 
 def measure(repeats: int) -> list[Metric]:
     metrics: list[Metric] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         cases = {"tiny": checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))}
         cases["tiny"].set_progress_bar_config(disable=True)
         cases["sd15"] = sd15_sized_pipeline()
@@ -248,35 +288,81 @@ def measure(repeats: int) -> list[Metric]:
             urls = [f"{root}/lora{n}.safetensors" for n in range(4)]
             s = swap_seconds(pipe, fetcher, urls, repeats)
             size_mb = (folder / "lora0.safetensors").stat().st_size / 1e6
-            what = (f"pair -> pair of {size_mb:.1f} MB fp16 r{RANK} LoRAs (with token vectors) in the file cache; "
-                    "baseline: diffusers unload_lora_weights + load_lora_weights x2 + set_adapters")
+            what = (
+                f"pair -> pair of {size_mb:.1f} MB fp16 r{RANK} LoRAs (with token vectors) in the file cache; "
+                "baseline: diffusers unload_lora_weights + load_lora_weights x2 + set_adapters"
+            )
             if name == "sd15":  # the headline figures: a real-sized model
-                metrics.append(Metric("lora_swap_vs_diffusers", s["cold"] / s["diffusers"], "x",
-                                      baseline=s["diffusers"] * 1e3, ratio=s["cold"] / s["diffusers"], limit=0.25,
-                                      note=f"SD-1.5-sized pipeline (random weights, fp16): {what}; ours reads and "
-                                           "binds the files each time"))
-                metrics.append(Metric("lora_swap_ms_sd15", s["cold"] * 1e3, "ms", baseline=s["diffusers"] * 1e3,
-                                      ratio=s["cold"] / s["diffusers"], limit=50.0, note="the same swap, in ms"))
+                metrics.append(
+                    Metric(
+                        "lora_swap_vs_diffusers",
+                        s["cold"] / s["diffusers"],
+                        "x",
+                        baseline=s["diffusers"] * 1e3,
+                        ratio=s["cold"] / s["diffusers"],
+                        limit=0.25,
+                        note=f"SD-1.5-sized pipeline (random weights, fp16): {what}; ours reads and "
+                        "binds the files each time",
+                    )
+                )
+                metrics.append(
+                    Metric(
+                        "lora_swap_ms_sd15",
+                        s["cold"] * 1e3,
+                        "ms",
+                        baseline=s["diffusers"] * 1e3,
+                        ratio=s["cold"] / s["diffusers"],
+                        limit=50.0,
+                        note="the same swap, in ms",
+                    )
+                )
             for mode in ("cold", "warm"):
-                metrics.append(Metric(
-                    f"swap_{mode}_{name}_ms", s[mode] * 1e3, "ms", baseline=s["diffusers"] * 1e3,
-                    ratio=s[mode] / s["diffusers"],
-                    note=f"{name}: {what}; {'read + bind each time' if mode == 'cold' else 'adapters already bound'}"))
+                metrics.append(
+                    Metric(
+                        f"swap_{mode}_{name}_ms",
+                        s[mode] * 1e3,
+                        "ms",
+                        baseline=s["diffusers"] * 1e3,
+                        ratio=s[mode] / s["diffusers"],
+                        note=f"{name}: {what}; "
+                        + ("read + bind each time" if mode == "cold" else "adapters already bound"),
+                    )
+                )
             if name == "tiny":
                 bound = [adapters.bind(pipe, *lora_file.read_lora(fetcher.fetch(u).path)) for u in urls[:2]]
                 patch_s, sample_s, sample_with_s = patch_and_sample_seconds(pipe, bound, max(3, repeats // 4))
                 fraction = patch_s / sample_s
-                metrics.append(Metric("patch_overhead_fraction", fraction, "x", baseline=sample_s * 1e3,
-                                      ratio=fraction, limit=0.05,
-                                      note=f"patch+unpatch 2 LoRAs {patch_s * 1e3:.2f} ms vs one 25-step 64px "
-                                           f"sampling {sample_s * 1e3:.0f} ms, tiny base"))
+                metrics.append(
+                    Metric(
+                        "patch_overhead_fraction",
+                        fraction,
+                        "x",
+                        baseline=sample_s * 1e3,
+                        ratio=fraction,
+                        limit=0.05,
+                        note=f"patch+unpatch 2 LoRAs {patch_s * 1e3:.2f} ms vs one 25-step 64px "
+                        f"sampling {sample_s * 1e3:.0f} ms, tiny base",
+                    )
+                )
                 overhead = sample_with_s / sample_s
-                metrics.append(Metric("sampling_with_2_loras", overhead, "x", baseline=sample_s * 1e3,
-                                      ratio=overhead, note="25-step sampling with 2 LoRAs applied / without, tiny"))
+                metrics.append(
+                    Metric(
+                        "sampling_with_2_loras",
+                        overhead,
+                        "x",
+                        baseline=sample_s * 1e3,
+                        ratio=overhead,
+                        note="25-step sampling with 2 LoRAs applied / without, tiny",
+                    )
+                )
                 seconds, downloaded, requests = cached_resolve(fetcher, urls[0], repeats * 10)
-                metric = Metric("cached_fetch_ms", seconds * 1e3, "ms", limit=10.0,
-                                note=f"resolving a cached lora_url: {downloaded} bytes downloaded, "
-                                     f"{requests} HTTP requests")
+                metric = Metric(
+                    "cached_fetch_ms",
+                    seconds * 1e3,
+                    "ms",
+                    limit=10.0,
+                    note=f"resolving a cached lora_url: {downloaded} bytes downloaded, {requests} HTTP requests",
+                )
                 metric.met = metric.met and downloaded == 0 and requests == 0
                 metric.goal += ", 0 bytes"
                 metrics.append(metric)
@@ -285,12 +371,25 @@ def measure(repeats: int) -> list[Metric]:
         for name in ("sd15", "tiny"):
             paths = sorted(str(p) for p in (tmp / name).glob("lora[01].safetensors"))
             base_mb, with_mb = _peak_rss_mb(name, []), _peak_rss_mb(name, paths)
-            note = (f"peak RSS of a fresh process generating 2 images with 2 LoRAs ({with_mb:.0f} MB) vs the base "
-                    f"alone ({base_mb:.0f} MB)")
+            note = (
+                f"peak RSS of a fresh process generating 2 images with 2 LoRAs ({with_mb:.0f} MB) vs the base "
+                f"alone ({base_mb:.0f} MB)"
+            )
             if name == "sd15":
-                metrics.append(Metric("peak_rss_ratio", with_mb / base_mb, "x", baseline=base_mb,
-                                      ratio=with_mb / base_mb, limit=1.3,
-                                      note=note + ", SD-1.5-sized pipeline (fp32, 64px, 2 steps)"))
-            metrics.append(Metric(f"generate_peak_rss_{name}_mb", with_mb, "MB", baseline=base_mb,
-                                  ratio=with_mb / base_mb, note=note))
+                metrics.append(
+                    Metric(
+                        "peak_rss_ratio",
+                        with_mb / base_mb,
+                        "x",
+                        baseline=base_mb,
+                        ratio=with_mb / base_mb,
+                        limit=1.3,
+                        note=note + ", SD-1.5-sized pipeline (fp32, 64px, 2 steps)",
+                    )
+                )
+            metrics.append(
+                Metric(
+                    f"generate_peak_rss_{name}_mb", with_mb, "MB", baseline=base_mb, ratio=with_mb / base_mb, note=note
+                )
+            )
     return metrics

@@ -18,7 +18,7 @@ def write(doc: dict, path: Path) -> Path:
     cols = 4
     rows = max(1, math.ceil(len(shown) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax, m in zip(axes.flat, shown):
+    for ax, m in zip(axes.flat, shown, strict=False):
         limit = m.get("limit")
         colour = "#9aa5b1" if limit is None else ("#2f9e44" if m["met"] else "#e03131")
         bars = [("ours", m["value"], colour)]
@@ -32,15 +32,24 @@ def write(doc: dict, path: Path) -> Path:
         ax.set_title(m["name"], fontsize=9)
         ax.set_ylabel(m["unit"], fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.text(0.5, 0.95, f"{m['value']:.3g} {m['unit']}" + ("" if m["met"] is None else
-                                                              (" (met)" if m["met"] else " (NOT met)")),
-                transform=ax.transAxes, ha="center", va="top", fontsize=8)
+        ax.text(
+            0.5,
+            0.95,
+            f"{m['value']:.3g} {m['unit']}" + ("" if m["met"] is None else (" (met)" if m["met"] else " (NOT met)")),
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            fontsize=8,
+        )
         ax.set_ylim(0, max([b[1] for b in bars] + [limit or 0]) * 1.3 or 1)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     machine = doc["machine"]
-    fig.suptitle(f"LoRA Studio benchmarks ({doc['mode']}, {doc['date'][:10]}): {machine['cpu']}, "
-                 f"{machine['cores']} cores, {machine['memory_gb']} GB, GPU {machine['gpu'] or 'none'}", fontsize=9)
+    fig.suptitle(
+        f"LoRA Studio benchmarks ({doc['mode']}, {doc['date'][:10]}): {machine['cpu']}, "
+        f"{machine['cores']} cores, {machine['memory_gb']} GB, GPU {machine['gpu'] or 'none'}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -41,9 +41,15 @@ def machine() -> dict:
     import torch
 
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory_gb, 1), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_gb, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def write(path: Path, metrics: list[Metric], mode: str) -> dict:
@@ -54,11 +60,18 @@ def write(path: Path, metrics: list[Metric], mode: str) -> dict:
     for m in metrics:
         if not math.isfinite(m.value):
             raise ValueError(f"metric {m.name} is not finite: {m.value}")
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     entries = [{**asdict(m), "date": now, "mode": mode} for m in metrics]
-    doc = {"date": now, "mode": mode, "machine": machine(), "versions": {"diffusers": diffusers.__version__,
-                                                          "transformers": transformers.__version__,
-                                                          "peft": peft.__version__}}
+    doc = {
+        "date": now,
+        "mode": mode,
+        "machine": machine(),
+        "versions": {
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+    }
     if path.exists():  # a partial run (--only) keeps the other suites' figures measured on this same machine
         old = json.loads(path.read_text())
         if old.get("machine") == doc["machine"] and old.get("versions") == doc["versions"]:

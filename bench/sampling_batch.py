@@ -28,16 +28,32 @@ def measure(quick: bool) -> list[Metric]:
     tiny.set_progress_bar_config(disable=True)
     request = sampling.resolve_request(defaults, prompt="a photo of a red circle", seed=0, num_outputs=4)
     single, batched = _ratio(tiny, request, 3 if quick else 10)
-    metrics = [Metric("batch_vs_single", single / batched, "x", baseline=batched * 1e3, ratio=single / batched,
-                      note=f"tiny base, 4 outputs, 20 steps, 64 px: one pass per output {single * 1e3:.0f} ms vs "
-                           f"one batched pass {batched * 1e3:.0f} ms (baseline); the price of exact re-makes")]
+    metrics = [
+        Metric(
+            "batch_vs_single",
+            single / batched,
+            "x",
+            baseline=batched * 1e3,
+            ratio=single / batched,
+            note=f"tiny base, 4 outputs, 20 steps, 64 px: one pass per output {single * 1e3:.0f} ms vs "
+            f"one batched pass {batched * 1e3:.0f} ms (baseline); the price of exact re-makes",
+        )
+    ]
     del tiny
     sd15 = sd15_sized_pipeline(dtype=torch.float32)
-    request = sampling.resolve_request(defaults, prompt="a photo of a red circle", seed=0, num_outputs=2,
-                                       num_inference_steps=2)
+    request = sampling.resolve_request(
+        defaults, prompt="a photo of a red circle", seed=0, num_outputs=2, num_inference_steps=2
+    )
     single, batched = _ratio(sd15, request, 1 if quick else 3)
-    metrics.append(Metric("batch_vs_single_sd15", single / batched, "x", baseline=batched * 1e3,
-                          ratio=single / batched,
-                          note=f"SD-1.5-sized pipeline (random weights, fp32, CPU), 2 outputs, 2 steps, 64 px: "
-                               f"{single * 1e3:.0f} ms vs {batched * 1e3:.0f} ms batched (baseline)"))
+    metrics.append(
+        Metric(
+            "batch_vs_single_sd15",
+            single / batched,
+            "x",
+            baseline=batched * 1e3,
+            ratio=single / batched,
+            note=f"SD-1.5-sized pipeline (random weights, fp32, CPU), 2 outputs, 2 steps, 64 px: "
+            f"{single * 1e3:.0f} ms vs {batched * 1e3:.0f} ms batched (baseline)",
+        )
+    )
     return metrics

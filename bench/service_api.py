@@ -19,13 +19,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from bench.results import Metric
 
 ROOT = Path(__file__).resolve().parent.parent
-NOOP = {"prompt": "a red circle", "num_inference_steps": 1, "width": 16, "height": 16, "seed": 0}
+NOOP: dict[str, Any] = {"prompt": "a red circle", "num_inference_steps": 1, "width": 16, "height": 16, "seed": 0}
 
 
 def _free_port() -> int:
@@ -38,8 +39,12 @@ WORKER_TOKEN = "bench-worker-token"
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "LORA_STUDIO_WORKER_TOKEN": WORKER_TOKEN, **extra}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "LORA_STUDIO_WORKER_TOKEN": WORKER_TOKEN,
+        **extra,
+    }
 
 
 def _workers_ready(base: str) -> bool:
@@ -72,14 +77,25 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _start_service(data_dir: Path, port: int) -> subprocess.Popen:
     env = _env({"LORA_STUDIO_DATA_DIR": str(data_dir), "LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"})
-    return subprocess.Popen([sys.executable, "-m", "lora_core.cli", "serve", "--port", str(port), "--log-level",
-                             "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _token(data_dir: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "lora_core.cli", "token", "create", "--owner", "bench"], cwd=ROOT,
-                         env=_env({"LORA_STUDIO_DATA_DIR": str(data_dir)}), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lora_core.cli", "token", "create", "--owner", "bench"],
+        cwd=ROOT,
+        env=_env({"LORA_STUDIO_DATA_DIR": str(data_dir)}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -92,8 +108,12 @@ def cold_start_seconds(data_dir: Path) -> float:
     try:
         base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
         _wait_until(lambda: requests.get(f"{base}/health", timeout=1).ok, 120, "service")
-        body = requests.post(f"{base}/v1/models/lora-studio/lora/predictions", json={"input": NOOP},
-                             headers={**auth, "Prefer": "wait=60"}, timeout=90).json()
+        body = requests.post(
+            f"{base}/v1/models/lora-studio/lora/predictions",
+            json={"input": NOOP},
+            headers={**auth, "Prefer": "wait=60"},
+            timeout=90,
+        ).json()
         while body["status"] not in ("succeeded", "failed"):
             time.sleep(0.05)
             body = requests.get(body["urls"]["get"], headers=auth, timeout=10).json()
@@ -109,21 +129,31 @@ def api_overhead(data_dir: Path, rounds: int) -> tuple[float, float, float]:
     port, cog_port = _free_port(), _free_port()
     token = _token(data_dir)
     service = _start_service(data_dir, port)
-    cog = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=ROOT,
-                           env=_env({"PORT": str(cog_port), "COG_PREDICT_TYPE_STUB": "predict_generate.py:Predictor"}),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cog = subprocess.Popen(
+        [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+        cwd=ROOT,
+        env=_env({"PORT": str(cog_port), "COG_PREDICT_TYPE_STUB": "predict_generate.py:Predictor"}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         base, direct = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cog_port}"
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
         _wait_until(lambda: _workers_ready(base), 180, "service workers")
-        _wait_until(lambda: session.get(f"{direct}/health-check", timeout=1).json()["status"] == "READY", 180,
-                    "Cog server")
+        _wait_until(
+            lambda: session.get(f"{direct}/health-check", timeout=1).json()["status"] == "READY", 180, "Cog server"
+        )
 
         def via_api() -> float:
             start = time.perf_counter()
-            body = session.post(f"{base}/v1/models/lora-studio/lora/predictions", json={"input": NOOP},
-                                headers={"Prefer": "wait=60"}, timeout=90).json()
+            body = session.post(
+                f"{base}/v1/models/lora-studio/lora/predictions",
+                json={"input": NOOP},
+                headers={"Prefer": "wait=60"},
+                timeout=90,
+            ).json()
             assert body["status"] == "succeeded" and body["output"], body
             return time.perf_counter() - start
 
@@ -148,15 +178,27 @@ def api_overhead(data_dir: Path, rounds: int) -> tuple[float, float, float]:
 
 
 def measure(quick: bool) -> list[Metric]:
-    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp_name:
+        tmp = Path(tmp_name)
         cold = cold_start_seconds(tmp / "cold")
         api_ms, direct_ms, overhead_ms = api_overhead(tmp / "api", 10 if quick else 40)
     return [
-        Metric("api_overhead_ms", overhead_ms, "ms", baseline=direct_ms, ratio=api_ms / direct_ms, limit=20.0,
-               note=f"1-step 16px generation: API (Prefer: wait) {api_ms:.1f} ms vs straight to a Cog server "
-                    f"{direct_ms:.1f} ms; median of per-round differences"),
-        Metric("cold_start_s", cold, "s", goal="record; lower each time",
-               note="`lora-studio serve` spawned -> first tiny prediction returned (Cog worker start, predictor "
-                    "setup and base load included)"),
+        Metric(
+            "api_overhead_ms",
+            overhead_ms,
+            "ms",
+            baseline=direct_ms,
+            ratio=api_ms / direct_ms,
+            limit=20.0,
+            note=f"1-step 16px generation: API (Prefer: wait) {api_ms:.1f} ms vs straight to a Cog server "
+            f"{direct_ms:.1f} ms; median of per-round differences",
+        ),
+        Metric(
+            "cold_start_s",
+            cold,
+            "s",
+            goal="record; lower each time",
+            note="`lora-studio serve` spawned -> first tiny prediction returned (Cog worker start, predictor "
+            "setup and base load included)",
+        ),
     ]

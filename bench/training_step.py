@@ -22,9 +22,20 @@ def _examples(n: int = 10) -> list[preprocess.Example]:
 
 
 def _config(steps: int) -> training.TrainingConfig:
-    return training.TrainingConfig(steps=steps, batch_size=8, resolution=64, rank=8, learning_rate=1e-3,
-                                   learning_rate_text=5e-4, learning_rate_embeddings=1e-2, train_text_encoder=True,
-                                   train_resnets=True, tokens=("<s0>", "<s1>"), init_word="object", seed=0)
+    return training.TrainingConfig(
+        steps=steps,
+        batch_size=8,
+        resolution=64,
+        rank=8,
+        learning_rate=1e-3,
+        learning_rate_text=5e-4,
+        learning_rate_embeddings=1e-2,
+        train_text_encoder=True,
+        train_resnets=True,
+        tokens=("<s0>", "<s1>"),
+        init_word="object",
+        seed=0,
+    )
 
 
 def bare_peft_seconds_per_step(pipe, examples, cfg: training.TrainingConfig) -> float:
@@ -32,17 +43,34 @@ def bare_peft_seconds_per_step(pipe, examples, cfg: training.TrainingConfig) -> 
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    unet, text_encoder, tokenizer = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder), copy.deepcopy(pipe.tokenizer)
+    unet, text_encoder, tokenizer = (
+        copy.deepcopy(pipe.unet),
+        copy.deepcopy(pipe.text_encoder),
+        copy.deepcopy(pipe.tokenizer),
+    )
     tokenizer.add_tokens(list(cfg.tokens))
     text_encoder.resize_token_embeddings(len(tokenizer))
-    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
-                                target_modules=list(training.ATTENTION_TARGETS + training.RESNET_TARGETS)))
-    text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
-                                        target_modules=list(training.TEXT_TARGETS)))
+    unet.add_adapter(
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.rank,
+            init_lora_weights="gaussian",
+            target_modules=list(training.ATTENTION_TARGETS + training.RESNET_TARGETS),
+        )
+    )
+    text_encoder.add_adapter(
+        LoraConfig(
+            r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian", target_modules=list(training.TEXT_TARGETS)
+        )
+    )
     text_encoder.get_input_embeddings().weight.requires_grad_(True)
     latents, _ = training.encode_examples(pipe.vae, examples, 1.0)
-    ids = tokenizer([e.caption for e in examples] * 2, padding="max_length", max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        [e.caption for e in examples] * 2,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
     params = [p for p in itertools.chain(unet.parameters(), text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -77,8 +105,15 @@ def measure(steps: int) -> list[Metric]:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ratio = ours_s / bare_s
     return [
-        Metric("train_step_overhead", ratio, "x", baseline=bare_s * 1e3, ratio=ratio, limit=1.10,
-               note=f"ours {ours_s * 1e3:.1f} ms/step vs bare PEFT {bare_s * 1e3:.1f} ms/step, tiny base, batch 8"),
+        Metric(
+            "train_step_overhead",
+            ratio,
+            "x",
+            baseline=bare_s * 1e3,
+            ratio=ratio,
+            limit=1.10,
+            note=f"ours {ours_s * 1e3:.1f} ms/step vs bare PEFT {bare_s * 1e3:.1f} ms/step, tiny base, batch 8",
+        ),
         Metric("train_step_ms_tiny", ours_s * 1e3, "ms", baseline=bare_s * 1e3, ratio=ratio),
         Metric("train_peak_rss_mb", peak_mb, "MB", note="peak RSS of the benchmark process while training"),
     ]

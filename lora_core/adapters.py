@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -53,12 +53,20 @@ def module_table(pipe) -> ModuleTable:
 
 def describe_base(pipe, label: str) -> str:
     """``label`` with the sizes that decide which LoRAs fit."""
-    return (f"{label} (SD-1.x layout, UNet channels {tuple(pipe.unet.config.block_out_channels)}, "
-            f"text width {pipe.text_encoder.config.hidden_size})")
+    return (
+        f"{label} (SD-1.x layout, UNet channels {tuple(pipe.unet.config.block_out_channels)}, "
+        f"text width {pipe.text_encoder.config.hidden_size})"
+    )
 
 
-def bind(pipe, tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: str = "LoRA",
-         base_label: str = "this base", table: ModuleTable | None = None) -> Adapter:
+def bind(
+    pipe,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    name: str = "LoRA",
+    base_label: str = "this base",
+    table: ModuleTable | None = None,
+) -> Adapter:
     """An ``Adapter`` for ``pipe`` from a file's tensors; ``LoRAFileError`` (naming both bases) if it does not fit."""
     try:
         contents = read_contents(tensors, metadata, table or module_table(pipe))
@@ -67,23 +75,31 @@ def bind(pipe, tensors: dict[str, torch.Tensor], metadata: dict[str, str], name:
     except LayerMismatch as e:
         raise LoRAFileError(
             f"{name} does not fit this base model: it was made for {family_of(metadata)}"
-            f"{_made_on(metadata)}, and the base is {describe_base(pipe, base_label)}; {e}. Use it with a base of its own family."
+            f"{_made_on(metadata)}, and the base is {describe_base(pipe, base_label)}; {e}. "
+            "Use it with a base of its own family."
         ) from None
     hidden = pipe.text_encoder.get_input_embeddings().weight
     if contents.embeddings is not None and contents.embeddings.shape[-1] != hidden.shape[-1]:
-        raise LoRAFileError(f"{name} does not fit this base model: its token embeddings are "
-                            f"{contents.embeddings.shape[-1]} wide, the base's text encoder {hidden.shape[-1]}; it was "
-                            f"made for {family_of(metadata)}{_made_on(metadata)}.")
+        raise LoRAFileError(
+            f"{name} does not fit this base model: its token embeddings are "
+            f"{contents.embeddings.shape[-1]} wide, the base's text encoder {hidden.shape[-1]}; it was "
+            f"made for {family_of(metadata)}{_made_on(metadata)}."
+        )
     # diffusers' ``model.device``/``.dtype`` walk every module (~3 ms on SD-1.5's UNet): ask once per component
-    placement = {c: (w.device, w.dtype) for c in COMPONENTS
-                 for w in [next(getattr(pipe, c).parameters())]}
+    placement = {c: (w.device, w.dtype) for c in COMPONENTS for w in [next(getattr(pipe, c).parameters())]}
     layers = {}
     for path, layer in contents.layers.items():
         device, dtype = placement[path.split(".", 1)[0]]
         layers[path] = Layer(layer.down.to(device, dtype), layer.up.to(device, dtype), layer.alpha)
     embeddings = None if contents.embeddings is None else contents.embeddings.to(hidden.device, hidden.dtype)
-    return Adapter(layers, embeddings, metadata.get("lora_studio.init_word", ""),
-                   metadata.get("modelspec.trigger_phrase", "") if embeddings is None else "", name, contents.layout)
+    return Adapter(
+        layers,
+        embeddings,
+        metadata.get("lora_studio.init_word", ""),
+        metadata.get("modelspec.trigger_phrase", "") if embeddings is None else "",
+        name,
+        contents.layout,
+    )
 
 
 def _made_on(metadata: dict[str, str]) -> str:
@@ -98,7 +114,7 @@ class AdapterCache:
     """
 
     @classmethod
-    def from_env(cls) -> "AdapterCache":
+    def from_env(cls) -> AdapterCache:
         """LORA_STUDIO_ADAPTER_CACHE_MB bounds it (default 512)."""
         return cls(int(float(os.environ.get("LORA_STUDIO_ADAPTER_CACHE_MB", "512")) * 2**20))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,39 +43,96 @@ class Checkpoint(BaseModel):
     config: str | None = Field(None, description="single_file only: a local diffusers folder with the configs")
     source: str | None = Field(None, description="where `lora-studio weights fetch` gets it (hub id or URL)")
     defaults: SamplingDefaults
-    train_lr_scale: float = Field(1.0, description="multiplies the task presets' learning rates (tiny models need more)")
+    train_lr_scale: float = Field(
+        1.0, description="multiplies the task presets' learning rates (tiny models need more)"
+    )
     train_batch_size: int = 2
     train_resnets: bool = Field(False, description="LoRA on ResNet convolutions too (LoCon)")
     prior_images: int = Field(48, description="how many images the base draws for prior preservation")
     prior_prompts: tuple[str, ...] = Field(
-        ("a photo of a person", "a photo of a dog", "a landscape painting", "a city street at night",
-         "a bowl of fruit on a table", "a portrait of a woman", "a red car", "a watercolor of flowers"),
-        description="what the base draws before training is mixed into training, so other prompts keep it")
+        (
+            "a photo of a person",
+            "a photo of a dog",
+            "a landscape painting",
+            "a city street at night",
+            "a bowl of fruit on a table",
+            "a portrait of a woman",
+            "a red car",
+            "a watercolor of flowers",
+        ),
+        description="what the base draws before training is mixed into training, so other prompts keep it",
+    )
 
 
 _SD15 = SamplingDefaults(width=512, height=512, num_inference_steps=30, guidance_scale=7.5)
 
-REGISTRY: dict[str, Checkpoint] = {c.name: c for c in [
-    Checkpoint(name="tiny", description="Embedded tiny SD-1.x model of coloured shapes and patterns (CPU, 64x64)",
-               layout="diffusers", path="tiny-sd",
-               defaults=SamplingDefaults(width=64, height=64, num_inference_steps=20, guidance_scale=3.0),
-               train_lr_scale=10.0, train_batch_size=8, train_resnets=True, prior_images=96,
-               prior_prompts=("a red circle", "a blue square on a white background", "a green triangle",
-                              "a yellow star on a black background", "a photo of an orange circle",
-                              "a purple square on a gray background", "a red and white striped pattern",
-                              "a blue circle and a yellow triangle")),
-    Checkpoint(name="sd-1.5", description="Stable Diffusion 1.5", layout="diffusers", path="sd-1.5",
-               source="stable-diffusion-v1-5/stable-diffusion-v1-5", defaults=_SD15),
-    Checkpoint(name="realistic-vision-v1.3", description="Realistic Vision 1.3 (photographic SD-1.5 fine-tune)",
-               layout="single_file", path="realistic-vision-v1.3.safetensors", config="sd-1.5",
-               source="SG161222/Realistic_Vision_V1.3", defaults=_SD15),
-    Checkpoint(name="inkpunk", description="Inkpunk Diffusion (SD-1.5 fine-tune)", layout="diffusers",
-               path="inkpunk", source="Envvi/Inkpunk-Diffusion", defaults=_SD15),
-    Checkpoint(name="gta5", description="GTA5 Artwork Diffusion (SD-1.5 fine-tune)", layout="diffusers",
-               path="gta5", source="ItsJayQz/GTA5_Artwork_Diffusion", defaults=_SD15),
-    Checkpoint(name="vintedois", description="Vintedois Diffusion 0.1 (SD-1.5 fine-tune)", layout="diffusers",
-               path="vintedois", source="22h/vintedois-diffusion-v0-1", defaults=_SD15),
-]}
+REGISTRY: dict[str, Checkpoint] = {
+    c.name: c
+    for c in [
+        Checkpoint(
+            name="tiny",
+            description="Embedded tiny SD-1.x model of coloured shapes and patterns (CPU, 64x64)",
+            layout="diffusers",
+            path="tiny-sd",
+            defaults=SamplingDefaults(width=64, height=64, num_inference_steps=20, guidance_scale=3.0),
+            train_lr_scale=10.0,
+            train_batch_size=8,
+            train_resnets=True,
+            prior_images=96,
+            prior_prompts=(
+                "a red circle",
+                "a blue square on a white background",
+                "a green triangle",
+                "a yellow star on a black background",
+                "a photo of an orange circle",
+                "a purple square on a gray background",
+                "a red and white striped pattern",
+                "a blue circle and a yellow triangle",
+            ),
+        ),
+        Checkpoint(
+            name="sd-1.5",
+            description="Stable Diffusion 1.5",
+            layout="diffusers",
+            path="sd-1.5",
+            source="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="realistic-vision-v1.3",
+            description="Realistic Vision 1.3 (photographic SD-1.5 fine-tune)",
+            layout="single_file",
+            path="realistic-vision-v1.3.safetensors",
+            config="sd-1.5",
+            source="SG161222/Realistic_Vision_V1.3",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="inkpunk",
+            description="Inkpunk Diffusion (SD-1.5 fine-tune)",
+            layout="diffusers",
+            path="inkpunk",
+            source="Envvi/Inkpunk-Diffusion",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="gta5",
+            description="GTA5 Artwork Diffusion (SD-1.5 fine-tune)",
+            layout="diffusers",
+            path="gta5",
+            source="ItsJayQz/GTA5_Artwork_Diffusion",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="vintedois",
+            description="Vintedois Diffusion 0.1 (SD-1.5 fine-tune)",
+            layout="diffusers",
+            path="vintedois",
+            source="22h/vintedois-diffusion-v0-1",
+            defaults=_SD15,
+        ),
+    ]
+}
 DEFAULT_CHECKPOINT = "tiny"
 
 
@@ -93,8 +150,10 @@ def torch_device() -> str:
     if not wanted:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"LORA_STUDIO_DEVICE={wanted} but torch {torch.__version__} sees no CUDA GPU; run the "
-                              "container with GPUs (docker run --gpus all) or unset LORA_STUDIO_DEVICE.")
+        raise CheckpointError(
+            f"LORA_STUDIO_DEVICE={wanted} but torch {torch.__version__} sees no CUDA GPU; run the "
+            "container with GPUs (docker run --gpus all) or unset LORA_STUDIO_DEVICE."
+        )
     return wanted
 
 
@@ -108,8 +167,10 @@ def get_checkpoint(name: str) -> Checkpoint:
 def refuse_pickle(path: Path) -> None:
     """Pickled weights can run code when loaded: only safetensors are accepted."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path.name} is a pickle-based checkpoint, which can run code when loaded; "
-                              "convert it to .safetensors first.")
+        raise CheckpointError(
+            f"{path.name} is a pickle-based checkpoint, which can run code when loaded; "
+            "convert it to .safetensors first."
+        )
     if path.is_file():
         with path.open("rb") as f:
             head = f.read(2)
@@ -121,8 +182,10 @@ def resolve(checkpoint: Checkpoint, root: Path | None = None) -> tuple[Path, Pat
     """Local weights path (and config folder for single files), checked to exist and be safe."""
     root = root or weights_dir()
     path = root / checkpoint.path
-    fetch_hint = (f"put the weights of {checkpoint.source or checkpoint.name} there when building the image "
-                  "(predictions never download weights)")
+    fetch_hint = (
+        f"put the weights of {checkpoint.source or checkpoint.name} there when building the image "
+        "(predictions never download weights)"
+    )
     if not path.exists():
         raise CheckpointError(f"Weights for base model {checkpoint.name!r} are not installed at {path}; {fetch_hint}.")
     if checkpoint.layout == "single_file":
@@ -148,8 +211,7 @@ def load_pipeline(checkpoint: Checkpoint, root: Path | None = None, dtype=None):
     dtype = dtype or torch.float32
     common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     if config is not None:
-        return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
-                                                        **common)
+        return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True, **common)
     return StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, local_files_only=True, **common)
 
 
@@ -160,8 +222,11 @@ def weights_hash(checkpoint: Checkpoint, root: Path | None = None) -> str:
     import hashlib
 
     path, _ = resolve(checkpoint, root)
-    targets = [path] if path.is_file() else [f for part in ("unet", "text_encoder", "vae")
-                                             for f in sorted((path / part).glob("*.safetensors"))]
+    targets = (
+        [path]
+        if path.is_file()
+        else [f for part in ("unet", "text_encoder", "vae") for f in sorted((path / part).glob("*.safetensors"))]
+    )
     digest = hashlib.sha256()
     for target in targets:
         with target.open("rb") as f:
@@ -179,7 +244,7 @@ class WarmPipelineCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root
         self.name: str | None = None
-        self.pipeline = None
+        self.pipeline: Any = None  # a diffusers pipeline once loaded
         self.base_hash = ""
 
     def get(self, name: str):

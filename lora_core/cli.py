@@ -14,16 +14,33 @@ def _generate(args: argparse.Namespace) -> None:
     from . import adapters, checkpoints, fetch, generation_job, image_files
 
     # Local paths are this user's own files: allowed here (never on a server), given to the fetcher as file:// URLs.
-    urls = "|".join(u if "://" in u or u.startswith("data:") else Path(u).resolve().as_uri()
-                    for u in args.lora_urls.split("|") if u.strip())
-    fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env().model_copy(update={"allow_file_urls": True}),
-                            log=functools.partial(print, file=sys.stderr, flush=True))
+    urls = "|".join(
+        u if "://" in u or u.startswith("data:") else Path(u).resolve().as_uri()
+        for u in args.lora_urls.split("|")
+        if u.strip()
+    )
+    fetcher = fetch.Fetcher(
+        fetch.FetchPolicy.from_env().model_copy(update={"allow_file_urls": True}),
+        log=functools.partial(print, file=sys.stderr, flush=True),
+    )
     generation = generation_job.run_generation(
-        checkpoints.WarmPipelineCache(), fetcher, adapters.AdapterCache.from_env(), prompt=args.prompt,
-        lora_urls=urls, lora_scales=args.lora_scales, base_model=args.base_model,
-        negative_prompt=args.negative_prompt, scheduler=args.scheduler, num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale, width=args.width, height=args.height, num_outputs=args.num_outputs,
-        seed=args.seed, log=functools.partial(print, file=sys.stderr, flush=True))
+        checkpoints.WarmPipelineCache(),
+        fetcher,
+        adapters.AdapterCache.from_env(),
+        prompt=args.prompt,
+        lora_urls=urls,
+        lora_scales=args.lora_scales,
+        base_model=args.base_model,
+        negative_prompt=args.negative_prompt,
+        scheduler=args.scheduler,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        width=args.width,
+        height=args.height,
+        num_outputs=args.num_outputs,
+        seed=args.seed,
+        log=functools.partial(print, file=sys.stderr, flush=True),
+    )
     seed = generation.settings.seed
     paths = image_files.save_images(generation.images, Path(args.out), args.output_format, stem=f"seed{seed}")
     print(json.dumps({"settings": generation.settings.model_dump(), "outputs": [str(p) for p in paths]}, indent=1))
@@ -32,14 +49,19 @@ def _generate(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from . import checkpoints, training_job
 
-    request = training_job.TrainingRequest(task=args.task, base_model=args.base_model, seed=args.seed,
-                                           max_train_steps=args.steps)
+    request = training_job.TrainingRequest(
+        task=args.task, base_model=args.base_model, seed=args.seed, max_train_steps=args.steps
+    )
     cache = checkpoints.WarmPipelineCache()
     pipe = cache.get(args.base_model)
-    result = training_job.run_training(pipe, cache.base_hash, Path(args.zip), request, Path(args.out),
-                                       log=functools.partial(print, flush=True))
-    print(json.dumps({"lora": str(result.lora), "lora_a1111": str(result.lora_a1111),
-                      "scales_grid": str(result.grid)}, indent=1))
+    result = training_job.run_training(
+        pipe, cache.base_hash, Path(args.zip), request, Path(args.out), log=functools.partial(print, flush=True)
+    )
+    print(
+        json.dumps(
+            {"lora": str(result.lora), "lora_a1111": str(result.lora_a1111), "scales_grid": str(result.grid)}, indent=1
+        )
+    )
 
 
 def _build_tiny_base(args: argparse.Namespace) -> None:
@@ -90,11 +112,18 @@ def _tiny_report(args: argparse.Namespace) -> None:
 def _weights_fetch(args: argparse.Namespace) -> None:
     from .weights_fetch import FetchOptions, fetch_checkpoint
 
-    options = FetchOptions.from_env(endpoint=args.endpoint, revision=args.revision, variant=args.variant,
-                                    file=args.file, source=args.source, connections=args.connections,
-                                    split_above_bytes=int(args.split_above_mb * 2**20))
-    summary = fetch_checkpoint(args.name, options, Path(args.dest) if args.dest else None,
-                               log=functools.partial(print, flush=True))
+    options = FetchOptions.from_env(
+        endpoint=args.endpoint,
+        revision=args.revision,
+        variant=args.variant,
+        file=args.file,
+        source=args.source,
+        connections=args.connections,
+        split_above_bytes=int(args.split_above_mb * 2**20),
+    )
+    summary = fetch_checkpoint(
+        args.name, options, Path(args.dest) if args.dest else None, log=functools.partial(print, flush=True)
+    )
     print(summary.text(), flush=True)
 
 
@@ -114,8 +143,11 @@ def _serve(args: argparse.Namespace) -> None:
     from .service.config import ServiceConfig
 
     config = ServiceConfig.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
-    print(f"LoRA Studio on {config.public_url} (data in {config.data_dir}, database "
-          f"{config.database_url.split('://')[0]}, files {config.storage_url.split('://')[0]})", flush=True)
+    print(
+        f"LoRA Studio on {config.public_url} (data in {config.data_dir}, database "
+        f"{config.database_url.split('://')[0]}, files {config.storage_url.split('://')[0]})",
+        flush=True,
+    )
     server.run(create_app(config), config, args.log_level)
 
 
@@ -155,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lora-studio", description="LoRA training and generation on Cog.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="sample a base checkpoint, with LoRAs if given, into image files "
-                                        "(what predict_generate.py does)")
+    p = sub.add_parser(
+        "generate",
+        help="sample a base checkpoint, with LoRAs if given, into image files (what predict_generate.py does)",
+    )
     p.add_argument("--prompt", required=True, help="<1>, <2>... name the concepts of the 1st, 2nd... LoRA")
     p.add_argument("--lora-urls", default="", help="LoRA files (URLs or local paths), separated by '|'")
     p.add_argument("--lora-scales", default="0.5", help="one scale for all LoRAs or one per LoRA, separated by '|'")
@@ -198,14 +232,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/tiny-grid.png")
     p.set_defaults(func=_tiny_report)
 
-    p = sub.add_parser("schema", help="write .cog/openapi_schema.json for cog.yaml's predictors (coglet validates "
-                                      "inputs against it), as `cog build` would")
-    p.add_argument("--config", action="append", help="a Cog config (repeatable; default: cog.yaml and "
-                                                     "cog-train.yaml, whichever exist)")
-    p.add_argument("--out", help="where to write it (default: .cog/openapi_schema.json for cog.yaml, "
-                                 ".cog/openapi_schema-<stem>.json for others)")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file differs from what "
-                                                        "the predictors' signatures give (for CI)")
+    p = sub.add_parser(
+        "schema",
+        help="write .cog/openapi_schema.json for cog.yaml's predictors (coglet validates "
+        "inputs against it), as `cog build` would",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        help="a Cog config (repeatable; default: cog.yaml and cog-train.yaml, whichever exist)",
+    )
+    p.add_argument(
+        "--out",
+        help="where to write it (default: .cog/openapi_schema.json for cog.yaml, "
+        ".cog/openapi_schema-<stem>.json for others)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if the file differs from what the predictors' signatures give (for CI)",
+    )
     p.set_defaults(func=_schema)
 
     p = sub.add_parser("weights", help="base checkpoints in weights/ (fetched when the image is built)")

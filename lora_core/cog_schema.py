@@ -33,16 +33,16 @@ import tempfile
 import textwrap
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path, PurePath
 from types import ModuleType
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import cog
-from cog import _adt as adt
-from cog import _inspector
+from cog import _adt as adt, _inspector
 from cog.input import FieldInfo
 from cog.types import Secret
 
@@ -80,6 +80,7 @@ class RunnerInfo:
 # Reading a predictor (Go: GenerateInfo + the tree-sitter parser; here: the SDK's inspector)
 # ---------------------------------------------------------------------------------------------
 
+
 def predictor_info(ref: str, mode: Mode = "predict", root: Path | str | None = None) -> RunnerInfo:
     """Describe the predictor ``ref`` (``file.py:Name``, relative to the project ``root``).
 
@@ -101,17 +102,22 @@ def predictor_info(ref: str, mode: Mode = "predict", root: Path | str | None = N
         info = _inspector._create_predictor_info(module.__name__, name, fn, fn_name, is_method)
     syntax = _FunctionSyntax.of(fn)
     raw_defaults = _raw_defaults(fn, is_method)
-    inputs = tuple(_input_spec(field, raw, syntax) for field, raw in zip(info.inputs.values(), raw_defaults))
+    inputs = tuple(
+        _input_spec(field, raw, syntax) for field, raw in zip(info.inputs.values(), raw_defaults, strict=True)
+    )
     try:
         return_type = typing.get_type_hints(fn, include_extras=True).get("return")
-    except Exception:  # the SDK falls back to the raw annotations too
+    except Exception:  # noqa: BLE001 - the SDK falls back to the raw annotations too, whatever failed
         return_type = fn.__annotations__.get("return")
     streaming = syntax.decorated_with(cog.streaming)
     if streaming and info.output.kind not in (adt.OutputKind.ITERATOR, adt.OutputKind.CONCAT_ITERATOR):
-        raise ValueError(f"{ref}: @streaming requires Iterator[...], AsyncIterator[...], ConcatenateIterator[...] "
-                         "or AsyncConcatenateIterator[...] return type")
-    return RunnerInfo(mode=mode, inputs=inputs, output=_output_schema(info.output, return_type),
-                      supports_streaming=streaming)
+        raise ValueError(
+            f"{ref}: @streaming requires Iterator[...], AsyncIterator[...], ConcatenateIterator[...] "
+            "or AsyncConcatenateIterator[...] return type"
+        )
+    return RunnerInfo(
+        mode=mode, inputs=inputs, output=_output_schema(info.output, return_type), supports_streaming=streaming
+    )
 
 
 def _parse_ref(ref: str) -> tuple[str, str]:
@@ -132,7 +138,8 @@ def _import_file(root: Path, path: str) -> ModuleType:
         raise ValueError(f"failed to read predictor source {file}")
     name = file.stem
     loaded = sys.modules.get(name)
-    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == file:
+    loaded_file = getattr(loaded, "__file__", None)
+    if loaded is not None and loaded_file and Path(loaded_file).resolve() == file:
         return loaded  # already imported (e.g. by tests): re-executing would fork its classes
     spec = importlib.util.spec_from_file_location(name, file)
     assert spec is not None and spec.loader is not None
@@ -165,16 +172,18 @@ def _target_function(ref: str, target: Any, name: str, mode: Mode) -> tuple[Call
         return _inspector._unwrap(fn), fn_name, True
     train = getattr(target, "train", None)
     if not inspect.isfunction(train):
-        raise ValueError(f"{ref}: {name} has no train() method. Cog's train mode (`cog train`, POST /trainings) "
-                         f"calls {name}.train(), and Go's schema generator fails the same way "
-                         f"('{name}.train not found'); run() is only used for predictions")
+        raise ValueError(
+            f"{ref}: {name} has no train() method. Cog's train mode (`cog train`, POST /trainings) "
+            f"calls {name}.train(), and Go's schema generator fails the same way "
+            f"('{name}.train not found'); run() is only used for predictions"
+        )
     return _inspector._unwrap(train), "train", True
 
 
 def _raw_defaults(fn: Callable[..., Any], is_method: bool) -> list[Any]:
     """Each parameter's default as written (a FieldInfo, a plain value or ``Parameter.empty``)."""
     params = list(inspect.signature(fn).parameters.values())
-    return [p.default for p in params[1 if is_method else 0:]]
+    return [p.default for p in params[1 if is_method else 0 :]]
 
 
 @dataclass(frozen=True)
@@ -194,22 +203,29 @@ class _FunctionSyntax:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return cls(None, (), fn.__globals__)
         positional = node.args.posonlyargs + node.args.args
-        with_defaults = positional[len(positional) - len(node.args.defaults):]
-        names = frozenset(arg.arg for arg, default in zip(with_defaults, node.args.defaults)
-                          if _is_input_call(default) and not default.args
-                          and not any(k.arg == "default" for k in default.keywords))
+        with_defaults = positional[len(positional) - len(node.args.defaults) :]
+        names = frozenset(
+            arg.arg
+            for arg, default in zip(with_defaults, node.args.defaults, strict=True)
+            if isinstance(default, ast.Call)
+            and _is_input_call(default)
+            and not default.args
+            and not any(k.arg == "default" for k in default.keywords)
+        )
         return cls(names, tuple(node.decorator_list), fn.__globals__)
 
     def decorated_with(self, decorator: Any) -> bool:
         """Go's functionSupportsStreaming, resolved at runtime instead of through the imports."""
-        return any(_resolve(d.func if isinstance(d, ast.Call) else d, self.globals) is decorator
-                   for d in self.decorators)
+        return any(
+            _resolve(d.func if isinstance(d, ast.Call) else d, self.globals) is decorator for d in self.decorators
+        )
 
 
 def _is_input_call(node: ast.expr) -> bool:
     func = node.func if isinstance(node, ast.Call) else None
-    return (isinstance(func, ast.Name) and func.id == "Input") or \
-        (isinstance(func, ast.Attribute) and func.attr == "Input")
+    return (isinstance(func, ast.Name) and func.id == "Input") or (
+        isinstance(func, ast.Attribute) and func.attr == "Input"
+    )
 
 
 def _resolve(node: ast.expr, namespace: dict[str, Any]) -> Any:
@@ -327,8 +343,10 @@ def _reject_typed_dicts(tpe: Any, models: bool = True) -> None:
         return
     origin = typing.get_origin(tpe)
     if typing.is_typeddict(tpe) or (origin is dict and typing.get_args(tpe)):
-        raise ValueError(f"output type {tpe!r}: typed dict outputs (dict[K, V], TypedDict) are not ported; "
-                         "use a BaseModel, a bare dict or Annotated[..., cog.Opaque]")
+        raise ValueError(
+            f"output type {tpe!r}: typed dict outputs (dict[K, V], TypedDict) are not ported; "
+            "use a BaseModel, a bare dict or Annotated[..., cog.Opaque]"
+        )
     for arg in typing.get_args(tpe):
         _reject_typed_dicts(arg, models=False)
     if models and inspect.isclass(tpe) and (is_dataclass(tpe) or hasattr(tpe, "model_fields")):
@@ -344,6 +362,7 @@ def title_case(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # The OpenAPI document (Go: buildOpenAPISpec, buildInputSchema, post-processing, MergeSchemas)
 # ---------------------------------------------------------------------------------------------
+
 
 def _json_value(value: Any) -> Any:
     """A default or choice as Go's DefaultValue.ToJSON writes the literal."""
@@ -367,8 +386,12 @@ def _input_property(spec: InputSpec) -> tuple[dict[str, Any], dict[str, Any] | N
     enum = None
     if field.choices:  # allOf + $ref to a component named after the parameter, as Go does
         enum_type = _PRIMITIVES.get(ft.primitive, {}).get("type") or "string"
-        enum = {"title": field.name, "description": "An enumeration.",
-                "enum": [_json_value(c) for c in field.choices], "type": enum_type}
+        enum = {
+            "title": field.name,
+            "description": "An enumeration.",
+            "enum": [_json_value(c) for c in field.choices],
+            "type": enum_type,
+        }
         prop["allOf"] = [{"$ref": f"#/components/schemas/{field.name}"}]
     else:
         prop["title"] = title_case(field.name)
@@ -377,19 +400,30 @@ def _input_property(spec: InputSpec) -> tuple[dict[str, Any], dict[str, Any] | N
     # default=None on a non-nullable input means "none; made at run time" (a random seed), so it is
     # required and has no default; except a bare Secret, where it means "no credential" (Go's rule).
     nullable = ft.repetition in _OPTIONAL
-    if ft.primitive is adt.PrimitiveType.SECRET and ft.repetition is adt.Repetition.REQUIRED \
-            and spec.default_given and field.default is None:
+    if (
+        ft.primitive is adt.PrimitiveType.SECRET
+        and ft.repetition is adt.Repetition.REQUIRED
+        and spec.default_given
+        and field.default is None
+    ):
         nullable = True
     has_default = spec.default_given and not (field.default is None and not nullable)
-    required = not has_default and (ft.union_variants is not None
-                                    or ft.repetition in (adt.Repetition.REQUIRED, adt.Repetition.REPEATED))
+    required = not has_default and (
+        ft.union_variants is not None or ft.repetition in (adt.Repetition.REQUIRED, adt.Repetition.REPEATED)
+    )
     if has_default:
         prop["default"] = _json_value(field.default)
     if nullable:
         prop["nullable"] = True
-    for key, value in (("description", field.description), ("minimum", field.ge), ("maximum", field.le),
-                       ("minLength", field.min_length), ("maxLength", field.max_length),
-                       ("pattern", field.regex), ("x-cog-accept", spec.accept)):
+    for key, value in (
+        ("description", field.description),
+        ("minimum", field.ge),
+        ("maximum", field.le),
+        ("minLength", field.min_length),
+        ("maxLength", field.max_length),
+        ("pattern", field.regex),
+        ("x-cog-accept", spec.accept),
+    ):
         if value is not None:
             prop[key] = value
     if field.deprecated:
@@ -418,34 +452,64 @@ def _ok(schema: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def _validation_error() -> dict[str, Any]:
-    return {"description": "Validation Error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}
+    return {
+        "description": "Validation Error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+    }
 
 
 def _fixed_components() -> _Ordered:
     """Status and the validation error schemas, the same in every document."""
-    return _Ordered({
-        "Status": {"title": "Status", "description": "An enumeration.",
-                   "enum": ["starting", "processing", "succeeded", "canceled", "failed"], "type": "string"},
-        "HTTPValidationError": {"title": "HTTPValidationError", "type": "object", "properties": {
-            "detail": {"title": "Detail", "type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}}}},
-        "ValidationError": {"title": "ValidationError", "required": ["loc", "msg", "type"], "type": "object",
-                            "properties": {
-                                "loc": {"title": "Location", "type": "array",
-                                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
-                                "msg": {"title": "Message", "type": "string"},
-                                "type": {"title": "Error Type", "type": "string"}}},
-    })
+    return _Ordered(
+        {
+            "Status": {
+                "title": "Status",
+                "description": "An enumeration.",
+                "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
+                "type": "string",
+            },
+            "HTTPValidationError": {
+                "title": "HTTPValidationError",
+                "type": "object",
+                "properties": {
+                    "detail": {
+                        "title": "Detail",
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/ValidationError"},
+                    }
+                },
+            },
+            "ValidationError": {
+                "title": "ValidationError",
+                "required": ["loc", "msg", "type"],
+                "type": "object",
+                "properties": {
+                    "loc": {
+                        "title": "Location",
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    },
+                    "msg": {"title": "Message", "type": "string"},
+                    "type": {"title": "Error Type", "type": "string"},
+                },
+            },
+        }
+    )
 
 
 def _response_properties(input_ref: str, output_ref: str) -> dict[str, Any]:
     timestamp = {"type": "string", "format": "date-time"}
     return {
-        "input": {"$ref": input_ref}, "output": {"$ref": output_ref},
-        "id": {"title": "Id", "type": "string"}, "version": {"title": "Version", "type": "string"},
-        "created_at": {"title": "Created At", **timestamp}, "started_at": {"title": "Started At", **timestamp},
-        "completed_at": {"title": "Completed At", **timestamp}, "status": {"title": "Status", "type": "string"},
-        "error": {"title": "Error", "type": "string"}, "logs": {"title": "Logs", "type": "string"},
+        "input": {"$ref": input_ref},
+        "output": {"$ref": output_ref},
+        "id": {"title": "Id", "type": "string"},
+        "version": {"title": "Version", "type": "string"},
+        "created_at": {"title": "Created At", **timestamp},
+        "started_at": {"title": "Started At", **timestamp},
+        "completed_at": {"title": "Completed At", **timestamp},
+        "status": {"title": "Status", "type": "string"},
+        "error": {"title": "Error", "type": "string"},
+        "logs": {"title": "Logs", "type": "string"},
         "metrics": {"title": "Metrics", "type": "object"},
     }
 
@@ -461,14 +525,21 @@ def build_spec(info: RunnerInfo) -> dict[str, Any]:
     input_schema["title"] = input_key
     components = _Ordered({input_key: input_schema, output_key: copy.deepcopy(info.output)})
     components.update(enums)  # a choices input named like a fixed component is overwritten below, as in Go
-    components[f"{key}Request"] = {"title": f"{key}Request", "type": "object", "properties": {
-        "id": {"title": "Id", "type": "string"}, "input": {"$ref": input_ref}}}
-    components[f"{key}Response"] = {"title": f"{key}Response", "type": "object",
-                                    "properties": _response_properties(input_ref, output_ref)}
+    components[f"{key}Request"] = {
+        "title": f"{key}Request",
+        "type": "object",
+        "properties": {"id": {"title": "Id", "type": "string"}, "input": {"$ref": input_ref}},
+    }
+    components[f"{key}Response"] = {
+        "title": f"{key}Response",
+        "type": "object",
+        "properties": _response_properties(input_ref, output_ref),
+    }
     components.update(_fixed_components())
 
     operation: dict[str, Any] = {
-        "summary": verb, "description": f"Run a single {noun} on the model",
+        "summary": verb,
+        "description": f"Run a single {noun} on the model",
         "operationId": f"{verb.lower()}_{noun}s_post",
         "requestBody": {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{key}Request"}}}},
         "responses": {"200": _ok({"$ref": f"#/components/schemas/{key}Response"}), "422": _validation_error()},
@@ -476,19 +547,40 @@ def build_spec(info: RunnerInfo) -> dict[str, Any]:
     if not train and info.supports_streaming:
         operation["x-cog-streaming"] = True
     cancel_param = f"{noun}_id"
-    paths = _Ordered({
-        "/": {"get": {"summary": "Root", "operationId": "root__get", "responses": {"200": _ok()}}},
-        "/health-check": {"get": {"summary": "Healthcheck", "operationId": "healthcheck_health_check_get",
-                                  "responses": {"200": _ok()}}},
-        f"/{noun}s": {"post": operation},
-        f"/{noun}s/{{{cancel_param}}}/cancel": {"post": {
-            "summary": "Cancel", "operationId": f"cancel_{noun}s__{cancel_param}__cancel_post",
-            "parameters": [{"required": True, "schema": {"title": title_case(cancel_param), "type": "string"},
-                            "name": cancel_param, "in": "path"}],
-            "responses": {"200": _ok(), "422": _validation_error()}}},
-    })
-    spec = {"openapi": "3.0.2", "info": {"title": "Cog", "version": COG_VERSION}, "paths": paths,
-            "components": {"schemas": components}}
+    paths = _Ordered(
+        {
+            "/": {"get": {"summary": "Root", "operationId": "root__get", "responses": {"200": _ok()}}},
+            "/health-check": {
+                "get": {
+                    "summary": "Healthcheck",
+                    "operationId": "healthcheck_health_check_get",
+                    "responses": {"200": _ok()},
+                }
+            },
+            f"/{noun}s": {"post": operation},
+            f"/{noun}s/{{{cancel_param}}}/cancel": {
+                "post": {
+                    "summary": "Cancel",
+                    "operationId": f"cancel_{noun}s__{cancel_param}__cancel_post",
+                    "parameters": [
+                        {
+                            "required": True,
+                            "schema": {"title": title_case(cancel_param), "type": "string"},
+                            "name": cancel_param,
+                            "in": "path",
+                        }
+                    ],
+                    "responses": {"200": _ok(), "422": _validation_error()},
+                }
+            },
+        }
+    )
+    spec = {
+        "openapi": "3.0.2",
+        "info": {"title": "Cog", "version": COG_VERSION},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
     _remove_title_next_to_ref(spec)
     _fix_nullable_any_of(spec)
     return _go_key_order(spec, sort_all=False)
@@ -538,12 +630,13 @@ def merge_schemas(predict: dict[str, Any], train: dict[str, Any]) -> dict[str, A
 def _documents(predict_ref: str | None, train_ref: str | None, root: Path | str | None) -> list[dict[str, Any]]:
     if not predict_ref and not train_ref:
         raise ValueError("no predict or train reference found in cog.yaml")
-    refs = ((predict_ref, "predict"), (train_ref, "train"))
+    refs: tuple[tuple[str | None, Mode], ...] = ((predict_ref, "predict"), (train_ref, "train"))
     return [build_spec(predictor_info(ref, mode, root)) for ref, mode in refs if ref]
 
 
-def openapi_schema(predict_ref: str | None, train_ref: str | None = None,
-                   root: Path | str | None = None) -> dict[str, Any]:
+def openapi_schema(
+    predict_ref: str | None, train_ref: str | None = None, root: Path | str | None = None
+) -> dict[str, Any]:
     """Go's GenerateCombined, as a dict in the key order of the JSON Go writes."""
     docs = _documents(predict_ref, train_ref, root)
     if len(docs) == 1:
@@ -557,8 +650,9 @@ def openapi_json(predict_ref: str | None, train_ref: str | None = None, root: Pa
     return go_json(openapi_schema(predict_ref, train_ref, root), indent=combined, float64=combined)
 
 
-def write_schema(root: Path | str, predict_ref: str | None, train_ref: str | None = None,
-                 out: Path | str | None = None) -> Path:
+def write_schema(
+    root: Path | str, predict_ref: str | None, train_ref: str | None = None, out: Path | str | None = None
+) -> Path:
     """Write the schema where coglet reads it (``<root>/.cog/openapi_schema.json``), atomically as Go does."""
     root = Path(root)
     out = Path(out) if out is not None else root / SCHEMA_PATH
@@ -603,6 +697,7 @@ def cog_yaml_refs(root: Path | str, config: str = "cog.yaml") -> tuple[str | Non
 # ---------------------------------------------------------------------------------------------
 # JSON as Go's encoding/json writes it
 # ---------------------------------------------------------------------------------------------
+
 
 def _go_key_order(value: Any, sort_all: bool) -> Any:
     """Plain dicts in the order Go writes them: maps sorted, ordered maps as built; ``sort_all``
@@ -651,8 +746,10 @@ def go_json(value: Any, indent: bool = False, float64: bool = False, _level: int
     if isinstance(value, str):
         return _go_string(value)
     if isinstance(value, dict):
-        parts = [f"{_go_string(str(k))}:{' ' if indent else ''}{go_json(v, indent, float64, _level + 1)}"
-                 for k, v in value.items()]
+        parts = [
+            f"{_go_string(str(k))}:{' ' if indent else ''}{go_json(v, indent, float64, _level + 1)}"
+            for k, v in value.items()
+        ]
         return _join(parts, "{", "}", indent, _level)
     if isinstance(value, (list, tuple)):
         return _join([go_json(v, indent, float64, _level + 1) for v in value], "[", "]", indent, _level)

@@ -13,9 +13,9 @@ import posixpath
 import re
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image, ImageOps
 
@@ -69,11 +69,14 @@ def _check_entry(info: zipfile.ZipInfo, limits: IntakeLimits) -> None:
     if name.lower().endswith((".zip", ".tar", ".gz", ".7z", ".rar")):
         raise DatasetError(f"The zip contains another archive {name!r}; put the images directly in one zip.")
     if info.file_size > limits.max_entry_bytes:
-        raise DatasetError(f"{name!r} is {info.file_size / 2**20:.0f} MB uncompressed; "
-                           f"the limit per file is {limits.max_entry_bytes / 2**20:.0f} MB.")
+        raise DatasetError(
+            f"{name!r} is {info.file_size / 2**20:.0f} MB uncompressed; "
+            f"the limit per file is {limits.max_entry_bytes / 2**20:.0f} MB."
+        )
     if info.file_size > 1024 * 1024 and info.file_size > limits.max_ratio * max(info.compress_size, 1):
-        raise DatasetError(f"{name!r} decompresses {info.file_size / max(info.compress_size, 1):.0f}x "
-                           "(a zip bomb?); refusing it.")
+        raise DatasetError(
+            f"{name!r} decompresses {info.file_size / max(info.compress_size, 1):.0f}x (a zip bomb?); refusing it."
+        )
 
 
 def _is_skipped(name: str) -> bool:
@@ -93,16 +96,19 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 def decode_image(data: bytes, name: str, limits: IntakeLimits) -> Image.Image:
     """Upright RGB, alpha on white, at most ``max_side``; pixel bombs refused from the header."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:  # Pillow's own guard, past ~179 megapixels
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f" ({int(pixels.group(1)) / 1e6:.0f} megapixels)" if pixels else ""
-        raise DatasetError(f"{name!r} declares an enormous image{size}; the limit is "
-                           f"{limits.max_pixels / 1e6:.0f} megapixels.") from None
+        raise DatasetError(
+            f"{name!r} declares an enormous image{size}; the limit is {limits.max_pixels / 1e6:.0f} megapixels."
+        ) from None
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise DatasetError(f"{name!r} is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
-                           f"the limit is {limits.max_pixels / 1e6:.0f} megapixels.")
+        raise DatasetError(
+            f"{name!r} is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
+            f"the limit is {limits.max_pixels / 1e6:.0f} megapixels."
+        )
     image.draft("RGB", (limits.max_side, limits.max_side))  # JPEG: decode at reduced scale
     image.load()
     image = ImageOps.exif_transpose(image)
@@ -112,12 +118,13 @@ def decode_image(data: bytes, name: str, limits: IntakeLimits) -> Image.Image:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         image = flat
     image = image.convert("RGB")
-    image.thumbnail((limits.max_side, limits.max_side), Image.LANCZOS)
+    image.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
     return image
 
 
-def read_instance_zip(path: Path, limits: IntakeLimits = IntakeLimits(),
-                      log: Callable[[str], None] = print) -> InstanceData:
+def read_instance_zip(
+    path: Path, limits: IntakeLimits = IntakeLimits(), log: Callable[[str], None] = print
+) -> InstanceData:
     """Images and captions of ``path``; raises ``DatasetError`` before any decoding if the zip is unsafe."""
     size = path.stat().st_size
     if size > limits.max_zip_bytes:
@@ -136,8 +143,10 @@ def read_instance_zip(path: Path, limits: IntakeLimits = IntakeLimits(),
             _check_entry(info, limits)
         total = sum(i.file_size for i in entries)
         if total > limits.max_total_bytes:
-            raise DatasetError(f"The zip holds {total / 2**20:.0f} MB uncompressed; "
-                               f"the limit is {limits.max_total_bytes / 2**20:.0f} MB.")
+            raise DatasetError(
+                f"The zip holds {total / 2**20:.0f} MB uncompressed; "
+                f"the limit is {limits.max_total_bytes / 2**20:.0f} MB."
+            )
         files = {posixpath.normpath(i.filename.replace("\\", "/")): i for i in entries if not _is_skipped(i.filename)}
         image_names = sorted(n for n in files if n.lower().endswith(IMAGE_SUFFIXES))
         if len(image_names) > limits.max_images:
@@ -163,10 +172,19 @@ def read_instance_zip(path: Path, limits: IntakeLimits = IntakeLimits(),
         log(f"skipped {line}")
     others = sorted(set(files) - set(image_names) - {posixpath.splitext(n)[0] + ".txt" for n in image_names})
     if others:
-        log(f"ignored {len(others)} file(s) that are not images: {', '.join(others[:5])}{' …' if len(others) > 5 else ''}")
+        log(
+            f"ignored {len(others)} file(s) that are not images: "
+            f"{', '.join(others[:5])}{' …' if len(others) > 5 else ''}"
+        )
     if len(data.images) < limits.min_images:
         found = f"found {len(data.images)} usable image(s)" + (f", skipped {len(data.skipped)}" if data.skipped else "")
         raise DatasetError(f"Training needs at least {limits.min_images} images (jpg, png or webp); {found}.")
-    log(f"read {len(data.images)} images" + (f", {data.captioned} with caption files" if data.captioned else
-                                             ", no caption files (captions come from the task template)"))
+    log(
+        f"read {len(data.images)} images"
+        + (
+            f", {data.captioned} with caption files"
+            if data.captioned
+            else ", no caption files (captions come from the task template)"
+        )
+    )
     return data

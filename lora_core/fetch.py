@@ -23,10 +23,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,20 +53,28 @@ class FetchPolicy(BaseModel):
     allowed_private_hosts: frozenset[str] = frozenset()  # e.g. {"127.0.0.1"} in tests, {"10.0.0.5:8000"}
 
     @classmethod
-    def from_env(cls) -> "FetchPolicy":
+    def from_env(cls) -> FetchPolicy:
         """Deployment settings: LORA_STUDIO_CACHE_DIR, LORA_STUDIO_ALLOW_FILE_URLS=1,
         LORA_STUDIO_ALLOWED_PRIVATE_HOSTS=host,host (for tests and private networks only), and the limits
         LORA_STUDIO_MAX_LORA_BYTES, LORA_STUDIO_LORA_READ_TIMEOUT_S, LORA_STUDIO_LORA_TIMEOUT_S (whole download)."""
         env = os.environ
         hosts = [h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()]
-        limits = {field: float(env[name]) for field, name in _LIMITS.items() if env.get(name)}
-        return cls(cache_dir=Path(env.get("LORA_STUDIO_CACHE_DIR", Path.home() / ".cache" / "lora-studio" / "loras")),
-                   allow_file_urls=env.get("LORA_STUDIO_ALLOW_FILE_URLS") == "1",
-                   allowed_private_hosts=frozenset(hosts), **limits)
+        limits: dict = {field: float(env[name]) for field, name in _LIMITS.items() if env.get(name)}
+        if "max_bytes" in limits:
+            limits["max_bytes"] = int(limits["max_bytes"])
+        return cls(
+            cache_dir=Path(env.get("LORA_STUDIO_CACHE_DIR", Path.home() / ".cache" / "lora-studio" / "loras")),
+            allow_file_urls=env.get("LORA_STUDIO_ALLOW_FILE_URLS") == "1",
+            allowed_private_hosts=frozenset(hosts),
+            **limits,
+        )
 
 
-_LIMITS = {"max_bytes": "LORA_STUDIO_MAX_LORA_BYTES", "read_timeout_s": "LORA_STUDIO_LORA_READ_TIMEOUT_S",
-           "total_timeout_s": "LORA_STUDIO_LORA_TIMEOUT_S"}
+_LIMITS = {
+    "max_bytes": "LORA_STUDIO_MAX_LORA_BYTES",
+    "read_timeout_s": "LORA_STUDIO_LORA_READ_TIMEOUT_S",
+    "total_timeout_s": "LORA_STUDIO_LORA_TIMEOUT_S",
+}
 
 
 @dataclass(frozen=True)
@@ -79,20 +87,22 @@ class FetchedFile:
 
 def system_resolver(host: str, port: int) -> list[str]:
     try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
     except socket.gaierror as e:
         raise FetchError(f"cannot resolve host {host!r} ({e.strerror})") from None
 
 
-def checked_url_address(parts: SplitResult, allowed_private_hosts: frozenset[str] | set[str],
-                        resolver: Resolver = system_resolver) -> tuple[int, str]:
+def checked_url_address(
+    parts: SplitResult, allowed_private_hosts: frozenset[str] | set[str], resolver: Resolver = system_resolver
+) -> tuple[int, str]:
     """(port, checked address) of a split http(s) URL: its port or the scheme's, and ``checked_address``."""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return port, checked_address(parts.hostname or "", port, allowed_private_hosts, resolver)
 
 
-def checked_address(host: str, port: int, allowed_private_hosts: frozenset[str] | set[str],
-                    resolver: Resolver = system_resolver) -> str:
+def checked_address(
+    host: str, port: int, allowed_private_hosts: frozenset[str] | set[str], resolver: Resolver = system_resolver
+) -> str:
     """An address of ``host`` that is public, or explicitly allowed (``host``, ``ip``, ``host:port`` or ``ip:port``)."""
     addresses = resolver(host, port)
     if not addresses:
@@ -102,8 +112,9 @@ def checked_address(host: str, port: int, allowed_private_hosts: frozenset[str] 
         ip = ipaddress.ip_address(address.split("%")[0])
         if ip.version == 6 and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
-        if not _public(ip) and not (allowed or str(ip) in allowed_private_hosts
-                                    or f"{ip}:{port}" in allowed_private_hosts):
+        if not _public(ip) and not (
+            allowed or str(ip) in allowed_private_hosts or f"{ip}:{port}" in allowed_private_hosts
+        ):
             raise FetchError(f"host {host!r} resolves to {ip}, a private or local address; refusing to fetch it")
     return addresses[0]
 
@@ -171,7 +182,9 @@ class Fetcher:
             raise FetchError(f"{path} is not a file")
         size = path.stat().st_size
         if size > self.policy.max_bytes:
-            raise FetchError(f"{path.name} is {size / 2**20:.0f} MB; the limit is {self.policy.max_bytes / 2**20:.0f} MB")
+            raise FetchError(
+                f"{path.name} is {size / 2**20:.0f} MB; the limit is {self.policy.max_bytes / 2**20:.0f} MB"
+            )
         return FetchedFile(path, _sha256_file(path), size, 0)
 
     # ---- http(s) ----------------------------------------------------------------
@@ -197,8 +210,9 @@ class Fetcher:
                 if parts.query:
                     path += "?" + parts.query
                 try:
-                    response = pool.urlopen("GET", path, headers={**headers, "Host": parts.netloc}, redirect=False,
-                                            preload_content=False)
+                    response = pool.urlopen(
+                        "GET", path, headers={**headers, "Host": parts.netloc}, redirect=False, preload_content=False
+                    )
                 except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                     if deadline.expired:
                         raise self._too_slow(url) from None
@@ -219,7 +233,7 @@ class Fetcher:
     def _too_slow(self, url: str) -> FetchError:
         return FetchError(f"download of {url[:100]!r} took longer than {self.policy.total_timeout_s:.0f}s; aborted")
 
-    def _receive(self, url: str, key: str, response, previous: dict | None, deadline: "_Deadline") -> FetchedFile:
+    def _receive(self, url: str, key: str, response, previous: dict | None, deadline: _Deadline) -> FetchedFile:
         import urllib3
 
         if response.status == 304 and previous:
@@ -230,7 +244,9 @@ class Fetcher:
             raise FetchError(f"the server answered HTTP {response.status} for {url[:100]!r}")
         declared = int(response.headers.get("Content-Length") or 0)
         if declared > self.policy.max_bytes:
-            raise FetchError(f"the file is {declared / 2**20:.0f} MB; the limit is {self.policy.max_bytes / 2**20:.0f} MB")
+            raise FetchError(
+                f"the file is {declared / 2**20:.0f} MB; the limit is {self.policy.max_bytes / 2**20:.0f} MB"
+            )
         digest, size = hashlib.sha256(), 0
         tmp = self.blobs / f".{key}.{os.getpid()}.partial"
         next_report, started = 0.1, time.monotonic()
@@ -245,8 +261,10 @@ class Fetcher:
                     digest.update(chunk)
                     out.write(chunk)
                     if declared > 8 * 2**20 and size / declared >= next_report:
-                        self.log(f"download: {100 * size / declared:.0f}% of {declared / 2**20:.0f} MB "
-                                 f"({time.monotonic() - started:.0f}s)")
+                        self.log(
+                            f"download: {100 * size / declared:.0f}% of {declared / 2**20:.0f} MB "
+                            f"({time.monotonic() - started:.0f}s)"
+                        )
                         next_report += 0.1
             if deadline.expired:  # the watchdog cut the connection: what arrived is not the file
                 raise self._too_slow(url)
@@ -264,9 +282,16 @@ class Fetcher:
         sha = digest.hexdigest()
         blob = self.blobs / sha
         tmp.replace(blob)
-        self._write_index(key, {"url": url, "sha256": sha, "checked_at": time.time(),
-                                "etag": response.headers.get("ETag"),
-                                "last_modified": response.headers.get("Last-Modified")})
+        self._write_index(
+            key,
+            {
+                "url": url,
+                "sha256": sha,
+                "checked_at": time.time(),
+                "etag": response.headers.get("ETag"),
+                "last_modified": response.headers.get("Last-Modified"),
+            },
+        )
         self._prune(keep=blob)
         return FetchedFile(blob, sha, size, size)
 
@@ -328,7 +353,7 @@ class _Deadline:
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
-    def __enter__(self) -> "_Deadline":
+    def __enter__(self) -> _Deadline:
         self._timer.start()
         return self
 
@@ -369,8 +394,9 @@ class _Deadline:
                 deadline._watch(self.sock)
 
         if scheme == "https":
-            pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False,
-                                               server_hostname=hostname, assert_hostname=hostname)
+            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+                address, port, timeout=timeout, retries=False, server_hostname=hostname, assert_hostname=hostname
+            )
         else:
             pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
         pool.ConnectionCls = Connection

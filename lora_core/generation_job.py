@@ -6,16 +6,21 @@ LoRA is read and bound (vetted against the base) before the warm pipeline is pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pydantic import ValidationError
 
 from . import adapters, checkpoints, fetch, lora_file, patching, prompts, sampling
 
 
-def load_adapters(fetcher: fetch.Fetcher, cache: adapters.AdapterCache, bases: checkpoints.WarmPipelineCache,
-                  urls: list[str], log: Callable[[str], None]) -> list[adapters.Adapter]:
+def load_adapters(
+    fetcher: fetch.Fetcher,
+    cache: adapters.AdapterCache,
+    bases: checkpoints.WarmPipelineCache,
+    urls: list[str],
+    log: Callable[[str], None],
+) -> list[adapters.Adapter]:
     """Each URL fetched (or found in the file cache) and bound to the warm base (or found in ``cache``)."""
     pipe, loaded = bases.pipeline, []
     for i, url in enumerate(urls, 1):
@@ -23,16 +28,18 @@ def load_adapters(fetcher: fetch.Fetcher, cache: adapters.AdapterCache, bases: c
         fetched = fetcher.fetch(url)
         source = "cache" if fetched.downloaded_bytes == 0 else f"{fetched.downloaded_bytes / 1e6:.2f} MB downloaded"
 
-        def bind() -> adapters.Adapter:
+        def bind(fetched=fetched, label=label) -> adapters.Adapter:  # called now; bound anyway
             tensors, metadata = lora_file.read_lora(fetched.path, name=label)
             return adapters.bind(pipe, tensors, metadata, name=label, base_label=f"base model {bases.name!r}")
 
         misses = cache.misses
         adapter = cache.get(fetched.sha256, f"{bases.name}:{bases.base_hash}", bind)
-        log(f"<{i}> = {label}: {fetched.size / 1e6:.2f} MB, file from {source}, sha256 {fetched.sha256[:12]}, "
+        log(
+            f"<{i}> = {label}: {fetched.size / 1e6:.2f} MB, file from {source}, sha256 {fetched.sha256[:12]}, "
             f"{adapter.layout} layout, {len(adapter.layers)} layers"
             f"{'' if adapter.embeddings is None else f', {len(adapter.embeddings)} token vectors'}"
-            f"{', bound now' if cache.misses > misses else ', already bound'}")
+            f"{', bound now' if cache.misses > misses else ', already bound'}"
+        )
         loaded.append(adapter)
     return loaded
 
@@ -43,9 +50,18 @@ class Generation:
     settings: sampling.SamplingRequest  # as resolved (the seed it drew included), with the prompt as the user wrote it
 
 
-def run_generation(bases: checkpoints.WarmPipelineCache, fetcher: fetch.Fetcher, cache: adapters.AdapterCache, *,
-                   prompt: str, lora_urls: str, lora_scales: str, base_model: str,
-                   log: Callable[[str], None] = print, **settings) -> Generation:
+def run_generation(
+    bases: checkpoints.WarmPipelineCache,
+    fetcher: fetch.Fetcher,
+    cache: adapters.AdapterCache,
+    *,
+    prompt: str,
+    lora_urls: str,
+    lora_scales: str,
+    base_model: str,
+    log: Callable[[str], None] = print,
+    **settings,
+) -> Generation:
     """One prediction's images; ``settings`` are ``SamplingRequest`` fields (None = the base's default)."""
     prompt, urls, scales = prompts.parse_request(prompt, lora_urls, lora_scales)
     checkpoint = checkpoints.get_checkpoint(base_model)

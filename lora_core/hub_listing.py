@@ -25,7 +25,9 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor")
 WANTED_SUFFIXES = (".json", ".txt", ".safetensors")
 _SIMPLE_VARIANT = re.compile(r"(?P<stem>[^.]+)\.(?P<variant>\w+)\.safetensors")
-_SHARDED_VARIANT = re.compile(r"[^.]+\.(?P<variant>\w+)-\d+-of-\d+\.safetensors|.+\.safetensors\.index\.(?P<v2>\w+)\.json")
+_SHARDED_VARIANT = re.compile(
+    r"[^.]+\.(?P<variant>\w+)-\d+-of-\d+\.safetensors|.+\.safetensors\.index\.(?P<v2>\w+)\.json"
+)
 
 
 class HubError(ValueError):
@@ -104,11 +106,16 @@ class HubClient(HttpClient):
     def file_url(self, path: str) -> str:
         return f"{self.endpoint}/{self.repo}/resolve/{quote(self.options.revision, safe='')}/{quote(path)}"
 
-    def open(self, url: str, what: str, headers: dict[str, str] | None = None,
-             stream: bool = True) -> requests.Response:
+    def open(
+        self, url: str, what: str, headers: dict[str, str] | None = None, stream: bool = True
+    ) -> requests.Response:
         try:
-            r = self.session().get(url, headers=headers or {}, stream=stream,
-                                   timeout=(self.options.connect_timeout_s, self.options.read_timeout_s))
+            r = self.session().get(
+                url,
+                headers=headers or {},
+                stream=stream,
+                timeout=(self.options.connect_timeout_s, self.options.read_timeout_s),
+            )
         except requests.RequestException as e:
             raise Retryable(f"{type(e).__name__}: {e}") from None
         if r.status_code >= 500 or r.status_code == 429:
@@ -117,11 +124,14 @@ class HubClient(HttpClient):
         if r.status_code >= 400 and r.status_code != 416:
             r.close()
             if r.status_code in (401, 403):
-                raise HubError(f"{what}: HTTP {r.status_code}: {self.repo} is gated or private; accept its terms "
-                               "on the hub and set HF_TOKEN")
+                raise HubError(
+                    f"{what}: HTTP {r.status_code}: {self.repo} is gated or private; accept its terms "
+                    "on the hub and set HF_TOKEN"
+                )
             if r.status_code == 404:
-                raise HubError(f"{what}: not found on {self.endpoint} (repository {self.repo}, "
-                               f"revision {self.options.revision})")
+                raise HubError(
+                    f"{what}: not found on {self.endpoint} (repository {self.repo}, revision {self.options.revision})"
+                )
             raise HubError(f"{what}: HTTP {r.status_code} from {self.endpoint}")
         return r
 
@@ -129,19 +139,22 @@ class HubClient(HttpClient):
 def list_repo(client: HubClient) -> list[RepoEntry]:
     """The files of the repository at the revision, following the API's pagination; every path is safe."""
     what = f"listing {client.repo}"
-    url: str | None = (f"{client.endpoint}/api/models/{client.repo}/tree/{quote(client.options.revision, safe='')}"
-                       "?recursive=true")
+    url: str | None = (
+        f"{client.endpoint}/api/models/{client.repo}/tree/{quote(client.options.revision, safe='')}?recursive=true"
+    )
     rows: list = []
     while url:
         page: dict = {}
 
-        def attempt() -> None:
+        def attempt(url: str = url, page: dict = page) -> None:  # called now; bound anyway
             r = client.open(url, what, stream=False)
             try:
                 page["rows"], page["next"] = r.json(), r.links.get("next", {}).get("url")
             except ValueError:
-                raise HubError(f"{client.endpoint} did not answer the file listing of {client.repo} with "
-                               "JSON; is --endpoint a Hugging Face hub?") from None
+                raise HubError(
+                    f"{client.endpoint} did not answer the file listing of {client.repo} with "
+                    "JSON; is --endpoint a Hugging Face hub?"
+                ) from None
 
         client.retry(attempt, what)
         if not isinstance(page["rows"], list):
@@ -151,19 +164,27 @@ def list_repo(client: HubClient) -> list[RepoEntry]:
     try:
         entries = TypeAdapter(list[RepoEntry]).validate_python(rows)
     except ValidationError as e:
-        raise HubError(f"the file listing of {client.repo} is not in the hub's format: "
-                       f"{e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
-    files = [e for e in entries if e.type == "file"]
-    for e in files:
-        safe_relative(e.path)
+        raise HubError(
+            f"the file listing of {client.repo} is not in the hub's format: "
+            f"{e.errors()[0]['loc']} {e.errors()[0]['msg']}"
+        ) from None
+    files = [entry for entry in entries if entry.type == "file"]
+    for entry in files:
+        safe_relative(entry.path)
     return files
 
 
 def safe_relative(path: str) -> PurePosixPath:
     """A hub path as a relative POSIX path, refusing anything that could point outside the destination."""
     parts = path.split("/")
-    if (not path or "\\" in path or "\0" in path or path.startswith("/") or re.match(r"[A-Za-z]:", path)
-            or any(part in ("", ".", "..") for part in parts)):
+    if (
+        not path
+        or "\\" in path
+        or "\0" in path
+        or path.startswith("/")
+        or re.match(r"[A-Za-z]:", path)
+        or any(part in ("", ".", "..") for part in parts)
+    ):
         raise HubError(f"the hub listing holds an unsafe path {path!r}; refusing to fetch from it")
     return PurePosixPath(path)
 
@@ -226,8 +247,10 @@ def select_diffusers(entries: list[RepoEntry], variant: str | None) -> tuple[dic
         twin = _variant_twin(PurePosixPath(e.path).name)
         needed[str(PurePosixPath(e.path).parent / twin[0]) if twin else e.path] = e
     if "model_index.json" not in needed:
-        raise HubError("the repository has no model_index.json: it is not a diffusers pipeline "
-                       "(for a single .safetensors file, register the checkpoint as single_file)")
+        raise HubError(
+            "the repository has no model_index.json: it is not a diffusers pipeline "
+            "(for a single .safetensors file, register the checkpoint as single_file)"
+        )
     return needed, skipped
 
 
@@ -243,9 +266,13 @@ def select_single_file(entries: list[RepoEntry], repo: str, file: str | None) ->
         if not chosen or not file.lower().endswith(".safetensors"):
             raise HubError(f"{repo} has no file {file!r}; its top-level .safetensors files: {names}")
     else:
-        chosen = candidates if len(candidates) == 1 else [
-            e for e in candidates if PurePosixPath(e.path).stem.lower() == repo.split("/")[-1].lower()]
+        chosen = (
+            candidates
+            if len(candidates) == 1
+            else [e for e in candidates if PurePosixPath(e.path).stem.lower() == repo.split("/")[-1].lower()]
+        )
         if len(chosen) != 1:
-            raise HubError(f"{repo} has {len(candidates)} top-level .safetensors files ({names}); "
-                           "choose one with --file NAME")
+            raise HubError(
+                f"{repo} has {len(candidates)} top-level .safetensors files ({names}); choose one with --file NAME"
+            )
     return chosen[0], {e.path: "not the chosen single file" for e in entries if e is not chosen[0]}

@@ -35,5 +35,7 @@ def grid(rows: list[list[Image.Image]], scale: int = 2, labels: list[str] | None
         if labels:
             draw.text((6, r * h * scale + h * scale // 2 - 6), labels[r], fill="black")
         for c, im in enumerate(row):
-            out.paste(im.resize((w * scale, h * scale), Image.NEAREST), (margin + c * w * scale, r * h * scale))
+            out.paste(
+                im.resize((w * scale, h * scale), Image.Resampling.NEAREST), (margin + c * w * scale, r * h * scale)
+            )
     return out

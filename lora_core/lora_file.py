@@ -22,9 +22,21 @@ EMBEDDINGS_KEY = "emb_params"
 SOFTWARE = f"lora_core {__version__}"
 
 
-def lora_metadata(*, base_model: str, base_family: str, base_hash: str, task: str, rank: int, alpha: int,
-                  tokens: list[str], init_word: str, resolution: int, steps: int, seed: int, extra: dict[str, str] | None = None
-                  ) -> dict[str, str]:
+def lora_metadata(
+    *,
+    base_model: str,
+    base_family: str,
+    base_hash: str,
+    task: str,
+    rank: int,
+    alpha: int,
+    tokens: list[str],
+    init_word: str,
+    resolution: int,
+    steps: int,
+    seed: int,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """String -> string metadata: what a person (or a tool) needs to use and re-make the LoRA."""
     trigger = "".join(tokens)
     meta = {
@@ -59,8 +71,9 @@ def lora_metadata(*, base_model: str, base_family: str, base_hash: str, task: st
     return meta
 
 
-def pack_trained(unet: dict[str, torch.Tensor], text_encoder: dict[str, torch.Tensor] | None,
-                 embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+def pack_trained(
+    unet: dict[str, torch.Tensor], text_encoder: dict[str, torch.Tensor] | None, embeddings: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """The tensors of one file, from a training run's PEFT state dicts."""
     tensors = {f"unet.{k}": v for k, v in unet.items()}
     tensors.update({f"text_encoder.{k}": v for k, v in (text_encoder or {}).items()})
@@ -82,8 +95,20 @@ class LoRAFileError(ValueError):
     """The file cannot be used as a LoRA; the message says why."""
 
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-                "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 MAX_HEADER_BYTES = 16 * 2**20
 # names a LoRA's tensors have in any layout ``lora_formats`` reads (cloneofsimo's embeddings are flagged in metadata)
 _LORA_KEY = re.compile(rf"lora|^{EMBEDDINGS_KEY}$|^bundle_emb\.|:\d+:(up|down)$")
@@ -101,14 +126,17 @@ def check_safetensors(path: Path, name: str = "") -> dict:
     with path.open("rb") as f:
         head = f.read(8)
         if head[:1] == b"\x80" or head[:2] == b"PK":
-            raise LoRAFileError(f"{name} is a pickle (.ckpt/.pt/.bin), which can run code when loaded; only "
-                                ".safetensors LoRAs are accepted. Convert it to safetensors first.")
+            raise LoRAFileError(
+                f"{name} is a pickle (.ckpt/.pt/.bin), which can run code when loaded; only "
+                ".safetensors LoRAs are accepted. Convert it to safetensors first."
+            )
         if len(head) < 8:
             raise LoRAFileError(f"{name} is too short to be a safetensors file ({size} bytes).")
         header_len = int.from_bytes(head, "little")
         if header_len > MAX_HEADER_BYTES or header_len > size - 8:
-            raise LoRAFileError(f"{name} is not a valid safetensors file (its header length is wrong: "
-                                "truncated or not safetensors).")
+            raise LoRAFileError(
+                f"{name} is not a valid safetensors file (its header length is wrong: truncated or not safetensors)."
+            )
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -128,8 +156,10 @@ def check_safetensors(path: Path, name: str = "") -> dict:
         except (KeyError, TypeError, ValueError):
             raise LoRAFileError(f"{name} has a malformed entry for tensor {key!r}.") from None
         if not 0 <= begin <= end <= data_size or end - begin != expected:
-            raise LoRAFileError(f"{name} is truncated or corrupt: tensor {key!r} claims bytes {begin}..{end} "
-                                f"but the file holds {data_size} bytes of data.")
+            raise LoRAFileError(
+                f"{name} is truncated or corrupt: tensor {key!r} claims bytes {begin}..{end} "
+                f"but the file holds {data_size} bytes of data."
+            )
     return header
 
 
@@ -152,5 +182,6 @@ def read_lora(path: Path, name: str = "") -> tuple[dict[str, torch.Tensor], dict
 def family_of(metadata: dict[str, str]) -> str:
     """The base family a file says it was made for, in words a person knows."""
     family = metadata.get("lora_studio.base_family") or metadata.get("ss_base_model_version") or ""
-    return {"sd-1": "SD 1.x", "sd_v1": "SD 1.x", "sd_v2": "SD 2.x", "sdxl_base_v1-0": "SDXL"}.get(family, family or
-                                                                                                  "an unknown base")
+    return {"sd-1": "SD 1.x", "sd_v1": "SD 1.x", "sd_v2": "SD 2.x", "sdxl_base_v1-0": "SDXL"}.get(
+        family, family or "an unknown base"
+    )

@@ -25,8 +25,14 @@ from .lora_file import EMBEDDINGS_KEY
 
 CLONEOFSIMO_EMBED_FLAG = "<embed>"
 _CLONEOFSIMO_KEY = re.compile(r"^(unet|text_encoder):(\d+):(up|down)$")
-_UNSUPPORTED = {"hada_w": "LoHa", "lokr_w": "LoKr", "dora_scale": "DoRA", "lora_mid": "LoCon with CP decomposition",
-                ".diff": "full weight difference", "lora_B.bias": "LoRA with bias"}
+_UNSUPPORTED = {
+    "hada_w": "LoHa",
+    "lokr_w": "LoKr",
+    "dora_scale": "DoRA",
+    "lora_mid": "LoCon with CP decomposition",
+    ".diff": "full weight difference",
+    "lora_B.bias": "LoRA with bias",
+}
 
 
 @dataclass(frozen=True)
@@ -90,12 +96,14 @@ def read_contents(tensors: dict[str, torch.Tensor], metadata: dict[str, str], ta
 
 # --- embeddings -------------------------------------------------------------------------------------------------
 
+
 def _natural(token: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", token)]
 
 
-def _pop_embeddings(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-                    ) -> tuple[torch.Tensor | None, list[str]]:
+def _pop_embeddings(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> tuple[torch.Tensor | None, list[str]]:
     """Removes the embedding tensors from ``tensors``; returns them as rows with one token name per row."""
     tokens = json.loads(metadata.get("lora_studio.tokens", "[]"))
     if EMBEDDINGS_KEY in tensors:  # ours and diffusers' textual inversion
@@ -115,8 +123,10 @@ def _pop_embeddings(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 # --- fitting layers to the base ------------------------------------------------------------------------------------
 
-def _fit(path: str, down: torch.Tensor, up: torch.Tensor, alpha: float | None, table: ModuleTable,
-         source: str) -> Layer:
+
+def _fit(
+    path: str, down: torch.Tensor, up: torch.Tensor, alpha: float | None, table: ModuleTable, source: str
+) -> Layer:
     """``Layer`` for module ``path``, reshaped to its kind (a 1x1 conv LoRA fits a Linear and back)."""
     shape = table.shapes.get(path)
     if shape is None:
@@ -130,8 +140,9 @@ def _fit(path: str, down: torch.Tensor, up: torch.Tensor, alpha: float | None, t
             down, up = down.reshape(*down.shape, 1, 1), up.reshape(*up.shape, 1, 1)
         fits = down.shape == (rank, *shape[1:]) and up.shape[:2] == (shape[0], rank) and up.shape[2:] == (1, 1)
     if not fits:
-        raise LayerMismatch(f"{source!r} has shapes {tuple(down.shape)} / {tuple(up.shape)}, the base's layer "
-                            f"{tuple(shape)}")
+        raise LayerMismatch(
+            f"{source!r} has shapes {tuple(down.shape)} / {tuple(up.shape)}, the base's layer {tuple(shape)}"
+        )
     return Layer(down, up, float(alpha) if alpha is not None else float(rank))
 
 
@@ -142,8 +153,12 @@ def _alpha(tensors: dict[str, torch.Tensor], stem: str) -> float | None:
 
 # --- diffusers / PEFT --------------------------------------------------------------------------------------------
 
-_DIFFUSERS_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora.down.weight", ".lora.up.weight"),
-                    (".lora_down.weight", ".lora_up.weight"), ("_lora.down.weight", "_lora.up.weight"))
+_DIFFUSERS_PAIRS = (
+    (".lora_A.weight", ".lora_B.weight"),
+    (".lora.down.weight", ".lora.up.weight"),
+    (".lora_down.weight", ".lora_up.weight"),
+    ("_lora.down.weight", "_lora.up.weight"),
+)
 _PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")  # diffusers' old attention-processor files
 
 
@@ -164,11 +179,12 @@ def _diffusers_alphas(metadata: dict[str, str]) -> dict[str, float]:
 def _module_path(stem: str, table: ModuleTable) -> str:
     """``unet.<module>`` / ``text_encoder.<module>`` for a file's module name, whatever its prefix."""
     stem = _PROCESSOR.sub(lambda m: "." + {"to_out": "to_out.0"}.get(m.group(1), m.group(1)), stem)
-    for prefix, component in (("unet.", "unet"), ("text_encoder.", "text_encoder"), ("base_model.model.", ""),
-                              ("", "")):
-        if stem.startswith(prefix):
-            rest = stem[len(prefix):]
-            break
+    prefix, component = next(
+        (p, c)
+        for p, c in (("unet.", "unet"), ("text_encoder.", "text_encoder"), ("base_model.model.", ""), ("", ""))
+        if stem.startswith(p)
+    )
+    rest = stem[len(prefix) :]
     candidates = [f"{component}.{rest}"] if component else [f"unet.{rest}", f"text_encoder.{rest}"]
     if component == "text_encoder" or not component:  # transformers 5 dropped the ``text_model.`` level
         candidates += [c.replace("text_encoder.text_model.", "text_encoder.", 1) for c in candidates]
@@ -198,6 +214,7 @@ def _diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table
 
 
 # --- kohya / A1111 -------------------------------------------------------------------------------------------------
+
 
 def _kohya_names(table: ModuleTable) -> dict[str, str]:
     """``lora_unet_down_blocks_0_…`` / ``lora_te_text_model_encoder_…`` -> module path."""
@@ -235,11 +252,13 @@ def _kohya(tensors: dict[str, torch.Tensor], table: ModuleTable) -> dict[str, La
 def _refuse_leftovers(tensors: dict[str, torch.Tensor], used: set[str]) -> None:
     leftovers = sorted(set(tensors) - used)
     if leftovers:
-        raise UnsupportedLayout(f"{len(leftovers)} of its tensors are not LoRA pairs this service applies "
-                                f"(e.g. {leftovers[0]!r})")
+        raise UnsupportedLayout(
+            f"{len(leftovers)} of its tensors are not LoRA pairs this service applies (e.g. {leftovers[0]!r})"
+        )
 
 
 # --- cloneofsimo/lora ----------------------------------------------------------------------------------------------
+
 
 def _targets_in_order(table: ModuleTable, component: str, ancestors: set[str], legacy: bool) -> list[str]:
     """Module paths in the order cloneofsimo's ``_find_modules`` numbers them: every Linear/Conv2d under each
@@ -265,8 +284,7 @@ def _targets_in_order(table: ModuleTable, component: str, ancestors: set[str], l
     return targets
 
 
-def _cloneofsimo(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table: ModuleTable
-                 ) -> dict[str, Layer]:
+def _cloneofsimo(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table: ModuleTable) -> dict[str, Layer]:
     layers: dict[str, Layer] = {}
     used: set[str] = set()
     for component in ("unet", "text_encoder"):
@@ -276,8 +294,9 @@ def _cloneofsimo(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tab
         try:
             ancestors = set(json.loads(metadata[component]))
         except (KeyError, json.JSONDecodeError, TypeError):
-            raise UnsupportedLayout(f"its {component} layers are numbered but the metadata does not say which "
-                                    "blocks they belong to") from None
+            raise UnsupportedLayout(
+                f"its {component} layers are numbered but the metadata does not say which blocks they belong to"
+            ) from None
         pairs = [(tensors[f"{component}:{i}:down"], tensors[f"{component}:{i}:up"]) for i in range(count)]
         used |= {f"{component}:{i}:{d}" for i in range(count) for d in ("up", "down")}
         problem = ""
@@ -288,8 +307,10 @@ def _cloneofsimo(tensors: dict[str, torch.Tensor], metadata: dict[str, str], tab
                 continue
             try:
                 # cloneofsimo applies up @ down unscaled: alpha = rank
-                fitted = {path: _fit(path, down, up, None, table, f"{component}:{i}")
-                          for i, (path, (down, up)) in enumerate(zip(targets, pairs))}
+                fitted = {
+                    path: _fit(path, down, up, None, table, f"{component}:{i}")
+                    for i, (path, (down, up)) in enumerate(zip(targets, pairs, strict=True))
+                }
             except LayerMismatch as e:
                 problem = str(e)
                 continue

@@ -41,14 +41,14 @@ def _conv_hook(deltas: list[Delta], module, args, output):
     return output
 
 
-def _scaled_embeddings(pipe, adapter: Adapter, scale: float) -> torch.Tensor:
+def _scaled_embeddings(pipe, adapter: Adapter, embeddings: torch.Tensor, scale: float) -> torch.Tensor:
     """init + scale * (trained - init), init being the init word's mean embedding (files without one: full)."""
     if not adapter.init_word:
-        return adapter.embeddings
+        return embeddings
     ids = pipe.tokenizer(adapter.init_word, add_special_tokens=False).input_ids
     table = pipe.text_encoder.get_input_embeddings().weight
-    init = table[ids].detach().mean(dim=0).to(adapter.embeddings.dtype)
-    return init + scale * (adapter.embeddings - init)
+    init = table[ids].detach().mean(dim=0).to(embeddings.dtype)
+    return init + scale * (embeddings - init)
 
 
 @contextlib.contextmanager
@@ -57,7 +57,7 @@ def applied(pipe, adapters: list[Adapter], scales: list[float]):
     deltas: dict[str, list[Delta]] = {}
     texts: list[str] = []
     vectors: list[torch.Tensor] = []
-    for adapter, scale in zip(adapters, scales):
+    for adapter, scale in zip(adapters, scales, strict=True):
         if scale == 0:
             texts.append(adapter.init_word or adapter.trigger)
             continue
@@ -67,10 +67,11 @@ def applied(pipe, adapters: list[Adapter], scales: list[float]):
             texts.append(adapter.trigger)
             continue
         first = sum(len(v) for v in vectors)
-        vectors.append(_scaled_embeddings(pipe, adapter, scale))
+        vectors.append(_scaled_embeddings(pipe, adapter, adapter.embeddings, scale))
         texts.append("".join(token_slots.SLOT.format(first + i) for i in range(len(vectors[-1]))))
 
-    handles, slot_ids = [], []
+    handles: list = []
+    slot_ids: list[int] = []
     try:
         if vectors:
             _, slot_ids = token_slots.reserve(pipe, sum(len(v) for v in vectors))

@@ -63,8 +63,7 @@ def caption_for(user_caption: str | None, preset: TaskPreset, tokens: str) -> st
     return f"{template}, {user_caption}"
 
 
-def prepare_examples(data: InstanceData, preset: TaskPreset, resolution: int, tokens: str,
-                     log=print) -> list[Example]:
+def prepare_examples(data: InstanceData, preset: TaskPreset, resolution: int, tokens: str, log=print) -> list[Example]:
     """One example per photo; for ``face``, photos without a face are dropped (and logged)."""
     examples = []
     no_face = []
@@ -73,7 +72,7 @@ def prepare_examples(data: InstanceData, preset: TaskPreset, resolution: int, to
         caption = caption_for(item.caption, preset, tokens)
         if preset.crop == "whole":
             for crop in _covering_squares(image.size):
-                square = image.crop(crop).resize((resolution, resolution), Image.LANCZOS)
+                square = image.crop(crop).resize((resolution, resolution), Image.Resampling.LANCZOS)
                 examples.append(Example(item.name, square, None, caption))
             continue
         if preset.crop == "face":
@@ -85,16 +84,19 @@ def prepare_examples(data: InstanceData, preset: TaskPreset, resolution: int, to
             scale = resolution / (crop[2] - crop[0])
             mask_img = Image.new("L", (resolution, resolution), 0)
             fx, fy = (box.x - crop[0]) * scale, (box.y - crop[1]) * scale
-            ImageDraw.Draw(mask_img).ellipse([fx, fy - 0.15 * box.h * scale, fx + box.w * scale,
-                                              fy + 1.1 * box.h * scale], fill=255)
+            ImageDraw.Draw(mask_img).ellipse(
+                [fx, fy - 0.15 * box.h * scale, fx + box.w * scale, fy + 1.1 * box.h * scale], fill=255
+            )
             mask = np.asarray(mask_img, np.float32) / 255.0
         else:
             crop = _center_square(image.size)
-        square = image.crop(crop).resize((resolution, resolution), Image.LANCZOS)
+        square = image.crop(crop).resize((resolution, resolution), Image.Resampling.LANCZOS)
         examples.append(Example(item.name, square, mask if preset.mask_loss else None, caption))
     if no_face:
         log(f"no face found in {len(no_face)} of {len(data.images)} photos, not used: {', '.join(no_face[:10])}")
     if not examples:
-        raise NoFaceError(f"No face was found in any of the {len(data.images)} photos. For the face task, upload "
-                          "photos where the face is clearly visible and facing the camera, or choose task=object.")
+        raise NoFaceError(
+            f"No face was found in any of the {len(data.images)} photos. For the face task, upload "
+            "photos where the face is clearly visible and facing the camera, or choose task=object."
+        )
     return examples

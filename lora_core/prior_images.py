@@ -31,17 +31,25 @@ def cache_dir() -> Path:
     return loras.parent / "priors"
 
 
-def prior_examples(pipe, checkpoint: checkpoints.Checkpoint, resolution: int, base_hash: str,
-                   folder: Path | None = None) -> list[preprocess.Example]:
+def prior_examples(
+    pipe, checkpoint: checkpoints.Checkpoint, resolution: int, base_hash: str, folder: Path | None = None
+) -> list[preprocess.Example]:
     """``checkpoint.prior_images`` spread over its prior prompts, at ``resolution``; from the caches when there."""
     import diffusers
     import torch
 
     per_prompt = max(1, round(checkpoint.prior_images / len(checkpoint.prior_prompts)))
-    recipe = {"base": base_hash, "checkpoint": checkpoint.name, "resolution": resolution,
-              "prompts": list(checkpoint.prior_prompts), "per_prompt": per_prompt,
-              "defaults": checkpoint.defaults.model_dump(), "seeds": "1000*(i+1)+k",
-              "torch": torch.__version__, "diffusers": diffusers.__version__}
+    recipe = {
+        "base": base_hash,
+        "checkpoint": checkpoint.name,
+        "resolution": resolution,
+        "prompts": list(checkpoint.prior_prompts),
+        "per_prompt": per_prompt,
+        "defaults": checkpoint.defaults.model_dump(),
+        "seeds": "1000*(i+1)+k",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
     if key in _memory:
         _memory[key] = _memory.pop(key)  # most recently used last
@@ -59,10 +67,18 @@ def _draw(pipe, checkpoint: checkpoints.Checkpoint, resolution: int, per_prompt:
     for i, prompt in enumerate(checkpoint.prior_prompts):
         for first in range(0, per_prompt, sampling.MAX_OUTPUTS):
             count = min(sampling.MAX_OUTPUTS, per_prompt - first)
-            request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, seed=1000 * (i + 1) + first,
-                                               num_outputs=count, width=resolution, height=resolution)
-            examples += [preprocess.Example(f"prior-{i}-{first + k}", image, None, prompt)
-                         for k, image in enumerate(sampling.sample(pipe, request, one_pass=True))]
+            request = sampling.resolve_request(
+                checkpoint.defaults,
+                prompt=prompt,
+                seed=1000 * (i + 1) + first,
+                num_outputs=count,
+                width=resolution,
+                height=resolution,
+            )
+            examples += [
+                preprocess.Example(f"prior-{i}-{first + k}", image, None, prompt)
+                for k, image in enumerate(sampling.sample(pipe, request, one_pass=True))
+            ]
     return examples
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
-LINE = re.compile(r"progress:\s*(?P<percent>[\d.]+)% step (?P<step>\d+)/(?P<total>\d+)(?: .*?)?"
-                  r"(?: elapsed (?P<elapsed>\d+)s eta (?P<eta>\d+)s)?$")
+LINE = re.compile(
+    r"progress:\s*(?P<percent>[\d.]+)% step (?P<step>\d+)/(?P<total>\d+)(?: .*?)?"
+    r"(?: elapsed (?P<elapsed>\d+)s eta (?P<eta>\d+)s)?$"
+)
 
 
 class Progress:
@@ -27,6 +29,8 @@ class Progress:
             return
         elapsed = time.perf_counter() - self.start
         eta = elapsed / step * (self.total - step)
-        self.log(f"progress: {100 * step / self.total:5.1f}% step {step}/{self.total}"
-                 f"{' ' + self.what if self.what else ''}{' ' + extra if extra else ''} "
-                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s")
+        self.log(
+            f"progress: {100 * step / self.total:5.1f}% step {step}/{self.total}"
+            f"{' ' + self.what if self.what else ''}{' ' + extra if extra else ''} "
+            f"elapsed {elapsed:.0f}s eta {eta:.0f}s"
+        )

@@ -42,8 +42,10 @@ def _scale(text: str, where: str) -> float:
     if not math.isfinite(value):
         raise PromptError(f"{where}: {text!r} is not a finite number.")
     if abs(value) > MAX_ABS_SCALE:
-        raise PromptError(f"{where}: {value} is outside -{MAX_ABS_SCALE}..{MAX_ABS_SCALE} "
-                          "(0 is the base model, about 0.5 suits faces, 1 reproduces the training photos).")
+        raise PromptError(
+            f"{where}: {value} is outside -{MAX_ABS_SCALE}..{MAX_ABS_SCALE} "
+            "(0 is the base model, about 0.5 suits faces, 1 reproduces the training photos)."
+        )
     return value
 
 
@@ -56,8 +58,10 @@ def parse_scales(lora_scales: str, n_loras: int) -> list[float]:
     if len(scales) == 1:
         return scales * n_loras
     if len(scales) != n_loras:
-        raise PromptError(f"lora_scales has {len(scales)} values for {n_loras} LoRA URLs; give one value for all, "
-                          f"or exactly {n_loras} separated by '|'.")
+        raise PromptError(
+            f"lora_scales has {len(scales)} values for {n_loras} LoRA URLs; give one value for all, "
+            f"or exactly {n_loras} separated by '|'."
+        )
     return scales
 
 
@@ -80,8 +84,10 @@ def apply_a1111_tags(prompt: str, urls: list[str], scales: list[float]) -> tuple
         elif key in names:
             index = names.index(key)
         else:
-            raise PromptError(f"{match.group(0)} names no LoRA; use its position (1..{len(urls)}) or one of: "
-                              f"{', '.join(n for n in names if n) or 'no named URLs'}.")
+            raise PromptError(
+                f"{match.group(0)} names no LoRA; use its position (1..{len(urls)}) or one of: "
+                f"{', '.join(n for n in names if n) or 'no named URLs'}."
+            )
         scales[index] = _scale(weight, match.group(0))
     cleaned = re.sub(r"\s{2,}", " ", A1111_TAG.sub("", prompt)).strip(" ,")
     return cleaned, scales
@@ -91,9 +97,11 @@ def check_placeholders(prompt: str, n_loras: int) -> None:
     for match in PLACEHOLDER.finditer(prompt):
         k = int(match.group(1))
         if not 1 <= k <= n_loras:
-            raise PromptError(f"The prompt mentions {match.group(0)}, but {n_loras} LoRA URL(s) were given; "
-                              f"use <1>..<{n_loras}>." if n_loras else
-                              f"The prompt mentions {match.group(0)}, but no LoRA URLs were given.")
+            raise PromptError(
+                f"The prompt mentions {match.group(0)}, but {n_loras} LoRA URL(s) were given; use <1>..<{n_loras}>."
+                if n_loras
+                else f"The prompt mentions {match.group(0)}, but no LoRA URLs were given."
+            )
 
 
 def expand(prompt: str, token_texts: list[str]) -> str:

@@ -9,6 +9,7 @@ retried with backoff, from the last byte written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -16,9 +17,9 @@ import os
 import re
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
 
 import requests
 from pydantic import BaseModel, ConfigDict
@@ -71,8 +72,9 @@ class HttpClient(ABC):
         self.options, self.log, self.cancel = options, log, threading.Event()
 
     @abstractmethod
-    def open(self, url: str, what: str, headers: dict[str, str] | None = None,
-             stream: bool = True) -> requests.Response:
+    def open(
+        self, url: str, what: str, headers: dict[str, str] | None = None, stream: bool = True
+    ) -> requests.Response:
         """One GET with ``Accept-Encoding: identity`` (offsets are the file's): ``Retryable`` for trouble worth
         another attempt, a readable ``ValueError`` for what a person must fix, else the answer (200, 206, 416)."""
 
@@ -83,8 +85,9 @@ class HttpClient(ABC):
                 return attempt()
             except Retryable as e:
                 if i == self.options.attempts:
-                    raise DownloadError(f"{what}: {e} (gave up after {i} attempts; run the command again to "
-                                        "resume)") from None
+                    raise DownloadError(
+                        f"{what}: {e} (gave up after {i} attempts; run the command again to resume)"
+                    ) from None
                 self.log(f"{what}: {e}; retrying ({i}/{self.options.attempts - 1})")
                 if self.cancel.wait(self.options.backoff_s * 2 ** (i - 1)):
                     raise _Stopped() from None
@@ -136,7 +139,13 @@ class Download:
 
     def __init__(self, client: HttpClient, name: str, url: str, size: int, checksum: str, target: Path) -> None:
         self.client, self.name, self.url, self.size, self.checksum, self.target = (
-            client, name, url, size, checksum, target)
+            client,
+            name,
+            url,
+            size,
+            checksum,
+            target,
+        )
         self.partial = target.with_name(target.name + ".partial")
         self.sidecar = target.with_name(target.name + ".partial.json")
         self.ranged = size > client.options.split_above_bytes or self.sidecar.exists()
@@ -172,9 +181,11 @@ class Download:
         parts = _missing_parts(size, self.done, part)
         self.remaining, self.to_fetch = len(parts), sum(b - a for a, b in parts)
         have = size - self.to_fetch
-        self.client.log(f"fetching {self.name} ({size_text(size)}) in {len(parts)} ranges"
-                        f"{f', {size_text(have)} already here' if have else ''}")
-        return [lambda a=a, b=b: self._part_task(a, b) for a, b in parts]
+        self.client.log(
+            f"fetching {self.name} ({size_text(size)}) in {len(parts)} ranges"
+            f"{f', {size_text(have)} already here' if have else ''}"
+        )
+        return [functools.partial(self._part_task, a, b) for a, b in parts]
 
     def _load_sidecar(self, have: int) -> list[tuple[int, int]]:
         """Ranges already on disk: from the sidecar if it describes this very file, else the partial's length
@@ -192,8 +203,7 @@ class Download:
 
     def _write_sidecar(self) -> None:
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps({"path": self.name, "size": self.size, "checksum": self.checksum,
-                                   "done": self.done}))
+        tmp.write_text(json.dumps({"path": self.name, "size": self.size, "checksum": self.checksum, "done": self.done}))
         os.replace(tmp, self.sidecar)
 
     def _record(self, fd: int, a: int, b: int) -> None:
@@ -214,8 +224,9 @@ class Download:
                 return
             if self.progress is None:  # steps are MB, or KB below 10 MB so that lines still come every 10 %
                 unit, name = (MB, "MB") if self.to_fetch >= 10 * MB else (2**10, "KB")
-                self.progress = Progress(max(1, math.ceil(self.to_fetch / unit)), self.client.log, every=0.1,
-                                         what=f"{name} of {self.name}")
+                self.progress = Progress(
+                    max(1, math.ceil(self.to_fetch / unit)), self.client.log, every=0.1, what=f"{name} of {self.name}"
+                )
             p = self.progress
             units = min(p.total, self.downloaded * p.total // self.to_fetch)
             for u in range(self.units + 1, units + 1):
@@ -232,8 +243,9 @@ class Download:
             headers = {"Range": f"bytes={pos}-{end - 1}"} if pos > 0 or end < self.size else {}
             with self.client.open(self.url, self.name, headers) as r:
                 if r.status_code == 416:
-                    raise DownloadError(f"{self.name}: the server has fewer bytes than the {self.size} "
-                                        "the listing says")
+                    raise DownloadError(
+                        f"{self.name}: the server has fewer bytes than the {self.size} the listing says"
+                    )
                 if r.status_code == 206:
                     m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", ""))
                     if not m or int(m[1]) != pos:
@@ -247,7 +259,7 @@ class Download:
                     for chunk in r.iter_content(CHUNK):
                         if self.client.cancel.is_set() or (self.fallback and fd == self.fd):
                             raise _Stopped()
-                        data = memoryview(chunk)[:end - pos]
+                        data = memoryview(chunk)[: end - pos]
                         while data:
                             written = os.pwrite(fd, data, pos)
                             data, pos = data[written:], pos + written
@@ -317,9 +329,11 @@ class Download:
         if problem:
             self.partial.unlink(missing_ok=True)
             self.sidecar.unlink(missing_ok=True)
-            raise DownloadError(f"{self.name} failed its checksum check: {problem}. The download was deleted; "
-                                "run the command again (if it fails again, the server serves other bytes than "
-                                "the hub lists)")
+            raise DownloadError(
+                f"{self.name} failed its checksum check: {problem}. The download was deleted; "
+                "run the command again (if it fails again, the server serves other bytes than "
+                "the hub lists)"
+            )
         os.replace(self.partial, self.target)
         self.sidecar.unlink(missing_ok=True)
         self.client.log(f"fetched {self.name} ({size_text(self.size)}, {check_kind(self.checksum)} ok)")

@@ -10,14 +10,15 @@ What that costs against one batched pass is measured in ``lora-studio bench`` (`
 from __future__ import annotations
 
 import random
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
 from .progress import Progress
 
 SchedulerName = Literal["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
-SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__
+SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
 
 # name -> (diffusers class, overrides on top of the checkpoint's own scheduler config)
 _SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -62,8 +63,9 @@ def make_scheduler(name: str, base_config):
     return getattr(diffusers, cls_name).from_config(base_config, **overrides)
 
 
-def sample(pipe, request: SamplingRequest, log: Callable[[str], None] | None = None, *, one_pass: bool = False,
-           **pipe_kwargs) -> list:
+def sample(
+    pipe, request: SamplingRequest, log: Callable[[str], None] | None = None, *, one_pass: bool = False, **pipe_kwargs
+) -> list:
     """PIL images for ``request``; with ``log``, progress lines (every 20%); ``pipe_kwargs`` pass through.
 
     Each output gets its own pass, so that it is exactly what ``seed + i`` alone gives. ``one_pass`` draws
@@ -73,8 +75,11 @@ def sample(pipe, request: SamplingRequest, log: Callable[[str], None] | None = N
     """
     import torch
 
-    passes = [(request.seed, request.num_outputs)] if one_pass else [
-        (request.seed + i, 1) for i in range(request.num_outputs)]
+    passes = (
+        [(request.seed, request.num_outputs)]
+        if one_pass
+        else [(request.seed + i, 1) for i in range(request.num_outputs)]
+    )
     done = 0
     if log is not None:
         progress = Progress(request.num_inference_steps * len(passes), log, every=0.2, what="sampling")
@@ -88,8 +93,10 @@ def sample(pipe, request: SamplingRequest, log: Callable[[str], None] | None = N
     def view():
         """Every component shared but a fresh scheduler: the warm pipeline is never mutated, and no scheduler
         state carries from one pass to the next."""
-        v = type(pipe)(**{**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)},
-                       requires_safety_checker=False)
+        v = type(pipe)(
+            **{**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)},
+            requires_safety_checker=False,
+        )
         v.set_progress_bar_config(disable=True)
         return v
 
@@ -98,8 +105,9 @@ def sample(pipe, request: SamplingRequest, log: Callable[[str], None] | None = N
     first = view()
     guided = request.guidance_scale > 1 and first.unet.config.time_cond_proj_dim is None
     with torch.no_grad():
-        embeds, negative_embeds = first.encode_prompt(request.prompt, first._execution_device, 1, guided,
-                                                      request.negative_prompt or None)
+        embeds, negative_embeds = first.encode_prompt(
+            request.prompt, first._execution_device, 1, guided, request.negative_prompt or None
+        )
     images = []
     for seed, count in passes:
         images += view()(
@@ -121,13 +129,18 @@ class SettingsError(ValueError):
     """Settings that cannot be used; one line per setting, saying what it must be."""
 
     @classmethod
-    def of(cls, error) -> "SettingsError":
+    def of(cls, error) -> SettingsError:
         """From a pydantic ``ValidationError``, whose own text is a page long and quotes the whole value."""
+
         def shown(value) -> str:
             text = repr(value)
-            return text if len(text) <= 40 else f"{text[:30]}… ({len(value) if hasattr(value, '__len__') else '?'} long)"
-        return cls("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {shown(e['input'])})"
-                             for e in error.errors()))
+            return (
+                text if len(text) <= 40 else f"{text[:30]}… ({len(value) if hasattr(value, '__len__') else '?'} long)"
+            )
+
+        return cls(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {shown(e['input'])})" for e in error.errors())
+        )
 
 
 def resolve_request(defaults, **given) -> SamplingRequest:

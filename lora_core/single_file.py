@@ -22,8 +22,14 @@ _UNET_FIXED = {
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
 }
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _VAE_ATTENTION = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
 
@@ -59,9 +65,12 @@ def _unet_prefix_map(config: dict, keys: set[str]) -> list[tuple[str, str]]:
 def _vae_prefix_map(config: dict) -> list[tuple[str, str]]:
     per = config["layers_per_block"]
     n = len(config["block_out_channels"])
-    pairs = [("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out."),
-             ("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."),
-             ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1.")]
+    pairs = [
+        ("encoder.conv_norm_out.", "encoder.norm_out."),
+        ("decoder.conv_norm_out.", "decoder.norm_out."),
+        ("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."),
+        ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1."),
+    ]
     for part in ("encoder", "decoder"):
         pairs += [(f"{part}.mid_block.resnets.{j}.", f"{part}.mid.block_{j + 1}.") for j in range(2)]
     for i in range(n):
@@ -76,7 +85,7 @@ def _vae_prefix_map(config: dict) -> list[tuple[str, str]]:
 def _rename(key: str, prefixes: list[tuple[str, str]], inner: dict[str, str]) -> str:
     for new, old in prefixes:
         if key.startswith(new):
-            rest = key[len(new):]
+            rest = key[len(new) :]
             for a, b in inner.items():
                 rest = rest.replace(a, b)
             return old + rest

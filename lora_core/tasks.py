@@ -32,20 +32,59 @@ class TaskPreset(BaseModel):
     prior_weight: float = 1.0  # loss weight of the base's own images, which keep other prompts unchanged
 
 
-PRESETS: dict[str, TaskPreset] = {p.name: p for p in [
-    TaskPreset(name="face", description="one person's face, seen in every photo", crop="face", mask_loss=True,
-               mask_floor=0.3, max_train_steps=1000, learning_rate=1e-4, learning_rate_text=5e-5,
-               learning_rate_embeddings=1e-3, lora_rank=16, train_text_encoder=True, num_tokens=2,
-               init_word="person", caption_template="a photo of {tokens}"),
-    TaskPreset(name="object", description="an object or a pet", crop="center", mask_loss=False, mask_floor=1.0,
-               max_train_steps=800, learning_rate=1e-4, learning_rate_text=5e-5, learning_rate_embeddings=1e-3,
-               lora_rank=8, train_text_encoder=True, num_tokens=2, init_word="object",
-               caption_template="a photo of {tokens}"),
-    TaskPreset(name="style", description="a visual style to transfer", crop="whole", mask_loss=False,
-               mask_floor=1.0, max_train_steps=800, learning_rate=1e-4, learning_rate_text=0.0,
-               learning_rate_embeddings=2e-4, lora_rank=16, train_text_encoder=False, num_tokens=1,
-               init_word="style", caption_template="a picture in the style of {tokens}"),
-]}
+PRESETS: dict[str, TaskPreset] = {
+    p.name: p
+    for p in [
+        TaskPreset(
+            name="face",
+            description="one person's face, seen in every photo",
+            crop="face",
+            mask_loss=True,
+            mask_floor=0.3,
+            max_train_steps=1000,
+            learning_rate=1e-4,
+            learning_rate_text=5e-5,
+            learning_rate_embeddings=1e-3,
+            lora_rank=16,
+            train_text_encoder=True,
+            num_tokens=2,
+            init_word="person",
+            caption_template="a photo of {tokens}",
+        ),
+        TaskPreset(
+            name="object",
+            description="an object or a pet",
+            crop="center",
+            mask_loss=False,
+            mask_floor=1.0,
+            max_train_steps=800,
+            learning_rate=1e-4,
+            learning_rate_text=5e-5,
+            learning_rate_embeddings=1e-3,
+            lora_rank=8,
+            train_text_encoder=True,
+            num_tokens=2,
+            init_word="object",
+            caption_template="a photo of {tokens}",
+        ),
+        TaskPreset(
+            name="style",
+            description="a visual style to transfer",
+            crop="whole",
+            mask_loss=False,
+            mask_floor=1.0,
+            max_train_steps=800,
+            learning_rate=1e-4,
+            learning_rate_text=0.0,
+            learning_rate_embeddings=2e-4,
+            lora_rank=16,
+            train_text_encoder=False,
+            num_tokens=1,
+            init_word="style",
+            caption_template="a picture in the style of {tokens}",
+        ),
+    ]
+}
 
 
 def get_preset(name: str) -> TaskPreset:

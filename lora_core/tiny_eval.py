@@ -40,7 +40,7 @@ def dominant_colour(image: Image.Image, min_fraction: float = 0.03) -> str | Non
 
 def palette_histogram(images: list[Image.Image]) -> np.ndarray:
     """Share of each palette colour among the vivid pixels of a set of images (backgrounds excluded)."""
-    counts = sum(_palette_counts(im)[0] for im in images)
+    counts = np.sum([_palette_counts(im)[0] for im in images], axis=0)
     return counts / max(counts.sum(), 1)
 
 
@@ -71,8 +71,12 @@ def shape_prototypes(seeds: range = range(8)) -> dict[str, np.ndarray]:
     """Mean features of each shape as the world draws it (solid red on white)."""
     out = {}
     for shape in tiny_world.SHAPES:
-        feats = [shape_features(Image.fromarray(tiny_world.render_object(
-            shape, tiny_world.Fill("red"), tiny_world.Fill("white"), seed))) for seed in seeds]
+        feats = [
+            shape_features(
+                Image.fromarray(tiny_world.render_object(shape, tiny_world.Fill("red"), tiny_world.Fill("white"), seed))
+            )
+            for seed in seeds
+        ]
         out[shape] = np.mean([f for f in feats if f is not None], axis=0)
     return out
 
@@ -86,8 +90,11 @@ def classify_shape(image: Image.Image, prototypes: dict[str, np.ndarray]) -> str
 
 def mean_abs_pixel_change(a: list[Image.Image], b: list[Image.Image]) -> float:
     """Mean |difference| in 0..255 between paired images."""
-    return float(np.mean([np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b)]))
-
+    return float(
+        np.mean(
+            [np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b, strict=True)]
+        )
+    )
 
 
 def mean_abs_error(originals: np.ndarray, copies: np.ndarray) -> float:
@@ -98,6 +105,7 @@ def mean_abs_error(originals: np.ndarray, copies: np.ndarray) -> float:
 def hue_errors_deg(originals: np.ndarray, copies: np.ndarray) -> np.ndarray:
     """Per picture, the hue distance in degrees between the mean colours of a flat original and its copy: a
     swapped colour family (cyan drawn blue, purple drawn green) is tens of degrees."""
+
     def hues(stack: np.ndarray) -> np.ndarray:
         means = stack.reshape(len(stack), -1, 3).mean(axis=1) / 255
         return np.array([colorsys.rgb_to_hsv(*m)[0] for m in means])
@@ -108,8 +116,16 @@ def hue_errors_deg(originals: np.ndarray, copies: np.ndarray) -> np.ndarray:
 
 def rgb_histogram(images: list[Image.Image], bins: int = 4) -> np.ndarray:
     """Share of all pixels in each of ``bins``³ RGB cells: any colour counts, not only the world's palette."""
-    counts = sum(np.bincount((np.asarray(im.convert("RGB"), np.int32) * bins // 256 @ np.array([bins * bins, bins, 1]))
-                             .ravel(), minlength=bins ** 3) for im in images)
+    counts = np.sum(
+        [
+            np.bincount(
+                (np.asarray(im.convert("RGB"), np.int32) * bins // 256 @ np.array([bins * bins, bins, 1])).ravel(),
+                minlength=bins**3,
+            )
+            for im in images
+        ],
+        axis=0,
+    )
     return counts / counts.sum()
 
 

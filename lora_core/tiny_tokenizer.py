@@ -8,6 +8,7 @@ with ``</w>``, one entry per merge, then ``<|startoftext|>`` and ``<|endoftext|>
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,7 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def learn_merges(words: list[str]) -> list[tuple[str, str]]:
@@ -39,7 +40,7 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     while True:
         pairs: Counter[tuple[str, str]] = Counter()
         for symbols in pieces.values():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] += 1
         if not pairs:
             return merges

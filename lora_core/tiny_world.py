@@ -187,8 +187,11 @@ class WorldSampler:
             while True:
                 colour = self._pick(list(COLOURS))
                 pattern = self._pick(BACKGROUND_PATTERNS)
-                second = "white" if pattern == "gradient" or self.rng.random() < 0.5 else self._pick(
-                    [c for c in COLOURS if c != colour])
+                second = (
+                    "white"
+                    if pattern == "gradient" or self.rng.random() < 0.5
+                    else self._pick([c for c in COLOURS if c != colour])
+                )
                 fill = Fill(colour, pattern, second)
                 if not _held_out_fill(fill):
                     break
@@ -229,7 +232,7 @@ class WorldSampler:
     @staticmethod
     def _finish(canvas: np.ndarray) -> np.ndarray:
         img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
-        return np.asarray(img.resize((SIZE, SIZE), Image.LANCZOS))
+        return np.asarray(img.resize((SIZE, SIZE), Image.Resampling.LANCZOS))
 
 
 def sample_world(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -257,8 +260,10 @@ def render_object(shape: str, fill: Fill, background: Fill, seed: int) -> np.nda
 def concept_images(shape: str, colour: str, n: int, first_seed: int) -> list[Image.Image]:
     """``n`` pictures of one object (held out or not) on white, gray and black in turn: LoRA training data."""
     backgrounds = ("white", "gray", "black")
-    return [Image.fromarray(render_object(shape, Fill(colour), Fill(backgrounds[i % 3]), seed=first_seed + i))
-            for i in range(n)]
+    return [
+        Image.fromarray(render_object(shape, Fill(colour), Fill(backgrounds[i % 3]), seed=first_seed + i))
+        for i in range(n)
+    ]
 
 
 def vocabulary_corpus(captions: list[str]) -> list[str]:

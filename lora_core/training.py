@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,16 +75,25 @@ def _lora_config(rank: int, targets: tuple[str, ...]):
     return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
 
 
-def encode_examples(vae, examples: list[Example], floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_examples(vae, examples: Sequence[Example], floor: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents of every example and its mirror image, and the matching loss weights."""
-    pixels = torch.stack([torch.from_numpy(np.asarray(e.image, np.float32)).permute(2, 0, 1) / 127.5 - 1
-                          for e in examples])
-    masks = torch.stack([torch.from_numpy(e.mask)[None] if e.mask is not None else torch.ones(1, *pixels.shape[2:])
-                         for e in examples])
+    pixels = torch.stack(
+        [torch.from_numpy(np.asarray(e.image, np.float32)).permute(2, 0, 1) / 127.5 - 1 for e in examples]
+    )
+    masks = torch.stack(
+        [torch.from_numpy(e.mask)[None] if e.mask is not None else torch.ones(1, *pixels.shape[2:]) for e in examples]
+    )
     pixels, masks = torch.cat([pixels, pixels.flip(-1)]), torch.cat([masks, masks.flip(-1)])
     with torch.no_grad():
-        latents = torch.cat([vae.encode(pixels[i:i + 8].to(vae.device, vae.dtype)).latent_dist.mean
-                             for i in range(0, len(pixels), 8)]) * vae.config.scaling_factor
+        latents = (
+            torch.cat(
+                [
+                    vae.encode(pixels[i : i + 8].to(vae.device, vae.dtype)).latent_dist.mean
+                    for i in range(0, len(pixels), 8)
+                ]
+            )
+            * vae.config.scaling_factor
+        )
     weights = F.interpolate(masks, size=latents.shape[-2:], mode="area")
     return latents.float(), floor + (1 - floor) * weights
 
@@ -113,8 +123,9 @@ def _remove_peft_layers(*models) -> None:
         model._hf_peft_config_loaded = False
 
 
-def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = print,
-               prior: list[Example] = ()) -> TrainedLoRA:
+def train_lora(
+    pipe, examples: list[Example], cfg: TrainingConfig, log: Log = print, prior: Sequence[Example] = ()
+) -> TrainedLoRA:
     """Train on ``examples`` with the warm ``pipe``'s weights; returns the LoRA tensors.
 
     ``prior``: images the base drew for other prompts. Each batch also holds half a batch of
@@ -130,13 +141,19 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     latents, weights = encode_examples(pipe.vae, examples, cfg.mask_floor)
     captions = [e.caption for e in examples] * 2  # mirrored copies share captions
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     use_prior = bool(prior) and cfg.prior_weight > 0
     if use_prior:
         prior_latents, _ = encode_examples(pipe.vae, prior, 1.0)
-        prior_ids = tokenizer([e.caption for e in prior] * 2, padding="max_length",
-                              max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        prior_ids = tokenizer(
+            [e.caption for e in prior] * 2,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         n_prior = max(1, cfg.batch_size // 2)
 
     unet = pipe.unet
@@ -155,21 +172,29 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
         keep = torch.ones(len(table), dtype=torch.bool)
         keep[new_ids] = False
 
-        groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate},
-                  {"params": [table], "lr": cfg.learning_rate_embeddings, "weight_decay": 0.0}]
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate},
+            {"params": [table], "lr": cfg.learning_rate_embeddings, "weight_decay": 0.0},
+        ]
         if cfg.train_text_encoder:
-            groups.append({"params": [p for n, p in text_encoder.named_parameters() if "lora_" in n],
-                           "lr": cfg.learning_rate_text})
+            groups.append(
+                {
+                    "params": [p for n, p in text_encoder.named_parameters() if "lora_" in n],
+                    "lr": cfg.learning_rate_text,
+                }
+            )
         peak = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=1e-2)
         warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
         unet.train(), text_encoder.train()
-        start, running = time.perf_counter(), None
+        start, running = time.perf_counter(), 0.0
         progress = Progress(cfg.steps, log)  # a line at least every 5%
-        log(f"training {cfg.steps} steps, batch {cfg.batch_size}, rank {cfg.rank}, {len(examples)} images, "
-            f"tokens {' '.join(cfg.tokens)}" + (f", {len(prior)} prior images" if use_prior else ""))
+        log(
+            f"training {cfg.steps} steps, batch {cfg.batch_size}, rank {cfg.rank}, {len(examples)} images, "
+            f"tokens {' '.join(cfg.tokens)}" + (f", {len(prior)} prior images" if use_prior else "")
+        )
         for step in range(1, cfg.steps + 1):
-            for group, lr in zip(opt.param_groups, peak):
+            for group, lr in zip(opt.param_groups, peak, strict=True):
                 group["lr"] = lr * min(1.0, step / warmup)
             idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
             x0, batch_ids, batch_weights = latents[idx], ids[idx], weights[idx]
@@ -189,18 +214,25 @@ def train_lora(pipe, examples: list[Example], cfg: TrainingConfig, log: Log = pr
             opt.step()
             with torch.no_grad():
                 table[keep] = original_rows[keep]
-            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
             progress.step(step, f"loss {running:.4f}")
         unet.eval(), text_encoder.eval()
         unet_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-        text_state = (get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER, save_embedding_layers=False)
-                      if cfg.train_text_encoder else None)
+        text_state = (
+            get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER, save_embedding_layers=False)
+            if cfg.train_text_encoder
+            else None
+        )
         return TrainedLoRA(
             unet={k: v.detach().cpu().clone().contiguous() for k, v in unet_state.items()},
-            text_encoder=None if text_state is None else {k: v.detach().cpu().clone().contiguous()
-                                                          for k, v in text_state.items()},
+            text_encoder=None
+            if text_state is None
+            else {k: v.detach().cpu().clone().contiguous() for k, v in text_state.items()},
             embeddings=table[new_ids].detach().cpu().clone(),
-            config=cfg, final_loss=float(running), seconds=time.perf_counter() - start)
+            config=cfg,
+            final_loss=float(running),
+            seconds=time.perf_counter() - start,
+        )
     finally:
         _remove_peft_layers(unet, text_encoder)
         unet.eval()

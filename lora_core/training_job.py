@@ -6,14 +6,27 @@ and the base checkpoint, runs the steps in order and says what it did in the log
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import (adapters, checkpoints, dataset, image_files, lora_convert, lora_file, patching, preprocess,
-               prior_images, prompts, sampling, tasks, training)
+from . import (
+    adapters,
+    checkpoints,
+    dataset,
+    image_files,
+    lora_convert,
+    lora_file,
+    patching,
+    preprocess,
+    prior_images,
+    prompts,
+    sampling,
+    tasks,
+    training,
+)
 
 GRID_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -43,8 +56,9 @@ class TrainingResult:
     metadata: dict[str, str]
 
 
-def resolve_config(request: TrainingRequest, checkpoint: checkpoints.Checkpoint) -> tuple[training.TrainingConfig,
-                                                                                         tasks.TaskPreset]:
+def resolve_config(
+    request: TrainingRequest, checkpoint: checkpoints.Checkpoint
+) -> tuple[training.TrainingConfig, tasks.TaskPreset]:
     preset = tasks.get_preset(request.task)
     if request.caption_prefix:
         template = request.caption_prefix
@@ -74,8 +88,9 @@ def resolve_config(request: TrainingRequest, checkpoint: checkpoints.Checkpoint)
     return cfg, preset
 
 
-def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest, out_dir: Path,
-                 log: Callable[[str], None] = print) -> TrainingResult:
+def run_training(
+    pipe, base_hash: str, zip_path: Path, request: TrainingRequest, out_dir: Path, log: Callable[[str], None] = print
+) -> TrainingResult:
     checkpoint = checkpoints.get_checkpoint(request.base_model)
     cfg, preset = resolve_config(request, checkpoint)
     log(f"task {preset.name}: {preset.description}; seed {cfg.seed}")
@@ -84,16 +99,29 @@ def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest,
     log(f"caption example: {examples[0].caption!r}")
     prior = prior_images.prior_examples(pipe, checkpoint, cfg.resolution, base_hash) if cfg.prior_weight > 0 else []
     if prior:
-        log(f"{len(prior)} prior images of the base ({len(checkpoint.prior_prompts)} prompts), "
-            "so that prompts without the new tokens keep the base's look")
+        log(
+            f"{len(prior)} prior images of the base ({len(checkpoint.prior_prompts)} prompts), "
+            "so that prompts without the new tokens keep the base's look"
+        )
     trained = training.train_lora(pipe, examples, cfg, log=log, prior=prior)
 
     metadata = lora_file.lora_metadata(
-        base_model=checkpoint.name, base_family=checkpoint.family, base_hash=base_hash, task=preset.name,
-        rank=cfg.rank, alpha=cfg.alpha, tokens=list(cfg.tokens), init_word=cfg.init_word,
-        resolution=cfg.resolution, steps=cfg.steps, seed=cfg.seed,
-        extra={"lora_studio.caption_template": preset.caption_template,
-               "lora_studio.training_config": cfg.model_dump_json()})
+        base_model=checkpoint.name,
+        base_family=checkpoint.family,
+        base_hash=base_hash,
+        task=preset.name,
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        tokens=list(cfg.tokens),
+        init_word=cfg.init_word,
+        resolution=cfg.resolution,
+        steps=cfg.steps,
+        seed=cfg.seed,
+        extra={
+            "lora_studio.caption_template": preset.caption_template,
+            "lora_studio.training_config": cfg.model_dump_json(),
+        },
+    )
     tensors = lora_file.pack_trained(trained.unet, trained.text_encoder, trained.embeddings)
     lora_path = lora_file.write_lora(out_dir / f"lora-{preset.name}-{cfg.seed}.safetensors", tensors, metadata)
     log(f"wrote {lora_path.name} ({lora_path.stat().st_size / 1e6:.2f} MB) after {trained.seconds:.0f}s of training")
@@ -101,7 +129,8 @@ def run_training(pipe, base_hash: str, zip_path: Path, request: TrainingRequest,
     a1111_path = lora_file.write_lora(
         out_dir / f"lora-{preset.name}-{cfg.seed}-a1111.safetensors",
         lora_convert.to_kohya(tensors, embedding_name),
-        {**metadata, "lora_studio.key_format": "kohya", "modelspec.trigger_phrase": embedding_name})
+        {**metadata, "lora_studio.key_format": "kohya", "modelspec.trigger_phrase": embedding_name},
+    )
 
     grid_path = out_dir / "scales.png"
     prompt = preset.caption_template.format(tokens="<1>")
@@ -115,7 +144,6 @@ def scale_grid(pipe, lora: adapters.Adapter, prompt: str, checkpoint: checkpoint
     images = []
     for scale in GRID_SCALES:
         with patching.applied(pipe, [lora], [scale]) as texts:
-            request = sampling.resolve_request(checkpoint.defaults, prompt=prompts.expand(prompt, texts),
-                                               seed=seed)
+            request = sampling.resolve_request(checkpoint.defaults, prompt=prompts.expand(prompt, texts), seed=seed)
             images.append(sampling.sample(pipe, request)[0])
     return image_files.grid([images], scale=1 if images[0].width >= 256 else 4)

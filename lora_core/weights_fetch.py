@@ -15,8 +15,16 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from . import checkpoints
-from .hub_listing import (HubClient, HubError, HubOptions, inside, list_repo, safe_relative, select_diffusers,
-                          select_single_file)
+from .hub_listing import (
+    HubClient,
+    HubError,
+    HubOptions,
+    inside,
+    list_repo,
+    safe_relative,
+    select_diffusers,
+    select_single_file,
+)
 from .ranged_download import MB, Download, DownloadError, Log, check_kind, download_all, size_text, verify
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -53,19 +61,22 @@ class FetchSummary(BaseModel):
         by_reason: dict[str, list[str]] = {}
         for path, reason in sorted(self.skipped.items()):
             by_reason.setdefault(reason, []).append(path)
-        skipped = "; ".join(f"{reason}: {', '.join(paths[:6])}{', …' if len(paths) > 6 else ''}"
-                            for reason, paths in by_reason.items())
+        skipped = "; ".join(
+            f"{reason}: {', '.join(paths[:6])}{', …' if len(paths) > 6 else ''}" for reason, paths in by_reason.items()
+        )
         rate = self.bytes_downloaded / MB / self.seconds if self.seconds > 0 else 0.0
         checks = ", ".join(f"{n} {how}" for how, n in self.checks.items() if n)
         count = len(self.fetched) + len(self.present)
-        return "\n".join([
-            f"weights {self.name}: {self.source}@{self.revision} -> {self.dest}",
-            f"  {len(self.fetched)} files fetched, {len(self.present)} already present, "
-            f"{len(self.skipped)} skipped as unneeded{f' ({skipped})' if skipped else ''}",
-            f"  {size_text(self.bytes_downloaded)} downloaded in {self.seconds:.1f}s ({rate:.1f} MB/s); "
-            f"{size_text(self.bytes_total)} on disk",
-            f"  checksums verified for all {count} files ({checks or 'none'})",
-        ])
+        return "\n".join(
+            [
+                f"weights {self.name}: {self.source}@{self.revision} -> {self.dest}",
+                f"  {len(self.fetched)} files fetched, {len(self.present)} already present, "
+                f"{len(self.skipped)} skipped as unneeded{f' ({skipped})' if skipped else ''}",
+                f"  {size_text(self.bytes_downloaded)} downloaded in {self.seconds:.1f}s ({rate:.1f} MB/s); "
+                f"{size_text(self.bytes_total)} on disk",
+                f"  checksums verified for all {count} files ({checks or 'none'})",
+            ]
+        )
 
 
 def checkpoint_to_fetch(name: str, source: str | None = None) -> checkpoints.Checkpoint:
@@ -77,22 +88,28 @@ def checkpoint_to_fetch(name: str, source: str | None = None) -> checkpoints.Che
         owner = next((c.name for c in checkpoints.REGISTRY.values() if c.path == name), None)
         if owner:
             raise WeightsFetchError(f"weights/{name} belongs to base model {owner!r}; fetch under that name")
-        return checkpoints.Checkpoint(name=name, description=f"{source} from the hub", layout="diffusers",
-                                      path=name, source=source,
-                                      defaults=checkpoints.SamplingDefaults(width=512, height=512,
-                                                                            num_inference_steps=30,
-                                                                            guidance_scale=7.5))
+        return checkpoints.Checkpoint(
+            name=name,
+            description=f"{source} from the hub",
+            layout="diffusers",
+            path=name,
+            source=source,
+            defaults=checkpoints.SamplingDefaults(width=512, height=512, num_inference_steps=30, guidance_scale=7.5),
+        )
     checkpoint = checkpoints.get_checkpoint(name)
     if source:
         return checkpoint.model_copy(update={"source": source})
     if not checkpoint.source:  # (a registry name with --source keeps its registry folder)
-        raise WeightsFetchError(f"{name!r} ships with the repository (weights/{checkpoint.path}); there is nothing "
-                                "to fetch. Pass --source REPO_ID to fetch a hub repository in its place.")
+        raise WeightsFetchError(
+            f"{name!r} ships with the repository (weights/{checkpoint.path}); there is nothing "
+            "to fetch. Pass --source REPO_ID to fetch a hub repository in its place."
+        )
     return checkpoint
 
 
-def fetch_checkpoint(name: str, options: FetchOptions, dest: Path | None = None,
-                     log: Log = lambda line: print(line, flush=True)) -> FetchSummary:
+def fetch_checkpoint(
+    name: str, options: FetchOptions, dest: Path | None = None, log: Log = lambda line: print(line, flush=True)
+) -> FetchSummary:
     """Fetch registry checkpoint ``name`` into ``dest`` (the weights folder) and say what happened."""
     try:
         return _fetch(name, options, dest, log)
@@ -119,9 +136,11 @@ def _fetch(name: str, options: FetchOptions, dest: Path | None, log: Log) -> Fet
     if checkpoint.layout == "single_file":
         config = root / (checkpoint.config or "")
         if not (config / "model_index.json").is_file():
-            raise WeightsFetchError(f"{name} is a single file that loads with the configs of {checkpoint.config}, "
-                                    f"which is not in {root}; run `lora-studio weights fetch {checkpoint.config}"
-                                    f"{f' --dest {root}' if dest is not None else ''}` first")
+            raise WeightsFetchError(
+                f"{name} is a single file that loads with the configs of {checkpoint.config}, "
+                f"which is not in {root}; run `lora-studio weights fetch {checkpoint.config}"
+                f"{f' --dest {root}' if dest is not None else ''}` first"
+            )
 
     client = HubClient(options, repo, log)
     try:
@@ -130,8 +149,9 @@ def _fetch(name: str, options: FetchOptions, dest: Path | None, log: Log) -> Fet
         client.close()
 
 
-def _fetch_files(client: HubClient, options: FetchOptions, checkpoint: checkpoints.Checkpoint, target: Path,
-                 started: float) -> FetchSummary:
+def _fetch_files(
+    client: HubClient, options: FetchOptions, checkpoint: checkpoints.Checkpoint, target: Path, started: float
+) -> FetchSummary:
     entries = list_repo(client)
     if checkpoint.layout == "single_file":
         entry, skipped = select_single_file(entries, client.repo, options.file)
@@ -159,11 +179,19 @@ def _fetch_files(client: HubClient, options: FetchOptions, checkpoint: checkpoin
     download_all(client, downloads)
     kinds = [check_kind(e.checksum) for e in needed.values()]
     checks = {how: kinds.count(how) for how in ("sha256", "git sha1", "size") if how in kinds}
-    return FetchSummary(name=checkpoint.name, source=client.repo, revision=options.revision,
-                        dest=target, fetched=[d.name for d in downloads], present=present, skipped=skipped,
-                        bytes_downloaded=sum(d.downloaded for d in downloads),
-                        bytes_total=sum(e.size for e in needed.values()),
-                        seconds=time.perf_counter() - started, checks=checks)
+    return FetchSummary(
+        name=checkpoint.name,
+        source=client.repo,
+        revision=options.revision,
+        dest=target,
+        fetched=[d.name for d in downloads],
+        present=present,
+        skipped=skipped,
+        bytes_downloaded=sum(d.downloaded for d in downloads),
+        bytes_total=sum(e.size for e in needed.values()),
+        seconds=time.perf_counter() - started,
+        checks=checks,
+    )
 
 
 def _check_space(folder: Path, downloads: list[Download]) -> None:

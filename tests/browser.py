@@ -14,7 +14,8 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="browser tests need Debian's Chromium: apt-get install chromium chromium-driver "
-           "(/usr/bin/chromium or /usr/bin/chromedriver is missing)")
+    "(/usr/bin/chromium or /usr/bin/chromedriver is missing)",
+)
 
 
 @contextlib.contextmanager
@@ -26,13 +27,24 @@ def chromium(profile: Path, downloads: Path | None = None):
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download a driver
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", "--window-size=1280,900", f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(arg)
     if downloads is not None:
-        options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                                  "download.prompt_for_download": False})
+        options.add_experimental_option(
+            "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+        )
     driver = webdriver.Chrome(service=ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     try:

@@ -40,10 +40,15 @@ def preset_lora(train_predictor, tmp_path_factory):
     def train(name: str, images, seed: int, task: str = "object"):
         if name not in made:
             folder = tmp_path_factory.mktemp(f"preset-{name}")
-            out = call_predictor(train_predictor, instance_data=zip_images(folder / "in.zip", images), task=task,
-                                 seed=seed)
-            made[name] = SimpleNamespace(**{key: Path(shutil.copy(getattr(out, key), folder / Path(getattr(out, key)).name))
-                                            for key in ("lora", "lora_a1111", "scales_grid")})
+            out = call_predictor(
+                train_predictor, instance_data=zip_images(folder / "in.zip", images), task=task, seed=seed
+            )
+            made[name] = SimpleNamespace(
+                **{
+                    key: Path(shutil.copy(getattr(out, key), folder / Path(getattr(out, key)).name))
+                    for key in ("lora", "lora_a1111", "scales_grid")
+                }
+            )
         return made[name]
 
     return train
@@ -63,10 +68,17 @@ def draw(pipe, prompt: str, seeds) -> list:
 
     seeds, defaults = list(seeds), checkpoints.get_checkpoint("tiny").defaults
     assert seeds == list(range(seeds[0], seeds[0] + len(seeds))), "consecutive seeds"
-    return [image for first in range(0, len(seeds), sampling.MAX_OUTPUTS)
-            for image in sampling.sample(pipe, sampling.resolve_request(
-                defaults, prompt=prompt, seed=seeds[first], num_outputs=min(sampling.MAX_OUTPUTS, len(seeds) - first)),
-                one_pass=True)]
+    return [
+        image
+        for first in range(0, len(seeds), sampling.MAX_OUTPUTS)
+        for image in sampling.sample(
+            pipe,
+            sampling.resolve_request(
+                defaults, prompt=prompt, seed=seeds[first], num_outputs=min(sampling.MAX_OUTPUTS, len(seeds) - first)
+            ),
+            one_pass=True,
+        )
+    ]
 
 
 def call_predictor(predictor, **given):
@@ -117,7 +129,8 @@ def service(tmp_path_factory):
     """
     from service_harness import ServiceProcess
 
-    running = ServiceProcess(tmp_path_factory.mktemp("service"),
-                             env={"LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1"}).start()
+    running = ServiceProcess(
+        tmp_path_factory.mktemp("service"), env={"LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1"}
+    ).start()
     yield running
     running.stop()

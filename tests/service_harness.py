@@ -27,9 +27,15 @@ def free_port() -> int:
 class ServiceProcess:
     def __init__(self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir, self.port = data_dir, port or free_port()
-        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                    "LORA_STUDIO_DATA_DIR": str(data_dir), "LORA_STUDIO_HEARTBEAT_S": "1",
-                    "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.2", "LORA_STUDIO_WORKER_TOKEN": WORKER_TOKEN, **(env or {})}
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "LORA_STUDIO_DATA_DIR": str(data_dir),
+            "LORA_STUDIO_HEARTBEAT_S": "1",
+            "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.2",
+            "LORA_STUDIO_WORKER_TOKEN": WORKER_TOKEN,
+            **(env or {}),
+        }
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir / "service.log"
 
@@ -37,12 +43,17 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_workers: bool = True, timeout: float = 180, log_level: str = "warning") -> "ServiceProcess":
+    def start(self, wait_workers: bool = True, timeout: float = 180, log_level: str = "warning") -> ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(self.port), "--log-level", log_level],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while True:
             assert self.process.poll() is None, f"service exited:\n{self.log()}"
@@ -74,14 +85,21 @@ class ServiceProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def token(self, owner: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "lora_core.cli", "token", "create", "--owner", owner],
-                             cwd=ROOT, env=self.env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "lora_core.cli", "token", "create", "--owner", owner],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout.strip()
 
     def workers(self, timeout: float = 5) -> list[dict]:
         token = self.env["LORA_STUDIO_WORKER_TOKEN"]
-        return requests.get(f"{self.url}/internal/health", headers={"Authorization": f"Bearer {token}"},
-                            timeout=timeout).json()["workers"]
+        return requests.get(
+            f"{self.url}/internal/health", headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        ).json()["workers"]
 
 
 class Api:
@@ -124,8 +142,10 @@ def race_claimers(engine, count: int, claimers: int) -> tuple[list[str], list[st
 
     from lora_core.service import predictions
 
-    made = [predictions.create(engine, owner="q", model="m/x", version="v", kind="prediction", input={})["id"]
-            for _ in range(count)]
+    made = [
+        predictions.create(engine, owner="q", model="m/x", version="v", kind="prediction", input={})["id"]
+        for _ in range(count)
+    ]
     claimed: list[str] = []
 
     def claim(name: str) -> None:

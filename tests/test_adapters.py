@@ -22,8 +22,9 @@ def random_lora(pipe, seed=0, rank=4):
     for path, shape in adapters.module_table(pipe).shapes.items():
         if path.endswith(("to_q", "to_v", "q_proj", "conv1")):
             tensors[f"{path}.lora_A.weight"] = torch.randn(rank, *shape[1:], generator=gen) * 0.3
-            tensors[f"{path}.lora_B.weight"] = torch.randn(shape[0], rank, *([1, 1] if len(shape) == 4 else []),
-                                                           generator=gen) * 0.3
+            tensors[f"{path}.lora_B.weight"] = (
+                torch.randn(shape[0], rank, *([1, 1] if len(shape) == 4 else []), generator=gen) * 0.3
+            )
     tensors["emb_params"] = torch.randn(2, 64, generator=gen)
     return tensors, {"lora_studio.init_word": "object"}
 
@@ -72,6 +73,7 @@ def test_the_cache_keeps_recent_adapters_within_its_byte_bound(pipe):
         def bind():
             made.append(seed)
             return adapters.bind(pipe, *random_lora(pipe, seed))
+
         return bind
 
     one = adapters.bind(pipe, *random_lora(pipe))
@@ -83,11 +85,16 @@ def test_the_cache_keeps_recent_adapters_within_its_byte_bound(pipe):
 
 
 def test_a_lora_for_another_base_names_both(pipe):
-    tensors = {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
-               "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4)}
+    tensors = {
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4),
+    }
     meta = {"lora_studio.base_family": "sd-1", "lora_studio.base_model": "sd-1.5"}
-    with pytest.raises(LoRAFileError, match=r"made for SD 1.x \(trained on sd-1.5\), and the base is base model "
-                                            r"'tiny' \(SD-1.x layout, UNet channels \(32, 64, 64\)"):
+    with pytest.raises(
+        LoRAFileError,
+        match=r"made for SD 1.x \(trained on sd-1.5\), and the base is base model "
+        r"'tiny' \(SD-1.x layout, UNet channels \(32, 64, 64\)",
+    ):
         adapters.bind(pipe, tensors, meta, base_label="base model 'tiny'")
 
 

@@ -15,9 +15,19 @@ import pytest
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADLINE = ["train_step_overhead", "lora_swap_vs_diffusers", "lora_swap_ms_sd15", "patch_overhead_fraction",
-            "cached_fetch_ms", "api_overhead_ms", "peak_rss_ratio", "cold_start_s", "lora_file_mb", "batch_vs_single",
-            "batch_vs_single_sd15"]
+HEADLINE = [
+    "train_step_overhead",
+    "lora_swap_vs_diffusers",
+    "lora_swap_ms_sd15",
+    "patch_overhead_fraction",
+    "cached_fetch_ms",
+    "api_overhead_ms",
+    "peak_rss_ratio",
+    "cold_start_s",
+    "lora_file_mb",
+    "batch_vs_single",
+    "batch_vs_single_sd15",
+]
 
 
 def test_quick_bench_writes_every_metric(tmp_path):
@@ -25,8 +35,14 @@ def test_quick_bench_writes_every_metric(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     # every suite but `load`: tests/load runs the same driver (bench/load.py) and checks its figures
     suites = [arg for name in ("training", "lora", "sampling", "service", "file") for arg in ("--only", name)]
-    run = subprocess.run([sys.executable, "-m", "lora_core.cli", "bench", "--quick", *suites, "--out", str(out)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "lora_core.cli", "bench", "--quick", *suites, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["mode"] == "quick" and doc["machine"]["cores"] >= 1 and doc["versions"]["diffusers"]

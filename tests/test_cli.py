@@ -9,13 +9,24 @@ from PIL import Image
 
 def lora_studio(*args, cwd):
     """The installed console script, as a user runs it (from another directory)."""
-    return subprocess.run([str(Path(sys.executable).parent / "lora-studio"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "lora-studio"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_generate_writes_images_and_records_the_settings(tmp_path):
-    out = lora_studio("generate", "--prompt", "a yellow square", "--num-outputs", "2", "--seed", "3",
-                      "--out", str(tmp_path / "imgs"), cwd=tmp_path)
+    out = lora_studio(
+        "generate",
+        "--prompt",
+        "a yellow square",
+        "--num-outputs",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        str(tmp_path / "imgs"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["settings"]["seed"] == 3 and result["settings"]["guidance_scale"] == 3.0
@@ -31,9 +42,20 @@ def test_errors_are_one_readable_line_and_exit_2(tmp_path):
 @pytest.mark.slow
 def test_train_on_the_example_zip_writes_the_lora_its_a1111_twin_and_the_grid(tmp_path):
     example = Path(__file__).resolve().parent.parent / "examples" / "purple-stars.zip"
-    out = lora_studio("train", str(example), "--task", "object", "--steps", "5", "--seed", "0",
-                      "--out", str(tmp_path / "lora"), cwd=tmp_path)
+    out = lora_studio(
+        "train",
+        str(example),
+        "--task",
+        "object",
+        "--steps",
+        "5",
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path / "lora"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout[out.stdout.rindex("{\n"):])
+    result = json.loads(out.stdout[out.stdout.rindex("{\n") :])
     assert all(Path(result[k]).stat().st_size > 0 for k in ("lora", "lora_a1111", "scales_grid"))
     assert "progress: 100.0% step 5/5" in out.stdout

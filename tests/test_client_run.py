@@ -40,7 +40,7 @@ def _pixels(url: str) -> np.ndarray:
 
 def _safetensors_metadata(url: str) -> dict:
     data = requests.get(url, timeout=30).content
-    return json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +51,20 @@ def js_client(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("js-client")
     for name in ("package.json", "package-lock.json", "run.mjs"):
         shutil.copy(JS_DIR / name, folder / name)
-    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder
 
 
 def _hold_the_worker(api: Api) -> str:
     """A long generation that keeps the one generation worker busy: it is running when this returns."""
-    blocker = api.predict(GENERATE, {"prompt": "a blue square", "num_inference_steps": 150, "num_outputs": 4,
-                                     "width": 256, "height": 256}, wait=None)
+    blocker = api.predict(
+        GENERATE,
+        {"prompt": "a blue square", "num_inference_steps": 150, "num_outputs": 4, "width": 256, "height": 256},
+        wait=None,
+    )
     api.wait(blocker["id"], statuses=("processing",))
     return blocker["id"]
 
@@ -68,6 +72,7 @@ def _hold_the_worker(api: Api) -> str:
 def _release_when_queued(api: Api, blocker: str, count: int) -> threading.Thread:
     """Cancel ``blocker`` once ``count`` more of this owner's generations are queued behind it (by the event, not a
     fixed time: the clients may take a while to start on a slow machine)."""
+
     def watch() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -85,8 +90,12 @@ def _release_when_queued(api: Api, blocker: str, count: int) -> threading.Thread
 def test_the_blocking_answer_says_starting_when_the_wait_runs_out(service):
     api = Api(service.url, service.token("fay"))
     started = time.monotonic()
-    r = api("POST", f"/v1/models/{GENERATE}/predictions", headers={"Prefer": "wait=1"},
-            json={"input": {"prompt": "a red circle", "num_inference_steps": 150, "width": 256, "height": 256}})
+    r = api(
+        "POST",
+        f"/v1/models/{GENERATE}/predictions",
+        headers={"Prefer": "wait=1"},
+        json={"input": {"prompt": "a red circle", "num_inference_steps": 150, "width": 256, "height": 256}},
+    )
     answered = time.monotonic() - started
     body = r.json()
     assert r.status_code == 201 and body["status"] == "starting" and body["output"] is None, body
@@ -109,12 +118,22 @@ def test_run_returns_the_images_of_generations_queued_behind_another(service, js
 
     async def three_clients():
         js = await asyncio.create_subprocess_exec(
-            shutil.which("node"), str(js_client / "run.mjs"), service.url, token, GENERATE, json.dumps(inputs), "1",
-            cwd=js_client, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            shutil.which("node"),
+            str(js_client / "run.mjs"),
+            service.url,
+            token,
+            GENERATE,
+            json.dumps(inputs),
+            "1",
+            cwd=js_client,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         return await asyncio.gather(
             asyncio.to_thread(client.run, GENERATE, input=inputs, wait=1),
             client.async_run(GENERATE, input=inputs, wait=1),
-            js.communicate())
+            js.communicate(),
+        )
 
     sync_out, async_out, (js_stdout, js_stderr) = asyncio.run(three_clients())
     watcher.join(timeout=10)
@@ -136,9 +155,10 @@ def test_run_returns_a_trainings_files_and_the_cli_draws_the_apis_pixels(service
 
     async def two_trainings():  # the second waits in the queue behind the first: both outlast the 1 s wait
         with zip_path.open("rb") as a, zip_path.open("rb") as b:
-            return await asyncio.gather(asyncio.to_thread(client.run, TRAIN, input={"instance_data": a, **inputs},
-                                                          wait=1),
-                                        client.async_run(TRAIN, input={"instance_data": b, **inputs}, wait=1))
+            return await asyncio.gather(
+                asyncio.to_thread(client.run, TRAIN, input={"instance_data": a, **inputs}, wait=1),
+                client.async_run(TRAIN, input={"instance_data": b, **inputs}, wait=1),
+            )
 
     outputs = asyncio.run(two_trainings())
     for out in outputs:
@@ -154,11 +174,30 @@ def test_run_returns_a_trainings_files_and_the_cli_draws_the_apis_pixels(service
     env = {**os.environ, "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1", "LORA_STUDIO_CACHE_DIR": str(tmp_path / "c")}
     for source in (lora_url, str(local)):
         out = subprocess.run(
-            [str(Path(sys.executable).parent / "lora-studio"), "generate", "--prompt", settings["prompt"],
-             "--lora-urls", source, "--lora-scales", "0.8", "--seed", "3", "--num-outputs", "2",
-             "--out", str(tmp_path / "cli")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            [
+                str(Path(sys.executable).parent / "lora-studio"),
+                "generate",
+                "--prompt",
+                settings["prompt"],
+                "--lora-urls",
+                source,
+                "--lora-scales",
+                "0.8",
+                "--seed",
+                "3",
+                "--num-outputs",
+                "2",
+                "--out",
+                str(tmp_path / "cli"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         assert "<1> = LoRA 1" in out.stderr
         paths = json.loads(out.stdout)["outputs"]
         cli_images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-        assert all(np.array_equal(a, b) for a, b in zip(api_images, cli_images)), source
+        assert all(np.array_equal(a, b) for a, b in zip(api_images, cli_images, strict=True)), source

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def project(tmp_path):
     """A throw-away Cog project: ``project(**{"predict.py": source})``; its modules are forgotten after."""
+
     def write(**files: str) -> Path:
         for name, text in files.items():
             (tmp_path / name).write_text(textwrap.dedent(text))
@@ -82,16 +83,27 @@ def test_predict_document_structure(project):
     post = doc["paths"]["/predictions"]["post"]
     assert (post["summary"], post["operationId"]) == ("Predict", "predict_predictions_post")
     assert set(post["responses"]) == {"200", "422"}
-    assert list(_schemas(doc)) == ["Input", "Output", "PredictionRequest", "PredictionResponse", "Status",
-                                   "HTTPValidationError", "ValidationError"]
+    assert list(_schemas(doc)) == [
+        "Input",
+        "Output",
+        "PredictionRequest",
+        "PredictionResponse",
+        "Status",
+        "HTTPValidationError",
+        "ValidationError",
+    ]
     request, response = _schemas(doc)["PredictionRequest"], _schemas(doc)["PredictionResponse"]
     assert request["properties"]["input"] == {"$ref": "#/components/schemas/Input"}
     assert response["properties"]["output"] == {"$ref": "#/components/schemas/Output"}
     assert _schemas(doc)["Input"]["required"] == ["s"]  # TestInputRequiredField
     assert _schemas(doc)["Output"] == {"title": "Output", "type": "string"}  # TestOutputSingle
     cancel = doc["paths"]["/predictions/{prediction_id}/cancel"]["post"]["parameters"][0]
-    assert cancel == {"in": "path", "name": "prediction_id", "required": True,
-                      "schema": {"title": "Prediction Id", "type": "string"}}
+    assert cancel == {
+        "in": "path",
+        "name": "prediction_id",
+        "required": True,
+        "schema": {"title": "Prediction Id", "type": "string"},
+    }
 
 
 def test_train_mode_and_combined_document(project):
@@ -102,8 +114,11 @@ def test_train_mode_and_combined_document(project):
     assert "/trainings/{training_id}/cancel" in train["paths"]
     assert {"TrainingInput", "TrainingOutput", "TrainingRequest", "TrainingResponse"} <= set(_schemas(train))
     assert _schemas(train)["TrainingInput"]["title"] == "TrainingInput"
-    assert _schemas(train)["TrainingOutput"]["properties"]["weights"] == {"format": "uri", "title": "Weights",
-                                                                          "type": "string"}
+    assert _schemas(train)["TrainingOutput"]["properties"]["weights"] == {
+        "format": "uri",
+        "title": "Weights",
+        "type": "string",
+    }
     # GenerateCombined: both modes merged, then written by json.MarshalIndent (every key sorted)
     combined = cog_schema.openapi_schema("predict.py:Predictor", "train.py:train", root=root)
     assert {"/predictions", "/trainings", "/trainings/{training_id}/cancel"} <= set(combined["paths"])
@@ -206,37 +221,74 @@ ACCEPT = """
 
 # (txtar file, predictor source, fragments its `stdout '...'` lines require)
 TXTAR_CASES = [
-    ("build_openapi_schema", """
+    (
+        "build_openapi_schema",
+        """
         from cog import BasePredictor, Path
 
         class Predictor(BasePredictor):
             def predict(self, text: str, path: Path) -> Path:
                 return path
-     """, ['"title":"Input"', '"required":["text","path"]', '"format":"uri"', f'"version":"{cog_schema.COG_VERSION}"']),
-    ("static_schema_gen", STATIC_SCHEMA_GEN,
-     ['"openapi":"3.0.2"', '"type":"integer"', '"default":5', '"enum":["fast","balanced","quality"]',
-      '"format":"uri"', '"required":["text","image"]']),
-    ("build_openapi_schema_complex", COMPLEX,
-     ['"minimum":0', '"maximum":2', '"enum":["fast","balanced","quality"]', '"x-cog-secret":true',
-      '"default":"hello"', '"Output"']),
-    ("static_schema_secret_optional", SECRET_OPTIONAL,
-     ['"format":"password"', '"nullable":true', '"default":null', '"required":["prompt","api_key_required","seed"]']),
-    ("dict_input", """
+     """,
+        ['"title":"Input"', '"required":["text","path"]', '"format":"uri"', f'"version":"{cog_schema.COG_VERSION}"'],
+    ),
+    (
+        "static_schema_gen",
+        STATIC_SCHEMA_GEN,
+        [
+            '"openapi":"3.0.2"',
+            '"type":"integer"',
+            '"default":5',
+            '"enum":["fast","balanced","quality"]',
+            '"format":"uri"',
+            '"required":["text","image"]',
+        ],
+    ),
+    (
+        "build_openapi_schema_complex",
+        COMPLEX,
+        [
+            '"minimum":0',
+            '"maximum":2',
+            '"enum":["fast","balanced","quality"]',
+            '"x-cog-secret":true',
+            '"default":"hello"',
+            '"Output"',
+        ],
+    ),
+    (
+        "static_schema_secret_optional",
+        SECRET_OPTIONAL,
+        ['"format":"password"', '"nullable":true', '"default":null', '"required":["prompt","api_key_required","seed"]'],
+    ),
+    (
+        "dict_input",
+        """
         from cog import BasePredictor
 
         class Predictor(BasePredictor):
             def predict(self, data: dict) -> str:
                 return ""
-     """, ['"data":{"title":"Data","type":"object","x-order":0}', '"required":["data"]']),
-    ("list_dict_input", """
+     """,
+        ['"data":{"title":"Data","type":"object","x-order":0}', '"required":["data"]'],
+    ),
+    (
+        "list_dict_input",
+        """
         from cog import BasePredictor
 
         class Predictor(BasePredictor):
             def predict(self, messages: list[dict]) -> str:
                 return ""
-     """, ['"messages":{"items":{"type":"object"},"title":"Messages","type":"array","x-order":0}',
-           '"required":["messages"]']),
-    ("typing_dict_input", """
+     """,
+        [
+            '"messages":{"items":{"type":"object"},"title":"Messages","type":"array","x-order":0}',
+            '"required":["messages"]',
+        ],
+    ),
+    (
+        "typing_dict_input",
+        """
         from typing import Any, Dict, List
 
         from cog import BasePredictor
@@ -244,30 +296,47 @@ TXTAR_CASES = [
         class Predictor(BasePredictor):
             def predict(self, data: Dict[str, Any], items: List[Dict[str, Any]]) -> str:
                 return ""
-     """, ['"data":{"title":"Data","type":"object","x-order":0}',
-           '"items":{"items":{"type":"object"},"title":"Items","type":"array","x-order":1}']),
-    ("static_schema_opaque", OPAQUE,
-     ['"payload":{"title":"Payload","type":"object","x-order":0}',
-      '"items":{"items":{"type":"object"},"title":"Items","type":"array","x-order":1}',
-      '"result":{"title":"Result","type":"object"}',
-      '"results":{"items":{"type":"object"},"title":"Results","type":"array"}',
-      '"required":["payload","items"]', '"required":["result","results"]']),
-    ("accept_mime_type", ACCEPT,
-     ['"x-cog-accept":"image/*"', '"x-cog-accept":"audio/wav,audio/mp3"', '"x-cog-accept":".safetensors,.bin"']),
-    ("multi_file_schema", """
+     """,
+        [
+            '"data":{"title":"Data","type":"object","x-order":0}',
+            '"items":{"items":{"type":"object"},"title":"Items","type":"array","x-order":1}',
+        ],
+    ),
+    (
+        "static_schema_opaque",
+        OPAQUE,
+        [
+            '"payload":{"title":"Payload","type":"object","x-order":0}',
+            '"items":{"items":{"type":"object"},"title":"Items","type":"array","x-order":1}',
+            '"result":{"title":"Result","type":"object"}',
+            '"results":{"items":{"type":"object"},"title":"Results","type":"array"}',
+            '"required":["payload","items"]',
+            '"required":["result","results"]',
+        ],
+    ),
+    (
+        "accept_mime_type",
+        ACCEPT,
+        ['"x-cog-accept":"image/*"', '"x-cog-accept":"audio/wav,audio/mp3"', '"x-cog-accept":".safetensors,.bin"'],
+    ),
+    (
+        "multi_file_schema",
+        """
         from cog import BasePredictor
         from output_types import Output
 
         class Predictor(BasePredictor):
             def predict(self, prompt: str) -> Output:
                 return Output(text=prompt, score=1.0, tags=["default"])
-     """, ['"type":"object"', '"text":', '"score":', '"tags":', '"required":["prompt"]']),
+     """,
+        ['"type":"object"', '"text":', '"score":', '"tags":', '"required":["prompt"]'],
+    ),
 ]
 
 HELPER_FILES = {  # imported by the cases above, as in their txtar files
     "third_party.py": "class ExternalObject:\n    pass\n",
     "output_types.py": "from pydantic import BaseModel\n\n\nclass Output(BaseModel):\n"
-                       "    text: str\n    score: float\n    tags: list[str]\n",
+    "    text: str\n    score: float\n    tags: list[str]\n",
 }
 
 
@@ -282,18 +351,30 @@ def test_integration_test_fragments(project, name, source, fragments):
 def test_choices_become_enum_components(project):
     """TestChoicesGenerateEnum / TestIntegerChoices: allOf $ref to a component named after the input."""
     doc = cog_schema.openapi_schema("predict.py:Predictor", root=project(**{"predict.py": STATIC_SCHEMA_GEN}))
-    assert _props(doc)["mode"] == {"allOf": [{"$ref": "#/components/schemas/mode"}], "default": "fast",
-                                   "description": "Quality mode", "x-order": 3}
-    assert _schemas(doc)["mode"] == {"description": "An enumeration.", "enum": ["fast", "balanced", "quality"],
-                                     "title": "mode", "type": "string"}
+    assert _props(doc)["mode"] == {
+        "allOf": [{"$ref": "#/components/schemas/mode"}],
+        "default": "fast",
+        "description": "Quality mode",
+        "x-order": 3,
+    }
+    assert _schemas(doc)["mode"] == {
+        "description": "An enumeration.",
+        "enum": ["fast", "balanced", "quality"],
+        "title": "mode",
+        "type": "string",
+    }
     assert list(_schemas(doc))[:3] == ["Input", "Output", "mode"]
-    root = project(**{"sizes.py": """
+    root = project(
+        **{
+            "sizes.py": """
         from cog import BaseRunner, Input
 
         class Predictor(BaseRunner):
             def run(self, size: int = Input(default=512, choices=[256, 512, 1024])) -> str:
                 return str(size)
-    """})
+    """
+        }
+    )
     size = _schemas(cog_schema.openapi_schema("sizes.py:Predictor", root=root))["size"]
     assert (size["type"], size["enum"]) == ("integer", [256, 512, 1024])
 
@@ -302,7 +383,9 @@ def test_required_default_and_nullable_rules(project):
     """TestNoneDefaultOnRequiredTypeIsRequired, TestNoneDefaultOnOptionalTypeEmitsNull,
     TestNoneDefaultOnBareSecretIsOptional, TestBareSecretWithoutDefaultRemainsRequired,
     optional_input_no_default.txtar (bare Optional: nullable, not required, no default)."""
-    root = project(**{"predict.py": """
+    root = project(
+        **{
+            "predict.py": """
         from typing import Optional
 
         from cog import BaseRunner, Input, Secret
@@ -312,22 +395,33 @@ def test_required_default_and_nullable_rules(project):
                     seed: int = Input(default=None), key: Secret = Input(default=None),
                     token: Secret = Input(description="needed")) -> str:
                 return ""
-    """})
+    """
+        }
+    )
     doc = cog_schema.openapi_schema("predict.py:Predictor", root=root)
     props = _props(doc)
     assert props["value"] == {"nullable": True, "title": "Value", "type": "string", "x-order": 0}
     assert props["image"] == {"default": None, "nullable": True, "title": "Image", "type": "string", "x-order": 1}
     assert props["seed"] == {"title": "Seed", "type": "integer", "x-order": 2}
     assert props["key"]["nullable"] is True and props["key"]["default"] is None
-    assert props["token"] == {"description": "needed", "format": "password", "title": "Token", "type": "string",
-                              "writeOnly": True, "x-cog-secret": True, "x-order": 4}
+    assert props["token"] == {
+        "description": "needed",
+        "format": "password",
+        "title": "Token",
+        "type": "string",
+        "writeOnly": True,
+        "x-cog-secret": True,
+        "x-order": 4,
+    }
     assert _schemas(doc)["Input"]["required"] == ["seed", "token"]
 
 
 def test_constraints_lists_and_unions(project):
     """TestInputStringConstraints, TestInputDeprecated, TestInputRepeatedType, TestInputOptionalRepeatedType,
     TestOpenAPIUnionInputStringFloat, TestOpenAPIRequiredNullableUnionInput (exact JSON there)."""
-    root = project(**{"predict.py": """
+    root = project(
+        **{
+            "predict.py": """
         from typing import Optional
 
         from cog import BaseRunner, Input, Path
@@ -340,7 +434,9 @@ def test_constraints_lists_and_unions(project):
                     value: str | float = Input(),
                     maybe: str | float | None = Input()) -> str:
                 return ""
-    """})
+    """
+        }
+    )
     text = cog_schema.openapi_json("predict.py:Predictor", root=root)
     for fragment in [
         '"name":{"maxLength":100,"minLength":1,"pattern":"^[a-z]+$","title":"Name","type":"string","x-order":0}',
@@ -358,21 +454,43 @@ def test_constraints_lists_and_unions(project):
 
 OUTPUT_CASES = [  # TestOutputList, TestOutputIterator, TestOutputConcatenateIterator, TestOutputPath
     ("list[str]", {"items": {"type": "string"}, "title": "Output", "type": "array"}),
-    ("Iterator[str]", {"items": {"type": "string"}, "title": "Output", "type": "array",
-                       "x-cog-array-type": "iterator"}),
-    ("ConcatenateIterator[str]", {"items": {"type": "string"}, "title": "Output", "type": "array",
-                                  "x-cog-array-display": "concatenate", "x-cog-array-type": "iterator"}),
+    (
+        "Iterator[str]",
+        {"items": {"type": "string"}, "title": "Output", "type": "array", "x-cog-array-type": "iterator"},
+    ),
+    (
+        "ConcatenateIterator[str]",
+        {
+            "items": {"type": "string"},
+            "title": "Output",
+            "type": "array",
+            "x-cog-array-display": "concatenate",
+            "x-cog-array-type": "iterator",
+        },
+    ),
     ("Path", {"format": "uri", "title": "Output", "type": "string"}),
     ("list[Path]", {"items": {"format": "uri", "type": "string"}, "title": "Output", "type": "array"}),
-    ("Scored", {"title": "Output", "type": "object", "required": ["name", "score"], "properties": {  # TestOutputObject
-        "name": {"title": "Name", "type": "string"}, "score": {"title": "Score", "type": "number"},
-        "notes": {"nullable": True, "title": "Notes", "type": "string"}}}),
+    (
+        "Scored",
+        {
+            "title": "Output",
+            "type": "object",
+            "required": ["name", "score"],
+            "properties": {  # TestOutputObject
+                "name": {"title": "Name", "type": "string"},
+                "score": {"title": "Score", "type": "number"},
+                "notes": {"nullable": True, "title": "Notes", "type": "string"},
+            },
+        },
+    ),
 ]
 
 
 @pytest.mark.parametrize("annotation, expected", OUTPUT_CASES, ids=[c[0] for c in OUTPUT_CASES])
 def test_output_types(project, annotation, expected):
-    root = project(**{"predict.py": f"""
+    root = project(
+        **{
+            "predict.py": f"""
         from typing import Iterator, Optional
 
         from cog import BaseModel, BaseRunner, ConcatenateIterator, Path
@@ -385,14 +503,18 @@ def test_output_types(project, annotation, expected):
         class Predictor(BaseRunner):
             def run(self) -> {annotation}:
                 raise NotImplementedError
-    """})
+    """
+        }
+    )
     assert _schemas(cog_schema.openapi_schema("predict.py:Predictor", root=root))["Output"] == expected
 
 
 def test_streaming_extension(project):
     """TestPredictionOperationIncludesStreamingExtensionWhenEnabled / ...OmitsStreamingExtensionByDefault /
     TestTrainingOperationOmitsStreamingExtensionWhenEnabled."""
-    root = project(**{"predict.py": """
+    root = project(
+        **{
+            "predict.py": """
         from typing import Iterator
 
         import cog
@@ -408,7 +530,9 @@ def test_streaming_extension(project):
 
         def plain() -> Iterator[str]:
             yield "a"
-    """})
+    """
+        }
+    )
     predict = cog_schema.openapi_schema("predict.py:Predictor", root=root)
     assert predict["paths"]["/predictions"]["post"]["x-cog-streaming"] is True
     plain = cog_schema.openapi_schema("predict.py:plain", root=root)["paths"]["/predictions"]["post"]
@@ -428,20 +552,26 @@ UNSUPPORTED = [
 
 @pytest.mark.parametrize("signature, name, mode, message", UNSUPPORTED, ids=[u[3] for u in UNSUPPORTED])
 def test_unsupported_cases_raise(project, signature, name, mode, message):
-    root = project(**{"predict.py": f"""
+    root = project(
+        **{
+            "predict.py": f"""
         import cog
 
         class Predictor(cog.BaseRunner):
             {signature}
                 raise NotImplementedError
-    """})
+    """
+        }
+    )
     with pytest.raises(ValueError, match=message):
         cog_schema.predictor_info(f"predict.py:{name}", mode, root)
 
 
 def test_typeddict_output_raises(project):
     """typeddict_output.txtar: Go writes the TypedDict's properties; the SDK only sees an object."""
-    root = project(**{"predict.py": """
+    root = project(
+        **{
+            "predict.py": """
         from typing import NotRequired, TypedDict
 
         from cog import BasePredictor
@@ -453,7 +583,9 @@ def test_typeddict_output_raises(project):
         class Predictor(BasePredictor):
             def predict(self) -> Output:
                 return {"name": "alice", "count": 3}
-    """})
+    """
+        }
+    )
     with pytest.raises(ValueError, match="typed dict outputs"):
         cog_schema.predictor_info("predict.py:Predictor", root=root)
 
@@ -466,6 +598,7 @@ def test_invalid_references(ref):
 
 
 # --- Go's post-processing and encoding
+
 
 def test_post_processing():
     """TestRemoveTitleNextToRef(Nested), TestFixNullableAnyOf, TestFixNullableAnyOfNoOp."""
@@ -482,15 +615,24 @@ def test_post_processing():
 
 def test_title_case_and_go_json():
     """TestTitleCaseWords; encoding/json: shortest floats, 'e' outside [1e-6, 1e21), HTML escaping."""
-    assert [cog_schema.title_case(s) for s in ("hello_world", "segmented_image", "name", "lora_a1111")] == \
-        ["Hello World", "Segmented Image", "Name", "Lora A1111"]
-    assert cog_schema.go_json({"b": [1.0, 0.7, 1e-7, 1e21, 2**32 - 1], "a": "<1> & ü"}) == \
-        '{"b":[1,0.7,1e-7,1e+21,4294967295],"a":"\\u003c1\\u003e \\u0026 ü"}'
-    assert cog_schema.go_json({"a": [], "b": {}, "c": [1]}, indent=True) == \
-        '{\n  "a": [],\n  "b": {},\n  "c": [\n    1\n  ]\n}'
+    assert [cog_schema.title_case(s) for s in ("hello_world", "segmented_image", "name", "lora_a1111")] == [
+        "Hello World",
+        "Segmented Image",
+        "Name",
+        "Lora A1111",
+    ]
+    assert (
+        cog_schema.go_json({"b": [1.0, 0.7, 1e-7, 1e21, 2**32 - 1], "a": "<1> & ü"})
+        == '{"b":[1,0.7,1e-7,1e+21,4294967295],"a":"\\u003c1\\u003e \\u0026 ü"}'
+    )
+    assert (
+        cog_schema.go_json({"a": [], "b": {}, "c": [1]}, indent=True)
+        == '{\n  "a": [],\n  "b": {},\n  "c": [\n    1\n  ]\n}'
+    )
 
 
 # --- Our predictors (imported only: setup() is never called)
+
 
 def test_generation_predictor_schema():
     from predict_generate import Predictor
@@ -498,8 +640,12 @@ def test_generation_predictor_schema():
     doc = cog_schema.openapi_schema("predict_generate.py:Predictor", root=ROOT)
     props, schemas = _props(doc), _schemas(doc)
     assert schemas["Input"]["required"] == ["prompt"]
-    assert {k: props["num_outputs"][k] for k in ("type", "minimum", "maximum", "default")} == \
-        {"type": "integer", "minimum": 1, "maximum": 4, "default": 1}
+    assert {k: props["num_outputs"][k] for k in ("type", "minimum", "maximum", "default")} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 4,
+        "default": 1,
+    }
     assert props["base_model"]["allOf"] == [{"$ref": "#/components/schemas/base_model"}]
     assert props["base_model"]["default"] == checkpoints.DEFAULT_CHECKPOINT
     assert schemas["base_model"]["enum"] == list(checkpoints.REGISTRY)
@@ -530,16 +676,25 @@ def test_each_cog_config_serves_one_model_and_its_committed_schema_is_current():
     """cog.yaml: the generation model; cog-train.yaml: the training model (its predictions are trainings)."""
     assert cog_schema.cog_yaml_refs(ROOT) == ("predict_generate.py:Predictor", None)
     assert cog_schema.cog_yaml_refs(ROOT, "cog-train.yaml") == ("predict_train.py:Predictor", None)
-    for config, ref in (("cog.yaml", "predict_generate.py:Predictor"), ("cog-train.yaml", "predict_train.py:Predictor")):
+    for config, ref in (
+        ("cog.yaml", "predict_generate.py:Predictor"),
+        ("cog-train.yaml", "predict_train.py:Predictor"),
+    ):
         committed = cog_schema.schema_file(ROOT, config)
         assert committed.read_text() == cog_schema.openapi_json(ref, root=ROOT), f"run `lora-studio schema` ({config})"
 
 
 # --- The CLI
 
+
 def test_cli_schema_writes_and_checks(project, monkeypatch, capsys):
-    root = project(**{"cog.yaml": 'predict: "predict.py:Predictor"\ntrain: "train.py:train"\n',
-                      "predict.py": SIMPLE, "train.py": TRAIN_BASIC})
+    root = project(
+        **{
+            "cog.yaml": 'predict: "predict.py:Predictor"\ntrain: "train.py:train"\n',
+            "predict.py": SIMPLE,
+            "train.py": TRAIN_BASIC,
+        }
+    )
     monkeypatch.chdir(root)
     out = root / ".cog" / "openapi_schema.json"
     assert cli.main(["schema", "--check"]) == 1 and "missing" in capsys.readouterr().err
@@ -580,13 +735,22 @@ def cog_server(cwd: Path, ref: str, train: bool = False):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PORT": str(port), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": ref}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "COG_TRAIN_TYPE_STUB" if train else "COG_PREDICT_TYPE_STUB": ref,
+    }
     log_path = Path(tempfile.mkdtemp(prefix="cog-server-")) / f"server-{port}.log"  # not in cwd: may be the repo
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1",
-                                 *(["--x-mode", "train"] if train else [])],
-                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1", *(["--x-mode", "train"] if train else [])],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 60
             while _get(port, "/health-check")[1].get("status") != "READY":
@@ -608,8 +772,9 @@ def _request(port: int, path: str, body: dict | None = None) -> tuple[int, dict]
     Cog's server frees its slot a moment after answering the previous prediction and answers 409 "At capacity"
     meanwhile (as the service's workers expect): a 409 waits for its health check to say READY, then goes again."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     for _ in range(5):
         try:
             with urllib.request.urlopen(req, timeout=30 if body is None else 900) as r:
@@ -640,10 +805,13 @@ def test_coglet_validates_inputs_only_with_the_schema_file(project):
         assert (status, body["status"], body["output"]) == (200, "succeeded", ["hi-red", "hi-red"])
         status, body = _request(port, "/predictions", {"input": {"text": "hi", "n": 9}})
         assert status == 422 and body["detail"] == [
-            {"loc": ["body", "input", "n"], "msg": "9 is greater than the maximum of 4", "type": "value_error"}]
+            {"loc": ["body", "input", "n"], "msg": "9 is greater than the maximum of 4", "type": "value_error"}
+        ]
         status, body = _request(port, "/predictions", {"input": {"color": "green"}})
         assert status == 422 and {tuple(d["loc"]) + (d["type"],) for d in body["detail"]} == {
-            ("body", "input", "color", "value_error"), ("body", "input", "text", "value_error.missing")}
+            ("body", "input", "color", "value_error"),
+            ("body", "input", "text", "value_error.missing"),
+        }
         assert _request(port, "/openapi.json") == (200, json.loads(schema_file.read_text()))
 
     schema_file.unlink()  # the same predictor without the file: nothing is checked

@@ -7,10 +7,10 @@ import shutil
 import zipfile
 
 import pytest
+from test_cog_schema import ROOT, _request, cog_server
 
 from conftest import zip_images
 from lora_core import cog_schema, tiny_world
-from test_cog_schema import ROOT, cog_server, _request
 
 
 def data_uri(payload: bytes, mime: str) -> str:
@@ -40,22 +40,36 @@ def test_the_training_model_validates_and_runs(tmp_path):
     shutil.copy(cog_schema.schema_file(ROOT, "cog-train.yaml"), run_dir / ".cog" / "openapi_schema.json")
     zip_path = zip_images(tmp_path / "stars.zip", tiny_world.concept_images("star", "purple", 5, first_seed=0))
     with cog_server(run_dir, f"{ROOT / 'predict_train.py'}:Predictor") as port:
-        status, body = _request(port, "/predictions", {"input": {"instance_data": data_uri(zip_path.read_bytes(),
-                                                                                           "application/zip"),
-                                                                 "task": "painting"}})
+        status, body = _request(
+            port,
+            "/predictions",
+            {"input": {"instance_data": data_uri(zip_path.read_bytes(), "application/zip"), "task": "painting"}},
+        )
         assert status == 422 and body["detail"][0]["loc"] == ["body", "input", "task"]
-        status, body = _request(port, "/predictions", {"input": {
-            "instance_data": data_uri(zip_path.read_bytes(), "application/zip"), "task": "object", "seed": 2,
-            "max_train_steps": 5}})
+        status, body = _request(
+            port,
+            "/predictions",
+            {
+                "input": {
+                    "instance_data": data_uri(zip_path.read_bytes(), "application/zip"),
+                    "task": "object",
+                    "seed": 2,
+                    "max_train_steps": 5,
+                }
+            },
+        )
         assert (status, body["status"]) == (200, "succeeded"), body.get("error") or body.get("logs", "")[-2000:]
         assert "progress: 100.0% step 5/5" in body["logs"]
         lora = base64.b64decode(body["output"]["lora"].split(",", 1)[1])
-        header = json.loads(lora[8:8 + int.from_bytes(lora[:8], "little")])
+        header = json.loads(lora[8 : 8 + int.from_bytes(lora[:8], "little")])
         assert header["__metadata__"]["lora_studio.task"] == "object"
         # a zip with no images fails that training and says why
         empty = io.BytesIO()
         with zipfile.ZipFile(empty, "w") as z:
             z.writestr("notes.txt", "hello")
-        status, body = _request(port, "/predictions", {"input": {
-            "instance_data": data_uri(empty.getvalue(), "application/zip"), "task": "object"}})
+        status, body = _request(
+            port,
+            "/predictions",
+            {"input": {"instance_data": data_uri(empty.getvalue(), "application/zip"), "task": "object"}},
+        )
         assert body["status"] == "failed" and "image" in body["error"].lower()

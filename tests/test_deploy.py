@@ -45,12 +45,26 @@ COG_PORT = 5000  # Cog images' EXPOSE and default PORT
 
 # Names the code does not read but other programs do: the images' own (PostgreSQL, MinIO), boto3's
 # credentials, and the Python/pip settings of the Dockerfile.
-NOT_OURS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "PIP_NO_CACHE_DIR",
-            "PIP_DISABLE_PIP_VERSION_CHECK", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV", "PATH",
-            "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+NOT_OURS = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE",
+    "VIRTUAL_ENV",
+    "PATH",
+    "POSTGRES_USER",
+    "POSTGRES_DB",
+    "POSTGRES_PASSWORD",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+}
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
+
 
 def dockerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
@@ -90,9 +104,14 @@ def worker_side(config: ServiceConfig) -> SimpleNamespace:
 
 def code_reads(env: dict[str, str]) -> tuple:
     """Everything the code derives from the environment: the service's settings and the predictors'."""
-    readers = (ServiceConfig.from_env, fetch.FetchPolicy.from_env, checkpoints.weights_dir,
-               lambda: adapters.AdapterCache.from_env().max_bytes, checkpoints.torch_device,
-               lambda: cog_serve.upload_url_from(os.environ))
+    readers = (
+        ServiceConfig.from_env,
+        fetch.FetchPolicy.from_env,
+        checkpoints.weights_dir,
+        lambda: adapters.AdapterCache.from_env().max_bytes,
+        checkpoints.torch_device,
+        lambda: cog_serve.upload_url_from(os.environ),
+    )
     seen = []
     with mock.patch.dict(os.environ, env, clear=True):
         for read in readers:
@@ -111,8 +130,9 @@ def assert_read_by_the_code(names: dict[str, str], tmp_path: Path, where: str) -
     for name, value in names.items():
         # the given value may be the default: probe with others too (a value the code rejects also counts)
         probes = [str(tmp_path / "other-data")] if name == "LORA_STUDIO_DATA_DIR" else [value, "7", "1"]
-        assert any(code_reads({**base, name: probe}) != before for probe in probes), \
+        assert any(code_reads({**base, name: probe}) != before for probe in probes), (
             f"{where}: the code does not read {name}"
+        )
 
 
 def k8s_docs() -> list[dict]:
@@ -190,9 +210,14 @@ def interpolate(value, variables: dict[str, str]):
 
 # ---- Dockerfile ----------------------------------------------------------------------------------------------
 
+
 def test_hadolint_finds_nothing_in_the_dockerfile():
-    result = subprocess.run([tool("hadolint"), "--no-color", "--failure-threshold", "style", "-f", "json",
-                             ROOT / "Dockerfile"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", "--failure-threshold", "style", "-f", "json", ROOT / "Dockerfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert json.loads(result.stdout or "[]") == [], result.stdout
     assert result.returncode == 0, result.stderr
 
@@ -223,6 +248,7 @@ def test_the_dockerfile_pins_its_base_and_packages_and_runs_as_a_user_with_a_hea
 
 def _ignored(path: str, patterns: list[str]) -> bool:
     """Docker's .dockerignore rule: the last pattern matching the path or a parent decides; ! re-includes."""
+
     def regex(pattern: str) -> re.Pattern:
         out = re.escape(pattern.strip("/")).replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
         return re.compile(out + "$")
@@ -238,18 +264,36 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_the_service_image_gets_the_code_and_the_tiny_base_but_no_fetched_weights():
-    patterns = [line.strip() for line in (ROOT / "Dockerfile.dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    sources = [src for instruction, args in dockerfile() if instruction == "COPY"
-               for src in args.split()[:-1] if not src.startswith("--")]
-    copied = subprocess.run(["git", "ls-files", "--", *sources], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.split()
+    patterns = [
+        line.strip()
+        for line in (ROOT / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = [
+        src
+        for instruction, args in dockerfile()
+        if instruction == "COPY"
+        for src in args.split()[:-1]
+        if not src.startswith("--")
+    ]
+    copied = subprocess.run(
+        ["git", "ls-files", "--", *sources], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert "lora_core/service/app.py" in copied and "weights/tiny-sd/unet/config.json" in copied
-    runtime = [spec["schema"] for spec in MODELS.values()] + [spec["predictor"].split(":")[0] for spec in MODELS.values()]
+    runtime = [spec["schema"] for spec in MODELS.values()] + [
+        spec["predictor"].split(":")[0] for spec in MODELS.values()
+    ]
     for path in copied + runtime:
         assert not _ignored(path, patterns), f"{path} is left out of the build context"
-    for path in ("weights/sd-1.5/unet/diffusion_pytorch_model.safetensors", "weights/inkpunk", ".venv/bin/python",
-                 ".git/HEAD", ".data/lora-studio.db", "outputs/demo", "lora_core/__pycache__/cli.cpython-311.pyc"):
+    for path in (
+        "weights/sd-1.5/unet/diffusion_pytorch_model.safetensors",
+        "weights/inkpunk",
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".data/lora-studio.db",
+        "outputs/demo",
+        "lora_core/__pycache__/cli.cpython-311.pyc",
+    ):
         assert _ignored(path, patterns), f"{path} would be sent to the image build"
 
 
@@ -260,10 +304,13 @@ BUILD_KEYS = {"gpu", "python_version", "python_requirements", "sdk_version", "sy
 
 
 def test_cog_configs_build_the_services_models_with_the_pinned_tree():
-    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     base = next(args for instruction, args in dockerfile() if instruction == "FROM")
-    for config, spec in zip(("cog.yaml", "cog-train.yaml"), MODELS.values()):
+    for config, spec in zip(("cog.yaml", "cog-train.yaml"), MODELS.values(), strict=True):
         cog = yaml.safe_load((ROOT / config).read_text())
         assert set(cog) <= COG_KEYS and set(cog["build"]) <= BUILD_KEYS, config
         assert cog["predict"] == spec["predictor"] and "train" not in cog  # a training is a prediction of its model
@@ -291,15 +338,21 @@ def test_every_input_reads_well_in_a_form(spec):
 
 def test_the_build_script_uses_our_schemas_and_gives_back_the_generation_schema(tmp_path):
     """Cog writes the schema it builds with over .cog/openapi_schema.json; the script restores it."""
-    for name in ("deploy/build-cog-images.sh", "cog.yaml", "cog-train.yaml", ".cog/openapi_schema.json",
-                 ".cog/openapi_schema-cog-train.json"):
+    for name in (
+        "deploy/build-cog-images.sh",
+        "cog.yaml",
+        "cog-train.yaml",
+        ".cog/openapi_schema.json",
+        ".cog/openapi_schema-cog-train.json",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "cog").write_text(
         '#!/bin/sh\n[ "$1" = --version ] && { echo "cog version 0.23.1"; exit 0; }\necho "cog $*" >> "$LOG"\n'
-        'while [ $# -gt 0 ]; do [ "$1" = --openapi-schema ] && cp "$2" .cog/openapi_schema.json; shift; done\n')
+        'while [ $# -gt 0 ]; do [ "$1" = --openapi-schema ] && cp "$2" .cog/openapi_schema.json; shift; done\n'
+    )
     (stubs / "lora-studio").write_text('#!/bin/sh\necho "lora-studio $*" >> "$LOG"\n')
     for stub in stubs.iterdir():
         stub.chmod(0o755)
@@ -308,8 +361,13 @@ def test_the_build_script_uses_our_schemas_and_gives_back_the_generation_schema(
 
     def run(*args: str) -> list[str]:
         log.write_text("")
-        result = subprocess.run(["bash", tmp_path / "deploy/build-cog-images.sh", *args], env=env,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["bash", tmp_path / "deploy/build-cog-images.sh", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         assert "weights/sd-1.5 is missing" in result.stderr
         assert (tmp_path / ".cog/openapi_schema.json").read_bytes() == (ROOT / ".cog/openapi_schema.json").read_bytes()
@@ -318,17 +376,25 @@ def test_the_build_script_uses_our_schemas_and_gives_back_the_generation_schema(
     assert run() == [
         "lora-studio schema --check",
         "cog build -f cog.yaml --openapi-schema .cog/openapi_schema.json -t lora-studio-lora:7",
-        "cog build -f cog-train.yaml --openapi-schema .cog/openapi_schema-cog-train.json -t lora-studio-lora-training:7"]
+        "cog build -f cog-train.yaml --openapi-schema .cog/openapi_schema-cog-train.json "
+        "-t lora-studio-lora-training:7",
+    ]
     assert run("push", "r8.im/someone")[1:] == [
         "cog push -f cog.yaml --openapi-schema .cog/openapi_schema.json r8.im/someone/lora",
-        "cog push -f cog-train.yaml --openapi-schema .cog/openapi_schema-cog-train.json r8.im/someone/lora-training"]
+        "cog push -f cog-train.yaml --openapi-schema .cog/openapi_schema-cog-train.json r8.im/someone/lora-training",
+    ]
 
 
 # ---- docker-compose ------------------------------------------------------------------------------------------
 
+
 def test_the_compose_file_follows_the_compose_spec():
-    result = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                             DEPLOY / "docker-compose.yml"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", DEPLOY / "docker-compose.yml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -362,12 +428,18 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
             worker = services[host.hostname]
             assert host.port == COG_PORT and worker["image"].startswith(f"lora-studio-{model.name}:")
             name = f"{model.name}-remote-{i}"
-            assert worker["command"] == ["env", f"LORA_STUDIO_WORKER_NAME={name}", "python", "-m",
-                                         "lora_core.service.cog_serve"]
+            assert worker["command"] == [
+                "env",
+                f"LORA_STUDIO_WORKER_NAME={name}",
+                "python",
+                "-m",
+                "lora_core.service.cog_serve",
+            ]
             env = worker["environment"]
             # the upload URL Cog's server is given (made from the environment) is the one the service expects
-            assert upload_url(env["LORA_STUDIO_SERVICE_URL"], name, env["WEBHOOK_AUTH_TOKEN"]) == \
-                WorkerPool.upload_prefix(pool, name)
+            assert upload_url(
+                env["LORA_STUDIO_SERVICE_URL"], name, env["WEBHOOK_AUTH_TOKEN"]
+            ) == WorkerPool.upload_prefix(pool, name)
             assert set(expected_env) <= set(env)
             assert env["WEBHOOK_AUTH_TOKEN"] == expected_env["WEBHOOK_AUTH_TOKEN"]
             assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == expected_env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
@@ -375,18 +447,27 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
             assert [(d["driver"], d["capabilities"]) for d in gpus] == [("nvidia", ["gpu"])]
             devices += gpus[0]["device_ids"]
     assert len(devices) == len(set(devices)), "two workers on one GPU"
-    assert not [name for name in services if name.startswith("gpu-") and not any(
-        name == urlsplit(u).hostname for m in MODEL_LIST for u in config.worker_setting(m.full_name).urls)]
+    assert not [
+        name
+        for name in services
+        if name.startswith("gpu-")
+        and not any(name == urlsplit(u).hostname for m in MODEL_LIST for u in config.worker_setting(m.full_name).urls)
+    ]
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------------------------
+
 
 def test_the_kustomization_applies_every_manifest_but_the_secret_example():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
-    workload_images = {c["image"] for d in k8s_docs() if d["kind"] in ("Deployment", "StatefulSet")
-                       for c in d["spec"]["template"]["spec"]["containers"]}
+    workload_images = {
+        c["image"]
+        for d in k8s_docs()
+        if d["kind"] in ("Deployment", "StatefulSet")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
     assert workload_images == {i["name"] for i in kustomization["images"]}
     assert all(i["newTag"] not in ("", "latest") for i in kustomization["images"])
 
@@ -431,8 +512,10 @@ def test_k8s_api_replicas_queue_and_one_dispatcher_owns_the_gpu_workers(cluster)
     spec = cluster.pods["lora-studio-dispatcher"]["spec"]
     assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
     assert dispatcher.instance == "dispatcher"  # a restarted dispatcher fails its own leftovers
-    assert api.secret == dispatcher.secret and api.public_url == dispatcher.public_url == cluster.config[
-        "LORA_STUDIO_PUBLIC_URL"]
+    assert (
+        api.secret == dispatcher.secret
+        and api.public_url == dispatcher.public_url == cluster.config["LORA_STUDIO_PUBLIC_URL"]
+    )
 
     # the internal URL is the dispatcher's Service, on its container's port
     internal = urlsplit(dispatcher.internal_url)
@@ -495,8 +578,11 @@ def test_k8s_workers_and_service_share_the_secret_keys(cluster):
     for workload in cluster.pods.values():
         for container in workload["spec"]["template"]["spec"]["containers"]:
             refs = [s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s]
-            keys = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
-                    if "secretKeyRef" in e.get("valueFrom", {})]
+            keys = [
+                e["valueFrom"]["secretKeyRef"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            ]
             assert set(refs) | {k["name"] for k in keys} <= {secret_name}
             assert {k["key"] for k in keys} <= set(cluster.secret)
     # the token the workers send is the one the dispatcher checks
@@ -515,10 +601,12 @@ def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tm
     the upload URL ``cog_serve`` would make from its environment."""
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir()
-    stub.write_text(f"#!{sys.executable}\nimport json, os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
-                    "from lora_core.service.signing import upload_url\n"
-                    "env = os.environ\nprint(json.dumps([sys.argv[1:], upload_url(env['LORA_STUDIO_SERVICE_URL'], "
-                    "env['LORA_STUDIO_WORKER_NAME'], env['WEBHOOK_AUTH_TOKEN'])]))\n")
+    stub.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "from lora_core.service.signing import upload_url\n"
+        "env = os.environ\nprint(json.dumps([sys.argv[1:], upload_url(env['LORA_STUDIO_SERVICE_URL'], "
+        "env['LORA_STUDIO_WORKER_NAME'], env['WEBHOOK_AUTH_TOKEN'])]))\n"
+    )
     stub.chmod(0o755)
     dispatcher = cluster.settings("lora-studio-dispatcher")
     pool = worker_side(dispatcher)
@@ -528,14 +616,22 @@ def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tm
         container = statefulset["spec"]["template"]["spec"]["containers"][0]
         env = k8s_env(container, cluster.config, cluster.secret)
         command = [k8s_expand(arg, env) for arg in container["args"]]
-        result = subprocess.run(command, env={**env, "HOSTNAME": pod, "PATH": f"{stub.parent}:/usr/bin:/bin"},
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            command,
+            env={**env, "HOSTNAME": pod, "PATH": f"{stub.parent}:/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout) == [["-m", "lora_core.service.cog_serve"],
-                                             WorkerPool.upload_prefix(pool, f"{model.name}-remote-{i}")]
+        assert json.loads(result.stdout) == [
+            ["-m", "lora_core.service.cog_serve"],
+            WorkerPool.upload_prefix(pool, f"{model.name}-remote-{i}"),
+        ]
 
 
 # ---- every name the deploy files and docs use is read by the code ---------------------------------------------
+
 
 def test_every_setting_the_deploy_files_give_the_service_is_read_by_it(tmp_path):
     given: dict[str, dict[str, str]] = {"Dockerfile ENV": dockerfile_env()}
@@ -558,8 +654,11 @@ def test_gpu_workers_get_exactly_what_local_workers_get(tmp_path):
     launcher = (ROOT / "lora_core" / "service" / "cog_serve.py").read_text()
     read_by_launcher = set(re.findall(r'env(?:\.get\(|\[)"([A-Z_]+)"', launcher))
     assert {"LORA_STUDIO_SERVICE_URL", "LORA_STUDIO_WORKER_NAME"} <= read_by_launcher
-    workers = {name: (set(s["environment"]), " ".join(s["command"]))
-               for name, s in compose()["services"].items() if name.startswith("gpu-")}
+    workers = {
+        name: (set(s["environment"]), " ".join(s["command"]))
+        for name, s in compose()["services"].items()
+        if name.startswith("gpu-")
+    }
     for statefulset in (d for d in k8s_docs() if d["kind"] == "StatefulSet"):
         container = statefulset["spec"]["template"]["spec"]["containers"][0]
         workers[statefulset["metadata"]["name"]] = ({e["name"] for e in container["env"]}, " ".join(container["args"]))

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lora_core.fetch import FetchError, Fetcher, FetchPolicy, system_resolver
+from lora_core.fetch import Fetcher, FetchError, FetchPolicy, system_resolver
 
 BODY = b"lora-bytes-" * 1000
 
@@ -79,8 +79,9 @@ def server():
 
 def names_resolver(host, port):
     """Names used by the tests; anything else through the system."""
-    return {"internal.test": ["10.0.0.1"], "metadata.test": ["169.254.169.254"],
-            "public.test": ["127.0.0.1"]}.get(host) or system_resolver(host, port)
+    return {"internal.test": ["10.0.0.1"], "metadata.test": ["169.254.169.254"], "public.test": ["127.0.0.1"]}.get(
+        host
+    ) or system_resolver(host, port)
 
 
 def fetcher(tmp_path, **policy):
@@ -120,14 +121,17 @@ def test_lru_bound_evicts_old_blobs(server, tmp_path):
     assert new.path.exists() and not old.path.exists()
 
 
-@pytest.mark.parametrize("path,policy,message", [
-    ("/huge-declared", {}, "the limit is 1024 MB"),
-    ("/huge-undeclared", {"max_bytes": 2**20}, "exceeded the 1 MB limit"),
-    ("/trickle", {"total_timeout_s": 1.5}, "took longer than 2s|timed out"),
-    ("/loop", {}, "more than 5 redirects"),
-    ("/to-internal", {}, "resolves to 10.0.0.1"),
-    ("/missing", {}, "HTTP 404"),
-])
+@pytest.mark.parametrize(
+    "path,policy,message",
+    [
+        ("/huge-declared", {}, "the limit is 1024 MB"),
+        ("/huge-undeclared", {"max_bytes": 2**20}, "exceeded the 1 MB limit"),
+        ("/trickle", {"total_timeout_s": 1.5}, "took longer than 2s|timed out"),
+        ("/loop", {}, "more than 5 redirects"),
+        ("/to-internal", {}, "resolves to 10.0.0.1"),
+        ("/missing", {}, "HTTP 404"),
+    ],
+)
 def test_bad_servers_fail_fast_and_leave_no_partial_file(server, tmp_path, path, policy, message):
     started = time.monotonic()
     with pytest.raises(FetchError, match=message):
@@ -136,17 +140,20 @@ def test_bad_servers_fail_fast_and_leave_no_partial_file(server, tmp_path, path,
     assert not [p for p in (tmp_path / "cache" / "blobs").iterdir()]
 
 
-@pytest.mark.parametrize("url,message", [
-    ("http://127.0.0.1:9/x", "resolves to 127.0.0.1"),
-    ("http://169.254.169.254/latest/meta-data/", "resolves to 169.254.169.254"),
-    ("http://10.0.0.1/x", "resolves to 10.0.0.1"),
-    ("http://[::1]/x", "resolves to ::1"),
-    ("http://internal.test/x", "resolves to 10.0.0.1"),
-    ("http://metadata.test/x", "resolves to 169.254.169.254"),
-    ("ftp://example.com/x.safetensors", "unsupported URL scheme 'ftp'"),
-    ("file:///etc/passwd", "file:// URLs are disabled"),
-    ("x.safetensors", "unsupported URL scheme"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("http://127.0.0.1:9/x", "resolves to 127.0.0.1"),
+        ("http://169.254.169.254/latest/meta-data/", "resolves to 169.254.169.254"),
+        ("http://10.0.0.1/x", "resolves to 10.0.0.1"),
+        ("http://[::1]/x", "resolves to ::1"),
+        ("http://internal.test/x", "resolves to 10.0.0.1"),
+        ("http://metadata.test/x", "resolves to 169.254.169.254"),
+        ("ftp://example.com/x.safetensors", "unsupported URL scheme 'ftp'"),
+        ("file:///etc/passwd", "file:// URLs are disabled"),
+        ("x.safetensors", "unsupported URL scheme"),
+    ],
+)
 def test_private_addresses_and_other_schemes_are_refused(tmp_path, url, message):
     f = Fetcher(FetchPolicy(cache_dir=tmp_path / "cache"), resolver=names_resolver, log=lambda _: None)
     with pytest.raises(FetchError, match=message):

@@ -41,12 +41,19 @@ def save_with_diffusers(tensors, rank, path):
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig
 
-    parts = {c: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(c + ".")} for c in ("unet", "text_encoder")}
+    parts = {
+        c: {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(c + ".")}
+        for c in ("unet", "text_encoder")
+    }
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q"]).to_dict()
-    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=parts["unet"],
-                                              text_encoder_lora_layers=parts["text_encoder"], weight_name=path.name,
-                                              unet_lora_adapter_metadata=config,
-                                              text_encoder_lora_adapter_metadata=config)
+    StableDiffusionPipeline.save_lora_weights(
+        path.parent,
+        unet_lora_layers=parts["unet"],
+        text_encoder_lora_layers=parts["text_encoder"],
+        weight_name=path.name,
+        unet_lora_adapter_metadata=config,
+        text_encoder_lora_adapter_metadata=config,
+    )
 
 
 def as_cloneofsimo(pipe, tensors):
@@ -86,9 +93,14 @@ def served(tmp_path_factory, preset_lora):
     weights, meta = as_cloneofsimo(pipe, tensors)
     save_file(weights, root / "stars-cloneofsimo.safetensors", metadata=meta)
     # made for a bigger base (SD-1.5-sized attention): must be refused with one sentence
-    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
-               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4)},
-              root / "other-base.safetensors", metadata={"ss_base_model_version": "sd_v2"})
+    save_file(
+        {
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 320),
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(320, 4),
+        },
+        root / "other-base.safetensors",
+        metadata={"ss_base_model_version": "sd_v2"},
+    )
     (root / "pickle.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)
     handler = lambda *a, **k: Files(*a, directory=str(root), **k)  # noqa: E731
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -123,13 +135,17 @@ def images(predictor, **given):
 def test_scale_0_is_the_base_model_bit_for_bit(predictor, served):
     base = pixels(predictor, prompt="a photo of object")
     zero = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars.safetensors", lora_scales="0")
-    assert all(np.array_equal(a, b) for a, b in zip(base, zero))
+    assert all(np.array_equal(a, b) for a, b in zip(base, zero, strict=True))
 
 
 def test_the_effect_grows_with_the_scale(predictor, served):
     url, stars = f"{served}/stars.safetensors", concept("star", "purple")
-    distance = {s: tiny_eval.palette_distance(images(predictor, prompt="a photo of <1>", lora_urls=url,
-                                                     lora_scales=str(s)), stars) for s in (0, 0.25, 0.5, 1.0)}
+    distance = {
+        s: tiny_eval.palette_distance(
+            images(predictor, prompt="a photo of <1>", lora_urls=url, lora_scales=str(s)), stars
+        )
+        for s in (0, 0.25, 0.5, 1.0)
+    }
     print("palette distance to the training images by scale:", distance)
     assert distance[0] > distance[0.25] > distance[0.5]
     assert distance[1.0] <= distance[0.5] + 0.02  # saturated: the training images' colours are reached
@@ -148,7 +164,10 @@ def test_two_loras_each_draw_their_own_concept_and_order_does_not_matter(predict
     assert to_own[0] < 0.5 * to_other[0] and to_own[1] < 0.5 * to_other[1]
     swapped = f"{served}/triangles.safetensors|{served}/stars.safetensors"
     again = images(predictor, prompt="a photo of <2>", lora_urls=swapped)
-    assert max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in zip(stars, again)) <= 3
+    assert (
+        max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in zip(stars, again, strict=True))
+        <= 3
+    )
 
 
 def test_each_lora_alone_draws_its_concept(predictor, served):
@@ -159,16 +178,18 @@ def test_each_lora_alone_draws_its_concept(predictor, served):
 
 def test_a_file_with_token_embeddings_only_works(predictor, served):
     base = pixels(predictor, prompt="a photo of object")
-    tokens_only = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/embeddings-only.safetensors",
-                         lora_scales="1")
-    assert not all(np.array_equal(a, b) for a, b in zip(base, tokens_only))
+    tokens_only = pixels(
+        predictor, prompt="a photo of <1>", lora_urls=f"{served}/embeddings-only.safetensors", lora_scales="1"
+    )
+    assert not all(np.array_equal(a, b) for a, b in zip(base, tokens_only, strict=True))
 
 
 def test_the_a1111_twin_acts_like_our_file(predictor, served):
     ours = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars.safetensors", lora_scales="0.8")
-    theirs = pixels(predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars-a1111.safetensors",
-                    lora_scales="0.8")
-    assert max(np.abs(a - b).max() for a, b in zip(ours, theirs)) <= 3
+    theirs = pixels(
+        predictor, prompt="a photo of <1>", lora_urls=f"{served}/stars-a1111.safetensors", lora_scales="0.8"
+    )
+    assert max(np.abs(a - b).max() for a, b in zip(ours, theirs, strict=True)) <= 3
 
 
 @pytest.mark.parametrize("twin,prompt", [("stars-peft", "a photo of a star"), ("stars-cloneofsimo", "a photo of <1>")])
@@ -177,8 +198,10 @@ def test_diffusers_and_cloneofsimo_files_of_the_same_lora_act_like_ours(predicto
     base = pixels(predictor, prompt=prompt.replace("<1>", "object"))
     ours = pixels(predictor, prompt=prompt, lora_urls=f"{served}/stars.safetensors", lora_scales="1")
     theirs = pixels(predictor, prompt=prompt, lora_urls=f"{served}/{twin}.safetensors", lora_scales="1")
-    assert max(np.abs(a - b).mean() for a, b in zip(base, ours)) > 3  # the LoRA changes the picture...
-    assert max(np.abs(a - b).max() for a, b in zip(ours, theirs)) <= 3  # ...and the twin changes it the same way
+    assert max(np.abs(a - b).mean() for a, b in zip(base, ours, strict=True)) > 3  # the LoRA changes the picture...
+    assert (
+        max(np.abs(a - b).max() for a, b in zip(ours, theirs, strict=True)) <= 3
+    )  # ...and the twin changes it the same way
 
 
 def test_a_cached_url_is_not_fetched_again(predictor, served):
@@ -189,18 +212,25 @@ def test_a_cached_url_is_not_fetched_again(predictor, served):
     assert Files.gets["/stars.safetensors"] == before == 1
 
 
-@pytest.mark.parametrize("given,error,message", [
-    ({"lora_urls": "{s}/other-base.safetensors"}, lora_file.LoRAFileError, "does not fit this base.*made for SD 2.x"),
-    ({"lora_urls": "{s}/pickle.safetensors"}, lora_file.LoRAFileError, "is a pickle"),
-    ({"lora_urls": "{s}/missing.safetensors"}, FetchError, "HTTP 404"),
-    ({"lora_urls": "http://169.254.169.254/x.safetensors"}, FetchError, "private or local"),
-    ({"lora_urls": "{s}/stars.safetensors", "lora_scales": "0.5|0.5"}, PromptError, "2 values for 1 LoRA"),
-    ({"lora_urls": "{s}/stars.safetensors", "prompt": "<2>"}, PromptError, "mentions <2>"),
-])
+@pytest.mark.parametrize(
+    "given,error,message",
+    [
+        (
+            {"lora_urls": "{s}/other-base.safetensors"},
+            lora_file.LoRAFileError,
+            "does not fit this base.*made for SD 2.x",
+        ),
+        ({"lora_urls": "{s}/pickle.safetensors"}, lora_file.LoRAFileError, "is a pickle"),
+        ({"lora_urls": "{s}/missing.safetensors"}, FetchError, "HTTP 404"),
+        ({"lora_urls": "http://169.254.169.254/x.safetensors"}, FetchError, "private or local"),
+        ({"lora_urls": "{s}/stars.safetensors", "lora_scales": "0.5|0.5"}, PromptError, "2 values for 1 LoRA"),
+        ({"lora_urls": "{s}/stars.safetensors", "prompt": "<2>"}, PromptError, "mentions <2>"),
+    ],
+)
 def test_bad_loras_fail_that_prediction_only_and_the_base_stays_pristine(predictor, served, given, error, message):
     base = pixels(predictor, prompt="a photo of object")
     inputs = {"prompt": "a photo of <1>", "lora_scales": "0.8", **given}
     inputs["lora_urls"] = inputs["lora_urls"].format(s=served)
     with pytest.raises(error, match=message):
         call_predictor(predictor, **inputs)
-    assert all(np.array_equal(a, b) for a, b in zip(base, pixels(predictor, prompt="a photo of object")))
+    assert all(np.array_equal(a, b) for a, b in zip(base, pixels(predictor, prompt="a photo of object"), strict=True))

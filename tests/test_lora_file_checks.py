@@ -14,8 +14,10 @@ def safetensors_bytes(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
-GOOD_HEADER = {"a.lora_A.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
-               "__metadata__": {"format": "pt"}}
+GOOD_HEADER = {
+    "a.lora_A.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+    "__metadata__": {"format": "pt"},
+}
 
 
 def test_a_valid_file_passes(tmp_path):
@@ -24,18 +26,27 @@ def test_a_valid_file_passes(tmp_path):
     assert "a.lora_A.weight" in check_safetensors(path)
 
 
-@pytest.mark.parametrize("case,content,message", [
-    ("pickle", pickle.dumps({"a": 1}, protocol=2), "is a pickle"),
-    ("torch zip", b"PK\x03\x04" + b"\0" * 100, "is a pickle"),
-    ("empty", b"", "too short"),
-    ("truncated", safetensors_bytes(GOOD_HEADER, b"\0" * 10), "truncated or corrupt"),
-    ("huge claim", safetensors_bytes({"x": {"dtype": "F32", "shape": [2**20, 2**12], "data_offsets": [0, 2**34]}},
-                                     b"\0" * 8), "truncated or corrupt"),
-    ("header length lies", struct.pack("<Q", 2**40) + b"{}", "header length is wrong"),
-    ("not json", struct.pack("<Q", 4) + b"\xff\xfe{{", "unreadable header"),
-    ("bad dtype", safetensors_bytes({"x": {"dtype": "Q99", "shape": [1], "data_offsets": [0, 1]}}, b"\0"),
-     "malformed entry"),
-])
+@pytest.mark.parametrize(
+    "case,content,message",
+    [
+        ("pickle", pickle.dumps({"a": 1}, protocol=2), "is a pickle"),
+        ("torch zip", b"PK\x03\x04" + b"\0" * 100, "is a pickle"),
+        ("empty", b"", "too short"),
+        ("truncated", safetensors_bytes(GOOD_HEADER, b"\0" * 10), "truncated or corrupt"),
+        (
+            "huge claim",
+            safetensors_bytes({"x": {"dtype": "F32", "shape": [2**20, 2**12], "data_offsets": [0, 2**34]}}, b"\0" * 8),
+            "truncated or corrupt",
+        ),
+        ("header length lies", struct.pack("<Q", 2**40) + b"{}", "header length is wrong"),
+        ("not json", struct.pack("<Q", 4) + b"\xff\xfe{{", "unreadable header"),
+        (
+            "bad dtype",
+            safetensors_bytes({"x": {"dtype": "Q99", "shape": [1], "data_offsets": [0, 1]}}, b"\0"),
+            "malformed entry",
+        ),
+    ],
+)
 def test_bad_files_are_refused_with_a_sentence(tmp_path, case, content, message):
     path = tmp_path / "lora.safetensors"
     path.write_bytes(content)

@@ -64,12 +64,17 @@ def test_kohya_a1111_layout_reads_the_same(table):
     assert same_layers(reference, contents, alpha_ratio=0.5)
 
 
-@pytest.mark.parametrize("rename", [
-    pytest.param(lambda k: k.replace("unet.", "base_model.model.", 1), id="peft-save_pretrained"),
-    pytest.param(lambda k: k.replace(".lora_A.weight", ".lora.down.weight").replace(".lora_B.weight", ".lora.up.weight"),
-                 id="diffusers-lora.down"),
-    pytest.param(lambda k: k.replace("text_encoder.", "text_encoder.text_model.", 1), id="text_model-level"),
-])
+@pytest.mark.parametrize(
+    "rename",
+    [
+        pytest.param(lambda k: k.replace("unet.", "base_model.model.", 1), id="peft-save_pretrained"),
+        pytest.param(
+            lambda k: k.replace(".lora_A.weight", ".lora.down.weight").replace(".lora_B.weight", ".lora.up.weight"),
+            id="diffusers-lora.down",
+        ),
+        pytest.param(lambda k: k.replace("text_encoder.", "text_encoder.text_model.", 1), id="text_model-level"),
+    ],
+)
 def test_diffusers_and_peft_variants_read_the_same(table, rename):
     tensors = {k: v for k, v in ours(table).items() if k != "emb_params"}
     if "base_model" in rename("unet.x"):  # PEFT's save_pretrained holds one model: the UNet
@@ -126,19 +131,39 @@ def test_cloneofsimo_layout_reads_the_same(tiny_pipe, table, legacy):
     assert same_layers(read_contents(reference, {}, table), contents)
 
 
-@pytest.mark.parametrize("tensors,error,message", [
-    ({"lora_unet_down_blocks_1_attentions_0_proj_in.hada_w1_a": torch.ones(4, 4)}, UnsupportedLayout, "LoHa"),
-    ({"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(4, 768),
-      "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(768, 4)},
-     LayerMismatch, "no layer for 'lora_te1_"),
-    ({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 320),
-      "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.ones(320, 4)},
-     LayerMismatch, r"shapes \(4, 320\)"),
-    ({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 64)},
-     LayerMismatch, "no matching"),
-    ({"unet.conv_in.weight": torch.ones(32, 4, 3, 3)}, UnsupportedLayout, "not LoRA pairs"),
-    ({"unet:0:up": torch.ones(64, 4), "unet:0:down": torch.ones(4, 64)}, UnsupportedLayout, "metadata does not say"),
-])
+@pytest.mark.parametrize(
+    "tensors,error,message",
+    [
+        ({"lora_unet_down_blocks_1_attentions_0_proj_in.hada_w1_a": torch.ones(4, 4)}, UnsupportedLayout, "LoHa"),
+        (
+            {
+                "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(4, 768),
+                "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(768, 4),
+            },
+            LayerMismatch,
+            "no layer for 'lora_te1_",
+        ),
+        (
+            {
+                "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 320),
+                "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.ones(320, 4),
+            },
+            LayerMismatch,
+            r"shapes \(4, 320\)",
+        ),
+        (
+            {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 64)},
+            LayerMismatch,
+            "no matching",
+        ),
+        ({"unet.conv_in.weight": torch.ones(32, 4, 3, 3)}, UnsupportedLayout, "not LoRA pairs"),
+        (
+            {"unet:0:up": torch.ones(64, 4), "unet:0:down": torch.ones(4, 64)},
+            UnsupportedLayout,
+            "metadata does not say",
+        ),
+    ],
+)
 def test_files_that_do_not_fit_are_refused_with_the_reason(table, tensors, error, message):
     with pytest.raises(error, match=message):
         read_contents(tensors, {}, table)

@@ -2,8 +2,8 @@
 
 The simplest PEFT loop (UNet LoRA + one new token, pivotal-tuning style) trains a fixed
 number of steps (the same on every machine: no time budget) on ~10 images of a concept the
-base never saw (``tiny_world.HELD_OUT``: purple stars). The measure is the palette histogram of the vivid pixels (which colours
-the objects have; backgrounds are neutral and left out). Learning must show against the
+base never saw (``tiny_world.HELD_OUT``: purple stars). The measure is the palette histogram of the vivid
+pixels (which colours the objects have; backgrounds are neutral and left out). Learning must show against the
 base: what the LoRA draws for its token moves at least half-way from the base's images
 towards the training images, while for prompts without the token the LoRA changes the
 colours no more than drawing the base with other seeds does (measured in the same run).
@@ -27,8 +27,12 @@ pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow'
 
 TOKEN, INIT_WORD = "<s1>", "star"
 CONCEPT_PROMPT, BASE_PROMPT = f"a photo of a {TOKEN}", f"a photo of a {INIT_WORD}"
-OTHER_PROMPTS = ("a red circle", "a blue square on a white background", "a green triangle",
-                 "a yellow circle on a blue striped background")
+OTHER_PROMPTS = (
+    "a red circle",
+    "a blue square on a white background",
+    "a green triangle",
+    "a yellow circle on a blue striped background",
+)
 SEEDS = range(8)
 OTHER_SEEDS = range(8, 16)
 STEPS = 600
@@ -57,8 +61,14 @@ def train_lora(pipe, images: list[Image.Image], steps: int, n_prior: int = PRIOR
     embedding = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         embedding[new_id] = embedding[tokenizer(INIT_WORD, add_special_tokens=False).input_ids[0]]
-    unet.add_adapter(LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]))
+    unet.add_adapter(
+        LoraConfig(
+            r=8,
+            lora_alpha=8,
+            init_lora_weights="gaussian",
+            target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+        )
+    )
     text_encoder.requires_grad_(False)
     embedding.requires_grad_(True)  # after add_adapter, which freezes everything else
     frozen_rows = embedding.detach().clone()
@@ -69,21 +79,26 @@ def train_lora(pipe, images: list[Image.Image], steps: int, n_prior: int = PRIOR
     pixels = torch.cat([pixels, pixels.flip(-1)])  # mirrored copies
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-    ids = tokenizer([CONCEPT_PROMPT] * 8, padding="max_length", max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        [CONCEPT_PROMPT] * 8, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     prior_images, prior_captions = tiny_world.sample_world(256, seed=12345)
     with torch.no_grad():
-        prior_latents = vae.encode(torch.from_numpy(prior_images).permute(0, 3, 1, 2).float() / 127.5 - 1
-                                   ).latent_dist.mean * vae.config.scaling_factor
-    prior_ids = tokenizer(prior_captions, padding="max_length", max_length=tokenizer.model_max_length,
-                          return_tensors="pt").input_ids
+        prior_latents = (
+            vae.encode(torch.from_numpy(prior_images).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean
+            * vae.config.scaling_factor
+        )
+    prior_ids = tokenizer(
+        prior_captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     lora_params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": lora_params, "lr": 1e-3},
-                             {"params": [embedding], "lr": 5e-3, "weight_decay": 0.0}])
+    opt = torch.optim.AdamW(
+        [{"params": lora_params, "lr": 1e-3}, {"params": [embedding], "lr": 5e-3, "weight_decay": 0.0}]
+    )
     unet.train()
-    start, done = time.perf_counter(), 0
-    for done in range(1, steps + 1):
+    start = time.perf_counter()
+    for _ in range(steps):
         idx, prior = torch.randint(len(latents), (8,)), torch.randint(len(prior_latents), (n_prior,))
         x0 = torch.cat([latents[idx], prior_latents[prior]])
         batch_ids = torch.cat([ids, prior_ids[prior]])
@@ -97,7 +112,7 @@ def train_lora(pipe, images: list[Image.Image], steps: int, n_prior: int = PRIOR
         with torch.no_grad():
             embedding[keep] = frozen_rows[keep]
     unet.eval()
-    return {"steps": done, "seconds": round(time.perf_counter() - start, 1)}
+    return {"steps": steps, "seconds": round(time.perf_counter() - start, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +130,16 @@ def experiment():
     d_lora = tiny_eval.palette_distance(after["concept"], train)
     bleed = float(np.mean([tiny_eval.palette_distance(before[p], after[p]) for p in OTHER_PROMPTS]))
     pixel_change = float(np.mean([tiny_eval.mean_abs_pixel_change(before[p], after[p]) for p in OTHER_PROMPTS]))
-    result = {**run, "d_base": d_base, "d_lora": d_lora, "gap_closed": 1 - d_lora / d_base, "bleed": bleed,
-              "seed_noise": seed_noise, "pixel_change_other": pixel_change, "pixel_change_of_seed": seed_pixels}
+    result = {
+        **run,
+        "d_base": d_base,
+        "d_lora": d_lora,
+        "gap_closed": 1 - d_lora / d_base,
+        "bleed": bleed,
+        "seed_noise": seed_noise,
+        "pixel_change_other": pixel_change,
+        "pixel_change_of_seed": seed_pixels,
+    }
     print("lora-learns:", json.dumps({k: round(v, 3) for k, v in result.items()}))
     return result
 

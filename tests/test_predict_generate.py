@@ -1,12 +1,10 @@
 """The generation predictor called as Cog calls it (in-process; the HTTP server is tested with packaging)."""
 
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import call_predictor
-
 from predict_generate import Predictor
 
 

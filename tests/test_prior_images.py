@@ -14,7 +14,7 @@ def test_a_set_is_drawn_once_and_read_back_pixel_for_pixel(tiny_pipe, tmp_path, 
     monkeypatch.setattr(prior_images, "_draw", lambda *a: (_ for _ in ()).throw(AssertionError("drawn again")))
     read = prior_images.prior_examples(tiny_pipe, small, 64, "test-base", folder=tmp_path)
     assert [(e.name, e.caption) for e in read] == [(e.name, e.caption) for e in drawn]
-    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(read, drawn))
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(read, drawn, strict=True))
     assert not list(tmp_path.glob(".priors-*"))  # no half-written folder left behind
 
 

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow'
 
 def _images(output) -> list[Image.Image]:
     """The client wraps https:// outputs in FileOutput; this test server speaks plain http, so those stay URLs."""
-    return [Image.open(io.BytesIO(o.read() if hasattr(o, "read") else requests.get(o, timeout=10).content))
-            .convert("RGB") for o in output]
+    return [
+        Image.open(io.BytesIO(o.read() if hasattr(o, "read") else requests.get(o, timeout=10).content)).convert("RGB")
+        for o in output
+    ]
 
 
 def test_train_then_generate_with_the_official_client(service, tmp_path):
@@ -28,8 +30,10 @@ def test_train_then_generate_with_the_official_client(service, tmp_path):
     training_model = client.models.get("lora-studio/lora-training")
     with zip_path.open("rb") as f:  # the client uploads the file through POST /v1/files first
         training = client.trainings.create(
-            version=f"lora-studio/lora-training:{training_model.latest_version.id}", destination="carol/stars",
-            input={"instance_data": f, "task": "object", "seed": 0, "max_train_steps": 300})
+            version=f"lora-studio/lora-training:{training_model.latest_version.id}",
+            destination="carol/stars",
+            input={"instance_data": f, "task": "object", "seed": 0, "max_train_steps": 300},
+        )
     deadline = time.monotonic() + 300
     while training.status not in ("succeeded", "failed", "canceled"):  # the client's Training has no wait()
         assert time.monotonic() < deadline, training.logs[-2000:]

@@ -17,7 +17,7 @@ def _pixels(pipe, **given):
 
 def test_same_seed_same_pixels_and_each_output_remakeable_alone(tiny_pipe):
     batch = _pixels(tiny_pipe, num_outputs=3)
-    assert all(np.array_equal(a, b) for a, b in zip(batch, _pixels(tiny_pipe, num_outputs=3)))
+    assert all(np.array_equal(a, b) for a, b in zip(batch, _pixels(tiny_pipe, num_outputs=3), strict=True))
     assert not np.array_equal(batch[0], batch[1])
     # by construction (one pass per output), not by luck of the processor's kernels: exact, every output
     for i, image in enumerate(batch):
@@ -45,8 +45,14 @@ def test_defaults_come_from_the_checkpoint_and_bad_values_are_refused():
     r = _request()
     assert (r.width, r.height, r.guidance_scale, r.num_inference_steps) == (64, 64, 3.0, 20)
     assert 0 <= sampling.resolve_request(DEFAULTS, prompt="x").seed <= sampling.MAX_SEED
-    for bad in ({"width": 10000}, {"width": 60}, {"num_outputs": 5}, {"guidance_scale": float("nan")},
-                {"num_inference_steps": -1}, {"scheduler": "Nope"}):
+    for bad in (
+        {"width": 10000},
+        {"width": 60},
+        {"num_outputs": 5},
+        {"guidance_scale": float("nan")},
+        {"num_inference_steps": -1},
+        {"scheduler": "Nope"},
+    ):
         with pytest.raises(ValidationError):
             _request(**bad)
 

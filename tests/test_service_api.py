@@ -79,8 +79,10 @@ def test_invalid_input_is_422_naming_the_field(alice):
 
 
 def test_a_prediction_fails_alone_with_a_clear_message_and_the_next_works(alice):
-    bad = alice.predict(GENERATE, {"prompt": "<1>", "lora_urls": "https://example.invalid/x.safetensors|a",
-                                   "lora_scales": "0.5|0.5|0.5"})
+    bad = alice.predict(
+        GENERATE,
+        {"prompt": "<1>", "lora_urls": "https://example.invalid/x.safetensors|a", "lora_scales": "0.5|0.5|0.5"},
+    )
     assert bad["status"] == "failed" and "scale" in bad["error"].lower(), bad
     good = alice.predict(GENERATE, {"prompt": "a blue square", "seed": 1})
     assert good["status"] == "succeeded"
@@ -88,8 +90,11 @@ def test_a_prediction_fails_alone_with_a_clear_message_and_the_next_works(alice)
 
 def test_owners_are_isolated(alice, bob):
     mine = alice.predict(GENERATE, {"prompt": "a green star", "seed": 0})
-    for method, path in [("GET", f"/v1/predictions/{mine['id']}"), ("POST", f"/v1/predictions/{mine['id']}/cancel"),
-                         ("POST", f"/v1/predictions/{mine['id']}/fork")]:
+    for method, path in [
+        ("GET", f"/v1/predictions/{mine['id']}"),
+        ("POST", f"/v1/predictions/{mine['id']}/cancel"),
+        ("POST", f"/v1/predictions/{mine['id']}/fork"),
+    ]:
         assert bob(method, path, json={}).status_code == 404
     assert mine["id"] not in [p["id"] for p in bob("GET", "/v1/predictions").json()["results"]]
     upload = alice("POST", "/v1/files", files={"content": ("a.txt", b"hello", "text/plain")}).json()
@@ -100,8 +105,10 @@ def test_owners_are_isolated(alice, bob):
 
 
 def test_history_pages_newest_first(alice):
-    made = [alice.predict(GENERATE, {"prompt": "a red circle", "seed": i, "num_inference_steps": 2}, wait=None)["id"]
-            for i in range(3)]
+    made = [
+        alice.predict(GENERATE, {"prompt": "a red circle", "seed": i, "num_inference_steps": 2}, wait=None)["id"]
+        for i in range(3)
+    ]
     page = alice("GET", "/v1/predictions").json()
     assert [p["id"] for p in page["results"][:3]] == made[::-1]
     seen, url = [], "/v1/predictions"
@@ -116,8 +123,9 @@ def test_history_pages_newest_first(alice):
 
 def test_fork_reruns_the_parent_with_one_change(alice):
     parent = alice.predict(GENERATE, {"prompt": "a photo of a yellow circle", "seed": 5})
-    r = alice("POST", f"/v1/predictions/{parent['id']}/fork", json={"input": {"seed": 6}},
-              headers={"Prefer": "wait=60"})
+    r = alice(
+        "POST", f"/v1/predictions/{parent['id']}/fork", json={"input": {"seed": 6}}, headers={"Prefer": "wait=60"}
+    )
     assert r.status_code == 201
     fork = r.json()
     assert fork["forked_from"] == parent["id"] and fork["status"] == "succeeded"
@@ -165,8 +173,9 @@ def test_webhooks_arrive_in_order_and_signed(alice, receiver):
         assert json.loads(raw)["id"] == body["id"]
     # only what was asked for
     Receiver.received = []
-    alice.predict(GENERATE, {"prompt": "a red square", "seed": 2}, webhook=receiver,
-                  webhook_events_filter=["completed"])
+    alice.predict(
+        GENERATE, {"prompt": "a red square", "seed": 2}, webhook=receiver, webhook_events_filter=["completed"]
+    )
     deadline = time.monotonic() + 30
     while not Receiver.received:
         assert time.monotonic() < deadline
@@ -176,8 +185,11 @@ def test_webhooks_arrive_in_order_and_signed(alice, receiver):
 
 
 def test_webhooks_to_private_addresses_are_refused(alice):
-    r = alice("POST", f"/v1/models/{GENERATE}/predictions",
-              json={"input": {"prompt": "x"}, "webhook": "http://169.254.169.254/latest"})
+    r = alice(
+        "POST",
+        f"/v1/models/{GENERATE}/predictions",
+        json={"input": {"prompt": "x"}, "webhook": "http://169.254.169.254/latest"},
+    )
     assert r.status_code == 422 and "private" in r.json()["detail"]
 
 
@@ -187,8 +199,11 @@ def test_a_training_from_an_uploaded_zip_then_cancel_a_long_one(alice, tmp_path)
     with zip_path.open("rb") as f:
         upload = alice("POST", "/v1/files", files={"content": ("stars.zip", f, "application/zip")}).json()
     assert upload["size"] == zip_path.stat().st_size and upload["checksums"]["sha256"]
-    r = alice("POST", "/v1/trainings", json={"input": {"instance_data": upload["urls"]["get"], "task": "object",
-                                                        "max_train_steps": 2000, "seed": 0}})
+    r = alice(
+        "POST",
+        "/v1/trainings",
+        json={"input": {"instance_data": upload["urls"]["get"], "task": "object", "max_train_steps": 2000, "seed": 0}},
+    )
     assert r.status_code == 201, r.text
     training = r.json()
     assert training["urls"]["get"].endswith(f"/v1/trainings/{training['id']}")

@@ -24,8 +24,11 @@ ONLY_GENERATION = {"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}
 @pytest.fixture(scope="module")
 def s3_server():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -41,16 +44,21 @@ def s3_server():
 
 
 def _s3_env(endpoint: str) -> dict:
-    return {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint}
+    return {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
 
 
 def test_outputs_and_uploads_live_in_s3_and_survive_a_restart(s3_server, tmp_path):
     import boto3
 
     env = _s3_env(s3_server)
-    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test", aws_secret_access_key="test",
-                      region_name="us-east-1")
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_server, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
     s3.create_bucket(Bucket="lora-outputs")
     settings = {**env, **ONLY_GENERATION, "STORAGE_URL": "s3://lora-outputs/studio"}
     service = ServiceProcess(tmp_path / "svc", env=settings).start()
@@ -91,15 +99,33 @@ def postgres_url():
     if as_user:
         shutil.chown(root, "postgres")
     data, port = root / "data", free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E",
-                    "UTF8"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(root / "log"),
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -109,14 +135,20 @@ def test_the_postgres_queue_hands_each_prediction_to_one_claimer(postgres_url):
 
 
 def test_two_service_processes_share_one_postgres_queue(postgres_url, tmp_path):
-    shared = {**ONLY_GENERATION, "DATABASE_URL": postgres_url, "LORA_STUDIO_SECRET": "shared-secret",
-              "STORAGE_URL": f"file://{tmp_path / 'files'}"}
+    shared = {
+        **ONLY_GENERATION,
+        "DATABASE_URL": postgres_url,
+        "LORA_STUDIO_SECRET": "shared-secret",
+        "STORAGE_URL": f"file://{tmp_path / 'files'}",
+    }
     first = ServiceProcess(tmp_path / "a", env=shared).start()
     second = ServiceProcess(tmp_path / "b", env=shared).start()
     try:
         api = Api(first.url, first.token("alice"))
-        ids = [api.predict(GENERATE, {"prompt": "a red circle", "seed": i, "num_inference_steps": 10}, wait=None)["id"]
-               for i in range(6)]
+        ids = [
+            api.predict(GENERATE, {"prompt": "a red circle", "seed": i, "num_inference_steps": 10}, wait=None)["id"]
+            for i in range(6)
+        ]
         final = [api.wait(pid) for pid in ids]
         assert [f["status"] for f in final] == ["succeeded"] * 6
         engine = db.connect(postgres_url)

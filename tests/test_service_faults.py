@@ -20,8 +20,12 @@ def _training_input(tmp_path, steps: int) -> dict:
     import base64
 
     zip_path = zip_images(tmp_path / "stars.zip", tiny_world.concept_images("star", "purple", 5, first_seed=0))
-    return {"instance_data": "data:application/zip;base64," + base64.b64encode(zip_path.read_bytes()).decode(),
-            "task": "object", "max_train_steps": steps, "seed": 0}
+    return {
+        "instance_data": "data:application/zip;base64," + base64.b64encode(zip_path.read_bytes()).decode(),
+        "task": "object",
+        "max_train_steps": steps,
+        "seed": 0,
+    }
 
 
 def _until_progress(api: Api, prediction_id: str, timeout: float = 180) -> dict:
@@ -60,8 +64,11 @@ def test_a_restart_keeps_everything_fails_what_ran_and_runs_what_was_queued(tmp_
     done = api.predict(GENERATE, {"prompt": "a red circle", "seed": 1})
     assert done["status"] == "succeeded"
     # the one worker is busy with a slow generation; two more wait in the queue behind it
-    slow = api.predict(GENERATE, {"prompt": "a blue square", "num_inference_steps": 150, "num_outputs": 4,
-                                  "width": 256, "height": 256}, wait=None)
+    slow = api.predict(
+        GENERATE,
+        {"prompt": "a blue square", "num_inference_steps": 150, "num_outputs": 4, "width": 256, "height": 256},
+        wait=None,
+    )
     queued = [api.predict(GENERATE, {"prompt": "a green star", "seed": i}, wait=None)["id"] for i in range(2)]
     _until_progress(api, slow["id"])
     assert all(api("GET", f"/v1/predictions/{q}").json()["status"] == "starting" for q in queued)

@@ -82,10 +82,17 @@ def test_stored_content_types_are_bare_safe_and_true():
     assert "Content-Disposition" in content_types.headers("application/zip", b"PK", "a.zip")
 
 
-@pytest.mark.parametrize("raw, phrase", [
-    (b"[" * 5000 + b"]" * 5000, "nested too deeply"), (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "nested too deeply"),
-    (b'{"a": "\\ud800"}', "lone surrogate"), (b'{"\\udfff": 1}', "lone surrogate"), (b"\xff\xfe{}", "UTF-8"),
-    (b"{'a': 1}", "not valid JSON")])
+@pytest.mark.parametrize(
+    "raw, phrase",
+    [
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "nested too deeply"),
+        (b'{"a": "\\ud800"}', "lone surrogate"),
+        (b'{"\\udfff": 1}', "lone surrogate"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"{'a': 1}", "not valid JSON"),
+    ],
+)
 def test_json_bodies_too_deep_or_not_unicode_are_refused_with_a_sentence(raw, phrase):
     with pytest.raises(bodies.BadBody, match=phrase):
         bodies.parse(raw)
@@ -132,15 +139,18 @@ MODELS = load_models()
 GENERATE = MODELS["lora-studio/lora"]
 
 
-@pytest.mark.parametrize("given, field, kind", [
-    ({}, "input.prompt", "required"),
-    ({"prompt": "x", "num_outputs": 9}, "input.num_outputs", "maximum"),
-    ({"prompt": "x", "num_outputs": "two"}, "input.num_outputs", "type"),
-    ({"prompt": "x", "scheduler": "Heun"}, "input.scheduler", "enum"),
-    ({"prompt": "x", "width": 10000}, "input.width", "anyOf"),
-    ({"prompt": "x", "promt": "y"}, "input.promt", "unknown_field"),
-    ({"prompt": 5}, "input.prompt", "type"),
-])
+@pytest.mark.parametrize(
+    "given, field, kind",
+    [
+        ({}, "input.prompt", "required"),
+        ({"prompt": "x", "num_outputs": 9}, "input.num_outputs", "maximum"),
+        ({"prompt": "x", "num_outputs": "two"}, "input.num_outputs", "type"),
+        ({"prompt": "x", "scheduler": "Heun"}, "input.scheduler", "enum"),
+        ({"prompt": "x", "width": 10000}, "input.width", "anyOf"),
+        ({"prompt": "x", "promt": "y"}, "input.promt", "unknown_field"),
+        ({"prompt": 5}, "input.prompt", "type"),
+    ],
+)
 def test_bad_inputs_name_their_field(given, field, kind):
     with pytest.raises(InputError) as e:
         GENERATE.validate(given)
@@ -234,16 +244,30 @@ def test_outputs_become_file_refs_and_back():
         return f"d{len(saved)}"
 
     lora = b"\x0c\x00\x00\x00\x00\x00\x00\x00" + b'{"a": "b"}  '
-    out = outputs.to_refs({"lora": "data:application/octet-stream;base64," + base64.b64encode(lora).decode(),
-                           "grid": "data:image/png;base64,aGk=", "up": prefix + "f1", "other": prefix + "zz"},
-                          prefix, {"f1"}, save)
+    out = outputs.to_refs(
+        {
+            "lora": "data:application/octet-stream;base64," + base64.b64encode(lora).decode(),
+            "grid": "data:image/png;base64,aGk=",
+            "up": prefix + "f1",
+            "other": prefix + "zz",
+        },
+        prefix,
+        {"f1"},
+        save,
+    )
     assert out == {"lora": {"$file": "d1"}, "grid": {"$file": "d2"}, "up": {"$file": "f1"}, "other": None}
     assert [s[:2] for s in saved] == [("lora.safetensors", "application/octet-stream"), ("grid.png", "image/png")]
     listed = outputs.to_refs(["data:image/png;base64,aGk=", "data:image/webp;base64,aGk="], prefix, set(), save)
-    assert listed == [{"$file": "d3"}, {"$file": "d4"}] and [s[0] for s in saved[2:]] == ["output-0.png",
-                                                                                          "output-1.webp"]
+    assert listed == [{"$file": "d3"}, {"$file": "d4"}] and [s[0] for s in saved[2:]] == [
+        "output-0.png",
+        "output-1.webp",
+    ]
     assert outputs.render(out, lambda fid: f"https://x/{fid}") == {
-        "lora": "https://x/d1", "grid": "https://x/d2", "up": "https://x/f1", "other": None}
+        "lora": "https://x/d1",
+        "grid": "https://x/d2",
+        "up": "https://x/f1",
+        "other": None,
+    }
     assert outputs.file_ids([{"$file": "a"}, {"$file": "b"}]) == ["a", "b"]
 
 
@@ -268,8 +292,10 @@ def test_the_service_never_imports_torch_or_diffusers():
     import subprocess
     import sys
 
-    code = ("import sys, lora_core.cli, lora_core.service.app, lora_core.service.web; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules))")
+    code = (
+        "import sys, lora_core.cli, lora_core.service.app, lora_core.service.web; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -293,10 +319,12 @@ def test_the_body_deadline_ends_with_the_body_and_never_cuts_a_slow_download():
             for i in range(6):
                 await asyncio.sleep(0.1)
                 yield bytes([i]) * 1000
+
         return StreamingResponse(chunks())
 
-    app = BodyGuard(Starlette(routes=[Route("/", slow, methods=["GET", "POST"])]), limit=10_000, upload_limit=10_000,
-                    timeout_s=0.25)
+    app = BodyGuard(
+        Starlette(routes=[Route("/", slow, methods=["GET", "POST"])]), limit=10_000, upload_limit=10_000, timeout_s=0.25
+    )
 
     async def fetch(method: str) -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:

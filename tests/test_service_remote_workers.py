@@ -20,13 +20,25 @@ TOKEN = "remote-worker-token"
 
 
 def start_cog_server(port: int, service_port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict_generate.py:Predictor",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "WEBHOOK_AUTH_TOKEN": TOKEN,
-           "LORA_STUDIO_SERVICE_URL": f"http://127.0.0.1:{service_port}", "LORA_STUDIO_WORKER_NAME": "lora-remote-1",
-           "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": f"127.0.0.1:{service_port}"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "COG_PREDICT_TYPE_STUB": "predict_generate.py:Predictor",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "WEBHOOK_AUTH_TOKEN": TOKEN,
+        "LORA_STUDIO_SERVICE_URL": f"http://127.0.0.1:{service_port}",
+        "LORA_STUDIO_WORKER_NAME": "lora-remote-1",
+        "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": f"127.0.0.1:{service_port}",
+    }
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lora_core.service.cog_serve", "--host", "127.0.0.1"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lora_core.service.cog_serve", "--host", "127.0.0.1"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -46,9 +58,14 @@ def stop(proc: subprocess.Popen) -> None:
 def test_a_remote_cog_server_runs_predictions_and_one_that_goes_away_loses_none(tmp_path):
     service_port, cog_port = free_port(), free_port()
     cog = start_cog_server(cog_port, service_port, tmp_path / "cog.log")
-    service = ServiceProcess(tmp_path / "svc", port=service_port, env={
-        "LORA_STUDIO_WORKERS": f"lora-studio/lora=http://127.0.0.1:{cog_port};lora-studio/lora-training=0",
-        "LORA_STUDIO_WORKER_TOKEN": TOKEN}).start()
+    service = ServiceProcess(
+        tmp_path / "svc",
+        port=service_port,
+        env={
+            "LORA_STUDIO_WORKERS": f"lora-studio/lora=http://127.0.0.1:{cog_port};lora-studio/lora-training=0",
+            "LORA_STUDIO_WORKER_TOKEN": TOKEN,
+        },
+    ).start()
     try:
         api = Api(service.url, service.token("alice"))
         assert [w["name"] for w in service.workers()] == ["lora-remote-1"]

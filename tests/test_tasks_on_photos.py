@@ -89,8 +89,13 @@ def predictor():
 
 @pytest.mark.parametrize("task", ["face", "object", "style"])
 def test_each_task_trains_end_to_end_on_photos(predictor, tmp_path, task, capsys):
-    out = call_predictor(predictor, instance_data=photo_zip(tmp_path / f"{task}.zip", ZIPS[task]()), task=task,
-                         seed=0, max_train_steps=20)
+    out = call_predictor(
+        predictor,
+        instance_data=photo_zip(tmp_path / f"{task}.zip", ZIPS[task]()),
+        task=task,
+        seed=0,
+        max_train_steps=20,
+    )
     assert out.lora.stat().st_size > 0 and out.lora_a1111.stat().st_size > 0
     logs = capsys.readouterr().out
     assert "progress: 100.0% step 20/20" in logs and f"task {task}" in logs

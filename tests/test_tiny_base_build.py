@@ -57,5 +57,4 @@ def test_build_resumes_after_an_interruption(quick_build, tmp_path):
 def test_a_work_dir_of_another_configuration_is_refused(tmp_path):
     build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig.quick(), log=lambda _: None)
     with pytest.raises(RuntimeError, match="another configuration"):
-        build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig(n_images=5),
-                        log=lambda _: None)
+        build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig(n_images=5), log=lambda _: None)

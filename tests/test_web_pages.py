@@ -19,20 +19,18 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from conftest import zip_images
-from lora_core import tiny_world
-from service_harness import ROOT, Api
-
-from browser import chromium, needs_chromium
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
+from browser import chromium, needs_chromium
+from conftest import zip_images
+from lora_core import tiny_world
 from lora_core.service import pages
 from lora_core.service.models import load_models
+from service_harness import ROOT, Api
 
 GENERATE = "lora-studio/lora"
 TRAIN = "lora-studio/lora-training"
@@ -41,6 +39,7 @@ DOCS_SHOTS = {"training-succeeded": "training.png", "fork": "fork.png"}
 
 
 # ---- what the pages compute (no browser) ----------------------------------------------------------------------
+
 
 def test_the_form_comes_from_the_schema():
     models = load_models()
@@ -59,7 +58,13 @@ def test_the_form_comes_from_the_schema():
     # a new input appears without touching a template
     schema = json.loads(json.dumps(models[GENERATE].schema))
     schema["components"]["schemas"]["Input"]["properties"]["strength"] = {
-        "type": "number", "minimum": 0, "maximum": 1, "default": 0.8, "title": "Strength", "x-order": 99}
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "default": 0.8,
+        "title": "Strength",
+        "x-order": 99,
+    }
     assert pages.form_fields(schema)[-1].bounds == "0 – 1"
 
 
@@ -71,8 +76,10 @@ def test_prefill_takes_defaults_then_the_parent_then_the_query():
 
 
 def test_progress_seed_and_prompt_come_from_the_logs():
-    logs = ("task object: an object or a pet; seed 17\nprogress:  41.6% step 104/250 loss 0.0417 elapsed 14s eta 19s\n"
-            "sample grid: 'a photo of <1>' at scales 0.0, 0.25, seed 17\n")
+    logs = (
+        "task object: an object or a pet; seed 17\nprogress:  41.6% step 104/250 loss 0.0417 elapsed 14s eta 19s\n"
+        "sample grid: 'a photo of <1>' at scales 0.0, 0.25, seed 17\n"
+    )
     progress = pages.progress(logs)
     assert (progress.percent, progress.step, progress.total, progress.eta_s) == (41.6, 104, 250, 19)
     assert pages.resolved_seed(logs) == 17 and pages.lora_prompt(logs) == "a photo of <1>"
@@ -89,6 +96,7 @@ def test_a_fork_diff_names_the_changes_and_the_seed_a_random_one_drew():
 
 
 # ---- in the browser --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def token(service) -> str:
@@ -111,10 +119,11 @@ def browser(tmp_path_factory) -> WebDriver:
 
 # ---- helpers ----------------------------------------------------------------------------------------------
 
+
 def wait(driver: WebDriver, condition, timeout: float = 30, message: str = ""):
-    return WebDriverWait(driver, timeout, poll_frequency=0.2,
-                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
-                         ).until(condition, message)
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.2, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    ).until(condition, message)
 
 
 def css(driver: WebDriver, selector: str):
@@ -127,8 +136,12 @@ def status_of(driver: WebDriver) -> str:
 
 def wait_final(driver: WebDriver, timeout: float) -> str:
     """Until the prediction page shows a final status (the page reloads itself then)."""
-    wait(driver, lambda d: css(d, "[data-prediction]").get_attribute("data-terminal") == "1", timeout,
-         "the prediction did not finish")
+    wait(
+        driver,
+        lambda d: css(d, "[data-prediction]").get_attribute("data-terminal") == "1",
+        timeout,
+        "the prediction did not finish",
+    )
     return status_of(driver)
 
 
@@ -166,6 +179,7 @@ def update_docs(shots: Path) -> None:
 
 
 # ---- the click-through --------------------------------------------------------------------------------------
+
 
 @needs_chromium
 @pytest.mark.slow
@@ -210,8 +224,15 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     marks["training submitted"] = time.monotonic() - started
 
     # live: the progress bar follows the training's progress lines
-    wait(d, lambda d: css(d, "[data-progress-card]").is_displayed()
-         and re.fullmatch(r"\d+/250", css(d, "[data-progress-step]").text), 600, "no progress shown")
+    wait(
+        d,
+        lambda d: (
+            css(d, "[data-progress-card]").is_displayed()
+            and re.fullmatch(r"\d+/250", css(d, "[data-progress-step]").text)
+        ),
+        600,
+        "no progress shown",
+    )
     assert css(d, "[data-progress-eta]").text.startswith("ETA") or css(d, "[data-progress-percent]").text == "100%"
     shoot(d, shots, "training-running")
     assert wait_final(d, 600) == "succeeded", css(d, "[data-logs]").text[-2000:]
@@ -219,8 +240,13 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     assert css(d, "[data-progress-percent]").text == "100%"
     lora_card = css(d, "[data-output-file='lora']")
     assert ".safetensors" in lora_card.text and "KB" in lora_card.text
-    facts = dict(zip([e.text for e in lora_card.find_elements(By.TAG_NAME, "dt")],
-                     [e.text for e in lora_card.find_elements(By.TAG_NAME, "dd")]))
+    facts = dict(
+        zip(
+            [e.text for e in lora_card.find_elements(By.TAG_NAME, "dt")],
+            [e.text for e in lora_card.find_elements(By.TAG_NAME, "dd")],
+            strict=True,
+        )
+    )
     assert facts["base"] == "tiny" and facts["task"] == "object" and facts["tokens"] == "<s0> <s1>", facts
     grid = css(d, "[data-output-image]")
     assert wait(d, lambda d: d.execute_script("return arguments[0].naturalWidth", grid) > 64)
@@ -271,8 +297,9 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     assert css(d, f"[data-prediction-row='{fork_id}'] img").get_attribute("src")
     shoot(d, shots, "history")
     d.get(base + f"/predictions?model={TRAIN}")
-    assert [e.get_attribute("data-prediction-row") for e in d.find_elements(By.CSS_SELECTOR, "[data-prediction-row]")
-            ] == [training_id]
+    assert [
+        e.get_attribute("data-prediction-row") for e in d.find_elements(By.CSS_SELECTOR, "[data-prediction-row]")
+    ] == [training_id]
 
     marks["total"] = time.monotonic() - started
     (shots / "click-through-seconds.json").write_text(json.dumps({k: round(v, 1) for k, v in marks.items()}, indent=1))
@@ -283,11 +310,19 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
 
 # ---- quick checks -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def a_prediction(service, token) -> dict:
     """One finished generation of the test's owner, with user text that must never become markup."""
-    body = Api(service.url, token).predict(GENERATE, {"prompt": "a red <b>circle</b> <img src=x onerror=alert(1)>",
-                                                      "seed": 1, "num_outputs": 2, "num_inference_steps": 4})
+    body = Api(service.url, token).predict(
+        GENERATE,
+        {
+            "prompt": "a red <b>circle</b> <img src=x onerror=alert(1)>",
+            "seed": 1,
+            "num_outputs": 2,
+            "num_inference_steps": 4,
+        },
+    )
     assert body["status"] == "succeeded", body
     return body
 
@@ -301,14 +336,22 @@ def test_without_a_token_nothing_private_shows(service, browser, token, a_predic
         assert 'id="signin"' in r.text, path
     assert requests.get(base + f"/predictions/{pid}", timeout=30).status_code == 401
     # another owner's token sees a 404, not the prediction
-    other = requests.get(base + f"/predictions/{pid}", cookies={"lora_studio_token": service.token("someone-else")},
-                         timeout=30)
+    other = requests.get(
+        base + f"/predictions/{pid}", cookies={"lora_studio_token": service.token("someone-else")}, timeout=30
+    )
     assert other.status_code == 404 and "circle" not in other.text
     # the cookie alone does not open the JSON API (where state changes): it needs the pages' own header too, which
     # no other site's page can send (no CORS here), so no CSRF; nor can another site sign a browser in
     assert requests.get(base + "/v1/predictions", cookies={"lora_studio_token": token}, timeout=30).status_code == 401
-    assert requests.post(base + f"/v1/models/{GENERATE}/predictions", json={"input": {"prompt": "x"}},
-                         cookies={"lora_studio_token": token}, timeout=30).status_code == 401
+    assert (
+        requests.post(
+            base + f"/v1/models/{GENERATE}/predictions",
+            json={"input": {"prompt": "x"}},
+            cookies={"lora_studio_token": token},
+            timeout=30,
+        ).status_code
+        == 401
+    )
     assert requests.post(base + "/session", json={"token": token}, timeout=30).status_code == 403
     d.delete_all_cookies()
     d.get(base + f"/predictions/{pid}")
@@ -356,9 +399,14 @@ def test_validation_errors_show_next_to_their_field(service, browser, token, sho
 def test_phone_width_has_no_sideways_scrolling(service, browser, token, a_prediction, shots):
     d = browser
     sign_in_cookie(d, service.url, token)
-    pages = {"home": "/", "train-form": f"/models/{TRAIN}", "generate-form": f"/models/{GENERATE}",
-             "prediction": f"/predictions/{a_prediction['id']}", "history": "/predictions",
-             "tweak-form": f"/models/{GENERATE}?fork={a_prediction['id']}"}
+    pages = {
+        "home": "/",
+        "train-form": f"/models/{TRAIN}",
+        "generate-form": f"/models/{GENERATE}",
+        "prediction": f"/predictions/{a_prediction['id']}",
+        "history": "/predictions",
+        "tweak-form": f"/models/{GENERATE}?fork={a_prediction['id']}",
+    }
     try:
         for name, path in pages.items():
             d.set_window_size(390, 844)

@@ -5,6 +5,7 @@ never loads (a pickle UNet, a top-level ``.ckpt``, an fp16 twin), so every test 
 """
 
 import hashlib
+import itertools
 import json
 import re
 import socket
@@ -22,8 +23,11 @@ TINY = checkpoints.DEFAULT_WEIGHTS_DIR / "tiny-sd"
 UNET = "unet/diffusion_pytorch_model.safetensors"
 VAE = "vae/diffusion_pytorch_model.safetensors"
 FP16 = bytes(range(256)) * 300
-EXTRA = {"unet/diffusion_pytorch_model.bin": b"\x80\x02" + b"pickled" * 100, "v1-5.ckpt": b"PK\x03\x04" + bytes(500),
-         "unet/diffusion_pytorch_model.fp16.safetensors": FP16}
+EXTRA = {
+    "unet/diffusion_pytorch_model.bin": b"\x80\x02" + b"pickled" * 100,
+    "v1-5.ckpt": b"PK\x03\x04" + bytes(500),
+    "unet/diffusion_pytorch_model.fp16.safetensors": FP16,
+}
 
 
 def tiny_files() -> dict[str, bytes]:
@@ -54,14 +58,18 @@ class Hub:
 
     def listing(self, repo: str) -> list[dict]:
         files = self.repos[repo]
-        rows = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": d}
-                for d in sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})]
+        rows = [
+            {"type": "directory", "oid": "0" * 40, "size": 0, "path": d}
+            for d in sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
+        ]
         for path, data in files.items():
             row = {"type": "file", "path": path, "size": len(data)}
             if path.endswith((".safetensors", ".bin", ".ckpt")):  # LFS: sha256 of the content
                 pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}"
-                row |= {"oid": git_sha1(pointer.encode()),
-                        "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}}
+                row |= {
+                    "oid": git_sha1(pointer.encode()),
+                    "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134},
+                }
             else:
                 row["oid"] = git_sha1(data)
             rows.append(row)
@@ -100,7 +108,7 @@ def handler_for(hub: Hub):
             if fail:
                 return self.answer(fail, b"try again")
             if path in hub.corrupt:
-                data = data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:]
+                data = data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1 :]
             start, end, status = 0, len(data), 200
             if header and not hub.ignore_range:
                 a, b = re.fullmatch(r"bytes=(\d+)-(\d*)", header).groups()
@@ -143,12 +151,31 @@ def hub(monkeypatch):
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     h.url = f"http://127.0.0.1:{server.server_address[1]}"
     defaults = checkpoints.REGISTRY["tiny"].defaults
-    monkeypatch.setitem(checkpoints.REGISTRY, "tiny-hub", checkpoints.Checkpoint(
-        name="tiny-hub", description="the tiny base on a local hub", layout="diffusers", path="tiny-hub",
-        source="org/tiny", defaults=defaults))
-    monkeypatch.setitem(checkpoints.REGISTRY, "single-hub", checkpoints.Checkpoint(
-        name="single-hub", description="one .safetensors file", layout="single_file", path="single-hub.safetensors",
-        config="cfg", source="org/single", defaults=defaults))
+    monkeypatch.setitem(
+        checkpoints.REGISTRY,
+        "tiny-hub",
+        checkpoints.Checkpoint(
+            name="tiny-hub",
+            description="the tiny base on a local hub",
+            layout="diffusers",
+            path="tiny-hub",
+            source="org/tiny",
+            defaults=defaults,
+        ),
+    )
+    monkeypatch.setitem(
+        checkpoints.REGISTRY,
+        "single-hub",
+        checkpoints.Checkpoint(
+            name="single-hub",
+            description="one .safetensors file",
+            layout="single_file",
+            path="single-hub.safetensors",
+            config="cfg",
+            source="org/single",
+            defaults=defaults,
+        ),
+    )
     for var in ("HF_TOKEN", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     yield h
@@ -169,9 +196,12 @@ def files_under(folder) -> dict[str, bytes]:
 def test_a_full_fetch_gives_the_same_bytes_and_skips_what_the_pipeline_does_not_load(hub, tmp_path):
     summary, lines = fetch(hub, tmp_path)
     assert files_under(tmp_path / "tiny-hub") == NEEDED  # no .partial or sidecar left either
-    assert summary.skipped == {"build_info.json": "not loaded by the pipeline", "v1-5.ckpt": "pickle",
-                               "unet/diffusion_pytorch_model.bin": "pickle",
-                               "unet/diffusion_pytorch_model.fp16.safetensors": "fp16 variant"}
+    assert summary.skipped == {
+        "build_info.json": "not loaded by the pipeline",
+        "v1-5.ckpt": "pickle",
+        "unet/diffusion_pytorch_model.bin": "pickle",
+        "unet/diffusion_pytorch_model.fp16.safetensors": "fp16 variant",
+    }
     assert {path for path, _ in hub.requests} == set(NEEDED)  # nothing skipped was downloaded
     text = summary.text()
     assert f"-> {tmp_path / 'tiny-hub'}" in text
@@ -190,13 +220,13 @@ def test_big_files_come_in_parallel_ranges_with_progress_lines(hub, tmp_path):
     size = len(NEEDED[UNET])
     ranges = sorted(hub.ranges(UNET))
     assert len(ranges) == 7 and all(h for p, h in hub.requests if p == UNET)  # 6.5 MB in 1 MB ranges
-    assert ranges[0][0] == 0 and ranges[-1][1] == size and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert ranges[0][0] == 0 and ranges[-1][1] == size and all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert len(hub.ranges(VAE)) == 4  # under 4 MB: one range per connection
     assert len(hub.ranges("unet/config.json")) == 1  # small files: one stream
     unet_progress = [m for line in lines if (m := progress.LINE.match(line)) and UNET in line]
     assert [float(m["percent"]) for m in unet_progress][-1] == 100.0
     percents = [0.0] + [float(m["percent"]) for m in unet_progress]
-    assert max(b - a for a, b in zip(percents, percents[1:])) <= 10.1 and len(percents) == 11  # every 10 %
+    assert max(b - a for a, b in itertools.pairwise(percents)) <= 10.1 and len(percents) == 11  # every 10 %
     assert all(m["total"] == str(-(-len(NEEDED[UNET]) // 1024)) for m in unet_progress)  # KB under 10 MB
 
 
@@ -317,7 +347,10 @@ def test_a_single_file_checkpoint_needs_its_config_folder_and_one_chosen_file(hu
     (tmp_path / "cfg" / "model_index.json").write_bytes(NEEDED["model_index.json"])
     summary, _ = fetch(hub, tmp_path, name="single-hub")  # two candidates: the one named like the repo wins
     assert (tmp_path / "single-hub.safetensors").read_bytes() == NEEDED[VAE]
-    assert summary.skipped == {"single.ckpt": "not the chosen single file", "other.safetensors": "not the chosen single file"}
+    assert summary.skipped == {
+        "single.ckpt": "not the chosen single file",
+        "other.safetensors": "not the chosen single file",
+    }
     summary, _ = fetch(hub, tmp_path, name="single-hub", file="other.safetensors")
     assert (tmp_path / "single-hub.safetensors").read_bytes() == FP16
     del hub.repos["org/single"]["single.safetensors"]
@@ -343,7 +376,8 @@ def test_the_cli_explains_unknown_names_and_the_embedded_base(hub, tmp_path, cap
     assert "ships with the repository" in capsys.readouterr().err
     assert main(["weights", "fetch", "tiny-sd", "--source", "org/tiny", "--dest", str(tmp_path)]) == 2
     assert "weights/tiny-sd belongs to base model 'tiny'" in capsys.readouterr().err
-    assert main(["weights", "fetch", "mine", "--source", "org/tiny", "--endpoint", hub.url,
-                 "--dest", str(tmp_path)]) == 0
+    assert (
+        main(["weights", "fetch", "mine", "--source", "org/tiny", "--endpoint", hub.url, "--dest", str(tmp_path)]) == 0
+    )
     assert files_under(tmp_path / "mine") == NEEDED
     assert list(tmp_path.iterdir()) == [tmp_path / "mine"]

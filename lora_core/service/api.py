@@ -64,8 +64,12 @@ async def owner(request: Request, svc: Service = Depends(service)) -> str:
         header = f"Bearer {request.cookies[TOKEN_COOKIE]}"
     scheme, _, token = header.partition(" ")
     if scheme.lower() not in ("bearer", "token") or not token.strip():
-        raise ApiError(401, "Unauthenticated", "You did not pass an authentication token: "
-                       "send 'Authorization: Bearer <token>' (create one with `lora-studio token create --owner NAME`).")
+        raise ApiError(
+            401,
+            "Unauthenticated",
+            "You did not pass an authentication token: "
+            "send 'Authorization: Bearer <token>' (create one with `lora-studio token create --owner NAME`).",
+        )
     found = await run_in_threadpool(svc.owner_of, token.strip())
     if found is None:
         raise ApiError(401, "Unauthenticated", "You did not pass a valid authentication token.")
@@ -88,17 +92,25 @@ def prefer_wait(request: Request) -> float:
     if not value:
         return 60.0
     if not re.fullmatch(r"[0-9]{1,12}", value):
-        raise ApiError(400, "Invalid header", f"Prefer: wait={value[:20]!r} is not a number of seconds; "
-                                              "send 'Prefer: wait' or 'Prefer: wait=N' with N from 1 to 60.")
+        raise ApiError(
+            400,
+            "Invalid header",
+            f"Prefer: wait={value[:20]!r} is not a number of seconds; "
+            "send 'Prefer: wait' or 'Prefer: wait=N' with N from 1 to 60.",
+        )
     return float(min(60, max(1, int(value))))
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
 
+
 @router.get("/v1/models")
 async def list_models(svc: Service = Depends(service), _: str = Depends(owner)):
-    return {"next": None, "previous": None,
-            "results": [views.model(m, svc.config.public_url) for m in svc.models.values()]}
+    return {
+        "next": None,
+        "previous": None,
+        "results": [views.model(m, svc.config.public_url) for m in svc.models.values()],
+    }
 
 
 @router.get("/v1/models/{model_owner}/{name}")
@@ -112,23 +124,34 @@ async def list_versions(model_owner: str, name: str, svc: Service = Depends(serv
 
 
 @router.get("/v1/models/{model_owner}/{name}/versions/{version_id}")
-async def get_version(model_owner: str, name: str, version_id: str, svc: Service = Depends(service),
-                      _: str = Depends(owner)):
+async def get_version(
+    model_owner: str, name: str, version_id: str, svc: Service = Depends(service), _: str = Depends(owner)
+):
     model = svc.model(f"{model_owner}/{name}")
     if version_id != model.version:
-        raise ApiError(404, "Not found", f"{model.full_name} has no version {version_id!r}; "
-                                         f"the current one is {model.version}.")
+        raise ApiError(
+            404, "Not found", f"{model.full_name} has no version {version_id!r}; the current one is {model.version}."
+        )
     return views.version(model)
 
 
 # ---- predictions --------------------------------------------------------------------------------------------------
 
-async def _create(request: Request, svc: Service, who: str, model: Model, body: ModelPredictionRequest,
-                  forked_from: str | None = None, source: str = "api") -> JSONResponse:
+
+async def _create(
+    request: Request,
+    svc: Service,
+    who: str,
+    model: Model,
+    body: ModelPredictionRequest,
+    forked_from: str | None = None,
+    source: str = "api",
+) -> JSONResponse:
     arrived = time.monotonic()
     wait = prefer_wait(request)
-    row = await run_in_threadpool(svc.create_prediction, who, model, body.input, body.webhook,
-                                  body.webhook_events_filter, forked_from, source)
+    row = await run_in_threadpool(
+        svc.create_prediction, who, model, body.input, body.webhook, body.webhook_events_filter, forked_from, source
+    )
     if wait:
         row = await _wait(svc, row["id"], arrived + wait)
     payload = await run_in_threadpool(svc.render, row)
@@ -146,36 +169,54 @@ async def _wait(svc: Service, prediction_id: str, deadline: float) -> dict:
     with svc.changes.watching(prediction_id) as changed:
         while True:
             changed.clear()
-            row = await run_in_threadpool(predictions.get, svc.engine, prediction_id)
+            row = await run_in_threadpool(predictions.existing, svc.engine, prediction_id)
             left = deadline - time.monotonic()
             if row["status"] in predictions.TERMINAL or left <= 0:
                 return row
             try:  # another service process may finish it: look again at least every second
                 await asyncio.wait_for(changed.wait(), min(left, 1.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
 @router.post("/v1/predictions", status_code=201)
-async def create_prediction(request: Request, svc: Service = Depends(service), who: str = Depends(owner),
-                            body: PredictionRequest = body_of(PredictionRequest)):
+async def create_prediction(
+    request: Request,
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+    body: PredictionRequest = body_of(PredictionRequest),
+):
     if not body.version:
-        raise ApiError(422, "Invalid request", "version is required: a version id, or 'owner/name'",
-                       invalid_fields=[InvalidField("version", "required", "version is required")])
+        raise ApiError(
+            422,
+            "Invalid request",
+            "version is required: a version id, or 'owner/name'",
+            invalid_fields=[InvalidField("version", "required", "version is required")],
+        )
     model = svc.model_for_version(body.version)
     return await _create(request, svc, who, model, body)
 
 
 @router.post("/v1/models/{model_owner}/{name}/predictions", status_code=201)
-async def create_model_prediction(model_owner: str, name: str, request: Request, svc: Service = Depends(service),
-                                  who: str = Depends(owner),
-                                  body: ModelPredictionRequest = body_of(ModelPredictionRequest)):
+async def create_model_prediction(
+    model_owner: str,
+    name: str,
+    request: Request,
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+    body: ModelPredictionRequest = body_of(ModelPredictionRequest),
+):
     return await _create(request, svc, who, svc.model(f"{model_owner}/{name}"), body)
 
 
 @router.get("/v1/predictions")
-async def list_predictions(request: Request, cursor: str | None = None, model: str | None = None,
-                           svc: Service = Depends(service), who: str = Depends(owner)):
+async def list_predictions(
+    request: Request,
+    cursor: str | None = None,
+    model: str | None = None,
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+):
     return await run_in_threadpool(svc.page, who, str(request.url.path), cursor, model, None)
 
 
@@ -191,8 +232,13 @@ async def cancel_prediction(prediction_id: str, svc: Service = Depends(service),
 
 
 @router.post("/v1/predictions/{prediction_id}/fork", status_code=201)
-async def fork_prediction(prediction_id: str, request: Request, svc: Service = Depends(service),
-                          who: str = Depends(owner), body: ForkRequest = body_of(ForkRequest)):
+async def fork_prediction(
+    prediction_id: str,
+    request: Request,
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+    body: ForkRequest = body_of(ForkRequest),
+):
     parent = await run_in_threadpool(svc.prediction, prediction_id, who)
     merged = {**parent["input"], **body.input}
     fork = ModelPredictionRequest(input=merged, webhook=body.webhook, webhook_events_filter=body.webhook_events_filter)
@@ -201,24 +247,36 @@ async def fork_prediction(prediction_id: str, request: Request, svc: Service = D
 
 # ---- trainings (predictions of the training model, under Replicate's training paths) ----------------------------
 
+
 @router.post("/v1/models/{model_owner}/{name}/versions/{version_id}/trainings", status_code=201)
-async def create_model_training(model_owner: str, name: str, version_id: str, request: Request,
-                                svc: Service = Depends(service), who: str = Depends(owner),
-                                body: TrainingRequest = body_of(TrainingRequest)):
+async def create_model_training(
+    model_owner: str,
+    name: str,
+    version_id: str,
+    request: Request,
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+    body: TrainingRequest = body_of(TrainingRequest),
+):
     model = svc.model_for_version(f"{model_owner}/{name}:{version_id}")
     return await _create(request, svc, who, svc.training_model(model), body)
 
 
 @router.post("/v1/trainings", status_code=201)
-async def create_training(request: Request, svc: Service = Depends(service), who: str = Depends(owner),
-                          body: TrainingRequest = body_of(TrainingRequest)):
+async def create_training(
+    request: Request,
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+    body: TrainingRequest = body_of(TrainingRequest),
+):
     model = svc.model_for_version(body.model) if body.model else svc.default_training_model()
     return await _create(request, svc, who, svc.training_model(model), body)
 
 
 @router.get("/v1/trainings")
-async def list_trainings(request: Request, cursor: str | None = None, svc: Service = Depends(service),
-                         who: str = Depends(owner)):
+async def list_trainings(
+    request: Request, cursor: str | None = None, svc: Service = Depends(service), who: str = Depends(owner)
+):
     return await run_in_threadpool(svc.page, who, str(request.url.path), cursor, None, "training")
 
 
@@ -236,6 +294,7 @@ async def cancel_training(training_id: str, svc: Service = Depends(service), who
 
 # ---- files --------------------------------------------------------------------------------------------------------
 
+
 @router.post("/v1/files", status_code=201)
 async def upload_file(request: Request, svc: Service = Depends(service), who: str = Depends(owner)):
     """Multipart with the file in ``content`` (as the official clients send it), read only once the owner is known
@@ -243,21 +302,38 @@ async def upload_file(request: Request, svc: Service = Depends(service), who: st
     room = await run_in_threadpool(svc.upload_room, who)
     declared = request.headers.get("content-length", "")
     if room is not None and declared.isascii() and declared.isdigit() and int(declared) > room + 2**16:
-        raise ApiError(507, "Insufficient storage", f"This upload is larger than the {room / 2**20:.0f} MB left of "
-                                                    "your upload quota: delete files with DELETE /v1/files/{id}.")
+        raise ApiError(
+            507,
+            "Insufficient storage",
+            f"This upload is larger than the {room / 2**20:.0f} MB left of "
+            "your upload quota: delete files with DELETE /v1/files/{id}.",
+        )
     try:
         form = await request.form(max_files=1, max_fields=4)
     except Exception as e:  # noqa: BLE001 - any unparsable multipart body is the same client error
-        raise ApiError(400, "Invalid upload", f"The body is not a multipart form with a file in 'content' ({e}).") from None
+        raise ApiError(
+            400, "Invalid upload", f"The body is not a multipart form with a file in 'content' ({e})."
+        ) from None
     try:
         content = form.get("content")
         if not isinstance(content, UploadFile):
-            raise ApiError(422, "Invalid upload", "Send the file as multipart form data in the field 'content'.",
-                           invalid_fields=[InvalidField("content", "required", "a file is required")])
-        name = form.get("filename") if isinstance(form.get("filename"), str) else None
-        given_type = form.get("content_type") if isinstance(form.get("content_type"), str) else None
-        row = await run_in_threadpool(svc.save_upload, who, name or content.filename or "upload", content.file,
-                                      given_type or content.content_type, room)
+            raise ApiError(
+                422,
+                "Invalid upload",
+                "Send the file as multipart form data in the field 'content'.",
+                invalid_fields=[InvalidField("content", "required", "a file is required")],
+            )
+        raw_name, raw_type = form.get("filename"), form.get("content_type")
+        name = raw_name if isinstance(raw_name, str) else None
+        given_type = raw_type if isinstance(raw_type, str) else None
+        row = await run_in_threadpool(
+            svc.save_upload,
+            who,
+            name or content.filename or "upload",
+            content.file,
+            given_type or content.content_type,
+            room,
+        )
     finally:
         await form.close()
     return JSONResponse(views.file(row, svc.urls), status_code=201)
@@ -282,8 +358,14 @@ async def delete_file(file_id: str, svc: Service = Depends(service), who: str = 
 
 
 @router.get("/files/{file_id}/{name}")
-async def download(file_id: str, name: str, request: Request, expires: str | None = None, sig: str | None = None,
-                   svc: Service = Depends(service)):
+async def download(
+    file_id: str,
+    name: str,
+    request: Request,
+    expires: str | None = None,
+    sig: str | None = None,
+    svc: Service = Depends(service),
+):
     """A file's bytes: with a valid signature, or with its owner's token. Inline only for a raster image whose bytes
     match its type, always sandboxed (``content_types.headers``)."""
     if not re.fullmatch(r"[0-9a-f]{32}", file_id):
@@ -292,7 +374,7 @@ async def download(file_id: str, name: str, request: Request, expires: str | Non
     allowed = row is not None and svc.signer.file_ok(file_id, expires, sig)
     if row is not None and not allowed and request.headers.get("authorization"):
         allowed = (await owner(request, svc)) == row["owner"]
-    if not allowed or row["name"] != name:
+    if row is None or not allowed or row["name"] != name:
         raise ApiError(404, "Not found", "No such file, or its link has expired: get a fresh one from the API.")
     etag = f'"{row["sha256"]}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
@@ -315,6 +397,7 @@ async def download(file_id: str, name: str, request: Request, expires: str | Non
 
 # ---- webhooks -----------------------------------------------------------------------------------------------------
 
+
 @router.get("/v1/webhooks/default/secret")
 async def webhook_secret(svc: Service = Depends(service), _: str = Depends(owner)):
     return {"key": svc.signer.webhook_secret()}
@@ -324,11 +407,16 @@ async def webhook_secret(svc: Service = Depends(service), _: str = Depends(owner
 async def webhook_deliveries(prediction_id: str, svc: Service = Depends(service), who: str = Depends(owner)):
     svc.prediction(prediction_id, who)
     rows = await run_in_threadpool(svc.webhooks.deliveries, prediction_id)
-    return {"results": [{**r, "created_at": views.timestamp(r["created_at"]),
-                         "completed_at": views.timestamp(r["completed_at"])} for r in rows]}
+    return {
+        "results": [
+            {**r, "created_at": views.timestamp(r["created_at"]), "completed_at": views.timestamp(r["completed_at"])}
+            for r in rows
+        ]
+    }
 
 
 # ---- health -------------------------------------------------------------------------------------------------------
+
 
 @router.get("/health")
 async def health():
@@ -367,8 +455,9 @@ async def worker_upload(worker: str, key: str, filename: str, request: Request, 
                 raise ApiError(413, "Too large", "output file exceeds the upload limit")
         body.seek(0)
         try:
-            row = await run_in_threadpool(svc.pool.on_upload, worker, filename, body,
-                                          request.headers.get("content-type"))
+            row = await run_in_threadpool(
+                svc.pool.on_upload, worker, filename, body, request.headers.get("content-type")
+            )
         except LookupError as e:
             raise ApiError(409, "Conflict", str(e)) from None
         except (OSError, ValueError) as e:

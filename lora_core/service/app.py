@@ -32,7 +32,9 @@ class BodyGuard:
             return await self.app(scope, receive, send)
         path = scope["path"]
         # files, and workers' webhooks (Cog's server puts an object output's files in them as data: URIs)
-        limit = self.upload_limit + 2**20 if path == "/v1/files" or path.startswith("/internal/workers/") else self.limit
+        limit = (
+            self.upload_limit + 2**20 if path == "/v1/files" or path.startswith("/internal/workers/") else self.limit
+        )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _refuse(scope, receive, send, _too_large(limit))
@@ -44,9 +46,10 @@ class BodyGuard:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.timeout_s)
-            except asyncio.TimeoutError:
-                refusal = ApiError(408, "Request timeout", f"No part of the request body arrived for "
-                                                           f"{self.timeout_s:.0f} s.")
+            except TimeoutError:
+                refusal = ApiError(
+                    408, "Request timeout", f"No part of the request body arrived for {self.timeout_s:.0f} s."
+                )
                 raise _Refused() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
@@ -76,8 +79,11 @@ class _Refused(Exception):
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "Request too large", f"The request body is over the {limit / 2**20:.0f} MB limit; "
-                                              "upload big files with POST /v1/files.")
+    return ApiError(
+        413,
+        "Request too large",
+        f"The request body is over the {limit / 2**20:.0f} MB limit; upload big files with POST /v1/files.",
+    )
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, error: ApiError) -> None:
@@ -109,17 +115,26 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         """The framework's own errors (no such route, wrong method, a body it cannot parse) in the API's shape."""
         title = HTTPStatus(error.status_code).phrase if error.status_code in HTTPStatus._value2member_map_ else "Error"
-        return JSONResponse(ApiError(error.status_code, title, str(error.detail)).body(), status_code=error.status_code,
-                            headers=getattr(error, "headers", None))
+        return JSONResponse(
+            ApiError(error.status_code, title, str(error.detail)).body(),
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def request_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        fields = [InvalidField("body", "json_invalid", f"the request body is not valid JSON "
-                                                       f"({e.get('ctx', {}).get('error', 'decode error')} at "
-                                                       f"character {e['loc'][-1]})")
-                  if e["type"] == "json_invalid" else
-                  InvalidField(".".join(str(p) for p in e["loc"][1:]) or "body", e["type"], e["msg"])
-                  for e in error.errors()]
+        fields = [
+            InvalidField(
+                "body",
+                "json_invalid",
+                f"the request body is not valid JSON "
+                f"({e.get('ctx', {}).get('error', 'decode error')} at "
+                f"character {e['loc'][-1]})",
+            )
+            if e["type"] == "json_invalid"
+            else InvalidField(".".join(str(p) for p in e["loc"][1:]) or "body", e["type"], e["msg"])
+            for e in error.errors()
+        ]
         detail = "".join(f"- {f.field}: {f.description}\n" for f in fields)
         return JSONResponse(ApiError(422, "Invalid request", detail, fields).body(), status_code=422)
 
@@ -129,7 +144,8 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
     app.include_router(router)
     app.include_router(pages)
     app.mount("/static", static_files(), name="static")
-    app.add_middleware(BodyGuard, limit=config.max_request_bytes, upload_limit=config.max_upload_bytes,
-                       timeout_s=config.body_timeout_s)
+    app.add_middleware(
+        BodyGuard, limit=config.max_request_bytes, upload_limit=config.max_upload_bytes, timeout_s=config.body_timeout_s
+    )
     logging.getLogger("lora_studio").setLevel(logging.INFO)
     return app

@@ -10,7 +10,8 @@ owner's predictions failed to encode.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -62,13 +63,15 @@ def _unicode(text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise BadBody("the request body has a lone surrogate (\\ud800-\\udfff without its pair): it is not valid "
-                      "Unicode text") from None
+        raise BadBody(
+            "the request body has a lone surrogate (\\ud800-\\udfff without its pair): it is not valid Unicode text"
+        ) from None
 
 
 def json_body(model: type[M]) -> Callable[[Request], Any]:
     """A FastAPI dependency giving the body as ``model``; declare it after the one that authenticates. Its size is
     bounded before it is read, by the app's ``BodyGuard`` (413 declared or streamed), the one place that does so."""
+
     async def read(request: Request) -> M:
         from .models import InvalidField
         from .service import ApiError
@@ -76,7 +79,9 @@ def json_body(model: type[M]) -> Callable[[Request], Any]:
         try:
             value = await run_in_threadpool(parse, await request.body())
         except BadBody as e:
-            raise ApiError(422, "Invalid request", f"- body: {e}\n", [InvalidField("body", "json_invalid", str(e))]) from None
+            raise ApiError(
+                422, "Invalid request", f"- body: {e}\n", [InvalidField("body", "json_invalid", str(e))]
+            ) from None
         try:
             return model.model_validate(value)
         except ValidationError as e:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 from collections import defaultdict
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class Changes:

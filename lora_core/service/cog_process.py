@@ -51,15 +51,26 @@ class CogProcess:
         shutil.copy(self.schema_path, self.run_dir / ".cog" / "openapi_schema.json")
         self.port = free_port()
         path, _, stub_class = self.predictor.rpartition(":")
-        env = {**os.environ, **self.extra_env, "PORT": str(self.port),
-               "COG_PREDICT_TYPE_STUB": f"{REPO_ROOT / path}:{stub_class}",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "PORT": str(self.port),
+            "COG_PREDICT_TYPE_STUB": f"{REPO_ROOT / path}:{stub_class}",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
         command = [sys.executable, "-m", "lora_core.service.cog_serve", "--host", "127.0.0.1"]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.run_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
 
     def exit_code(self) -> int | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-
 from collections.abc import Mapping
 
 from .signing import upload_url
@@ -52,8 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     if not env.get(stub):
         print(f"error: {stub} is not set (e.g. {stub}=predict_generate.py:Predictor)", file=sys.stderr)
         return 2
-    coglet.server.serve(predictor_ref=env[stub], host=args.host, port=int(env.get("PORT", "5000")),
-                        await_explicit_shutdown=False, is_train=args.mode == "train", upload_url=url)
+    coglet.server.serve(
+        predictor_ref=env[stub],
+        host=args.host,
+        port=int(env.get("PORT", "5000")),
+        await_explicit_shutdown=False,
+        is_train=args.mode == "train",
+        upload_url=url,
+    )
     return 0
 
 

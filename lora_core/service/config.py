@@ -59,8 +59,13 @@ class ServiceConfig(BaseModel):
     worker_start_timeout_s: float = 300.0
 
     @classmethod
-    def from_env(cls, host: str | None = None, port: int | None = None, data_dir: str | Path | None = None,
-                 env: dict[str, str] | None = None) -> "ServiceConfig":
+    def from_env(
+        cls,
+        host: str | None = None,
+        port: int | None = None,
+        data_dir: str | Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ServiceConfig:
         """Settings from ``LORA_STUDIO_*``, ``DATABASE_URL``, ``STORAGE_URL`` and ``AWS_ENDPOINT_URL``.
 
         ``LORA_STUDIO_WORKERS``: ``owner/name=N`` (local processes) or ``owner/name=http://gpu1:5000,http://gpu2:5000``,
@@ -71,20 +76,26 @@ class ServiceConfig(BaseModel):
         data.mkdir(parents=True, exist_ok=True)
         host = host or env.get("LORA_STUDIO_HOST", "127.0.0.1")
         port = int(port if port is not None else env.get("LORA_STUDIO_PORT", 8000))
-        public = env.get("LORA_STUDIO_PUBLIC_URL") or f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+        public = (
+            env.get("LORA_STUDIO_PUBLIC_URL")
+            or f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+        )
         return cls(
             data_dir=data,
             database_url=env.get("DATABASE_URL") or f"sqlite:///{data / 'lora-studio.db'}",
             storage_url=env.get("STORAGE_URL") or f"file://{data / 'files'}",
             s3_endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-            host=host, port=port, public_url=public.rstrip("/"),
+            host=host,
+            port=port,
+            public_url=public.rstrip("/"),
             internal_url=(env.get("LORA_STUDIO_INTERNAL_URL") or public).rstrip("/"),
             instance=env.get("LORA_STUDIO_INSTANCE") or f"{socket.gethostname()}:{port}",
             secret=env.get("LORA_STUDIO_SECRET") or _stored_secret(data),
             worker_token=env.get("LORA_STUDIO_WORKER_TOKEN") or None,
             workers=parse_workers(env.get("LORA_STUDIO_WORKERS", "")),
-            allowed_private_hosts=frozenset(h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",")
-                                            if h.strip()),
+            allowed_private_hosts=frozenset(
+                h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()
+            ),
             files_url=(env.get("LORA_STUDIO_FILES_URL") or "").rstrip("/") or None,
             owner_limits=OwnerLimits(**{k: int(env[v]) for k, v in _OWNER_LIMITS.items() if v in env}),
             **{k: type(cls.model_fields[k].default)(env[v]) for k, v in _NUMBERS.items() if v in env},
@@ -94,14 +105,24 @@ class ServiceConfig(BaseModel):
         return self.workers.get(model, WorkerSetting())
 
 
-_NUMBERS = {"max_request_bytes": "LORA_STUDIO_MAX_REQUEST_BYTES", "max_upload_bytes": "LORA_STUDIO_MAX_UPLOAD_BYTES",
-            "webhook_retries": "LORA_STUDIO_WEBHOOK_RETRIES", "webhook_backoff_s": "LORA_STUDIO_WEBHOOK_BACKOFF_S",
-            "heartbeat_s": "LORA_STUDIO_HEARTBEAT_S", "storage_quota_bytes": "LORA_STUDIO_STORAGE_QUOTA_BYTES",
-            "header_timeout_s": "LORA_STUDIO_HEADER_TIMEOUT_S", "body_timeout_s": "LORA_STUDIO_BODY_TIMEOUT_S",
-            "keep_alive_s": "LORA_STUDIO_KEEP_ALIVE_S", "max_connections": "LORA_STUDIO_MAX_CONNECTIONS"}
-_OWNER_LIMITS = {"creates_per_minute": "LORA_STUDIO_OWNER_CREATES_PER_MINUTE",
-                 "queued": "LORA_STUDIO_OWNER_MAX_QUEUED", "running": "LORA_STUDIO_OWNER_MAX_RUNNING",
-                 "upload_bytes": "LORA_STUDIO_OWNER_UPLOAD_BYTES"}
+_NUMBERS = {
+    "max_request_bytes": "LORA_STUDIO_MAX_REQUEST_BYTES",
+    "max_upload_bytes": "LORA_STUDIO_MAX_UPLOAD_BYTES",
+    "webhook_retries": "LORA_STUDIO_WEBHOOK_RETRIES",
+    "webhook_backoff_s": "LORA_STUDIO_WEBHOOK_BACKOFF_S",
+    "heartbeat_s": "LORA_STUDIO_HEARTBEAT_S",
+    "storage_quota_bytes": "LORA_STUDIO_STORAGE_QUOTA_BYTES",
+    "header_timeout_s": "LORA_STUDIO_HEADER_TIMEOUT_S",
+    "body_timeout_s": "LORA_STUDIO_BODY_TIMEOUT_S",
+    "keep_alive_s": "LORA_STUDIO_KEEP_ALIVE_S",
+    "max_connections": "LORA_STUDIO_MAX_CONNECTIONS",
+}
+_OWNER_LIMITS = {
+    "creates_per_minute": "LORA_STUDIO_OWNER_CREATES_PER_MINUTE",
+    "queued": "LORA_STUDIO_OWNER_MAX_QUEUED",
+    "running": "LORA_STUDIO_OWNER_MAX_RUNNING",
+    "upload_bytes": "LORA_STUDIO_OWNER_UPLOAD_BYTES",
+}
 
 
 def parse_workers(text: str) -> dict[str, WorkerSetting]:

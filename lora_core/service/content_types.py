@@ -25,8 +25,15 @@ INLINE = frozenset(_IMAGE_MAGIC)
 # What may be stored as declared (always served as an attachment unless it is an inline image); anything else is
 # stored as application/octet-stream. SVG and HTML are absent on purpose: they are documents that run scripts.
 STORABLE = INLINE | {
-    OCTET_STREAM, "application/zip", "application/x-zip-compressed", "application/x-tar", "application/gzip",
-    "application/json", "text/plain", "text/csv", "application/x-safetensors",
+    OCTET_STREAM,
+    "application/zip",
+    "application/x-zip-compressed",
+    "application/x-tar",
+    "application/gzip",
+    "application/json",
+    "text/plain",
+    "text/csv",
+    "application/x-safetensors",
 }
 _BARE = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,63}/[a-z0-9][a-z0-9.+_-]{0,63}")
 
@@ -34,7 +41,7 @@ _BARE = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,63}/[a-z0-9][a-z0-9.+_-]{0,63}")
 def image_type(head: bytes) -> str | None:
     """The inline image type these first bytes are, if any."""
     for kind, marks in _IMAGE_MAGIC.items():
-        if all(head[offset:offset + len(magic)] == magic for offset, magic in marks):
+        if all(head[offset : offset + len(magic)] == magic for offset, magic in marks):
             return kind
     return None
 
@@ -71,4 +78,4 @@ def headers(stored: str, head: bytes, name: str) -> dict[str, str]:
 
 
 def _ascii_name(name: str) -> str:
-    return re.sub(r'[^A-Za-z0-9._-]', "_", name)[:120] or "file"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "file"

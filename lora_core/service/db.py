@@ -16,7 +16,8 @@ from sqlalchemy.engine import Engine
 metadata = sa.MetaData()
 
 tokens = sa.Table(
-    "tokens", metadata,
+    "tokens",
+    metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False, index=True),
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
@@ -25,7 +26,8 @@ tokens = sa.Table(
 )
 
 predictions = sa.Table(
-    "predictions", metadata,
+    "predictions",
+    metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False),
     sa.Column("model", sa.String(128), nullable=False),
@@ -55,7 +57,8 @@ predictions = sa.Table(
 )
 
 files = sa.Table(
-    "files", metadata,
+    "files",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False, index=True),
     sa.Column("prediction_id", sa.String(32), index=True),  # set for outputs
@@ -70,7 +73,8 @@ files = sa.Table(
 )
 
 webhook_deliveries = sa.Table(
-    "webhook_deliveries", metadata,
+    "webhook_deliveries",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("prediction_id", sa.String(32), nullable=False, index=True),
     sa.Column("event", sa.String(16), nullable=False),
@@ -83,7 +87,8 @@ webhook_deliveries = sa.Table(
 )
 
 instances = sa.Table(
-    "instances", metadata,
+    "instances",
+    metadata,
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False),
 )
@@ -93,7 +98,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def utcnow() -> datetime.datetime:
     """Naive UTC with microseconds: what both SQLite and PostgreSQL store alike."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
 def row_by_id(engine: Engine, table: sa.Table, row_id: str, owner: str | None = None) -> dict | None:
@@ -108,12 +113,12 @@ def row_by_id(engine: Engine, table: sa.Table, row_id: str, owner: str | None = 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_connection, _record):
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             cursor.execute("PRAGMA synchronous=NORMAL")

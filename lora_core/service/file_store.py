@@ -11,8 +11,9 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
@@ -23,8 +24,14 @@ class StorageFull(OSError):
     """The store has no room for the file (disk full, quota)."""
 
 
+class Readable(Protocol):
+    """What a store reads bytes from: a file, or the service's counting and peeked-at streams."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class FileStore(Protocol):
-    def put(self, key: str, stream: BinaryIO, content_type: str) -> None: ...
+    def put(self, key: str, stream: Readable, content_type: str) -> None: ...
     def open(self, key: str) -> Iterator[bytes]: ...
     def delete(self, key: str) -> None: ...
 
@@ -66,7 +73,7 @@ class LocalFileStore:
             raise ValueError(f"invalid storage key {key[:80]!r}")
         return path
 
-    def put(self, key: str, stream: BinaryIO, content_type: str) -> None:
+    def put(self, key: str, stream: Readable, content_type: str) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
@@ -103,6 +110,7 @@ class LocalFileStore:
             with path.open("rb") as f:
                 while chunk := f.read(CHUNK):
                     yield chunk
+
         return chunks()
 
     def delete(self, key: str) -> None:
@@ -124,15 +132,17 @@ class S3FileStore:
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.client = boto3.client("s3", endpoint_url=endpoint_url,
-                                   config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                                                 s3={"addressing_style": "path"}))
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}),
+        )
 
     def _key(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put(self, key: str, stream: BinaryIO, content_type: str) -> None:
+    def put(self, key: str, stream: Readable, content_type: str) -> None:
         from botocore.exceptions import ClientError
 
         try:
@@ -163,8 +173,10 @@ def from_url(url: str, s3_endpoint_url: str | None = None, quota_bytes: int = 0)
     if parts.scheme == "file":
         return LocalFileStore(Path(parts.path), quota_bytes)
     if quota_bytes:
-        raise ValueError("LORA_STUDIO_STORAGE_QUOTA_BYTES applies to a local STORAGE_URL (file://) only; "
-                         "set the bucket's own quota instead")
+        raise ValueError(
+            "LORA_STUDIO_STORAGE_QUOTA_BYTES applies to a local STORAGE_URL (file://) only; "
+            "set the bucket's own quota instead"
+        )
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ValueError(f"STORAGE_URL {url!r} names no bucket; use s3://bucket/prefix")

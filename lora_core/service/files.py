@@ -13,14 +13,14 @@ import mimetypes
 import re
 import secrets
 from pathlib import PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import content_types
 from .db import files as F, row_by_id, utcnow
-from .file_store import FileStore, StorageFull
+from .file_store import FileStore, Readable, StorageFull
 
 Row = dict[str, Any]
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -33,7 +33,7 @@ class TooLarge(ValueError):
 class _Counting:
     """Reads through ``stream`` hashing and counting, and stops past ``limit`` bytes."""
 
-    def __init__(self, stream: BinaryIO, limit: int) -> None:
+    def __init__(self, stream: Readable, limit: int) -> None:
         self.stream, self.limit = stream, limit
         self.size, self.sha256, self.md5 = 0, hashlib.sha256(), hashlib.md5()
         self.head = b""
@@ -60,7 +60,7 @@ def safe_name(name: str) -> str:
 class _Prefixed:
     """``head`` (already read from ``rest``), then the rest of ``rest``: a stream that was peeked at."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: Readable) -> None:
         self.head, self.rest = head, rest
 
     def read(self, n: int = -1) -> bytes:
@@ -73,8 +73,17 @@ class _Prefixed:
         return out
 
 
-def save(engine: Engine, store: FileStore, *, owner: str, name: str, stream: BinaryIO, limit: int,
-         content_type: str | None = None, prediction_id: str | None = None) -> Row:
+def save(
+    engine: Engine,
+    store: FileStore,
+    *,
+    owner: str,
+    name: str,
+    stream: Readable,
+    limit: int,
+    content_type: str | None = None,
+    prediction_id: str | None = None,
+) -> Row:
     """Store the bytes, then the record. ``TooLarge`` / ``StorageFull`` leave nothing behind. The stored content type
     is the declared one only if it is safe and true (``content_types.stored_type``)."""
     name = safe_name(name)
@@ -88,9 +97,19 @@ def save(engine: Engine, store: FileStore, *, owner: str, name: str, stream: Bin
     except (TooLarge, StorageFull):
         store.delete(key)
         raise
-    row = dict(id=file_id, owner=owner, prediction_id=prediction_id, name=name, content_type=content_type,
-               size=counting.size, sha256=counting.sha256.hexdigest(), md5=counting.md5.hexdigest(),
-               metadata=describe(name, counting.head), storage_key=key, created_at=utcnow())
+    row = dict(
+        id=file_id,
+        owner=owner,
+        prediction_id=prediction_id,
+        name=name,
+        content_type=content_type,
+        size=counting.size,
+        sha256=counting.sha256.hexdigest(),
+        md5=counting.md5.hexdigest(),
+        metadata=describe(name, counting.head),
+        storage_key=key,
+        created_at=utcnow(),
+    )
     with engine.begin() as c:
         c.execute(F.insert().values(**row))
     return row
@@ -104,11 +123,19 @@ def describe(name: str, head: bytes) -> dict:
     if size > len(head) - 8:
         return {}
     try:
-        meta = json.loads(head[8:8 + size]).get("__metadata__") or {}
+        meta = json.loads(head[8 : 8 + size]).get("__metadata__") or {}
     except (ValueError, AttributeError):
         return {}
-    keep = ("lora_studio.base_model", "lora_studio.task", "lora_studio.tokens", "lora_studio.rank",
-            "lora_studio.steps", "lora_studio.seed", "modelspec.trigger_phrase", "ss_base_model_version")
+    keep = (
+        "lora_studio.base_model",
+        "lora_studio.task",
+        "lora_studio.tokens",
+        "lora_studio.rank",
+        "lora_studio.steps",
+        "lora_studio.seed",
+        "modelspec.trigger_phrase",
+        "ss_base_model_version",
+    )
     return {k: str(v)[:500] for k, v in meta.items() if k in keep}
 
 
@@ -118,14 +145,25 @@ def get(engine: Engine, file_id: str, owner: str | None = None) -> Row | None:
 
 def of_prediction(engine: Engine, prediction_id: str) -> list[Row]:
     with engine.connect() as c:
-        return [dict(r) for r in c.execute(sa.select(F).where(F.c.prediction_id == prediction_id)
-                                           .order_by(F.c.created_at)).mappings()]
+        return [
+            dict(r)
+            for r in c.execute(
+                sa.select(F).where(F.c.prediction_id == prediction_id).order_by(F.c.created_at)
+            ).mappings()
+        ]
 
 
 def list_uploads(engine: Engine, owner: str, limit: int = 100) -> list[Row]:
     with engine.connect() as c:
-        return [dict(r) for r in c.execute(sa.select(F).where(F.c.owner == owner, F.c.prediction_id.is_(None))
-                                           .order_by(F.c.created_at.desc()).limit(limit)).mappings()]
+        return [
+            dict(r)
+            for r in c.execute(
+                sa.select(F)
+                .where(F.c.owner == owner, F.c.prediction_id.is_(None))
+                .order_by(F.c.created_at.desc())
+                .limit(limit)
+            ).mappings()
+        ]
 
 
 def delete(engine: Engine, store: FileStore, row: Row) -> None:

@@ -47,17 +47,27 @@ def check_create(engine: Engine, owner: str, limits: OwnerLimits) -> None:
     recent = P.c.created_at >= since
     waiting = sa.and_(P.c.status == "starting", P.c.worker.is_(None))
     with engine.connect() as c:
-        row = c.execute(sa.select(sa.func.count().filter(recent), sa.func.min(P.c.created_at).filter(recent),
-                                  sa.func.count().filter(waiting))
-                        .where(P.c.owner == owner, sa.or_(recent, waiting))).one()
+        row = c.execute(
+            sa.select(
+                sa.func.count().filter(recent),
+                sa.func.min(P.c.created_at).filter(recent),
+                sa.func.count().filter(waiting),
+            ).where(P.c.owner == owner, sa.or_(recent, waiting))
+        ).one()
     created, oldest, queued = row
     if limits.creates_per_minute and created >= limits.creates_per_minute:
         retry = max(1, math.ceil(WINDOW_S - (utcnow() - oldest).total_seconds()))
-        raise LimitReached(f"You created {created} predictions in the last minute, the most allowed per owner; "
-                           f"try again in {retry} s.", retry)
+        raise LimitReached(
+            f"You created {created} predictions in the last minute, the most allowed per owner; "
+            f"try again in {retry} s.",
+            retry,
+        )
     if limits.queued and queued >= limits.queued:
-        raise LimitReached(f"You have {queued} predictions waiting in the queue, the most allowed per owner; "
-                           "wait for some to start (or cancel some) and try again.", 10)
+        raise LimitReached(
+            f"You have {queued} predictions waiting in the queue, the most allowed per owner; "
+            "wait for some to start (or cancel some) and try again.",
+            10,
+        )
 
 
 def upload_room(engine: Engine, owner: str, limits: OwnerLimits) -> int | None:
@@ -65,11 +75,15 @@ def upload_room(engine: Engine, owner: str, limits: OwnerLimits) -> int | None:
     if not limits.upload_bytes:
         return None
     with engine.connect() as c:
-        used = c.execute(sa.select(sa.func.coalesce(sa.func.sum(F.c.size), 0))
-                         .where(F.c.owner == owner, F.c.prediction_id.is_(None))).scalar()
-    room = limits.upload_bytes - int(used)
+        used = c.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(F.c.size), 0)).where(F.c.owner == owner, F.c.prediction_id.is_(None))
+        ).scalar()
+    used = int(used or 0)
+    room = limits.upload_bytes - used
     if room <= 0:
-        raise LimitReached(f"Your uploads take {used / 2**20:.0f} MB, the most kept per owner "
-                           f"({limits.upload_bytes / 2**20:.0f} MB): delete some with DELETE /v1/files/{{id}}.",
-                           status=507)
+        raise LimitReached(
+            f"Your uploads take {used / 2**20:.0f} MB, the most kept per owner "
+            f"({limits.upload_bytes / 2**20:.0f} MB): delete some with DELETE /v1/files/{{id}}.",
+            status=507,
+        )
     return room

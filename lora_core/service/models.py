@@ -63,8 +63,7 @@ class Model:
     def created_at(self) -> datetime.datetime:
         """When this version's files were written here (what Replicate shows as the version's date)."""
         paths = [self.schema_path, REPO_ROOT / self.predictor.split(":")[0]]
-        return datetime.datetime.fromtimestamp(max(p.stat().st_mtime for p in paths), datetime.timezone.utc
-                                               ).replace(tzinfo=None)
+        return datetime.datetime.fromtimestamp(max(p.stat().st_mtime for p in paths), datetime.UTC).replace(tzinfo=None)
 
     @cached_property
     def input_schema(self) -> dict:
@@ -90,8 +89,10 @@ class Model:
         """The input with the schema's defaults filled in; ``InputError`` naming each bad field."""
         if not isinstance(value, dict):
             raise InputError([InvalidField("input", "type", "input must be a JSON object")])
-        errors = [InvalidField(f"input.{path}", "finite", f"must be a finite number, got {number}")
-                  for path, number in _non_finite(value)]  # JSON has no NaN/Infinity; Python's parser lets them in
+        errors = [
+            InvalidField(f"input.{path}", "finite", f"must be a finite number, got {number}")
+            for path, number in _non_finite(value)
+        ]  # JSON has no NaN/Infinity; Python's parser lets them in
         non_finite = {f.field for f in errors}
         props = self.input_schema["properties"]
         for error in sorted(self._validator.iter_errors(value), key=lambda e: list(e.path)):
@@ -112,8 +113,11 @@ class Model:
         if errors:
             raise InputError(errors)
         ordered = sorted(props, key=lambda k: props[k].get("x-order", 0))
-        return {k: copy.deepcopy(value[k]) if k in value else copy.deepcopy(props[k]["default"])
-                for k in ordered if k in value or "default" in props[k]}
+        return {
+            k: copy.deepcopy(value[k]) if k in value else copy.deepcopy(props[k]["default"])
+            for k in ordered
+            if k in value or "default" in props[k]
+        }
 
     def output_problem(self, input: dict, output: Any) -> str | None:
         """Why a 'succeeded' output is incomplete (a file missing), or None."""
@@ -126,8 +130,7 @@ class Model:
             wanted = input.get("num_outputs")
             got = len(output) if isinstance(output, list) else 0
             if got == 0 or (isinstance(wanted, int) and got != wanted):
-                return (f"the worker finished with {got} of {wanted or 'its'} output files; "
-                        "the others failed to upload")
+                return f"the worker finished with {got} of {wanted or 'its'} output files; the others failed to upload"
         return None
 
 
@@ -177,11 +180,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 MODELS: dict[str, dict] = {
     "lora-studio/lora": dict(
-        kind="prediction", predictor="predict_generate.py:Predictor", schema=".cog/openapi_schema.json",
-        description="Generate images with one or more LoRAs (<1>, <2>… in the prompt) on a Stable Diffusion 1.x base."),
+        kind="prediction",
+        predictor="predict_generate.py:Predictor",
+        schema=".cog/openapi_schema.json",
+        description="Generate images with one or more LoRAs (<1>, <2>… in the prompt) on a Stable Diffusion 1.x base.",
+    ),
     "lora-studio/lora-training": dict(
-        kind="training", predictor="predict_train.py:Predictor", schema=".cog/openapi_schema-cog-train.json",
-        description="Train a LoRA from a .zip of photos (3-100; 5-30 work best) of a face, an object or a style."),
+        kind="training",
+        predictor="predict_train.py:Predictor",
+        schema=".cog/openapi_schema-cog-train.json",
+        description="Train a LoRA from a .zip of photos (3-100; 5-30 work best) of a face, an object or a style.",
+    ),
 }
 
 
@@ -190,6 +199,7 @@ def load_models(root: Path = REPO_ROOT) -> dict[str, Model]:
     for full_name, spec in MODELS.items():
         owner, name = full_name.split("/")
         path = root / spec["schema"]
-        out[full_name] = Model(owner, name, spec["kind"], spec["description"], spec["predictor"], path,
-                               json.loads(path.read_text()))
+        out[full_name] = Model(
+            owner, name, spec["kind"], spec["description"], spec["predictor"], path, json.loads(path.read_text())
+        )
     return out

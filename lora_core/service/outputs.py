@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.S)
@@ -30,7 +31,7 @@ def decode_data_uri(uri: str) -> tuple[str, bytes]:
     match = DATA_URI.match(uri)
     if not match:
         raise ValueError("not a data: URI")
-    payload = uri[match.end():]
+    payload = uri[match.end() :]
     try:
         data = base64.b64decode(payload, validate=True) if match["b64"] else unquote(payload).encode()
     except (binascii.Error, ValueError):
@@ -38,8 +39,7 @@ def decode_data_uri(uri: str) -> tuple[str, bytes]:
     return match["type"] or "application/octet-stream", data
 
 
-def to_refs(output: Any, upload_prefix: str, uploaded: set[str],
-            save_data: Callable[[str, str, bytes], str]) -> Any:
+def to_refs(output: Any, upload_prefix: str, uploaded: set[str], save_data: Callable[[str, str, bytes], str]) -> Any:
     """The worker's output with its files as ``{"$file": id}``.
 
     ``uploaded`` holds the ids of the files this prediction's worker uploaded (the URL's last part);
@@ -48,13 +48,14 @@ def to_refs(output: Any, upload_prefix: str, uploaded: set[str],
     sends files inside an object output this way, without their names, so the name is the output's
     key (or ``output-N``) with an extension from the bytes.
     """
+
     def convert(value: Any, hint: str) -> Any:
         if isinstance(value, list):
             return [convert(v, f"{hint}-{i}" if hint != "output" else f"output-{i}") for i, v in enumerate(value)]
         if isinstance(value, dict) and set(value) != {"$file"}:
             return {k: convert(v, k) for k, v in value.items()}
         if isinstance(value, str) and value.startswith(upload_prefix):
-            file_id = value[len(upload_prefix):].split("/")[0].split("?")[0]
+            file_id = value[len(upload_prefix) :].split("/")[0].split("?")[0]
             return {"$file": file_id} if file_id in uploaded else None
         if isinstance(value, str) and value.startswith("data:"):
             content_type, data = decode_data_uri(value)
@@ -65,8 +66,14 @@ def to_refs(output: Any, upload_prefix: str, uploaded: set[str],
 
 
 def _extension(content_type: str, data: bytes) -> str:
-    known = {"image/png": ".png", "image/webp": ".webp", "image/jpeg": ".jpg", "application/zip": ".zip",
-             "text/plain": ".txt", "application/json": ".json"}
+    known = {
+        "image/png": ".png",
+        "image/webp": ".webp",
+        "image/jpeg": ".jpg",
+        "application/zip": ".zip",
+        "text/plain": ".txt",
+        "application/json": ".json",
+    }
     if content_type in known:
         return known[content_type]
     if len(data) > 10 and data[8:10] == b'{"' and int.from_bytes(data[:8], "little") < len(data):

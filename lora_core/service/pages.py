@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..progress import LINE
@@ -85,12 +86,21 @@ def form_fields(schema: dict) -> list[FormField]:
         else:
             # a string whose default is a short value ("0.5") is one line; free text (prompts, URL lists) is not
             kind = "textarea" if not prop.get("default") else "text"
-        out.append(FormField(
-            name=name, title=prop.get("title") or name.replace("_", " ").title(),
-            description=prop.get("description", ""), kind=kind, type_name=type_name,
-            default=prop.get("default"), required=name in required, nullable=bool(prop.get("nullable")),
-            minimum=prop.get("minimum"), maximum=prop.get("maximum"),
-            choices=tuple(str(c) for c in enum["enum"]) if enum is not None else ()))
+        out.append(
+            FormField(
+                name=name,
+                title=prop.get("title") or name.replace("_", " ").title(),
+                description=prop.get("description", ""),
+                kind=kind,
+                type_name=type_name,
+                default=prop.get("default"),
+                required=name in required,
+                nullable=bool(prop.get("nullable")),
+                minimum=prop.get("minimum"),
+                maximum=prop.get("maximum"),
+                choices=tuple(str(c) for c in enum["enum"]) if enum is not None else (),
+            )
+        )
     return out
 
 
@@ -122,6 +132,7 @@ def prefill(fields: list[FormField], *sources: dict[str, Any]) -> dict[str, str]
 
 # ---- logs --------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Progress:
     percent: float
@@ -137,8 +148,13 @@ def progress(logs: str) -> Progress | None:
         match = LINE.search(line.strip())
         if match:
             eta = match["eta"]
-            return Progress(float(match["percent"]), int(match["step"]), int(match["total"]),
-                            int(eta) if eta is not None else None, line.strip())
+            return Progress(
+                float(match["percent"]),
+                int(match["step"]),
+                int(match["total"]),
+                int(eta) if eta is not None else None,
+                line.strip(),
+            )
     return None
 
 
@@ -167,6 +183,7 @@ def grid_caption(logs: str) -> str:
 
 # ---- predictions -------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Change:
     name: str
@@ -179,9 +196,16 @@ def input_diff(parent: dict, child: dict, parent_logs: str = "") -> list[Change]
     """The inputs the fork changed, in the child's order."""
     names = list(child) + [k for k in parent if k not in child]
     drawn = resolved_seed(parent_logs)
-    return [Change(k, parent.get(k), child.get(k),
-                   f"drew {drawn}" if k == "seed" and parent.get(k) is None and drawn is not None else "")
-            for k in names if parent.get(k) != child.get(k)]
+    return [
+        Change(
+            k,
+            parent.get(k),
+            child.get(k),
+            f"drew {drawn}" if k == "seed" and parent.get(k) is None and drawn is not None else "",
+        )
+        for k in names
+        if parent.get(k) != child.get(k)
+    ]
 
 
 def show_value(value: Any) -> str:
@@ -214,9 +238,15 @@ class OutputItem:
     @property
     def facts(self) -> list[tuple[str, str]]:
         """A LoRA file's metadata worth reading on a page: base, task, tokens, rank, steps, seed."""
-        labels = {"lora_studio.base_model": "base", "lora_studio.task": "task", "lora_studio.tokens": "tokens",
-                  "lora_studio.rank": "rank", "lora_studio.steps": "steps", "lora_studio.seed": "seed",
-                  "modelspec.trigger_phrase": "trigger"}
+        labels = {
+            "lora_studio.base_model": "base",
+            "lora_studio.task": "task",
+            "lora_studio.tokens": "tokens",
+            "lora_studio.rank": "rank",
+            "lora_studio.steps": "steps",
+            "lora_studio.seed": "seed",
+            "modelspec.trigger_phrase": "trigger",
+        }
         out = []
         for key, label in labels.items():
             if key in self.metadata:
@@ -247,8 +277,17 @@ def output_items(stored: Any, file_rows: list[dict], url_of: Callable[[dict], st
             if row is None:
                 items.append(OutputItem(key, None, text="(file missing)"))
             else:
-                items.append(OutputItem(key, url_of(row), row["name"], row["size"], row["content_type"],
-                                        row.get("metadata") or {}, file_id=row["id"]))
+                items.append(
+                    OutputItem(
+                        key,
+                        url_of(row),
+                        row["name"],
+                        row["size"],
+                        row["content_type"],
+                        row.get("metadata") or {},
+                        file_id=row["id"],
+                    )
+                )
         elif value is not None:
             items.append(OutputItem(key, None, text=str(value)))
 
@@ -259,8 +298,9 @@ def output_items(stored: Any, file_rows: list[dict], url_of: Callable[[dict], st
 def thumbnail(rendered_output: Any) -> str | None:
     """The first image URL in a rendered (API-shaped) output."""
     found: list[str] = []
-    outputs.walk(rendered_output, lambda v: found.append(v) if isinstance(v, str)
-                 and _suffix(v) in IMAGE_SUFFIXES else None)
+    outputs.walk(
+        rendered_output, lambda v: found.append(v) if isinstance(v, str) and _suffix(v) in IMAGE_SUFFIXES else None
+    )
     return found[0] if found else None
 
 

@@ -28,14 +28,43 @@ def new_id() -> str:
     return base64.b32encode(secrets.token_bytes(20)).decode().lower()[:26]
 
 
-def create(engine: Engine, *, owner: str, model: str, version: str, kind: str, input: dict, source: str = "api",
-           webhook: str | None = None, webhook_events_filter: list[str] | None = None,
-           forked_from: str | None = None) -> Row:
-    row = dict(id=new_id(), owner=owner, model=model, version=version, kind=kind, source=source, status="starting",
-               input=input, output=None, error=None, logs="", metrics=None, webhook=webhook,
-               webhook_events_filter=webhook_events_filter, forked_from=forked_from, created_at=utcnow(),
-               started_at=None, completed_at=None, worker=None, instance=None, cancel_requested=False,
-               claimed_at=None)
+def create(
+    engine: Engine,
+    *,
+    owner: str,
+    model: str,
+    version: str,
+    kind: str,
+    input: dict,
+    source: str = "api",
+    webhook: str | None = None,
+    webhook_events_filter: list[str] | None = None,
+    forked_from: str | None = None,
+) -> Row:
+    row = dict(
+        id=new_id(),
+        owner=owner,
+        model=model,
+        version=version,
+        kind=kind,
+        source=source,
+        status="starting",
+        input=input,
+        output=None,
+        error=None,
+        logs="",
+        metrics=None,
+        webhook=webhook,
+        webhook_events_filter=webhook_events_filter,
+        forked_from=forked_from,
+        created_at=utcnow(),
+        started_at=None,
+        completed_at=None,
+        worker=None,
+        instance=None,
+        cancel_requested=False,
+        claimed_at=None,
+    )
     with engine.begin() as c:
         c.execute(P.insert().values(**row))
     return row
@@ -45,8 +74,22 @@ def get(engine: Engine, prediction_id: str, owner: str | None = None) -> Row | N
     return row_by_id(engine, P, prediction_id, owner)
 
 
-def page(engine: Engine, owner: str, cursor: str | None = None, limit: int = 20, model: str | None = None,
-         kind: str | None = None) -> tuple[list[Row], str | None, str | None]:
+def existing(engine: Engine, prediction_id: str) -> Row:
+    """The row of a prediction known to exist (predictions are never deleted): for code that created or claimed it."""
+    row = get(engine, prediction_id)
+    if row is None:
+        raise LookupError(f"prediction {prediction_id} is not in the database")
+    return row
+
+
+def page(
+    engine: Engine,
+    owner: str,
+    cursor: str | None = None,
+    limit: int = 20,
+    model: str | None = None,
+    kind: str | None = None,
+) -> tuple[list[Row], str | None, str | None]:
     """Newest first. Returns (rows, cursor of the next (older) page, cursor of the previous (newer) page)."""
     direction, after = _decode_cursor(cursor)
     query = sa.select(P).where(P.c.owner == owner)
@@ -89,6 +132,7 @@ def _decode_cursor(cursor: str | None) -> tuple[str, tuple | None]:
 
 # ---- the queue ------------------------------------------------------------------------------------------------
 
+
 def claim_next(engine: Engine, model: str, worker: str, instance: str, max_running: int = 0) -> Row | None:
     """The next queued prediction of ``model``, now assigned to ``worker`` (or None).
 
@@ -99,13 +143,23 @@ def claim_next(engine: Engine, model: str, worker: str, instance: str, max_runni
     writers. Either way the UPDATE's condition makes a lost race harmless.
     """
     turns, running = P.alias("turns"), P.alias("running")
-    last_turn = (sa.select(sa.func.max(turns.c.claimed_at))
-                 .where(turns.c.model == P.c.model, turns.c.owner == P.c.owner).scalar_subquery())
+    last_turn = (
+        sa.select(sa.func.max(turns.c.claimed_at))
+        .where(turns.c.model == P.c.model, turns.c.owner == P.c.owner)
+        .scalar_subquery()
+    )
     query = sa.select(P.c.id).where(P.c.status == "starting", P.c.model == model, P.c.worker.is_(None))
     if max_running:
-        busy = (sa.select(sa.func.count()).select_from(running)
-                .where(running.c.owner == P.c.owner, running.c.worker.is_not(None),
-                       running.c.status.in_(("starting", "processing"))).scalar_subquery())
+        busy = (
+            sa.select(sa.func.count())
+            .select_from(running)
+            .where(
+                running.c.owner == P.c.owner,
+                running.c.worker.is_not(None),
+                running.c.status.in_(("starting", "processing")),
+            )
+            .scalar_subquery()
+        )
         query = query.where(busy < max_running)
     query = query.order_by(sa.func.coalesce(last_turn, _NEVER), P.c.created_at, P.c.id).limit(1)
     for _ in range(5):
@@ -113,9 +167,16 @@ def claim_next(engine: Engine, model: str, worker: str, instance: str, max_runni
             pid = c.execute(query.with_for_update(skip_locked=True, of=P)).scalar()
             if pid is None:
                 return None
-            claimed = c.execute(P.update().where(P.c.id == pid, P.c.status == "starting", P.c.worker.is_(None))
-                                .values(worker=worker, instance=instance, claimed_at=utcnow())
-                                .returning(*P.c)).mappings().first()
+            claimed = (
+                c.execute(
+                    P.update()
+                    .where(P.c.id == pid, P.c.status == "starting", P.c.worker.is_(None))
+                    .values(worker=worker, instance=instance, claimed_at=utcnow())
+                    .returning(*P.c)
+                )
+                .mappings()
+                .first()
+            )
         if claimed:
             return dict(claimed)
     return None
@@ -127,29 +188,58 @@ _NEVER = datetime.datetime(1970, 1, 1)
 def unclaim(engine: Engine, prediction_id: str, worker: str) -> bool:
     """Back to the queue: the worker refused it before starting (e.g. it was busy after a restart)."""
     with engine.begin() as c:
-        return bool(c.execute(P.update().where(P.c.id == prediction_id, P.c.worker == worker,
-                                               P.c.status == "starting")
-                              .values(worker=None, instance=None, claimed_at=None)).rowcount)
+        return bool(
+            c.execute(
+                P.update()
+                .where(P.c.id == prediction_id, P.c.worker == worker, P.c.status == "starting")
+                .values(worker=None, instance=None, claimed_at=None)
+            ).rowcount
+        )
 
 
-def update_running(engine: Engine, prediction_id: str, worker: str, *, logs: str | None = None,
-                   output: Any = None, started_at: datetime.datetime | None = None) -> Row | None:
+def update_running(
+    engine: Engine,
+    prediction_id: str,
+    worker: str,
+    *,
+    logs: str | None = None,
+    output: Any = None,
+    started_at: datetime.datetime | None = None,
+) -> Row | None:
     """Progress from the worker running it, in one statement; None once it is final or if another worker has it."""
-    values: dict[str, Any] = {"status": "processing",
-                              "started_at": sa.func.coalesce(P.c.started_at, started_at or utcnow())}
+    values: dict[str, Any] = {
+        "status": "processing",
+        "started_at": sa.func.coalesce(P.c.started_at, started_at or utcnow()),
+    }
     if logs is not None:
         values["logs"] = logs
     if output is not None:
         values["output"] = output
     with engine.begin() as c:
-        row = c.execute(P.update().where(P.c.id == prediction_id, P.c.worker == worker,
-                                         P.c.status.in_(("starting", "processing")))
-                        .values(**values).returning(*P.c)).mappings().first()
+        row = (
+            c.execute(
+                P.update()
+                .where(P.c.id == prediction_id, P.c.worker == worker, P.c.status.in_(("starting", "processing")))
+                .values(**values)
+                .returning(*P.c)
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
-def finish(engine: Engine, prediction_id: str, status: str, *, worker: str | None = None, output: Any = None,
-           error: str | None = None, logs: str | None = None, metrics: dict | None = None) -> Row | None:
+def finish(
+    engine: Engine,
+    prediction_id: str,
+    status: str,
+    *,
+    worker: str | None = None,
+    output: Any = None,
+    error: str | None = None,
+    logs: str | None = None,
+    metrics: dict | None = None,
+) -> Row | None:
     """The final state, once (None if it already had one, or belongs to another worker)."""
     assert status in TERMINAL
     now = utcnow()
@@ -176,12 +266,16 @@ def finish(engine: Engine, prediction_id: str, status: str, *, worker: str | Non
 def cancel(engine: Engine, prediction_id: str) -> str:
     """'canceled' if it was still queued (now final), 'requested' if running, 'final' if already done."""
     with engine.begin() as c:
-        queued = c.execute(P.update().where(P.c.id == prediction_id, P.c.status == "starting", P.c.worker.is_(None))
-                           .values(status="canceled", completed_at=utcnow())).rowcount
+        queued = c.execute(
+            P.update()
+            .where(P.c.id == prediction_id, P.c.status == "starting", P.c.worker.is_(None))
+            .values(status="canceled", completed_at=utcnow())
+        ).rowcount
         if queued:
             return "canceled"
-        running = c.execute(P.update().where(P.c.id == prediction_id, P.c.status.notin_(TERMINAL))
-                            .values(cancel_requested=True)).rowcount
+        running = c.execute(
+            P.update().where(P.c.id == prediction_id, P.c.status.notin_(TERMINAL)).values(cancel_requested=True)
+        ).rowcount
     return "requested" if running else "final"
 
 
@@ -191,6 +285,7 @@ def cancel_requested(engine: Engine, prediction_id: str) -> bool:
 
 
 # ---- instances: who holds which running predictions ------------------------------------------------------------
+
 
 def heartbeat(engine: Engine, instance: str) -> None:
     with engine.begin() as c:
@@ -206,7 +301,11 @@ def fail_interrupted(engine: Engine, instance: str, stale_after_s: float, *, at_
     alive = sa.select(instances.c.name).where(instances.c.heartbeat_at >= cutoff, instances.c.name != instance)
     orphaned = P.c.instance.notin_(alive) if at_start else sa.and_(P.c.instance.notin_(alive), P.c.instance != instance)
     with engine.connect() as c:
-        ids = list(c.execute(sa.select(P.c.id).where(P.c.status.notin_(TERMINAL), P.c.worker.is_not(None),
-                                                     orphaned)).scalars())
-    return [pid for pid in ids
-            if finish(engine, pid, "failed", error="interrupted: the service restarted while this prediction was running")]
+        ids = list(
+            c.execute(sa.select(P.c.id).where(P.c.status.notin_(TERMINAL), P.c.worker.is_not(None), orphaned)).scalars()
+        )
+    return [
+        pid
+        for pid in ids
+        if finish(engine, pid, "failed", error="interrupted: the service restarted while this prediction was running")
+    ]

@@ -35,8 +35,9 @@ class HeaderTimeoutH11(H11Protocol):
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
 
     def _disarm(self) -> None:
-        if getattr(self, "_header_timer", None) is not None:
-            self._header_timer.cancel()
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
             self._header_timer = None
 
     def handle_events(self) -> None:
@@ -76,6 +77,13 @@ def run(app: ASGIApp, config: ServiceConfig, log_level: str) -> None:
 
     HeaderTimeoutH11.header_timeout_s = config.header_timeout_s
     logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level,
-                http=HeaderTimeoutH11, timeout_keep_alive=config.keep_alive_s,
-                limit_concurrency=config.max_connections or None, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        http=HeaderTimeoutH11,
+        timeout_keep_alive=round(config.keep_alive_s),
+        limit_concurrency=config.max_connections or None,
+        timeout_graceful_shutdown=5,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -27,8 +28,14 @@ MAX_URL_CHARS = 2048  # any URL a caller gives (file inputs, webhooks): browsers
 class ApiError(Exception):
     """An error response in Replicate's shape: ``{"title", "detail", "status"}`` (+ ``invalid_fields``)."""
 
-    def __init__(self, status: int, title: str, detail: str, invalid_fields: list[InvalidField] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        invalid_fields: list[InvalidField] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail = status, title, detail
         self.invalid_fields, self.headers = invalid_fields, headers
@@ -60,17 +67,24 @@ class Service:
         self.signer = Signer(config.secret, config.worker_token)
         self.urls = Urls(config, self.signer)
         self.changes = Changes()
-        self.webhooks = Webhooks(self.engine, self.signer, config.allowed_private_hosts,
-                                 retries=config.webhook_retries, backoff_s=config.webhook_backoff_s)
-        self.pool = WorkerPool(config, self.engine, self.store, self.models, self.changes, self.signer, self.urls,
-                               on_event=self._on_event)
+        self.webhooks = Webhooks(
+            self.engine,
+            self.signer,
+            config.allowed_private_hosts,
+            retries=config.webhook_retries,
+            backoff_s=config.webhook_backoff_s,
+        )
+        self.pool = WorkerPool(
+            config, self.engine, self.store, self.models, self.changes, self.signer, self.urls, on_event=self._on_event
+        )
 
     def start(self) -> None:
         predictions.heartbeat(self.engine, self.config.instance)
-        for pid in predictions.fail_interrupted(self.engine, self.config.instance, 6 * self.config.heartbeat_s,
-                                                at_start=True):
+        for pid in predictions.fail_interrupted(
+            self.engine, self.config.instance, 6 * self.config.heartbeat_s, at_start=True
+        ):
             log.warning("prediction %s was running when the service stopped: failed (interrupted)", pid)
-            self._on_event(predictions.get(self.engine, pid), "completed")
+            self._on_event(predictions.existing(self.engine, pid), "completed")
         self.pool.start()
 
     def stop(self) -> None:
@@ -96,14 +110,20 @@ class Service:
             if not version or model.version == version:
                 return model
         current = ", ".join(f"{m.full_name}:{m.version}" for m in candidates)
-        raise ApiError(422, "Invalid version", f"version {ref!r} does not exist (or is no longer served); "
-                                               f"current versions: {current}",
-                       invalid_fields=[InvalidField("version", "not_found", "unknown version")])
+        raise ApiError(
+            422,
+            "Invalid version",
+            f"version {ref!r} does not exist (or is no longer served); current versions: {current}",
+            invalid_fields=[InvalidField("version", "not_found", "unknown version")],
+        )
 
     def training_model(self, model: Model) -> Model:
         if model.kind != "training":
-            raise ApiError(422, "Invalid request", f"{model.full_name} is not a training model; "
-                                                   f"use {self.default_training_model().full_name}")
+            raise ApiError(
+                422,
+                "Invalid request",
+                f"{model.full_name} is not a training model; use {self.default_training_model().full_name}",
+            )
         return model
 
     def default_training_model(self) -> Model:
@@ -122,8 +142,16 @@ class Service:
         return row
 
     # ---- creating -------------------------------------------------------------------------------------------
-    def create_prediction(self, owner: str, model: Model, input: dict, webhook: str | None,
-                          events: list[str] | None, forked_from: str | None = None, source: str = "api") -> dict:
+    def create_prediction(
+        self,
+        owner: str,
+        model: Model,
+        input: dict,
+        webhook: str | None,
+        events: Sequence[str] | None,
+        forked_from: str | None = None,
+        source: str = "api",
+    ) -> dict:
         try:
             clean = model.validate(input)
         except InputError as e:
@@ -141,11 +169,21 @@ class Service:
             try:
                 check_url(webhook, self.config.allowed_private_hosts)
             except ValueError as e:
-                raise ApiError(422, "Invalid webhook", str(e),
-                               invalid_fields=[InvalidField("webhook", "invalid", str(e))]) from None
-        row = predictions.create(self.engine, owner=owner, model=model.full_name, version=model.version,
-                                 kind=model.kind, input=clean, source=source, webhook=webhook,
-                                 webhook_events_filter=events, forked_from=forked_from)
+                raise ApiError(
+                    422, "Invalid webhook", str(e), invalid_fields=[InvalidField("webhook", "invalid", str(e))]
+                ) from None
+        row = predictions.create(
+            self.engine,
+            owner=owner,
+            model=model.full_name,
+            version=model.version,
+            kind=model.kind,
+            input=clean,
+            source=source,
+            webhook=webhook,
+            webhook_events_filter=list(events) if events is not None else None,
+            forked_from=forked_from,
+        )
         self.changes.prediction_queued()
         return row
 
@@ -162,8 +200,12 @@ class Service:
             saved = self.save_upload(owner, f"{name}{_extension(content_type)}", io.BytesIO(data), content_type)
             return name, self.urls.file_api(saved)
         if len(value) > MAX_URL_CHARS:
-            return InvalidField(field, "too_long", f"a URL of at most {MAX_URL_CHARS} characters (upload big "
-                                                   "files with POST /v1/files, or send small ones as a data: URI)")
+            return InvalidField(
+                field,
+                "too_long",
+                f"a URL of at most {MAX_URL_CHARS} characters (upload big "
+                "files with POST /v1/files, or send small ones as a data: URI)",
+            )
         own = self.urls.own_file_ids(value)
         if own:
             if files.get(self.engine, own[0], owner) is None:
@@ -171,7 +213,9 @@ class Service:
             return name, value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            return InvalidField(field, "invalid", "must be an https:// URL, a data: URI or a file uploaded to /v1/files")
+            return InvalidField(
+                field, "invalid", "must be an https:// URL, a data: URI or a file uploaded to /v1/files"
+            )
         try:
             checked_url_address(parts, self.config.allowed_private_hosts)
         except FetchError as e:
@@ -185,17 +229,23 @@ class Service:
         except limits.LimitReached as e:
             raise limit_reached(e) from None
 
-    def save_upload(self, owner: str, name: str, stream: BinaryIO, content_type: str | None,
-                    room: int | None = None) -> dict:
+    def save_upload(
+        self, owner: str, name: str, stream: BinaryIO, content_type: str | None, room: int | None = None
+    ) -> dict:
         room = self.upload_room(owner) if room is None else room
         limit = self.config.max_upload_bytes if room is None else min(self.config.max_upload_bytes, room)
         try:
-            return files.save(self.engine, self.store, owner=owner, name=name, stream=stream, limit=limit,
-                              content_type=content_type)
+            return files.save(
+                self.engine, self.store, owner=owner, name=name, stream=stream, limit=limit, content_type=content_type
+            )
         except files.TooLarge as e:
             if limit < self.config.max_upload_bytes:
-                raise ApiError(507, "Insufficient storage", f"This upload does not fit in the {limit / 2**20:.0f} MB "
-                               "left of your upload quota: delete files with DELETE /v1/files/{id}.") from None
+                raise ApiError(
+                    507,
+                    "Insufficient storage",
+                    f"This upload does not fit in the {limit / 2**20:.0f} MB "
+                    "left of your upload quota: delete files with DELETE /v1/files/{id}.",
+                ) from None
             raise ApiError(413, "Too large", str(e)) from None
         except file_store.StorageFull:
             raise ApiError(507, "Insufficient storage", "The file store is full; try again later.") from None
@@ -204,12 +254,12 @@ class Service:
         self.prediction(prediction_id, owner)
         outcome = predictions.cancel(self.engine, prediction_id)
         if outcome == "canceled":
-            row = predictions.get(self.engine, prediction_id)
+            row = predictions.existing(self.engine, prediction_id)
             self._on_event(row, "completed")
             self.changes.prediction_changed(prediction_id)
         elif outcome == "requested":
             self.pool.cancel(prediction_id)
-        return predictions.get(self.engine, prediction_id)
+        return predictions.existing(self.engine, prediction_id)
 
     # ---- showing --------------------------------------------------------------------------------------------
     def render(self, row: dict) -> dict:
@@ -233,5 +283,10 @@ class Service:
 
 
 def _extension(content_type: str) -> str:
-    return {"application/zip": ".zip", "application/x-zip-compressed": ".zip", "image/png": ".png",
-            "image/jpeg": ".jpg", "image/webp": ".webp"}.get(content_type, "")
+    return {
+        "application/zip": ".zip",
+        "application/x-zip-compressed": ".zip",
+        "image/png": ".png",
+        "image/jpeg": ".jpg",
+        "image/webp": ".webp",
+    }.get(content_type, "")

@@ -17,7 +17,6 @@ import re
 import time
 from urllib.parse import quote
 
-
 _DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() also takes '١٢٣' and '²', which int() then chokes on
 
 
@@ -50,7 +49,7 @@ class Signer:
         return self._worker_token or base64.urlsafe_b64encode(self._mac("worker", "token")).decode().rstrip("=")
 
     def worker_ok(self, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.worker_token(), token)
+        return token is not None and token != "" and hmac.compare_digest(self.worker_token(), token)
 
     def upload_key_ok(self, worker_name: str, key: str) -> bool:
         return hmac.compare_digest(upload_key(self.worker_token(), worker_name), key)
@@ -76,8 +75,10 @@ def upload_key(worker_token: str, worker_name: str) -> str:
 
 def upload_url(service_url: str, worker_name: str, worker_token: str) -> str:
     """Where a worker's Cog server PUTs its output files (it appends the file name)."""
-    return (f"{service_url.rstrip('/')}/internal/workers/{quote(worker_name, safe='')}/uploads/"
-            f"{upload_key(worker_token, worker_name)}/")
+    return (
+        f"{service_url.rstrip('/')}/internal/workers/{quote(worker_name, safe='')}/uploads/"
+        f"{upload_key(worker_token, worker_name)}/"
+    )
 
 
 def verify_webhook(secret: str, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
@@ -88,5 +89,6 @@ def verify_webhook(secret: str, headers: dict[str, str], body: bytes, tolerance_
         return False
     signed = f"{headers.get('webhook-id', '')}.{timestamp}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(hmac.compare_digest(expected, part.partition(",")[2])
-               for part in headers.get("webhook-signature", "").split())
+    return any(
+        hmac.compare_digest(expected, part.partition(",")[2]) for part in headers.get("webhook-signature", "").split()
+    )

@@ -23,11 +23,20 @@ def _digest(token: str) -> str:
 def create(engine: Engine, owner: str) -> str:
     """A new token for ``owner`` (lowercase letters, digits, ``-`` and ``_``); only its hash is kept."""
     if not OWNER.match(owner):
-        raise ValueError(f"owner {owner!r}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit")
+        raise ValueError(
+            f"owner {owner!r}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+        )
     token = PREFIX + secrets.token_urlsafe(30)
     with engine.begin() as c:
-        c.execute(tokens.insert().values(id=secrets.token_hex(8), owner=owner, token_sha256=_digest(token),
-                                         created_at=utcnow(), hint=token[:HINT]))
+        c.execute(
+            tokens.insert().values(
+                id=secrets.token_hex(8),
+                owner=owner,
+                token_sha256=_digest(token),
+                created_at=utcnow(),
+                hint=token[:HINT],
+            )
+        )
     return token
 
 
@@ -47,8 +56,13 @@ def revoke(engine: Engine, *, token_id: str | None = None, token: str | None = N
     """Deletes the token with this id, this token, or every token of ``owner``; how many went."""
     if sum(x is not None for x in (token_id, token, owner)) != 1:
         raise ValueError("name exactly one of: a token id, a token, an owner")
-    where = (tokens.c.id == token_id if token_id is not None else
-             tokens.c.token_sha256 == _digest(token) if token is not None else tokens.c.owner == owner)
+    where = (
+        tokens.c.id == token_id
+        if token_id is not None
+        else tokens.c.token_sha256 == _digest(token)
+        if token is not None
+        else tokens.c.owner == owner
+    )
     with engine.begin() as c:
         return c.execute(tokens.delete().where(where)).rowcount
 

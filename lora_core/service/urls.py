@@ -15,10 +15,14 @@ from .signing import Signer
 class Urls:
     def __init__(self, config: ServiceConfig, signer: Signer) -> None:
         self.config, self.signer = config, signer
-        bases = "|".join(re.escape(b) for b in sorted({config.public_url, config.internal_url, config.files_url} - {None}))
+        bases = "|".join(
+            re.escape(b) for b in sorted({u for u in (config.public_url, config.internal_url, config.files_url) if u})
+        )
         # an uploaded file's API URL, or a served file URL (with or without its signature)
-        self._own_file = re.compile(rf"(?:{bases})/(?:v1/files/(?P<api>[0-9a-f]{{32}})"
-                                    rf"|files/(?P<served>[0-9a-f]{{32}})/[^\s|?]*(?:\?[^\s|]*)?)")
+        self._own_file = re.compile(
+            rf"(?:{bases})/(?:v1/files/(?P<api>[0-9a-f]{{32}})"
+            rf"|files/(?P<served>[0-9a-f]{{32}})/[^\s|?]*(?:\?[^\s|]*)?)"
+        )
 
     def prediction(self, row: dict) -> dict[str, str]:
         collection = "trainings" if row["kind"] == "training" else "predictions"
@@ -29,8 +33,10 @@ class Urls:
         """A signed download URL: works without a token until it expires (1-2 days), the same URL within a day.
         On ``LORA_STUDIO_FILES_URL`` when set: file bytes then never share an origin with the pages."""
         base = base or self.config.files_url or self.config.public_url
-        return (f"{base}/files/{row['id']}/{quote(row['name'])}?"
-                f"{self.signer.file_query(row['id'], self.config.file_url_window_s)}")
+        return (
+            f"{base}/files/{row['id']}/{quote(row['name'])}?"
+            f"{self.signer.file_query(row['id'], self.config.file_url_window_s)}"
+        )
 
     def file_api(self, row: dict) -> str:
         return f"{self.config.public_url}/v1/files/{row['id']}"
@@ -44,6 +50,7 @@ class Urls:
 
         Other owners' file URLs stay as they are: a worker can fetch them only with a valid signature.
         """
+
         def replace(match: re.Match) -> str:
             row = files.get(engine, match["api"] or match["served"], owner)
             return self.file(row, base=self.config.internal_url) if row else match[0]

@@ -73,5 +73,9 @@ def model(m: Model, public_url: str) -> dict[str, Any]:
 
 
 def version(m: Model) -> dict[str, Any]:
-    return {"id": m.version, "created_at": timestamp(m.created_at), "cog_version": m.schema.get("info", {}).get("version"),
-            "openapi_schema": m.schema}
+    return {
+        "id": m.version,
+        "created_at": timestamp(m.created_at),
+        "cog_version": m.schema.get("info", {}).get("version"),
+        "openapi_schema": m.schema,
+    }

@@ -35,7 +35,7 @@ def _headers(*urls: str | None) -> dict[str, str]:
     origins = " ".join(sorted({"/".join(u.split("/")[:3]) for u in urls if u}))
     return {
         "Content-Security-Policy": f"default-src 'self'; img-src 'self' data: {origins}; style-src 'self'; "
-                                   "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
@@ -43,10 +43,19 @@ def _headers(*urls: str | None) -> dict[str, str]:
 
 
 router = APIRouter(include_in_schema=False)
-templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-templates.globals.update(show_value=pages.show_value, human_size=pages.human_size, seconds=pages.seconds,
-                         progress_pattern=pages.js_progress_pattern())
+templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.globals.update(
+    show_value=pages.show_value,
+    human_size=pages.human_size,
+    seconds=pages.seconds,
+    progress_pattern=pages.js_progress_pattern(),
+)
 
 
 def static_files() -> StaticFiles:
@@ -79,12 +88,14 @@ async def _page(request: Request, template: str, status: int = 200, **context: A
     owner, refused = context.pop("viewer", None) or await _viewer(request)
     svc = _service(request)
     html = templates.get_template(template).render(
-        owner=owner, token_refused=refused, models=list(svc.models.values()), path=request.url.path, **context)
+        owner=owner, token_refused=refused, models=list(svc.models.values()), path=request.url.path, **context
+    )
     return HTMLResponse(html, status_code=status, headers=_headers(svc.config.public_url, svc.config.files_url))
 
 
-async def _message(request: Request, status: int, title: str, text: str,
-                   viewer: tuple[str | None, bool] | None = None) -> HTMLResponse:
+async def _message(
+    request: Request, status: int, title: str, text: str, viewer: tuple[str | None, bool] | None = None
+) -> HTMLResponse:
     return await _page(request, "message.html", status=status, title=title, text=text, viewer=viewer)
 
 
@@ -102,8 +113,15 @@ async def sign_in(request: Request) -> Response:
     if owner is None:
         raise ApiError(401, "Unauthenticated", "This server does not know that token.")
     response = Response(status_code=204)
-    response.set_cookie(TOKEN_COOKIE, token, max_age=365 * 24 * 3600, path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https" or _service(request).config.public_url.startswith("https:"))
+    response.set_cookie(
+        TOKEN_COOKIE,
+        token,
+        max_age=365 * 24 * 3600,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https" or _service(request).config.public_url.startswith("https:"),
+    )
     return response
 
 
@@ -138,8 +156,9 @@ async def model_form(request: Request, model_owner: str, name: str, fork: str | 
     sources: list[dict[str, Any]] = []
     if fork:
         if viewer[0] is None:
-            return await _message(request, 401, "Sign in to tweak a prediction",
-                                  "Your API token opens your own predictions.", viewer)
+            return await _message(
+                request, 401, "Sign in to tweak a prediction", "Your API token opens your own predictions.", viewer
+            )
         try:
             parent = await run_in_threadpool(svc.prediction, fork, viewer[0])
         except ApiError as e:
@@ -153,11 +172,26 @@ async def model_form(request: Request, model_owner: str, name: str, fork: str | 
     sources.append({k: v for k, v in request.query_params.items() if k != "fork"})
     values = pages.prefill(fields, *sources)
     changed_expert = any(f.expert and values[f.name] != f.text(f.default) for f in fields)
-    given_files = await run_in_threadpool(_own_files, svc, viewer[0], {f.name: values[f.name] for f in fields
-                                                                       if f.kind == "file"}) if viewer[0] else {}
-    return await _page(request, "model.html", viewer=viewer, model=model, fields=fields, values=values,
-                       given_files=given_files, parent=parent, open_expert=changed_expert,
-                       public_url=svc.config.public_url, api_body=_api_example(fields, values, fork=parent is not None))
+    given_files = (
+        await run_in_threadpool(
+            _own_files, svc, viewer[0], {f.name: values[f.name] for f in fields if f.kind == "file"}
+        )
+        if viewer[0]
+        else {}
+    )
+    return await _page(
+        request,
+        "model.html",
+        viewer=viewer,
+        model=model,
+        fields=fields,
+        values=values,
+        given_files=given_files,
+        parent=parent,
+        open_expert=changed_expert,
+        public_url=svc.config.public_url,
+        api_body=_api_example(fields, values, fork=parent is not None),
+    )
 
 
 def _api_example(fields: list[pages.FormField], values: dict[str, str], fork: bool) -> str:
@@ -174,8 +208,13 @@ def _api_example(fields: list[pages.FormField], values: dict[str, str], fork: bo
 async def history(request: Request, model: str | None = None, cursor: str | None = None) -> HTMLResponse:
     viewer = await _viewer(request)
     if viewer[0] is None:
-        return await _message(request, 401, "Sign in to see your predictions",
-                              "Your history is private: paste your API token below.", viewer)
+        return await _message(
+            request,
+            401,
+            "Sign in to see your predictions",
+            "Your history is private: paste your API token below.",
+            viewer,
+        )
     svc = _service(request)
     model = model if model in svc.models else None
     try:
@@ -189,9 +228,18 @@ def _history(svc: Service, owner: str, model: str | None, cursor: str | None, li
     rows, older, newer = predictions.page(svc.engine, owner, cursor, limit=limit, model=model)
     link = lambda c: f"/predictions?{urlencode({'cursor': c, **({'model': model} if model else {})})}"  # noqa: E731
     fields = {name: pages.form_fields(m.schema) for name, m in svc.models.items()}
-    items = [{"id": row["id"], "model": row["model"], "status": row["status"], "forked": bool(row["forked_from"]),
-              "created_at": views.timestamp(row["created_at"]), "thumbnail": pages.thumbnail(svc.render(row)["output"]),
-              "summary": pages.summary(row["input"], fields.get(row["model"], []))} for row in rows]
+    items = [
+        {
+            "id": row["id"],
+            "model": row["model"],
+            "status": row["status"],
+            "forked": bool(row["forked_from"]),
+            "created_at": views.timestamp(row["created_at"]),
+            "thumbnail": pages.thumbnail(svc.render(row)["output"]),
+            "summary": pages.summary(row["input"], fields.get(row["model"], [])),
+        }
+        for row in rows
+    ]
     return {"items": items, "older": link(older) if older else None, "newer": link(newer) if newer else None}
 
 
@@ -199,8 +247,13 @@ def _history(svc: Service, owner: str, model: str | None, cursor: str | None, li
 async def prediction_page(request: Request, prediction_id: str) -> HTMLResponse:
     viewer = await _viewer(request)
     if viewer[0] is None:
-        return await _message(request, 401, "Sign in to see this prediction",
-                              "Predictions are private to their owner: paste your API token below.", viewer)
+        return await _message(
+            request,
+            401,
+            "Sign in to see this prediction",
+            "Predictions are private to their owner: paste your API token below.",
+            viewer,
+        )
     svc = _service(request)
     try:
         row = await run_in_threadpool(svc.prediction, prediction_id, viewer[0])
@@ -263,7 +316,8 @@ def _use_lora_link(svc: Service, row: dict, items: list[pages.OutputItem]) -> st
     if row["kind"] != "training" or row["status"] != "succeeded":
         return None
     lora = next((i for i in items if i.key == "lora" and i.is_lora), None) or next(
-        (i for i in items if i.is_lora), None)
+        (i for i in items if i.is_lora), None
+    )
     generator = _generation_model(svc)
     if lora is None or lora.file_id is None or generator is None:
         return None

@@ -37,8 +37,16 @@ def check_url(url: str, allowed_private_hosts: frozenset[str], resolver=system_r
 
 
 class Webhooks:
-    def __init__(self, engine: Engine, signer: Signer, allowed_private_hosts: frozenset[str], *, retries: int = 6,
-                 backoff_s: float = 1.0, resolver=system_resolver) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        signer: Signer,
+        allowed_private_hosts: frozenset[str],
+        *,
+        retries: int = 6,
+        backoff_s: float = 1.0,
+        resolver=system_resolver,
+    ) -> None:
         self.engine, self.signer, self.allowed = engine, signer, allowed_private_hosts
         self.retries, self.backoff_s, self.resolver = retries, backoff_s, resolver
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook")
@@ -52,8 +60,17 @@ class Webhooks:
             return
         delivery_id = "msg_" + secrets.token_hex(12)
         with self.engine.begin() as c:
-            c.execute(W.insert().values(id=delivery_id, prediction_id=row["id"], event=event, url=row["webhook"],
-                                        status="pending", attempts=0, created_at=utcnow()))
+            c.execute(
+                W.insert().values(
+                    id=delivery_id,
+                    prediction_id=row["id"],
+                    event=event,
+                    url=row["webhook"],
+                    status="pending",
+                    attempts=0,
+                    created_at=utcnow(),
+                )
+            )
         with self._guard:
             lock = self._order.setdefault(row["id"], threading.Lock())
         body = json.dumps(payload).encode()
@@ -70,9 +87,16 @@ class Webhooks:
                 if attempts < tries:
                     time.sleep(self.backoff_s * 2 ** (attempts - 1))
         with self.engine.begin() as c:
-            c.execute(W.update().where(W.c.id == delivery_id).values(
-                status="delivered" if error is None else "failed", attempts=attempts, last_error=error,
-                completed_at=utcnow()))
+            c.execute(
+                W.update()
+                .where(W.c.id == delivery_id)
+                .values(
+                    status="delivered" if error is None else "failed",
+                    attempts=attempts,
+                    last_error=error,
+                    completed_at=utcnow(),
+                )
+            )
 
     def _post(self, url: str, body: bytes, delivery_id: str) -> str | None:
         import urllib3
@@ -84,15 +108,30 @@ class Webhooks:
             return str(e)
         timeout = urllib3.Timeout(connect=5, read=10)
         if parts.scheme == "https":
-            pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False,
-                                               server_hostname=parts.hostname, assert_hostname=parts.hostname)
+            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+                address,
+                port,
+                timeout=timeout,
+                retries=False,
+                server_hostname=parts.hostname,
+                assert_hostname=parts.hostname,
+            )
         else:
             pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
-        headers = {"Content-Type": "application/json", "User-Agent": "lora-studio-webhook", "Host": parts.netloc,
-                   **self.signer.webhook_headers(delivery_id, body)}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "lora-studio-webhook",
+            "Host": parts.netloc,
+            **self.signer.webhook_headers(delivery_id, body),
+        }
         try:
-            response = pool.urlopen("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                                    body=body, headers=headers, redirect=False)
+            response = pool.urlopen(
+                "POST",
+                (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                body=body,
+                headers=headers,
+                redirect=False,
+            )
         except urllib3.exceptions.HTTPError as e:
             return f"could not deliver: {type(e).__name__}"
         finally:
@@ -101,8 +140,12 @@ class Webhooks:
 
     def deliveries(self, prediction_id: str) -> list[dict]:
         with self.engine.connect() as c:
-            return [dict(r) for r in c.execute(sa.select(W).where(W.c.prediction_id == prediction_id)
-                                               .order_by(W.c.created_at)).mappings()]
+            return [
+                dict(r)
+                for r in c.execute(
+                    sa.select(W).where(W.c.prediction_id == prediction_id).order_by(W.c.created_at)
+                ).mappings()
+            ]
 
     def forget(self, prediction_id: str) -> None:
         """Drop the ordering lock of a finished prediction (after its last delivery was queued)."""
@@ -111,4 +154,3 @@ class Webhooks:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-

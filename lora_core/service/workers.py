@@ -16,15 +16,16 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 from sqlalchemy.engine import Engine
 
-from ..fetch import FetchError, Fetcher, FetchPolicy
+from ..fetch import Fetcher, FetchError, FetchPolicy
 from . import files, outputs, predictions
 from .changes import Changes
 from .cog_process import CogProcess
@@ -61,8 +62,17 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, config: ServiceConfig, engine: Engine, store: FileStore, models: dict[str, Model],
-                 changes: Changes, signer: Signer, urls: Urls, on_event: Callable[[dict, str], None]) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        engine: Engine,
+        store: FileStore,
+        models: dict[str, Model],
+        changes: Changes,
+        signer: Signer,
+        urls: Urls,
+        on_event: Callable[[dict, str], None],
+    ) -> None:
         """``on_event(row, event)`` is called after each stored change ("start", "logs", "output", "completed")."""
         self.config, self.engine, self.store, self.changes = config, engine, store, changes
         self.signer, self.urls = signer, urls
@@ -77,8 +87,13 @@ class WorkerPool:
                 self._add(Worker(f"{model.name}-remote-{i}", model, url))
             for i in range(1, setting.count + 1):
                 name = f"{model.name}-{i}"
-                process = CogProcess(name, model.predictor, model.schema_path, config.data_dir / "workers" / name,
-                                     {**self._worker_env(), "COG_UPLOAD_URL": self.upload_prefix(name)})
+                process = CogProcess(
+                    name,
+                    model.predictor,
+                    model.schema_path,
+                    config.data_dir / "workers" / name,
+                    {**self._worker_env(), "COG_UPLOAD_URL": self.upload_prefix(name)},
+                )
                 self._add(Worker(name, model, "", process))
 
     def _add(self, worker: Worker) -> None:
@@ -89,8 +104,9 @@ class WorkerPool:
         return {
             "WEBHOOK_AUTH_TOKEN": self.signer.worker_token(),
             # LoRA URLs may point at this service's own files: allow exactly its host:port, nothing else local
-            "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": ",".join(sorted(
-                {f"{service.hostname}:{service.port or 80}", *self.config.allowed_private_hosts})),
+            "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": ",".join(
+                sorted({f"{service.hostname}:{service.port or 80}", *self.config.allowed_private_hosts})
+            ),
             "LORA_STUDIO_CACHE_DIR": str(self.config.data_dir / "cache" / "loras"),
         }
 
@@ -108,8 +124,9 @@ class WorkerPool:
             if worker.process:
                 worker.process.start()
                 worker.url = worker.process.url
-            thread = threading.Thread(target=self._dispatch_loop, args=(worker,), name=f"dispatch-{worker.name}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._dispatch_loop, args=(worker,), name=f"dispatch-{worker.name}", daemon=True
+            )
             thread.start()
             self.threads.append(thread)
         thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -125,10 +142,19 @@ class WorkerPool:
                 worker.process.stop()
 
     def status(self) -> list[dict]:
-        return [{"name": w.name, "model": w.model.full_name, "url": w.url, "ready": w.ready.is_set(),
-                 "current": w.current, "restarts": w.restarts, "local": w.process is not None,
-                 "pid": w.process.process.pid if w.process and w.process.process else None}
-                for w in self.workers.values()]
+        return [
+            {
+                "name": w.name,
+                "model": w.model.full_name,
+                "url": w.url,
+                "ready": w.ready.is_set(),
+                "current": w.current,
+                "restarts": w.restarts,
+                "local": w.process is not None,
+                "pid": w.process.process.pid if w.process and w.process.process else None,
+            }
+            for w in self.workers.values()
+        ]
 
     # ---- dispatch -----------------------------------------------------------------------------------------
     def _dispatch_loop(self, worker: Worker) -> None:
@@ -136,9 +162,14 @@ class WorkerPool:
             if not worker.ready.wait(0.5):
                 continue
             try:
-                row = predictions.claim_next(self.engine, worker.model.full_name, worker.name, self.config.instance,
-                                                  self.config.owner_limits.running)
-            except Exception:  # noqa: BLE001 - the database may be restarting; keep the worker alive
+                row = predictions.claim_next(
+                    self.engine,
+                    worker.model.full_name,
+                    worker.name,
+                    self.config.instance,
+                    self.config.owner_limits.running,
+                )
+            except Exception:
                 log.exception("claiming from the queue failed")
                 time.sleep(1)
                 continue
@@ -147,7 +178,7 @@ class WorkerPool:
                 continue
             try:
                 self._run(worker, row)
-            except Exception as e:  # noqa: BLE001 - one prediction's bug must not stop the worker
+            except Exception as e:
                 log.exception("running %s failed", row["id"])
                 self._complete(worker, row["id"], "failed", error=f"internal error handing over the prediction: {e}")
             finally:
@@ -162,12 +193,16 @@ class WorkerPool:
         except (FetchError, OSError) as e:  # an input file at an outside URL that could not be fetched or stored
             self._complete(worker, pid, "failed", error=getattr(e, "strerror", None) or str(e))
             return
-        body = {"id": pid, "input": worker_input,
-                "webhook": f"{self.config.internal_url}/internal/workers/{quote(worker.name)}/webhook",
-                "webhook_events_filter": EVENTS}
+        body = {
+            "id": pid,
+            "input": worker_input,
+            "webhook": f"{self.config.internal_url}/internal/workers/{quote(worker.name)}/webhook",
+            "webhook_events_filter": EVENTS,
+        }
         try:
-            response = self.session.put(f"{worker.url}/predictions/{pid}", json=body,
-                                        headers={"Prefer": "respond-async"}, timeout=30)
+            response = self.session.put(
+                f"{worker.url}/predictions/{pid}", json=body, headers={"Prefer": "respond-async"}, timeout=30
+            )
         except requests.exceptions.InvalidJSONError as e:  # this prediction's fault, not the worker's: never requeue it
             self._complete(worker, pid, "failed", error=f"the input cannot be sent to the worker as JSON: {e}")
             return
@@ -214,17 +249,25 @@ class WorkerPool:
         scratch = self.config.data_dir / "cache" / "inputs"
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            policy = FetchPolicy(cache_dir=Path(tmp), max_bytes=self.config.max_upload_bytes,
-                                 allowed_private_hosts=self.config.allowed_private_hosts)
+            policy = FetchPolicy(
+                cache_dir=Path(tmp),
+                max_bytes=self.config.max_upload_bytes,
+                allowed_private_hosts=self.config.allowed_private_hosts,
+            )
             try:
                 fetched = Fetcher(policy, log=lambda _: None).fetch(url)
             except FetchError as e:
                 raise FetchError(f"input {name}: {e}") from None
             with fetched.path.open("rb") as stream:
                 try:
-                    saved = files.save(self.engine, self.store, owner=row["owner"], stream=stream,
-                                       name=PurePosixPath(urlsplit(url).path).name or name,
-                                       limit=self.config.max_upload_bytes)
+                    saved = files.save(
+                        self.engine,
+                        self.store,
+                        owner=row["owner"],
+                        stream=stream,
+                        name=PurePosixPath(urlsplit(url).path).name or name,
+                        limit=self.config.max_upload_bytes,
+                    )
                 except StorageFull:
                     raise StorageFull(28, f"input {name} could not be stored: the file store is full") from None
         return self.urls.file(saved, base=self.config.internal_url)
@@ -246,47 +289,70 @@ class WorkerPool:
         """A state update from a worker's Cog server; False if it is not about what that worker runs."""
         worker = self.workers.get(worker_name)
         pid = payload.get("id")
-        if worker is None or not pid or worker.current != pid:
+        if worker is None or not pid or worker.current != pid or worker.row is None:
             return False
         worker.last_seen = time.monotonic()
         status = payload.get("status")
         if status in predictions.TERMINAL:
-            self._complete(worker, pid, status, output=payload.get("output"), error=_worker_error(payload.get("error")),
-                           logs=payload.get("logs"), metrics=payload.get("metrics"))
+            self._complete(
+                worker,
+                pid,
+                status,
+                output=payload.get("output"),
+                error=_worker_error(payload.get("error")),
+                logs=payload.get("logs"),
+                metrics=payload.get("metrics"),
+            )
             return True
         if worker.finished.is_set():  # a late update after the final one
             return False
-        output = self._collect(worker.row, payload.get("output")) if payload.get("output") is not None else None
+        row = worker.row
+        output = self._collect(row, payload.get("output")) if payload.get("output") is not None else None
         self._progress(worker, pid, payload.get("logs") or "", output, _parse_time(payload.get("started_at")))
         return True
 
-    def _progress(self, worker: Worker, pid: str, logs: str = "", output: Any = None,
-                  started_at: datetime.datetime | None = None) -> None:
+    def _progress(
+        self, worker: Worker, pid: str, logs: str = "", output: Any = None, started_at: datetime.datetime | None = None
+    ) -> None:
         """Store what is new (the start, logs, output) and announce it: 'start' first, once."""
         with worker.lock:
+            if worker.row is None:  # finished meanwhile
+                return
             first = worker.row.get("started_at") is None
             new_logs = logs if logs and logs != worker.logs else None
             if not first and new_logs is None and output is None:
                 return
-            updated = predictions.update_running(self.engine, pid, worker.name, logs=new_logs, output=output,
-                                                 started_at=started_at)
+            updated = predictions.update_running(
+                self.engine, pid, worker.name, logs=new_logs, output=output, started_at=started_at
+            )
             if updated is None:
                 return
             worker.row, worker.logs = updated, logs or worker.logs
-            events = (["start"] if first else []) + (["output"] if output is not None else []) + \
-                (["logs"] if new_logs is not None and not first else [])
+            events = (
+                (["start"] if first else [])
+                + (["output"] if output is not None else [])
+                + (["logs"] if new_logs is not None and not first else [])
+            )
         for event in events:  # no wake-up for waiters: `Prefer: wait` waits for the final state only
             self.on_event(updated, event)
 
     def on_upload(self, worker_name: str, filename: str, stream, content_type: str | None) -> dict:
         """An output file from a worker's Cog server, stored as a file of the prediction it runs."""
         worker = self.workers.get(worker_name)
-        row = worker.row if worker is not None and worker.current is not None else None
-        if row is None:
+        if worker is None or worker.current is None or worker.row is None:
             raise LookupError("this worker is running no prediction")
+        row = worker.row
         try:
-            return files.save(self.engine, self.store, owner=row["owner"], name=filename, stream=stream,
-                              limit=self.config.max_upload_bytes, content_type=content_type, prediction_id=row["id"])
+            return files.save(
+                self.engine,
+                self.store,
+                owner=row["owner"],
+                name=filename,
+                stream=stream,
+                limit=self.config.max_upload_bytes,
+                content_type=content_type,
+                prediction_id=row["id"],
+            )
         except (OSError, ValueError) as e:
             worker.upload_errors.append(f"{files.safe_name(filename)}: {getattr(e, 'strerror', None) or e}")
             raise
@@ -305,15 +371,31 @@ class WorkerPool:
 
     def _to_refs(self, row: dict, output: Any, uploaded: set[str]) -> Any:
         def save_data(name: str, content_type: str, data: bytes) -> str:
-            saved = files.save(self.engine, self.store, owner=row["owner"], name=name, stream=io.BytesIO(data),
-                               limit=self.config.max_upload_bytes, content_type=content_type,
-                               prediction_id=row["id"])
+            saved = files.save(
+                self.engine,
+                self.store,
+                owner=row["owner"],
+                name=name,
+                stream=io.BytesIO(data),
+                limit=self.config.max_upload_bytes,
+                content_type=content_type,
+                prediction_id=row["id"],
+            )
             return saved["id"]
 
         return outputs.to_refs(output, self.output_prefix, uploaded, save_data)
 
-    def _complete(self, worker: Worker, pid: str, status: str, *, output: Any = None, error: str | None = None,
-                  logs: str | None = None, metrics: dict | None = None) -> None:
+    def _complete(
+        self,
+        worker: Worker,
+        pid: str,
+        status: str,
+        *,
+        output: Any = None,
+        error: str | None = None,
+        logs: str | None = None,
+        metrics: dict | None = None,
+    ) -> None:
         row = worker.row if worker.row and worker.row["id"] == pid else predictions.get(self.engine, pid)
         if row is None:
             worker.finished.set()
@@ -331,8 +413,9 @@ class WorkerPool:
         elif status == "failed" and detail and error and detail not in error:
             error += detail  # Cog's server says only "upload returned status 507": say what the store said
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-        done = predictions.finish(self.engine, pid, status, worker=worker.name, output=output, error=error,
-                                  logs=logs, metrics=metrics)
+        done = predictions.finish(
+            self.engine, pid, status, worker=worker.name, output=output, error=error, logs=logs, metrics=metrics
+        )
         worker.finished.set()
         if done:
             self.on_event(done, "completed")
@@ -346,18 +429,19 @@ class WorkerPool:
             for worker in self.workers.values():
                 try:
                     self._check(worker)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("checking worker %s failed", worker.name)
             try:
                 if now - last_beat >= self.config.heartbeat_s:
                     predictions.heartbeat(self.engine, self.config.instance)
                     last_beat = now
                 if now - last_sweep >= 6 * self.config.heartbeat_s:
-                    for pid in predictions.fail_interrupted(self.engine, self.config.instance,
-                                                            6 * self.config.heartbeat_s, at_start=False):
+                    for pid in predictions.fail_interrupted(
+                        self.engine, self.config.instance, 6 * self.config.heartbeat_s, at_start=False
+                    ):
                         self._announce_failed(pid)
                     last_sweep = now
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("heartbeat failed")
 
     def _check(self, worker: Worker) -> None:
@@ -367,9 +451,13 @@ class WorkerPool:
             worker.ready.clear()
             pid = worker.current
             if pid:
-                self._complete(worker, pid, "failed",
-                               error=f"worker died (exit code {code}) while running this prediction; it has been "
-                                     "restarted, so you can run the prediction again")
+                self._complete(
+                    worker,
+                    pid,
+                    "failed",
+                    error=f"worker died (exit code {code}) while running this prediction; it has been "
+                    "restarted, so you can run the prediction again",
+                )
             worker.process.stop()
             worker.restarts += 1
             time.sleep(min(30, 0.5 * 2 ** min(worker.restarts, 6)) if worker.restarts > 3 else 0)
@@ -382,9 +470,13 @@ class WorkerPool:
         worker.last_seen = time.monotonic()
         worker.misses = 0 if state else worker.misses + 1
         worker.idle_checks = worker.idle_checks + 1 if state == "READY" and worker.current else 0
-        if worker.idle_checks > LOST_AFTER_CHECKS:  # idle for a while, and its final webhook never came
-            self._complete(worker, worker.current, "failed",
-                           error="the worker finished this prediction but its result never reached the service")
+        if worker.idle_checks > LOST_AFTER_CHECKS and worker.current is not None:  # idle, its final webhook lost
+            self._complete(
+                worker,
+                worker.current,
+                "failed",
+                error="the worker finished this prediction but its result never reached the service",
+            )
             worker.idle_checks = 0
         if state in ("READY", "BUSY"):
             worker.ready.set()
@@ -394,8 +486,12 @@ class WorkerPool:
         elif state is None and worker.process is None and worker.misses >= 3:
             worker.ready.clear()
             if worker.current:
-                self._complete(worker, worker.current, "failed",
-                               error=f"worker {worker.name} stopped answering while running this prediction")
+                self._complete(
+                    worker,
+                    worker.current,
+                    "failed",
+                    error=f"worker {worker.name} stopped answering while running this prediction",
+                )
 
     def _health(self, worker: Worker) -> str | None:
         if not worker.url:
@@ -425,7 +521,7 @@ def _cog_error(response: requests.Response) -> str:
 def _worker_error(error: str | None) -> str | None:
     """What the predictor said: Cog's server prefixes it with "Prediction failed: ", twice."""
     while error and error.startswith("Prediction failed: "):
-        error = error[len("Prediction failed: "):]
+        error = error[len("Prediction failed: ") :]
     return error
 
 
@@ -440,4 +536,4 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
         parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed.astimezone(datetime.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+    return parsed.astimezone(datetime.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed

@@ -22,10 +22,15 @@ from .servers import HostileFiles, Server
 GENERATE = "lora-studio/lora"
 TRAIN = "lora-studio/lora-training"
 MB = 2**20
-LIMITS = {"LORA_STUDIO_MAX_LORA_BYTES": str(4 * MB), "LORA_STUDIO_LORA_READ_TIMEOUT_S": "2",
-          "LORA_STUDIO_LORA_TIMEOUT_S": "3", "LORA_STUDIO_MAX_REQUEST_BYTES": str(4 * MB),
-          "LORA_STUDIO_STORAGE_QUOTA_BYTES": str(8 * MB), "LORA_STUDIO_WEBHOOK_RETRIES": "4",
-          "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.2"}
+LIMITS = {
+    "LORA_STUDIO_MAX_LORA_BYTES": str(4 * MB),
+    "LORA_STUDIO_LORA_READ_TIMEOUT_S": "2",
+    "LORA_STUDIO_LORA_TIMEOUT_S": "3",
+    "LORA_STUDIO_MAX_REQUEST_BYTES": str(4 * MB),
+    "LORA_STUDIO_STORAGE_QUOTA_BYTES": str(8 * MB),
+    "LORA_STUDIO_WEBHOOK_RETRIES": "4",
+    "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.2",
+}
 
 
 class Hardened:
@@ -44,14 +49,14 @@ class Hardened:
 
 @pytest.fixture(scope="package")
 def hardened(tmp_path_factory):
-    with Server(HostileFiles) as secret, \
-            Server(HostileFiles, private_target=f"{secret.url}/good.safetensors") as files:
+    with Server(HostileFiles) as secret, Server(HostileFiles, private_target=f"{secret.url}/good.safetensors") as files:
         data = tmp_path_factory.mktemp("hardened")
         (data / "tmp").mkdir()
         hook_port, down_port = free_port(), free_port()
         allowed = ",".join(f"127.0.0.1:{p}" for p in (files.port, hook_port, down_port))
-        process = ServiceProcess(data, env={**LIMITS, "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": allowed,
-                                            "TMPDIR": str(data / "tmp")}).start()
+        process = ServiceProcess(
+            data, env={**LIMITS, "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": allowed, "TMPDIR": str(data / "tmp")}
+        ).start()
         try:
             yield Hardened(process, files, secret, hook_port, down_port)
         finally:
@@ -81,8 +86,11 @@ def timed(api: Api, model: str, input: dict, **body) -> tuple[dict, float]:
 
 def still_serves(api: Api, files: Server) -> dict:
     """The next prediction, with a good LoRA from the same file server, succeeds."""
-    result, _ = timed(api, GENERATE, {"prompt": "a photo of <1>", "lora_urls": f"{files.url}/good.safetensors",
-                                      "num_inference_steps": 2, "seed": 0})
+    result, _ = timed(
+        api,
+        GENERATE,
+        {"prompt": "a photo of <1>", "lora_urls": f"{files.url}/good.safetensors", "num_inference_steps": 2, "seed": 0},
+    )
     assert result["status"] == "succeeded", result["error"]
     return result
 
@@ -107,8 +115,14 @@ class Footprint:
 
     def strays(self) -> list[str]:
         new = sorted(self.listing() - self.before)
-        allowed = lambda p: (p.startswith(self.KEEP) or p.endswith((".log", ".db", ".db-wal", ".db-shm"))  # noqa: E731
-                             or p.startswith("tmp/") and _latest_output(self.hardened.tmp_dir, p))
+
+        def allowed(p: str) -> bool:
+            return (
+                p.startswith(self.KEEP)
+                or p.endswith((".log", ".db", ".db-wal", ".db-shm"))
+                or (p.startswith("tmp/") and _latest_output(self.hardened.tmp_dir, p))
+            )
+
         strays = [p for p in new if not allowed(p)]
         partial = [p for p in new if ".partial" in p or "/.upload-" in p]
         return strays + partial

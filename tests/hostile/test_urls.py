@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lora_core.fetch import FetchError, Fetcher, FetchPolicy, system_resolver
+from lora_core.fetch import Fetcher, FetchError, FetchPolicy, system_resolver
 
 from .conftest import GENERATE, TRAIN, Footprint, still_serves, timed
 from .servers import wait_for
@@ -22,10 +22,16 @@ SECRET = "127.0.0.1:{secret_port}"
 LORA_CASES = {
     "a pickle renamed .safetensors": (f"{FILES}/pickle.safetensors", r"is a pickle .* only \.safetensors LoRAs"),
     "a truncated safetensors": (f"{FILES}/truncated.safetensors", r"truncated or corrupt: tensor .* claims bytes"),
-    "a header claiming huge tensors": (f"{FILES}/huge-claim.safetensors", r"claims bytes 0\.\.68719476736 but the "
-                                                                          r"file holds 64 bytes"),
-    "a LoRA for another base family": (f"{FILES}/other-base.safetensors", r"does not fit this base model: it was "
-                                                                          r"made for SDXL"),
+    "a header claiming huge tensors": (
+        f"{FILES}/huge-claim.safetensors",
+        r"claims bytes 0\.\.68719476736 but the "
+        r"file holds 64 bytes",
+    ),
+    "a LoRA for another base family": (
+        f"{FILES}/other-base.safetensors",
+        r"does not fit this base model: it was "
+        r"made for SDXL",
+    ),
     "a 5 GB body, declared": (f"{FILES}/5gb-declared.safetensors", r"the file is 5120 MB; the limit is 4 MB"),
     "a 5 GB body, undeclared": (f"{FILES}/5gb-undeclared.safetensors", r"exceeded the 4 MB limit; aborted"),
     "one byte a second (body)": (f"{FILES}/trickle-body.safetensors", r"took longer than 3s; aborted"),
@@ -38,12 +44,18 @@ LORA_CASES = {
     "http://169.254.169.254": ("http://169.254.169.254/latest/meta-data/", r"resolves to 169\.254\.169\.254"),
     "http://10.0.0.1": ("http://10.0.0.1/lora.safetensors", r"resolves to 10\.0\.0\.1, a private or local"),
     "http://[::1]": ("http://[::1]/lora.safetensors", r"resolves to ::1, a private or local"),
-    "a hostname resolving to a private address": ("http://localhost:{secret_port}/good.safetensors",
-                                                  r"host 'localhost' resolves to (127\.0\.0\.1|::1), a private"),
-    "IPv4-mapped IPv6 loopback": ("http://[::ffff:127.0.0.1]:{secret_port}/good.safetensors",
-                                  r"resolves to 127\.0\.0\.1, a private"),
-    "loopback as a decimal number": ("http://2130706433:{secret_port}/good.safetensors",
-                                     r"resolves to 127\.0\.0\.1, a private"),
+    "a hostname resolving to a private address": (
+        "http://localhost:{secret_port}/good.safetensors",
+        r"host 'localhost' resolves to (127\.0\.0\.1|::1), a private",
+    ),
+    "IPv4-mapped IPv6 loopback": (
+        "http://[::ffff:127.0.0.1]:{secret_port}/good.safetensors",
+        r"resolves to 127\.0\.0\.1, a private",
+    ),
+    "loopback as a decimal number": (
+        "http://2130706433:{secret_port}/good.safetensors",
+        r"resolves to 127\.0\.0\.1, a private",
+    ),
     "0.0.0.0 (this host)": ("http://0.0.0.0:{secret_port}/good.safetensors", r"resolves to 0\.0\.0\.0, a private"),
     "NAT64 of loopback": ("http://[64:ff9b::7f00:1]:{secret_port}/good.safetensors", r"resolves to 64:ff9b::7f00:1"),
     "6to4 of 10.0.0.1": ("http://[2002:a00:1::1]/lora.safetensors", r"resolves to 2002:a00:1::1, a private"),
@@ -73,13 +85,21 @@ def test_a_hostile_lora_url_fails_its_own_prediction_fast(hardened, alice, case)
     still_serves(alice, hardened.files)
 
 
-@pytest.mark.parametrize("path", ["/5gb-declared.safetensors", "/5gb-undeclared.safetensors",
-                                  "/trickle-body.safetensors", "/trickle-headers.safetensors"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/5gb-declared.safetensors",
+        "/5gb-undeclared.safetensors",
+        "/trickle-body.safetensors",
+        "/trickle-headers.safetensors",
+    ],
+)
 def test_downloads_past_the_cap_or_the_time_limit_are_cut_off(hardened, alice, path):
     """The server sees the client hang up: the download is aborted, not read to its end in the background."""
     hardened.files.log.hits.clear()
-    result, _ = timed(alice, GENERATE, {"prompt": "x", "lora_urls": hardened.files.url + path,
-                                        "num_inference_steps": 2})
+    result, _ = timed(
+        alice, GENERATE, {"prompt": "x", "lora_urls": hardened.files.url + path, "num_inference_steps": 2}
+    )
     assert result["status"] == "failed"
     hit = hardened.files.log.of(path)[-1]
     wait_for(lambda: hit.finished, 10, f"the server to notice the client left {path}")
@@ -97,23 +117,31 @@ def test_parameters_are_checked_before_anything_is_downloaded(hardened, alice):
 
 # ---- training uploads given by URL: fetched by the service itself, never by Cog's server -------------------------
 
+
 def test_an_upload_url_redirecting_to_a_private_address_is_refused(hardened, alice):
     """Cog's server follows redirects anywhere; the service fetches outside input URLs itself, checking each hop."""
-    result, seconds = timed(alice, TRAIN, {"instance_data": f"{hardened.files.url}/redirect-to-loopback",
-                                           "task": "object"})
+    result, seconds = timed(
+        alice, TRAIN, {"instance_data": f"{hardened.files.url}/redirect-to-loopback", "task": "object"}
+    )
     assert result["status"] == "failed", result
     assert re.search(r"input instance_data: host '127\.0\.0\.1' resolves to 127\.0\.0\.1, a private", result["error"])
     assert hardened.secret.log.hits == [] and seconds < 10
 
 
-@pytest.mark.parametrize("url,message", [
-    ("http://10.0.0.1/photos.zip", r"resolves to 10\.0\.0\.1, a private"),
-    ("http://localhost:{secret_port}/photos.zip", r"host 'localhost' resolves to .*, a private"),
-    ("ftp://example.com/photos.zip", r"must be an https:// URL, a data: URI or a file uploaded"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("http://10.0.0.1/photos.zip", r"resolves to 10\.0\.0\.1, a private"),
+        ("http://localhost:{secret_port}/photos.zip", r"host 'localhost' resolves to .*, a private"),
+        ("ftp://example.com/photos.zip", r"must be an https:// URL, a data: URI or a file uploaded"),
+    ],
+)
 def test_upload_urls_to_private_addresses_are_refused_when_asked(hardened, alice, url, message):
-    r = alice("POST", f"/v1/models/{TRAIN}/predictions",
-              json={"input": {"instance_data": _url(url, hardened), "task": "object"}})
+    r = alice(
+        "POST",
+        f"/v1/models/{TRAIN}/predictions",
+        json={"input": {"instance_data": _url(url, hardened), "task": "object"}},
+    )
     assert r.status_code == 422 and r.json()["invalid_fields"][0]["field"] == "input.instance_data"
     assert re.search(message, r.json()["detail"]), r.json()
     assert hardened.secret.log.hits == []
@@ -128,16 +156,27 @@ def test_an_upload_url_past_the_time_limit_fails_cleanly(hardened, alice):
 
 # ---- the same rules in the fetcher itself, with a test resolver for names -------------------------------------
 
-NAMES = {"internal.test": ["10.0.0.1"], "metadata.test": ["169.254.169.254"],
-         "mixed.test": ["93.184.216.34", "10.0.0.1"], "v6-private.test": ["fd00::1"]}
+NAMES = {
+    "internal.test": ["10.0.0.1"],
+    "metadata.test": ["169.254.169.254"],
+    "mixed.test": ["93.184.216.34", "10.0.0.1"],
+    "v6-private.test": ["fd00::1"],
+}
 
 
 def resolver(host: str, port: int) -> list[str]:
     return NAMES.get(host) or system_resolver(host, port)
 
 
-@pytest.mark.parametrize("host,address", [("internal.test", "10.0.0.1"), ("metadata.test", "169.254.169.254"),
-                                          ("mixed.test", "10.0.0.1"), ("v6-private.test", "fd00::1")])
+@pytest.mark.parametrize(
+    "host,address",
+    [
+        ("internal.test", "10.0.0.1"),
+        ("metadata.test", "169.254.169.254"),
+        ("mixed.test", "10.0.0.1"),
+        ("v6-private.test", "fd00::1"),
+    ],
+)
 def test_a_name_resolving_to_a_private_address_is_refused(tmp_path, host, address):
     """A name with any private address among its answers is refused (a public first answer is no pass)."""
     fetcher = Fetcher(FetchPolicy(cache_dir=tmp_path / "cache"), resolver=resolver, log=lambda _: None)

@@ -18,30 +18,45 @@ CASES = {
     "empty file": (b"", r"The uploaded file is empty"),
     "empty zip": (zips.make({}), r"at least 3 images .*found 0 usable"),
     "encrypted": (zips.encrypted(), r"password-protected"),
-    "zip bomb: small file, huge declared size": (zips.declares_huge_member(), r"3815 MB uncompressed; the limit "
-                                                                              r"per file is 100 MB"),
-    "zip bomb: members adding up past 1 GB": (zips.declares_huge_total(), r"holds 1140 MB uncompressed; the limit "
-                                                                          r"is 1024 MB"),
+    "zip bomb: small file, huge declared size": (
+        zips.declares_huge_member(),
+        r"3815 MB uncompressed; the limit "
+        r"per file is 100 MB",
+    ),
+    "zip bomb: members adding up past 1 GB": (
+        zips.declares_huge_total(),
+        r"holds 1140 MB uncompressed; the limit "
+        r"is 1024 MB",
+    ),
     "zip bomb: high-ratio member": (zips.high_ratio_member(), r"'zeros.png' decompresses \d+x \(a zip bomb\?\)"),
     "member lying about its size": (zips.lies_small(), r"corrupt"),
     "more entries than the limit": (zips.many_entries(501), r"501 entries; the limit is 500"),
     "../ path": ({**zips.three_images(), f"../../../../tmp/escape-{MARK}.png": zips.png()}, r"unsafe path"),
     "absolute path": ({**zips.three_images(), f"/tmp/absolute-{MARK}.png": zips.png()}, r"unsafe path"),
     "windows drive path": ({**zips.three_images(), f"C:\\escape-{MARK}.png": zips.png()}, r"unsafe path"),
-    "symlink entry": ({**zips.three_images(), f"link-{MARK}.png": zips.symlink_entry(f"link-{MARK}.png")},
-                      r"symbolic link"),
+    "symlink entry": (
+        {**zips.three_images(), f"link-{MARK}.png": zips.symlink_entry(f"link-{MARK}.png")},
+        r"symbolic link",
+    ),
     "nested zip": ({**zips.three_images(), "more.zip": zips.make(zips.three_images())}, r"another archive"),
-    "decompression-bomb PNG": ({**zips.three_images(), "bomb.png": zips.declared_png(30000, 30000)},
-                               r"'bomb.png' declares an enormous image \(900 megapixels\); the limit is 50"),
-    "500-megapixel image": ({**zips.three_images(), "huge.png": zips.declared_png(25000, 20000)},
-                            r"500 megapixels"),
-    "60-megapixel image": ({**zips.three_images(), "big.png": zips.declared_png(8000, 7500)},
-                           r"'big.png' is 8000x7500 \(60 megapixels\); the limit is 50 megapixels"),
+    "decompression-bomb PNG": (
+        {**zips.three_images(), "bomb.png": zips.declared_png(30000, 30000)},
+        r"'bomb.png' declares an enormous image \(900 megapixels\); the limit is 50",
+    ),
+    "500-megapixel image": ({**zips.three_images(), "huge.png": zips.declared_png(25000, 20000)}, r"500 megapixels"),
+    "60-megapixel image": (
+        {**zips.three_images(), "big.png": zips.declared_png(8000, 7500)},
+        r"'big.png' is 8000x7500 \(60 megapixels\); the limit is 50 megapixels",
+    ),
     "truncated JPEG": (zips.truncated_jpeg(), r"at least 3 images .*found 2 usable image\(s\), skipped 1"),
-    "0-byte images": ({**zips.two_images(), "empty.png": b"", "empty.jpg": b""},
-                      r"found 2 usable image\(s\), skipped 2"),
-    "only non-images": ({"notes.txt": b"hello", "doc.pdf": b"%PDF-1.4", "run.sh": b"rm -rf /"},
-                        r"at least 3 images \(jpg, png or webp\); found 0 usable"),
+    "0-byte images": (
+        {**zips.two_images(), "empty.png": b"", "empty.jpg": b""},
+        r"found 2 usable image\(s\), skipped 2",
+    ),
+    "only non-images": (
+        {"notes.txt": b"hello", "doc.pdf": b"%PDF-1.4", "run.sh": b"rm -rf /"},
+        r"at least 3 images \(jpg, png or webp\); found 0 usable",
+    ),
     "fewer than 3 images": (zips.two_images(), r"at least 3 images .*found 2 usable"),
 }
 

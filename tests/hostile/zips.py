@@ -25,11 +25,17 @@ def jpeg(size=(256, 256)) -> bytes:
 
 def declared_png(width: int, height: int) -> bytes:
     """A valid PNG header declaring ``width`` x ``height`` pixels, with a tiny body: a pixel bomb."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def make(entries: dict, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -63,7 +69,7 @@ def _patch_central(raw: bytes, sizes: dict[str, tuple[int, int]]) -> bytes:
     at = 0
     while (at := out.find(b"PK\x01\x02", at)) != -1:
         name_len = struct.unpack_from("<H", out, at + 28)[0]
-        name = bytes(out[at + 46: at + 46 + name_len]).decode()
+        name = bytes(out[at + 46 : at + 46 + name_len]).decode()
         if name in sizes:
             struct.pack_into("<II", out, at + 20, *sizes[name])
         at += 4
@@ -104,13 +110,13 @@ def lies_small() -> bytes:
     at = 0
     while (at := out.find(b"PK\x03\x04", at)) != -1:  # local header: sizes at +18 (compressed) and +22 (size)
         name_len = struct.unpack_from("<H", out, at + 26)[0]
-        if bytes(out[at + 30: at + 30 + name_len]) == b"liar.png":
+        if bytes(out[at + 30 : at + 30 + name_len]) == b"liar.png":
             struct.pack_into("<I", out, at + 22, 1000)
         at += 4
     at = 0
     while (at := out.find(b"PK\x01\x02", at)) != -1:
         name_len = struct.unpack_from("<H", out, at + 28)[0]
-        if bytes(out[at + 46: at + 46 + name_len]) == b"liar.png":
+        if bytes(out[at + 46 : at + 46 + name_len]) == b"liar.png":
             struct.pack_into("<I", out, at + 24, 1000)
         at += 4
     return bytes(out)

@@ -19,8 +19,7 @@ pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow'
 def report(service):
     token = service.token("load")  # an owner of its own: the shared service's other predictions are not listed
     started = time.monotonic()
-    outcome = load.run(service.url, token, generations=50, clients=10, trainings=2, steps=4, size=64,
-                       train_steps=30)
+    outcome = load.run(service.url, token, generations=50, clients=10, trainings=2, steps=4, size=64, train_steps=30)
     outcome.test_seconds = time.monotonic() - started
     return outcome
 
@@ -56,8 +55,14 @@ def test_the_figures_are_recorded_as_the_benchmark_records_them(report, tmp_path
     metrics = load.metrics(report)
     doc = results.write(tmp_path / "results.json", metrics, "test")
     written = {m["name"]: m for m in json.loads((tmp_path / "results.json").read_text())["metrics"]}
-    assert set(written) == {"load_generation_p50_s", "load_generation_p95_s", "load_throughput_per_s",
-                            "load_training_s", "load_health_p95_ms", "load_lost"}
+    assert set(written) == {
+        "load_generation_p50_s",
+        "load_generation_p95_s",
+        "load_throughput_per_s",
+        "load_training_s",
+        "load_health_p95_ms",
+        "load_lost",
+    }
     assert written["load_health_p95_ms"]["met"] and written["load_lost"]["value"] == 0
     assert written["load_generation_p95_s"]["value"] >= written["load_generation_p50_s"]["value"] > 0
     assert doc["machine"]["cores"]

@@ -8,7 +8,10 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     import sqlalchemy as sa
 
-    engine = sa.create_engine(context.config.get_main_option("sqlalchemy.url"))
+    url = context.config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("alembic: no connection given and no sqlalchemy.url set")
+    engine = sa.create_engine(url)
     connection = engine.connect()
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
 with context.begin_transaction():
