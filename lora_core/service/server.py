@@ -83,7 +83,7 @@ def run(app: ASGIApp, config: ServiceConfig, log_level: str) -> None:
         port=config.port,
         log_level=log_level,
         http=HeaderTimeoutH11,
-        timeout_keep_alive=round(config.keep_alive_s),
+        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # uvicorn hands it to call_later: a float works
         limit_concurrency=config.max_connections or None,
         timeout_graceful_shutdown=5,
     )
