@@ -9,7 +9,10 @@ from typing import Optional, cast
 
 from cog import BaseRunner, Input, Path
 
-from lora_core import adapters, checkpoints, fetch, generation_job, image_files, output_dirs
+from lora_core import image_files, output_dirs
+from lora_core.base import checkpoints
+from lora_core.lora import binding, generation_job
+from lora_core.net import fetch
 
 # Literal on purpose: Cog's build reads these from the source without importing lora_core
 # (tests check they match the registry and the samplers).
@@ -24,7 +27,7 @@ class Predictor(BaseRunner):
         self.bases = checkpoints.WarmPipelineCache()
         self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
         self.fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env(), log=lambda line: print(line, flush=True))
-        self.adapters = adapters.AdapterCache.from_env()
+        self.adapters = binding.BindingCache.from_env()
         self.outputs = output_dirs.OutputDirs("generate-")  # the previous prediction's images go when the next starts
 
     def run(

@@ -1,6 +1,6 @@
 """Cog predictor: a zip of photos -> one LoRA ``.safetensors`` file (and a grid of its scales).
 
-Thin by design: inputs and their descriptions live here, the work in ``lora_core.training_job``.
+Thin by design: inputs and their descriptions live here, the work in ``lora_core.training.training_job``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from typing import Optional
 from cog import BaseModel, BaseRunner, Input, Path
 from pydantic import ValidationError
 
-from lora_core import checkpoints, output_dirs, sampling, training_job
+from lora_core import output_dirs
+from lora_core.base import checkpoints, sampling
+from lora_core.training import training_job
 
 # Literal on purpose: Cog's build reads these from the source without importing lora_core
 # (tests check they match the registry).
@@ -57,7 +59,7 @@ class Predictor(BaseRunner):
             default=None, ge=1, le=20000, description="Expert: training steps. Empty: the task's preset."
         ),
         learning_rate: Optional[float] = Input(
-            default=None, ge=0, le=0.1, description="Expert: UNet LoRA learning rate."
+            default=None, ge=1e-6, le=0.1, description="Expert: UNet LoRA learning rate."
         ),
         learning_rate_text: Optional[float] = Input(
             default=None, ge=0, le=0.1, description="Expert: text-encoder LoRA learning rate."

@@ -105,7 +105,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 def training_zip(images: int = 5) -> bytes:
     """A small upload of held-out concept pictures (purple stars), made in memory."""
-    from lora_core import tiny_world
+    from lora_core.tiny import tiny_world
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:

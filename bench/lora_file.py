@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from bench.results import Metric
-from lora_core import checkpoints, training_job
+from lora_core.base import checkpoints
+from lora_core.training import training_job
 
 EXAMPLE = checkpoints.REPO_ROOT / "examples" / "purple-stars.zip"
 

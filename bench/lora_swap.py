@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from bench.results import Metric
-from lora_core import adapters, checkpoints, fetch, lora_file, patching, sampling
+from lora_core.base import checkpoints, sampling
+from lora_core.lora import binding, lora_file, patching
+from lora_core.net import fetch
 
 SD15_DIR = checkpoints.REPO_ROOT / ".build" / "bench-sd15-random"
 RANK = 8
@@ -86,7 +88,7 @@ def sd15_sized_pipeline(dtype=torch.float16):
 
 def write_random_loras(pipe, folder: Path, count: int = 4) -> list[Path]:
     """``count`` LoRA files in our layout (r8 on attention and text encoder, two token vectors, fp16)."""
-    table = adapters.module_table(pipe)
+    table = binding.module_table(pipe)
     targets = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
     hidden = pipe.text_encoder.config.hidden_size
     paths = []
@@ -149,7 +151,7 @@ def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) ->
     pairs = [urls[:2], urls[2:4]]
     files = [[fetcher.fetch(u).path for u in pair] for pair in pairs]
     scales = [0.5, 0.7]
-    cache = adapters.AdapterCache()
+    cache = binding.BindingCache()
     state = {"turn": 0, "context": None}
 
     def ours(use_cache: bool):
@@ -167,7 +169,7 @@ def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) ->
                     cache.get(
                         fetched.sha256,
                         "bench",
-                        lambda fetched=fetched: adapters.bind(pipe, *lora_file.read_lora(fetched.path)),
+                        lambda fetched=fetched: binding.bind(pipe, *lora_file.read_lora(fetched.path)),
                     )
                 )
             state["context"] = patching.applied(pipe, bound, scales)
@@ -203,7 +205,7 @@ def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) ->
 # --- (b) patch cost vs sampling, (c) cached URL ----------------------------------------------------------------
 
 
-def patch_and_sample_seconds(pipe, bound: list[adapters.Adapter], repeats: int) -> tuple[float, float, float]:
+def patch_and_sample_seconds(pipe, bound: list[binding.BoundLoRA], repeats: int) -> tuple[float, float, float]:
     """(enter+leave ``applied`` with 2 LoRAs, one 25-step sampling without, the same with them)."""
 
     def patch():
@@ -251,14 +253,15 @@ def _peak_rss_mb(base: str, lora_paths: list[str]) -> float:
     code = f"""
 import gc, re
 from pathlib import Path
-from lora_core import adapters, checkpoints, lora_file, patching, sampling
+from lora_core.lora import binding, lora_file, patching
+from lora_core.base import checkpoints, sampling
 from bench.lora_swap import sd15_sized_pipeline
 pipe = sd15_sized_pipeline(dtype=__import__('torch').float32) if {base!r} == 'sd15' else \\
     checkpoints.load_pipeline(checkpoints.get_checkpoint('tiny'))
 pipe.set_progress_bar_config(disable=True)
 gc.collect()
 Path('/proc/self/clear_refs').write_text('5')
-bound = [adapters.bind(pipe, *lora_file.read_lora(p)) for p in {lora_paths!r}]
+bound = [binding.bind(pipe, *lora_file.read_lora(p)) for p in {lora_paths!r}]
 defaults = checkpoints.get_checkpoint('tiny').defaults
 with patching.applied(pipe, bound, [0.5] * len(bound)) as texts:
     prompt = 'a photo of ' + (' and '.join(texts) or 'object')
@@ -329,7 +332,7 @@ def measure(repeats: int) -> list[Metric]:
                     )
                 )
             if name == "tiny":
-                bound = [adapters.bind(pipe, *lora_file.read_lora(fetcher.fetch(u).path)) for u in urls[:2]]
+                bound = [binding.bind(pipe, *lora_file.read_lora(fetcher.fetch(u).path)) for u in urls[:2]]
                 patch_s, sample_s, sample_with_s = patch_and_sample_seconds(pipe, bound, max(3, repeats // 4))
                 fraction = patch_s / sample_s
                 metrics.append(

@@ -12,7 +12,7 @@ import torch
 
 from bench.lora_swap import _median_seconds, sd15_sized_pipeline
 from bench.results import Metric
-from lora_core import checkpoints, sampling
+from lora_core.base import checkpoints, sampling
 
 
 def _ratio(pipe, request: sampling.SamplingRequest, repeats: int) -> tuple[float, float]:

@@ -11,18 +11,20 @@ import torch
 import torch.nn.functional as F
 
 from bench.results import Metric
-from lora_core import checkpoints, preprocess, tasks, tiny_world, training
-from lora_core.dataset import InstanceData, InstanceImage
+from lora_core.base import checkpoints
+from lora_core.tiny import tiny_world
+from lora_core.training import preprocess, presets, trainer
+from lora_core.training.dataset import InstanceData, InstanceImage
 
 
 def _examples(n: int = 10) -> list[preprocess.Example]:
     images = tiny_world.concept_images("star", "purple", n, first_seed=0)
     data = InstanceData([InstanceImage(f"{i}.png", im) for i, im in enumerate(images)])
-    return preprocess.prepare_examples(data, tasks.get_preset("object"), 64, "<s0><s1>", log=lambda _: None)
+    return preprocess.prepare_examples(data, presets.get_preset("object"), 64, "<s0><s1>", log=lambda _: None)
 
 
-def _config(steps: int) -> training.TrainingConfig:
-    return training.TrainingConfig(
+def _config(steps: int) -> trainer.TrainingConfig:
+    return trainer.TrainingConfig(
         steps=steps,
         batch_size=8,
         resolution=64,
@@ -38,7 +40,7 @@ def _config(steps: int) -> training.TrainingConfig:
     )
 
 
-def bare_peft_seconds_per_step(pipe, examples, cfg: training.TrainingConfig) -> float:
+def bare_peft_seconds_per_step(pipe, examples, cfg: trainer.TrainingConfig) -> float:
     """The same model work with nothing but PEFT: TE + UNet forward, MSE, backward, AdamW."""
     from diffusers import DDPMScheduler
     from peft import LoraConfig
@@ -55,16 +57,16 @@ def bare_peft_seconds_per_step(pipe, examples, cfg: training.TrainingConfig) -> 
             r=cfg.rank,
             lora_alpha=cfg.rank,
             init_lora_weights="gaussian",
-            target_modules=list(training.ATTENTION_TARGETS + training.RESNET_TARGETS),
+            target_modules=list(trainer.ATTENTION_TARGETS + trainer.RESNET_TARGETS),
         )
     )
     text_encoder.add_adapter(
         LoraConfig(
-            r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian", target_modules=list(training.TEXT_TARGETS)
+            r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian", target_modules=list(trainer.TEXT_TARGETS)
         )
     )
     text_encoder.get_input_embeddings().weight.requires_grad_(True)
-    latents, _ = training.encode_examples(pipe.vae, examples, 1.0)
+    latents, _ = trainer.encode_examples(pipe.vae, examples, 1.0)
     ids = tokenizer(
         [e.caption for e in examples] * 2,
         padding="max_length",
@@ -99,7 +101,7 @@ def measure(steps: int) -> list[Metric]:
     examples = _examples()
     ours, bare = [], []
     for _ in range(3):  # interleaved rounds: both sides see the same machine state
-        ours.append(training.train_lora(pipe, examples, _config(steps), log=lambda _: None).seconds / steps)
+        ours.append(trainer.train_lora(pipe, examples, _config(steps), log=lambda _: None).seconds / steps)
         bare.append(bare_peft_seconds_per_step(pipe, examples, _config(steps)))
     ours_s, bare_s = min(ours), min(bare)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -11,7 +11,10 @@ from pathlib import Path
 
 def _generate(args: argparse.Namespace) -> None:
     """What the generation predictor does, from the command line: the same job, so the same pixels."""
-    from . import adapters, checkpoints, fetch, generation_job, image_files
+    from lora_core import image_files
+    from lora_core.base import checkpoints
+    from lora_core.lora import binding, generation_job
+    from lora_core.net import fetch
 
     # Local paths are this user's own files: allowed here (never on a server), given to the fetcher as file:// URLs.
     urls = "|".join(
@@ -26,7 +29,7 @@ def _generate(args: argparse.Namespace) -> None:
     generation = generation_job.run_generation(
         checkpoints.WarmPipelineCache(),
         fetcher,
-        adapters.AdapterCache.from_env(),
+        binding.BindingCache.from_env(),
         prompt=args.prompt,
         lora_urls=urls,
         lora_scales=args.lora_scales,
@@ -47,7 +50,8 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from . import checkpoints, training_job
+    from lora_core.base import checkpoints
+    from lora_core.training import training_job
 
     request = training_job.TrainingRequest(
         task=args.task, base_model=args.base_model, seed=args.seed, max_train_steps=args.steps
@@ -65,22 +69,22 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _build_tiny_base(args: argparse.Namespace) -> None:
-    from .tiny_base import BuildConfig, build_tiny_base
+    from lora_core.tiny.tiny_base import BuildConfig, build_tiny_base
 
     cfg = BuildConfig.quick() if args.quick else BuildConfig(seed=args.seed)
     build_tiny_base(Path(args.out), Path(args.work_dir), cfg, log=functools.partial(print, flush=True))
 
 
 def _export_single_file(args: argparse.Namespace) -> None:
-    from . import checkpoints
-    from .single_file import export_single_file
+    from lora_core.base import checkpoints
+    from lora_core.base.single_file import export_single_file
 
     pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint(args.base_model))
     print(export_single_file(pipe, Path(args.out)))
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from . import cog_schema
+    from lora_core import cog_schema
 
     root = Path.cwd()
     configs = args.config or [c for c in cog_schema.CONFIGS if (root / c).is_file()] or ["cog.yaml"]
@@ -104,13 +108,13 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _tiny_report(args: argparse.Namespace) -> None:
-    from .tiny_report import write_report
+    from lora_core.tiny.tiny_report import write_report
 
     print(json.dumps(write_report(Path(args.out)), indent=1))
 
 
 def _weights_fetch(args: argparse.Namespace) -> None:
-    from .weights_fetch import FetchOptions, fetch_checkpoint
+    from lora_core.base.weights_fetch import FetchOptions, fetch_checkpoint
 
     options = FetchOptions.from_env(
         endpoint=args.endpoint,

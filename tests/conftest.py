@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_core import checkpoints
+from lora_core.base import checkpoints
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def preset_lora(train_predictor, tmp_path_factory):
 
 def purple_stars(n: int = 10):
     """A held-out concept (never in the tiny base's world): what the training tests learn."""
-    from lora_core import tiny_world
+    from lora_core.tiny import tiny_world
 
     return tiny_world.concept_images("star", "purple", n, first_seed=200)
 
@@ -64,7 +64,7 @@ def purple_stars(n: int = 10):
 def draw(pipe, prompt: str, seeds) -> list:
     """One tiny-base image per seed, in batched passes: for tests that compare sets of images drawn the same way
     (about a third of the time of a pass per image; ``sampling.sample`` itself draws each output alone)."""
-    from lora_core import checkpoints, sampling
+    from lora_core.base import checkpoints, sampling
 
     seeds, defaults = list(seeds), checkpoints.get_checkpoint("tiny").defaults
     assert seeds == list(range(seeds[0], seeds[0] + len(seeds))), "consecutive seeds"

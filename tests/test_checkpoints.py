@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lora_core import checkpoints, sampling
-from lora_core.single_file import export_single_file
+from lora_core.base import checkpoints, sampling
+from lora_core.base.single_file import export_single_file
 
 TINY_DIR = checkpoints.weights_dir() / "tiny-sd"
 

@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 
 from conftest import zip_images
-from lora_core import tiny_world
+from lora_core.tiny import tiny_world
 from service_harness import ROOT, Api
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')

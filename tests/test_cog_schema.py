@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_core import checkpoints, cli, cog_schema, sampling
+from lora_core import cli, cog_schema
+from lora_core.base import checkpoints, sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 

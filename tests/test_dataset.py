@@ -9,7 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from lora_core.dataset import DatasetError, IntakeLimits, read_instance_zip
+from lora_core.training.dataset import DatasetError, IntakeLimits, read_instance_zip
 
 
 def png_bytes(colour=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:

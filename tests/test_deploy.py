@@ -29,7 +29,9 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from lora_core import adapters, checkpoints, fetch
+from lora_core.base import checkpoints
+from lora_core.lora import binding
+from lora_core.net import fetch
 from lora_core.service import cog_serve
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import MODELS, load_models
@@ -108,7 +110,7 @@ def code_reads(env: dict[str, str]) -> tuple:
         ServiceConfig.from_env,
         fetch.FetchPolicy.from_env,
         checkpoints.weights_dir,
-        lambda: adapters.AdapterCache.from_env().max_bytes,
+        lambda: binding.BindingCache.from_env().max_bytes,
         checkpoints.torch_device,
         lambda: cog_serve.upload_url_from(os.environ),
     )

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lora_core.fetch import Fetcher, FetchError, FetchPolicy, system_resolver
+from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy, system_resolver
 
 BODY = b"lora-bytes-" * 1000
 

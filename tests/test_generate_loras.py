@@ -12,9 +12,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import call_predictor, cloneofsimo_modules, purple_stars
-from lora_core import checkpoints, lora_file, tiny_eval, tiny_world
-from lora_core.fetch import FetchError
-from lora_core.prompts import PromptError
+from lora_core.base import checkpoints
+from lora_core.lora import lora_file
+from lora_core.lora.prompts import PromptError
+from lora_core.net.fetch import FetchError
+from lora_core.tiny import tiny_eval, tiny_world
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lora_core.lora_convert import to_kohya
+from lora_core.lora.lora_convert import to_kohya
 
 
 def test_kohya_names_alpha_and_bundled_embedding():

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from lora_core.lora_file import LoRAFileError, check_safetensors
+from lora_core.lora.lora_file import LoRAFileError, check_safetensors
 
 
 def safetensors_bytes(header: dict, data: bytes) -> bytes:

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from conftest import cloneofsimo_modules
-from lora_core import adapters, lora_formats
-from lora_core.lora_convert import to_kohya
-from lora_core.lora_formats import LayerMismatch, UnsupportedLayout, read_contents
+from lora_core.lora import binding, lora_formats
+from lora_core.lora.lora_convert import to_kohya
+from lora_core.lora.lora_formats import LayerMismatch, UnsupportedLayout, read_contents
 
 RANK = 4
 
 
 @pytest.fixture(scope="module")
 def table(tiny_pipe):
-    return adapters.module_table(tiny_pipe)
+    return binding.module_table(tiny_pipe)
 
 
 def ours(table, targets=("to_q", "to_k", "to_v", "to_out.0", "conv1", "q_proj", "out_proj"), seed=0):

@@ -21,7 +21,8 @@ from peft import LoraConfig
 from PIL import Image
 
 from conftest import draw
-from lora_core import checkpoints, tiny_eval, tiny_world
+from lora_core.base import checkpoints
+from lora_core.tiny import tiny_eval, tiny_world
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 

@@ -19,17 +19,9 @@ import pytest
 from PIL import Image
 
 from conftest import draw
-from lora_core import (
-    adapters,
-    checkpoints,
-    lora_file,
-    patching,
-    prompts,
-    tiny_eval,
-    tiny_report,
-    tiny_vae_data,
-    tiny_world,
-)
+from lora_core.base import checkpoints
+from lora_core.lora import binding, lora_file, patching, prompts
+from lora_core.tiny import tiny_eval, tiny_report, tiny_vae_data, tiny_world
 
 TEAL, PINK, LIME = (0, 170, 170), (240, 60, 170), (150, 220, 30)
 SEEDS, OTHER_SEEDS = range(8), range(8, 16)
@@ -83,7 +75,7 @@ def test_the_vae_round_trips_any_colour_and_held_out_photos():
 def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, preset_lora):
     trained = preset_lora(f"zigzag-{task}", concept(), seed=0, task=task)
     pipe = train_predictor.bases.get("tiny")
-    lora = adapters.bind(pipe, *lora_file.read_lora(trained.lora))
+    lora = binding.bind(pipe, *lora_file.read_lora(trained.lora))
     target, prompt = concept(), PROMPTS[task]
 
     def with_lora(scale: float, text: str) -> list[Image.Image]:

@@ -11,7 +11,9 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import call_predictor, draw, purple_stars, zip_images
-from lora_core import adapters, checkpoints, lora_file, patching, prompts, tiny_eval
+from lora_core.base import checkpoints
+from lora_core.lora import binding, lora_file, patching, prompts
+from lora_core.tiny import tiny_eval
 from predict_train import Predictor
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
@@ -53,7 +55,7 @@ def _generate(pipe, lora, scale, prompt="a photo of <1>"):
 
 def test_the_lora_moves_images_towards_the_instance_photos_and_scale_0_is_the_base(predictor, trained):
     pipe = predictor.bases.get("tiny")
-    lora = adapters.bind(pipe, *lora_file.read_lora(trained.lora))
+    lora = binding.bind(pipe, *lora_file.read_lora(trained.lora))
     base = draw(pipe, "a photo of object", SEEDS)
     target = instance_images()
     distance = {scale: tiny_eval.palette_distance(_generate(pipe, lora, scale), target) for scale in (0, 0.5, 1.0)}
@@ -114,7 +116,7 @@ OTHER_PROMPTS = ("a red circle", "a blue square on a white background", "a green
 def test_prompts_without_the_token_keep_the_bases_look(predictor, trained):
     """Prior preservation: the same seed with the LoRA stays closer to the base than another seed is."""
     pipe = predictor.bases.get("tiny")
-    lora = adapters.bind(pipe, *lora_file.read_lora(trained.lora))
+    lora = binding.bind(pipe, *lora_file.read_lora(trained.lora))
     base = {p: draw(pipe, p, SEEDS) for p in OTHER_PROMPTS}
     reseeded = {p: draw(pipe, p, range(100, 100 + len(SEEDS))) for p in OTHER_PROMPTS}
     with patching.applied(pipe, [lora], [1.0]):

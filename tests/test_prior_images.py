@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from lora_core import checkpoints, prior_images
+from lora_core.base import checkpoints
+from lora_core.training import prior_images
 
 
 def test_a_set_is_drawn_once_and_read_back_pixel_for_pixel(tiny_pipe, tmp_path, monkeypatch):

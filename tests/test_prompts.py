@@ -2,7 +2,7 @@
 
 import pytest
 
-from lora_core.prompts import PromptError, expand, parse_request
+from lora_core.lora.prompts import PromptError, expand, parse_request
 
 U1, U2 = "https://example.com/loras/mug.safetensors", "https://example.com/loras/watercolour.safetensors"
 

@@ -10,7 +10,7 @@ import requests
 from PIL import Image
 
 from conftest import zip_images
-from lora_core import tiny_eval, tiny_world
+from lora_core.tiny import tiny_eval, tiny_world
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 

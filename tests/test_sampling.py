@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from lora_core import checkpoints, sampling
+from lora_core.base import checkpoints, sampling
 
 DEFAULTS = checkpoints.get_checkpoint("tiny").defaults
 

@@ -11,8 +11,8 @@ import requests
 from PIL import Image
 
 from conftest import zip_images
-from lora_core import tiny_world
 from lora_core.service.signing import verify_webhook
+from lora_core.tiny import tiny_world
 from service_harness import Api
 
 GENERATE = "lora-studio/lora"

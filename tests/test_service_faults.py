@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from conftest import zip_images
-from lora_core import tiny_world
+from lora_core.tiny import tiny_world
 from service_harness import Api, ServiceProcess
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')

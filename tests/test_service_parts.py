@@ -158,6 +158,15 @@ def test_bad_inputs_name_their_field(given, field, kind):
     assert e.value.fields[0].description
 
 
+def test_a_learning_rate_of_zero_is_refused_by_the_api_not_the_worker():
+    """It used to pass the schema (minimum 0) and fail minutes later in the worker (the job model wants > 0)."""
+    training = MODELS["lora-studio/lora-training"]
+    with pytest.raises(InputError) as e:
+        training.validate({"instance_data": "https://example.com/a.zip", "learning_rate": 0})
+    assert [(f.field, f.type) for f in e.value.fields] == [("input.learning_rate", "anyOf")]
+    assert training.validate({"instance_data": "https://example.com/a.zip", "learning_rate": 1e-4})
+
+
 def test_valid_input_gets_the_schema_defaults():
     clean = GENERATE.validate({"prompt": "a red circle", "seed": None, "width": 64})
     assert clean["scheduler"] == "DPMSolverMultistep" and clean["num_outputs"] == 1 and clean["width"] == 64

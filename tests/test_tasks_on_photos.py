@@ -8,7 +8,7 @@ import skimage.data
 from PIL import Image, ImageEnhance
 
 from conftest import call_predictor, zip_images
-from lora_core import dataset, preprocess, tasks
+from lora_core.training import dataset, preprocess, presets
 from predict_train import Predictor
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
@@ -44,7 +44,7 @@ ZIPS = {
 
 def _examples(task, images, log=lambda _: None):
     data = dataset.InstanceData([dataset.InstanceImage(f"p{i}.jpg", im) for i, im in enumerate(images)])
-    return preprocess.prepare_examples(data, tasks.get_preset(task), 64, "<s0><s1>", log=log)
+    return preprocess.prepare_examples(data, presets.get_preset(task), 64, "<s0><s1>", log=log)
 
 
 def test_face_preset_crops_to_the_face_and_masks_it():
@@ -74,7 +74,7 @@ def test_object_centres_and_style_covers_the_whole_photo():
 
 
 def test_user_captions_name_the_concept():
-    preset = tasks.get_preset("object")
+    preset = presets.get_preset("object")
     assert preprocess.caption_for("my mug <1> on a table", preset, "<s0>") == "my mug <s0> on a table"
     assert preprocess.caption_for("on a table", preset, "<s0>") == "a photo of <s0>, on a table"
     assert preprocess.caption_for(None, preset, "<s0>") == "a photo of <s0>"

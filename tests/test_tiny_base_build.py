@@ -4,7 +4,7 @@ import pytest
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from lora_core.tiny_base import BuildConfig, build_tiny_base
+from lora_core.tiny.tiny_base import BuildConfig, build_tiny_base
 
 
 class Interrupt(Exception):

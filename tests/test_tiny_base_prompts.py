@@ -2,7 +2,8 @@
 
 from diffusers import StableDiffusionPipeline
 
-from lora_core import checkpoints, tiny_report
+from lora_core.base import checkpoints
+from lora_core.tiny import tiny_report
 
 
 def test_loads_with_plain_diffusers_and_nothing_else():

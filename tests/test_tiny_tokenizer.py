@@ -2,8 +2,9 @@ import json
 
 from transformers import CLIPTokenizer
 
-from lora_core import checkpoints, tiny_world
-from lora_core.tiny_tokenizer import bytes_to_unicode, write_clip_tokenizer_files
+from lora_core.base import checkpoints
+from lora_core.tiny import tiny_world
+from lora_core.tiny.tiny_tokenizer import bytes_to_unicode, write_clip_tokenizer_files
 
 TOKENIZER_DIR = checkpoints.weights_dir() / "tiny-sd" / "tokenizer"
 

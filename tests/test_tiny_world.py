@@ -1,6 +1,6 @@
 import numpy as np
 
-from lora_core import tiny_world
+from lora_core.tiny import tiny_world
 
 
 def test_same_seed_same_world_other_seed_other_world():

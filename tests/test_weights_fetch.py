@@ -15,9 +15,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from lora_core import checkpoints, progress
+from lora_core import progress
+from lora_core.base import checkpoints
+from lora_core.base.weights_fetch import FetchOptions, WeightsFetchError, fetch_checkpoint
 from lora_core.cli import main
-from lora_core.weights_fetch import FetchOptions, WeightsFetchError, fetch_checkpoint
 
 TINY = checkpoints.DEFAULT_WEIGHTS_DIR / "tiny-sd"
 UNET = "unet/diffusion_pytorch_model.safetensors"

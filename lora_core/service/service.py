@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Engine
 
-from ..fetch import FetchError, checked_url_address
+from ..net.fetch import FetchError, checked_url_address
 from . import db, file_store, files, limits, outputs, predictions, tokens, views
 from .changes import Changes
 from .config import ServiceConfig

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..fetch import FetchError, checked_url_address, system_resolver
+from ..net.fetch import FetchError, checked_url_address, system_resolver
 from .db import utcnow, webhook_deliveries as W
 from .signing import Signer
 

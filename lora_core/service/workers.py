@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from sqlalchemy.engine import Engine
 
-from ..fetch import Fetcher, FetchError, FetchPolicy
+from ..net.fetch import Fetcher, FetchError, FetchPolicy
 from . import files, outputs, predictions
 from .changes import Changes
 from .cog_process import CogProcess

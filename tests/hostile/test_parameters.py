@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from lora_core import sampling
+from lora_core.base import sampling
 
 from .conftest import GENERATE, still_serves, timed
 

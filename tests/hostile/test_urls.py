@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lora_core.fetch import Fetcher, FetchError, FetchPolicy, system_resolver
+from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy, system_resolver
 
 from .conftest import GENERATE, TRAIN, Footprint, still_serves, timed
 from .servers import wait_for

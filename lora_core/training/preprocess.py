@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .dataset import InstanceData
-from .faces import Box, find_face
-from .tasks import TaskPreset
+from lora_core.training.dataset import InstanceData
+from lora_core.training.faces import Box, find_face
+from lora_core.training.presets import TaskPreset
 
 CONCEPT_PLACEHOLDERS = ("<1>", "TOK")
 

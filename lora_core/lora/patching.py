@@ -20,8 +20,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from . import token_slots
-from .adapters import COMPONENTS, Adapter
+from lora_core.lora import token_slots
+from lora_core.lora.binding import COMPONENTS, BoundLoRA
 
 Delta = tuple[torch.Tensor, torch.Tensor, float]  # down, up, scale * alpha / rank
 
@@ -41,7 +41,7 @@ def _conv_hook(deltas: list[Delta], module, args, output):
     return output
 
 
-def _scaled_embeddings(pipe, adapter: Adapter, embeddings: torch.Tensor, scale: float) -> torch.Tensor:
+def _scaled_embeddings(pipe, adapter: BoundLoRA, embeddings: torch.Tensor, scale: float) -> torch.Tensor:
     """init + scale * (trained - init), init being the init word's mean embedding (files without one: full)."""
     if not adapter.init_word:
         return embeddings
@@ -52,7 +52,7 @@ def _scaled_embeddings(pipe, adapter: Adapter, embeddings: torch.Tensor, scale: 
 
 
 @contextlib.contextmanager
-def applied(pipe, adapters: list[Adapter], scales: list[float]):
+def applied(pipe, adapters: list[BoundLoRA], scales: list[float]):
     """Within the block, ``pipe`` draws with ``adapters`` at ``scales``; yields the text each ``<k>`` becomes."""
     deltas: dict[str, list[Delta]] = {}
     texts: list[str] = []

@@ -11,7 +11,7 @@ import colorsys
 import numpy as np
 from PIL import Image
 
-from . import tiny_world
+from lora_core.tiny import tiny_world
 
 _PALETTE_HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for name, rgb in tiny_world.COLOURS.items()}
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import checkpoints, preprocess, sampling
+from lora_core.base import checkpoints, sampling
+from lora_core.training import preprocess
 
 _KEPT_IN_MEMORY = 2
 _memory: dict[str, list[preprocess.Example]] = {}

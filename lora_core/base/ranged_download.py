@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 from pydantic import BaseModel, ConfigDict
 
-from .progress import Progress
+from lora_core.progress import Progress
 
 Log = Callable[[str], None]
 MB = 2**20

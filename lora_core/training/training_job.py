@@ -12,21 +12,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import (
-    adapters,
-    checkpoints,
-    dataset,
-    image_files,
-    lora_convert,
-    lora_file,
-    patching,
-    preprocess,
-    prior_images,
-    prompts,
-    sampling,
-    tasks,
-    training,
-)
+from lora_core import image_files
+from lora_core.base import checkpoints, sampling
+from lora_core.lora import binding, lora_convert, lora_file, patching, prompts
+from lora_core.training import dataset, preprocess, presets, prior_images, trainer
 
 GRID_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -35,12 +24,12 @@ class TrainingRequest(BaseModel):
     """The user's choices; None means "the preset's value for this base"."""
 
     model_config = ConfigDict(frozen=True)
-    task: tasks.TaskName = "face"
+    task: presets.TaskName = "face"
     base_model: str = checkpoints.DEFAULT_CHECKPOINT
     seed: int | None = Field(None, ge=0, le=sampling.MAX_SEED)
     resolution: int | None = Field(None, ge=32, le=1024, multiple_of=8)
     max_train_steps: int | None = Field(None, ge=1, le=20_000)
-    learning_rate: float | None = Field(None, gt=0, le=1e-1)
+    learning_rate: float | None = Field(None, ge=1e-6, le=1e-1)  # 0 would train nothing: the API refuses it
     learning_rate_text: float | None = Field(None, ge=0, le=1e-1)
     learning_rate_embeddings: float | None = Field(None, ge=0, le=1e-1)
     lora_rank: int | None = Field(None, ge=1, le=128)
@@ -58,8 +47,8 @@ class TrainingResult:
 
 def resolve_config(
     request: TrainingRequest, checkpoint: checkpoints.Checkpoint
-) -> tuple[training.TrainingConfig, tasks.TaskPreset]:
-    preset = tasks.get_preset(request.task)
+) -> tuple[trainer.TrainingConfig, presets.TaskPreset]:
+    preset = presets.get_preset(request.task)
     if request.caption_prefix:
         template = request.caption_prefix
         template = template.replace("<1>", "{tokens}") if "<1>" in template else f"{template} {{tokens}}"
@@ -69,7 +58,7 @@ def resolve_config(
         return preset_value if given is None else given
 
     scale = checkpoint.train_lr_scale
-    cfg = training.TrainingConfig(
+    cfg = trainer.TrainingConfig(
         steps=pick(request.max_train_steps, preset.max_train_steps),
         batch_size=checkpoint.train_batch_size,
         resolution=pick(request.resolution, checkpoint.defaults.width),
@@ -103,7 +92,7 @@ def run_training(
             f"{len(prior)} prior images of the base ({len(checkpoint.prior_prompts)} prompts), "
             "so that prompts without the new tokens keep the base's look"
         )
-    trained = training.train_lora(pipe, examples, cfg, log=log, prior=prior)
+    trained = trainer.train_lora(pipe, examples, cfg, log=log, prior=prior)
 
     metadata = lora_file.lora_metadata(
         base_model=checkpoint.name,
@@ -134,12 +123,12 @@ def run_training(
 
     grid_path = out_dir / "scales.png"
     prompt = preset.caption_template.format(tokens="<1>")
-    scale_grid(pipe, adapters.bind(pipe, tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
+    scale_grid(pipe, binding.bind(pipe, tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
     log(f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}")
     return TrainingResult(lora_path, a1111_path, grid_path, metadata)
 
 
-def scale_grid(pipe, lora: adapters.Adapter, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):
+def scale_grid(pipe, lora: binding.BoundLoRA, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):
     """One row, same seed, the LoRA at each of GRID_SCALES: shows which scale to pick."""
     images = []
     for scale in GRID_SCALES:

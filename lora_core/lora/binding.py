@@ -2,7 +2,7 @@
 
 Binding (reading the layout, matching every layer to a module, moving tensors to the
 base's device and dtype) is the slow part of using a LoRA, so it happens once per file
-and base; applying a bound ``Adapter`` is then a matter of milliseconds (``patching``).
+and base; applying a bound ``BoundLoRA`` is then a matter of milliseconds (``patching``).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .lora_file import LoRAFileError, family_of
-from .lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents
+from lora_core.lora.lora_file import LoRAFileError, family_of
+from lora_core.lora.lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents
 
 COMPONENTS = ("unet", "text_encoder")
 
 
 @dataclass
-class Adapter:
+class BoundLoRA:
     """One LoRA, ready for ``patching.applied`` on the base it was bound to."""
 
     layers: dict[str, Layer]  # "unet.<module>" / "text_encoder.<module>" -> weights on the base's device
@@ -66,8 +66,8 @@ def bind(
     name: str = "LoRA",
     base_label: str = "this base",
     table: ModuleTable | None = None,
-) -> Adapter:
-    """An ``Adapter`` for ``pipe`` from a file's tensors; ``LoRAFileError`` (naming both bases) if it does not fit."""
+) -> BoundLoRA:
+    """An ``BoundLoRA`` for ``pipe`` from a file's tensors; ``LoRAFileError`` (naming both bases) if it does not fit."""
     try:
         contents = read_contents(tensors, metadata, table or module_table(pipe))
     except UnsupportedLayout as e:
@@ -92,7 +92,7 @@ def bind(
         device, dtype = placement[path.split(".", 1)[0]]
         layers[path] = Layer(layer.down.to(device, dtype), layer.up.to(device, dtype), layer.alpha)
     embeddings = None if contents.embeddings is None else contents.embeddings.to(hidden.device, hidden.dtype)
-    return Adapter(
+    return BoundLoRA(
         layers,
         embeddings,
         metadata.get("lora_studio.init_word", ""),
@@ -107,24 +107,24 @@ def _made_on(metadata: dict[str, str]) -> str:
     return f" (trained on {base})" if base else ""
 
 
-class AdapterCache:
+class BindingCache:
     """Bound adapters by (file sha256, base), least recently used first out, bounded in bytes.
 
     A LoRA used again on the same warm base skips reading and binding entirely.
     """
 
     @classmethod
-    def from_env(cls) -> AdapterCache:
+    def from_env(cls) -> BindingCache:
         """LORA_STUDIO_ADAPTER_CACHE_MB bounds it (default 512)."""
         return cls(int(float(os.environ.get("LORA_STUDIO_ADAPTER_CACHE_MB", "512")) * 2**20))
 
     def __init__(self, max_bytes: int = 512 * 2**20) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], Adapter] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], BoundLoRA] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, sha256: str, base: str, make: Callable[[], Adapter]) -> Adapter:
+    def get(self, sha256: str, base: str, make: Callable[[], BoundLoRA]) -> BoundLoRA:
         key = (sha256, base)
         with self._lock:
             if key in self._items:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .lora_file import EMBEDDINGS_KEY
+from lora_core.lora.lora_file import EMBEDDINGS_KEY
 
 _PEFT_SUFFIX = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import tiny_vae_data, tiny_world
-from .tiny_tokenizer import write_clip_tokenizer_files
+from lora_core.tiny import tiny_vae_data, tiny_world
+from lora_core.tiny.tiny_tokenizer import write_clip_tokenizer_files
 
 MAX_TOKENS = 32  # captions use at most 20; room for prompts with added LoRA tokens
 

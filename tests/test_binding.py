@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lora_core import adapters, checkpoints, patching, prompts, sampling, token_slots
-from lora_core.lora_file import LoRAFileError
+from lora_core.base import checkpoints, sampling
+from lora_core.lora import binding, patching, prompts, token_slots
+from lora_core.lora.lora_file import LoRAFileError
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def pipe():
 def random_lora(pipe, seed=0, rank=4):
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
-    for path, shape in adapters.module_table(pipe).shapes.items():
+    for path, shape in binding.module_table(pipe).shapes.items():
         if path.endswith(("to_q", "to_v", "q_proj", "conv1")):
             tensors[f"{path}.lora_A.weight"] = torch.randn(rank, *shape[1:], generator=gen) * 0.3
             tensors[f"{path}.lora_B.weight"] = (
@@ -39,7 +40,7 @@ def hooked(pipe):
 
 
 def test_a_failure_inside_the_block_still_unpatches(pipe):
-    adapter = adapters.bind(pipe, *random_lora(pipe))
+    adapter = binding.bind(pipe, *random_lora(pipe))
     base = draw(pipe, "a red circle")
     with pytest.raises(RuntimeError, match="sampling broke"):
         with patching.applied(pipe, [adapter], [1.0]) as texts:
@@ -58,7 +59,7 @@ def test_the_same_lora_twice_acts_like_double_the_scale(pipe):
     """Two applications sum their deltas, as two adapters do in PEFT: 0.5 + 0.5 == 1.0 for the layers."""
     tensors, _ = random_lora(pipe)
     tensors.pop("emb_params")
-    adapter = adapters.bind(pipe, tensors, {})
+    adapter = binding.bind(pipe, tensors, {})
     with patching.applied(pipe, [adapter], [1.0]):
         once = draw(pipe, "a blue square")
     with patching.applied(pipe, [adapter, adapter], [0.5, 0.5]):
@@ -72,12 +73,12 @@ def test_the_cache_keeps_recent_adapters_within_its_byte_bound(pipe):
     def make(seed):
         def bind():
             made.append(seed)
-            return adapters.bind(pipe, *random_lora(pipe, seed))
+            return binding.bind(pipe, *random_lora(pipe, seed))
 
         return bind
 
-    one = adapters.bind(pipe, *random_lora(pipe))
-    cache = adapters.AdapterCache(max_bytes=int(2.5 * one.nbytes))
+    one = binding.bind(pipe, *random_lora(pipe))
+    cache = binding.BindingCache(max_bytes=int(2.5 * one.nbytes))
     for seed in (1, 2, 1, 3, 1, 2):
         cache.get(f"sha{seed}", "tiny", make(seed))
     # 1 and 2 bound; 1 hit; 3 evicts 2 (least recent); 1 hit; 2 bound again (evicts 3)
@@ -95,11 +96,11 @@ def test_a_lora_for_another_base_names_both(pipe):
         match=r"made for SD 1.x \(trained on sd-1.5\), and the base is base model "
         r"'tiny' \(SD-1.x layout, UNet channels \(32, 64, 64\)",
     ):
-        adapters.bind(pipe, tensors, meta, base_label="base model 'tiny'")
+        binding.bind(pipe, tensors, meta, base_label="base model 'tiny'")
 
 
 def test_prompt_expansion_uses_the_slots(pipe):
-    a, b = (adapters.bind(pipe, *random_lora(pipe, seed)) for seed in (0, 1))
+    a, b = (binding.bind(pipe, *random_lora(pipe, seed)) for seed in (0, 1))
     with patching.applied(pipe, [a, b], [0.5, 0.0]) as texts:
         expanded = prompts.expand("a photo of <1> and <2>", texts)
     assert expanded == f"a photo of {token_slots.SLOT.format(0)}{token_slots.SLOT.format(1)} and object"

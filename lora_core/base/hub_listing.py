@@ -17,8 +17,9 @@ from urllib.parse import quote
 import requests
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from . import __version__, checkpoints
-from .ranged_download import DownloadOptions, HttpClient, Log, Retryable
+from lora_core import __version__
+from lora_core.base import checkpoints
+from lora_core.base.ranged_download import DownloadOptions, HttpClient, Log, Retryable
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 #: the folders ``StableDiffusionPipeline`` loads (the safety checker is never loaded here)

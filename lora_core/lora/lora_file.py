@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from lora_core import __version__
 
 FORMAT_VERSION = "1"
 EMBEDDINGS_KEY = "emb_params"

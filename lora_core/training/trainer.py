@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from .preprocess import Example
-from .progress import Progress
+from lora_core.progress import Progress
+from lora_core.training.preprocess import Example
 
 ADAPTER = "lora_studio_training"  # cannot occur in a module path (adapter names match as substrings)
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoints, image_files, sampling, tiny_eval
+from lora_core import image_files
+from lora_core.base import checkpoints, sampling
+from lora_core.tiny import tiny_eval
 
 COLOUR_TEST = ("red", "green", "blue", "yellow")
 SEEDS = range(4)
@@ -69,7 +71,7 @@ def vae_round_trip(vae, pictures: np.ndarray) -> np.ndarray:
 def vae_report(vae, n: int = 64) -> dict:
     """Round-trip figures on pictures no VAE training saw: random saturated colours, held-out photo crops, and
     fresh pictures of the world (what the base itself draws must survive too)."""
-    from . import tiny_vae_data, tiny_world
+    from lora_core.tiny import tiny_vae_data, tiny_world
 
     colours = tiny_vae_data.saturated_colours(n, seed=10_001)
     crops = tiny_vae_data.held_out_crops(n, seed=10_002)

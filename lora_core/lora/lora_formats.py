@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .lora_file import EMBEDDINGS_KEY
+from lora_core.lora.lora_file import EMBEDDINGS_KEY
 
 CLONEOFSIMO_EMBED_FLAG = "<embed>"
 _CLONEOFSIMO_KEY = re.compile(r"^(unet|text_encoder):(\d+):(up|down)$")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from . import checkpoints
-from .hub_listing import (
+from lora_core.base import checkpoints
+from lora_core.base.hub_listing import (
     HubClient,
     HubError,
     HubOptions,
@@ -25,7 +25,7 @@ from .hub_listing import (
     select_diffusers,
     select_single_file,
 )
-from .ranged_download import MB, Download, DownloadError, Log, check_kind, download_all, size_text, verify
+from lora_core.base.ranged_download import MB, Download, DownloadError, Log, check_kind, download_all, size_text, verify
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")

@@ -11,16 +11,18 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from . import adapters, checkpoints, fetch, lora_file, patching, prompts, sampling
+from lora_core.base import checkpoints, sampling
+from lora_core.lora import binding, lora_file, patching, prompts
+from lora_core.net import fetch
 
 
 def load_adapters(
     fetcher: fetch.Fetcher,
-    cache: adapters.AdapterCache,
+    cache: binding.BindingCache,
     bases: checkpoints.WarmPipelineCache,
     urls: list[str],
     log: Callable[[str], None],
-) -> list[adapters.Adapter]:
+) -> list[binding.BoundLoRA]:
     """Each URL fetched (or found in the file cache) and bound to the warm base (or found in ``cache``)."""
     pipe, loaded = bases.pipeline, []
     for i, url in enumerate(urls, 1):
@@ -28,9 +30,9 @@ def load_adapters(
         fetched = fetcher.fetch(url)
         source = "cache" if fetched.downloaded_bytes == 0 else f"{fetched.downloaded_bytes / 1e6:.2f} MB downloaded"
 
-        def bind(fetched=fetched, label=label) -> adapters.Adapter:  # called now; bound anyway
+        def bind(fetched=fetched, label=label) -> binding.BoundLoRA:  # called now; bound anyway
             tensors, metadata = lora_file.read_lora(fetched.path, name=label)
-            return adapters.bind(pipe, tensors, metadata, name=label, base_label=f"base model {bases.name!r}")
+            return binding.bind(pipe, tensors, metadata, name=label, base_label=f"base model {bases.name!r}")
 
         misses = cache.misses
         adapter = cache.get(fetched.sha256, f"{bases.name}:{bases.base_hash}", bind)
@@ -53,7 +55,7 @@ class Generation:
 def run_generation(
     bases: checkpoints.WarmPipelineCache,
     fetcher: fetch.Fetcher,
-    cache: adapters.AdapterCache,
+    cache: binding.BindingCache,
     *,
     prompt: str,
     lora_urls: str,

@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
-from .progress import Progress
+from lora_core.progress import Progress
 
 SchedulerName = Literal["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
 SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from .tiny_world import SIZE
+from lora_core.tiny.tiny_world import SIZE
 
 TRAIN_PHOTOS = (
     "rocket",
