@@ -111,6 +111,16 @@ def _tiny_report(args: argparse.Namespace) -> None:
     from lora_core.tiny.tiny_report import write_report
 
     print(json.dumps(write_report(Path(args.out)), indent=1))
+    if args.presets:
+        import tempfile
+
+        from lora_core.tiny.preset_learning import preset_report
+
+        out = Path(args.presets)
+        with tempfile.TemporaryDirectory() as work:  # zips and LoRAs: only the figures are kept
+            figures = preset_report(Path(work))
+        out.write_text(json.dumps(figures, indent=1) + "\n")
+        print(json.dumps(figures, indent=1))
 
 
 def _weights_fetch(args: argparse.Namespace) -> None:
@@ -234,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("tiny-report", help="colour and shape tests of the tiny base, and the README grid")
     p.add_argument("--out", default="docs/tiny-grid.png")
+    p.add_argument(
+        "--presets",
+        metavar="JSON",
+        help="also train each preset on its photos and write how far it moves the base towards them "
+        "(minutes; e.g. docs/preset-learning.json)",
+    )
     p.set_defaults(func=_tiny_report)
 
     p = sub.add_parser(

@@ -1,33 +1,15 @@
 """Each task preset on real photos (shipped inside scikit-image's wheel), as zips of augmented crops."""
 
-import random
-
 import numpy as np
 import pytest
 import skimage.data
-from PIL import Image, ImageEnhance
 
 from conftest import call_predictor, zip_images
+from lora_core.tiny.preset_learning import PRESET_PHOTOS, augmented, preset_photos
 from lora_core.training import dataset, preprocess, presets
 from predict_train import Predictor
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
-
-
-def augmented(photo: np.ndarray, n: int, seed: int) -> list[Image.Image]:
-    """Crops (80-100% of each side), mirror images and brightness changes of one photo."""
-    rng = random.Random(seed)
-    image = Image.fromarray(photo).convert("RGB")
-    out = []
-    for _ in range(n):
-        w, h = image.size
-        cw, ch = int(w * rng.uniform(0.8, 1.0)), int(h * rng.uniform(0.8, 1.0))
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = image.crop((x, y, x + cw, y + ch))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        out.append(ImageEnhance.Brightness(crop).enhance(rng.uniform(0.8, 1.2)))
-    return out
 
 
 def photo_zip(path, images):
@@ -35,9 +17,7 @@ def photo_zip(path, images):
 
 
 ZIPS = {
-    "face": lambda: augmented(skimage.data.astronaut(), 5, 0),
-    "object": lambda: augmented(skimage.data.chelsea(), 3, 1) + augmented(skimage.data.coffee(), 2, 2),
-    "style": lambda: sum((augmented(getattr(skimage.data, t)(), 2, 3) for t in ("brick", "grass", "gravel")), []),
+    **{task: (lambda task=task: preset_photos(task)) for task in PRESET_PHOTOS},
     "no_face": lambda: augmented(skimage.data.chelsea(), 4, 4),
 }
 
