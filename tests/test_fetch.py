@@ -169,3 +169,28 @@ def test_data_and_enabled_file_urls(tmp_path):
     assert f.fetch(local.as_uri()).path == local
     with pytest.raises(FetchError, match="not valid base64"):
         f.fetch("data:application/octet-stream;base64,!!!")
+
+
+def test_the_policy_comes_from_the_environment_and_a_bad_value_names_its_variable(monkeypatch, tmp_path):
+    from lora_core.env_settings import EnvSettingsError
+    from lora_core.lora.binding import BindingCache
+
+    monkeypatch.setenv("LORA_STUDIO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", " 127.0.0.1, 10.0.0.5:8000 ,")
+    monkeypatch.setenv("LORA_STUDIO_ALLOW_FILE_URLS", "1")
+    monkeypatch.setenv("LORA_STUDIO_LORA_TIMEOUT_S", "3")
+    monkeypatch.setenv("LORA_STUDIO_MAX_LORA_BYTES", "")  # set but empty: the default
+    policy = FetchPolicy.from_env()
+    assert policy.cache_dir == tmp_path and policy.allow_file_urls and policy.total_timeout_s == 3
+    assert policy.allowed_private_hosts == {"127.0.0.1", "10.0.0.5:8000"} and policy.max_bytes == 2**30
+    monkeypatch.setenv("LORA_STUDIO_MAX_LORA_BYTES", "lots")
+    monkeypatch.setenv("LORA_STUDIO_LORA_READ_TIMEOUT_S", "-1")
+    with pytest.raises(EnvSettingsError) as e:
+        FetchPolicy.from_env()
+    assert "LORA_STUDIO_MAX_LORA_BYTES: Input should be a valid integer" in str(e.value)
+    assert "LORA_STUDIO_LORA_READ_TIMEOUT_S: Input should be greater than 0 (got '-1')" in str(e.value)
+    monkeypatch.setenv("LORA_STUDIO_ADAPTER_CACHE_MB", "1.5")
+    assert BindingCache.from_env().max_bytes == int(1.5 * 2**20)
+    monkeypatch.setenv("LORA_STUDIO_ADAPTER_CACHE_MB", "-2")
+    with pytest.raises(EnvSettingsError, match="LORA_STUDIO_ADAPTER_CACHE_MB: Input should be greater than or equal"):
+        BindingCache.from_env()

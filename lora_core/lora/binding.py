@@ -7,14 +7,16 @@ and base; applying a bound ``BoundLoRA`` is then a matter of milliseconds (``pat
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lora_core.env_settings import read_env
 from lora_core.lora.lora_file import LoRAFileError, family_of
 from lora_core.lora.lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents
 
@@ -107,6 +109,13 @@ def _made_on(metadata: dict[str, str]) -> str:
     return f" (trained on {base})" if base else ""
 
 
+class CacheEnv(BaseSettings):
+    """The bound LoRAs' memory budget, from the environment (pydantic-settings checks it at start)."""
+
+    model_config = SettingsConfigDict(env_prefix="LORA_STUDIO_", env_ignore_empty=True, extra="ignore")
+    adapter_cache_mb: float = Field(512, ge=0)
+
+
 class BindingCache:
     """Bound adapters by (file sha256, base), least recently used first out, bounded in bytes.
 
@@ -115,8 +124,8 @@ class BindingCache:
 
     @classmethod
     def from_env(cls) -> BindingCache:
-        """LORA_STUDIO_ADAPTER_CACHE_MB bounds it (default 512)."""
-        return cls(int(float(os.environ.get("LORA_STUDIO_ADAPTER_CACHE_MB", "512")) * 2**20))
+        """LORA_STUDIO_ADAPTER_CACHE_MB bounds it (``CacheEnv``)."""
+        return cls(int(read_env(CacheEnv).adapter_cache_mb * 2**20))
 
     def __init__(self, max_bytes: int = 512 * 2**20) -> None:
         self.max_bytes = max_bytes

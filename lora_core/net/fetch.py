@@ -27,9 +27,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from lora_core.env_settings import read_env
 
 Resolver = Callable[[str, int], list[str]]
 Log = Callable[[str], None]
@@ -54,27 +58,34 @@ class FetchPolicy(BaseModel):
 
     @classmethod
     def from_env(cls) -> FetchPolicy:
-        """Deployment settings: LORA_STUDIO_CACHE_DIR, LORA_STUDIO_ALLOW_FILE_URLS=1,
-        LORA_STUDIO_ALLOWED_PRIVATE_HOSTS=host,host (for tests and private networks only), and the limits
-        LORA_STUDIO_MAX_LORA_BYTES, LORA_STUDIO_LORA_READ_TIMEOUT_S, LORA_STUDIO_LORA_TIMEOUT_S (whole download)."""
-        env = os.environ
-        hosts = [h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()]
-        limits: dict = {field: float(env[name]) for field, name in _LIMITS.items() if env.get(name)}
-        if "max_bytes" in limits:
-            limits["max_bytes"] = int(limits["max_bytes"])
+        """The deployment's settings (``FetchEnv``); limits not set keep this model's defaults."""
+        env = read_env(FetchEnv)
+        limits = {"max_bytes": env.max_lora_bytes, "read_timeout_s": env.lora_read_timeout_s}
+        limits["total_timeout_s"] = env.lora_timeout_s
         return cls(
-            cache_dir=Path(env.get("LORA_STUDIO_CACHE_DIR", Path.home() / ".cache" / "lora-studio" / "loras")),
-            allow_file_urls=env.get("LORA_STUDIO_ALLOW_FILE_URLS") == "1",
-            allowed_private_hosts=frozenset(hosts),
-            **limits,
+            cache_dir=env.cache_dir,
+            allow_file_urls=env.allow_file_urls,
+            allowed_private_hosts=env.allowed_private_hosts,
+            **{k: v for k, v in limits.items() if v is not None},
         )
 
 
-_LIMITS = {
-    "max_bytes": "LORA_STUDIO_MAX_LORA_BYTES",
-    "read_timeout_s": "LORA_STUDIO_LORA_READ_TIMEOUT_S",
-    "total_timeout_s": "LORA_STUDIO_LORA_TIMEOUT_S",
-}
+class FetchEnv(BaseSettings):
+    """``LORA_STUDIO_*`` variables of the workers' LoRA downloads, parsed and checked by pydantic-settings: a bad
+    value stops the worker at start with the variable's name, not a prediction later."""
+
+    model_config = SettingsConfigDict(env_prefix="LORA_STUDIO_", env_ignore_empty=True, extra="ignore", frozen=True)
+    cache_dir: Path = Path.home() / ".cache" / "lora-studio" / "loras"
+    allow_file_urls: bool = False  # file:// LoRA URLs: the CLI on one's own files, never a service worker
+    allowed_private_hosts: Annotated[frozenset[str], NoDecode] = frozenset()  # "host,host:port": tests, private nets
+    max_lora_bytes: int | None = Field(None, gt=0)
+    lora_read_timeout_s: float | None = Field(None, gt=0)
+    lora_timeout_s: float | None = Field(None, gt=0)  # the whole download, headers included
+
+    @field_validator("allowed_private_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return frozenset(h.strip() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
