@@ -145,6 +145,9 @@ def _bench(argv: list[str]) -> int:
     """``python -m bench`` under its own argument parser (bench/ lives beside lora_core/)."""
     from .service.config import REPO_ROOT
 
+    if not (REPO_ROOT / "bench" / "__main__.py").is_file():
+        print("error: the benchmarks run from a source checkout (bench/ beside lora_core/), not an installed wheel")
+        return 2
     sys.path.insert(0, str(REPO_ROOT))
     from bench.__main__ import main as bench_main
 

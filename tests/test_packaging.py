@@ -1,0 +1,68 @@
+"""What `pip install .` and `pip install .[service]` promise matches the exact pins the images are built from."""
+
+from __future__ import annotations
+
+import ast
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "-r")):
+            req = Requirement(line)
+            out[req.name.lower().replace("_", "-")] = str(req.specifier)
+    return out
+
+
+def _declared(items: list[str]) -> dict[str, str]:
+    return {Requirement(r).name.lower().replace("_", "-"): str(Requirement(r).specifier) for r in items}
+
+
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_the_wheels_dependencies_are_the_images_pins():
+    core, service = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-service.txt")
+    for name, spec in _declared(PROJECT["dependencies"]).items():
+        assert core.get(name) == spec, f"{name}: pyproject {spec}, requirements.txt {core.get(name)}"
+    for name, spec in _declared(PROJECT["optional-dependencies"]["service"]).items():
+        assert service.get(name, core.get(name)) == spec, f"{name}: pyproject[service] {spec}"
+
+
+def test_every_package_the_service_imports_is_declared():
+    """Top-level imports of lora_core/service (lazy ones included) name distributions in [project] or [service]."""
+    declared = set(_declared(PROJECT["dependencies"])) | set(_declared(PROJECT["optional-dependencies"]["service"]))
+    # what those bring with them by their own metadata (starlette with fastapi, jinja2 with torch...)
+    from importlib.metadata import requires
+
+    frontier, closure = list(declared), set(declared)
+    while frontier:
+        for r in requires(frontier.pop()) or []:
+            req = Requirement(r)
+            name = req.name.lower().replace("_", "-")
+            if req.marker is None and name not in closure:
+                closure.add(name)
+                frontier.append(name)
+    dists = packages_distributions()
+    missing = set()
+    for path in (ROOT / "lora_core" / "service").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "lora_core":
+                    continue
+                if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & closure:
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, sorted(missing)
