@@ -133,7 +133,6 @@ def _weights_fetch(args: argparse.Namespace) -> None:
         file=args.file,
         source=args.source,
         connections=args.connections,
-        split_above_bytes=int(args.split_above_mb * 2**20),
     )
     summary = fetch_checkpoint(
         args.name, options, Path(args.dest) if args.dest else None, log=functools.partial(print, flush=True)
@@ -286,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", help="e.g. fp16: take those weight files where the repository has them")
     p.add_argument("--file", help="single-file checkpoints: which top-level .safetensors to take")
     p.add_argument("--source", help="hub repository id to fetch instead of the registry's (NAME becomes weights/NAME)")
-    p.add_argument("--connections", type=int, default=4, help="parallel HTTP connections, all files together")
-    p.add_argument("--split-above-mb", type=float, default=64, help="files bigger than this come in parallel ranges")
+    p.add_argument("--connections", type=int, default=4, help="files downloaded at once")
     p.add_argument("--dest", help="weights folder (default: $LORA_STUDIO_WEIGHTS or weights/)")
     p.set_defaults(func=_weights_fetch)
 

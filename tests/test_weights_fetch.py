@@ -1,7 +1,9 @@
 """``lora-studio weights fetch`` against a local HTTP server that answers like the Hugging Face hub.
 
 The hub serves the committed tiny base (``weights/tiny-sd``) as repository ``org/tiny``, plus files a pipeline
-never loads (a pickle UNet, a top-level ``.ckpt``, an fp16 twin), so every test compares real bytes.
+never loads (a pickle UNet, a top-level ``.ckpt``, an fp16 twin), so every test compares real bytes. It answers what
+``huggingface_hub`` asks: the listing (``/api/models/{repo}/revision/{rev}?blobs=true``), then per file a HEAD and a
+GET on ``/{repo}/resolve/{commit}/{path}`` (only at the listed commit: downloads must be pinned to it).
 """
 
 import hashlib
@@ -10,10 +12,13 @@ import json
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from huggingface_hub import constants as hf_constants
 
 from lora_core import progress
 from lora_core.base import checkpoints
@@ -29,6 +34,7 @@ EXTRA = {
     "v1-5.ckpt": b"PK\x03\x04" + bytes(500),
     "unet/diffusion_pytorch_model.fp16.safetensors": FP16,
 }
+COMMIT = "c0ffee" * 6 + "beef"
 
 
 def tiny_files() -> dict[str, bytes]:
@@ -42,49 +48,54 @@ def git_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def is_lfs(path: str) -> bool:
+    return path.endswith((".safetensors", ".bin", ".ckpt"))
+
+
 class Hub:
-    """Repositories of files, the tree API and ``resolve`` with ``Range``; records what the client asked for."""
+    """Repositories of files behind the hub's API and ``resolve``; records what the client asked for and can
+    misbehave on cue."""
 
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, bytes]] = {}
         self.extra_rows: list[dict] = []
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header) of each download
-        self.auth: list[str | None] = []
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header) on resolve
+        self.listings = 0
+        self.auth: list[tuple[str, str | None]] = []  # (URL path, Authorization header) of every request
+        self.cdn = ""  # when set, LFS files are redirected there, as huggingface.co does
         self.ignore_range = False
-        self.drop_after: dict[str, int] = {}  # path → bytes sent before its next answer is cut off
-        self.fail_once: dict[str, int] = {}  # path → HTTP status of its next answer
+        # (method, path or "listing") → what its next answers do: an HTTP status, or ("drop", n): n bytes then cut
+        self.faults: dict[tuple[str, str], list] = {}
         self.corrupt: set[str] = set()
         self.lock = threading.Lock()
         self.url = ""
+        self.cache = Path()
 
-    def listing(self, repo: str) -> list[dict]:
-        files = self.repos[repo]
-        rows = [
-            {"type": "directory", "oid": "0" * 40, "size": 0, "path": d}
-            for d in sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
-        ]
-        for path, data in files.items():
-            row = {"type": "file", "path": path, "size": len(data)}
-            if path.endswith((".safetensors", ".bin", ".ckpt")):  # LFS: sha256 of the content
-                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}"
+    def listing(self, repo: str) -> dict:
+        rows = []
+        for path, data in self.repos[repo].items():
+            row: dict = {"rfilename": path, "size": len(data), "blobId": git_sha1(data)}
+            if is_lfs(path):  # the blob id is then the pointer's; the content's sha256 is in lfs
+                sha = hashlib.sha256(data).hexdigest()
+                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
                 row |= {
-                    "oid": git_sha1(pointer.encode()),
-                    "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134},
+                    "blobId": git_sha1(pointer.encode()),
+                    "lfs": {"sha256": sha, "size": len(data), "pointerSize": 134},
                 }
-            else:
-                row["oid"] = git_sha1(data)
             rows.append(row)
-        return rows + self.extra_rows
+        return {"id": repo, "sha": COMMIT, "private": False, "siblings": rows + self.extra_rows}
 
-    def ranges(self, path: str) -> list[tuple[int, int]]:
-        """The ``[start, end)`` asked for by each request of ``path`` (a request without Range is the whole file)."""
-        size = len(NEEDED.get(path, b""))
-        out = []
-        for p, header in self.requests:
-            if p == path:
-                a, b = re.fullmatch(r"bytes=(\d+)-(\d*)", header).groups() if header else (0, size - 1)
-                out.append((int(a), int(b) + 1 if b != "" else size))
-        return out
+    def fault(self, method: str, path: str):
+        with self.lock:
+            queue = self.faults.get((method, path))
+            return queue.pop(0) if queue else None
+
+    def gets(self, path: str) -> list[str | None]:
+        """The Range header of each GET of ``path``."""
+        return [r for m, p, r in self.requests if m == "GET" and p == path]
+
+    def downloaded(self) -> set[str]:
+        return {p for m, p, _ in self.requests if m == "GET"}
 
 
 def handler_for(hub: Hub):
@@ -92,47 +103,83 @@ def handler_for(hub: Hub):
         def log_message(self, *args) -> None:
             pass
 
+        def do_HEAD(self) -> None:
+            self.serve("HEAD")
+
         def do_GET(self) -> None:
-            hub.auth.append(self.headers.get("Authorization"))
-            tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/?]+)\?recursive=true", self.path)
-            if tree and tree[1] in hub.repos:
-                return self.answer(200, json.dumps(hub.listing(tree[1])).encode(), "application/json")
-            file = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path)
-            path = unquote(file[3]) if file else ""
-            data = hub.repos.get(file[1], {}).get(path) if file else None
+            self.serve("GET")
+
+        def serve(self, method: str) -> None:
+            url = urlsplit(self.path)
+            hub.auth.append((url.path, self.headers.get("Authorization")))
+            api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", url.path)
+            if api and method == "GET":
+                hub.listings += 1
+                if api[1] not in hub.repos:
+                    return self.answer(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+                if unquote(api[2]) not in ("main", COMMIT):
+                    return self.answer(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
+                if fail := hub.fault("GET", "listing"):
+                    return self.answer(fail, b"try again")
+                assert parse_qs(url.query).get("blobs") == ["true"], url.query  # sizes and hashes are asked for
+                return self.answer(200, json.dumps(hub.listing(api[1])).encode(), {"Content-Type": "application/json"})
+            file = re.fullmatch(r"/(cdn/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", url.path)
+            path = unquote(file[4]) if file else ""
+            data = hub.repos.get(file[2], {}).get(path) if file and unquote(file[3]) == COMMIT else None
             if data is None:
-                return self.answer(404, b"not found")
+                return self.answer(404, b"not found", {"X-Error-Code": "EntryNotFound"} if file else {})
+            if hub.cdn and is_lfs(path) and not file[1]:
+                sha = hashlib.sha256(data).hexdigest()
+                return self.answer(
+                    302,
+                    b"",
+                    {
+                        "Location": f"{hub.cdn}/cdn{url.path}",
+                        "X-Repo-Commit": COMMIT,
+                        "X-Linked-Etag": f'"{sha}"',
+                        "X-Linked-Size": str(len(data)),
+                    },
+                )
             header = self.headers.get("Range")
             with hub.lock:
-                hub.requests.append((path, header))
-                fail, cut = hub.fail_once.pop(path, None), hub.drop_after.pop(path, None)
-            if fail:
-                return self.answer(fail, b"try again")
+                hub.requests.append((method, path, header))
+            fault = hub.fault(method, path)
+            if isinstance(fault, int):
+                return self.answer(fault, b"try again")
             if path in hub.corrupt:
                 data = data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1 :]
             start, end, status = 0, len(data), 200
-            if header and not hub.ignore_range:
+            if header and method == "GET" and not hub.ignore_range:
                 a, b = re.fullmatch(r"bytes=(\d+)-(\d*)", header).groups()
                 start, end, status = int(a), min(len(data), int(b) + 1 if b else len(data)), 206
             self.send_response(status)
             self.send_header("Content-Length", str(end - start))
+            self.send_header("X-Repo-Commit", COMMIT)
+            if is_lfs(path):  # what the hub says of an LFS file (it would also redirect to a CDN)
+                self.send_header("X-Linked-Etag", f'"{hashlib.sha256(hub.repos[file[2]][path]).hexdigest()}"')
+                self.send_header("X-Linked-Size", str(len(data)))
+            self.send_header("ETag", f'"{git_sha1(hub.repos[file[2]][path])}"')
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
             self.end_headers()
+            if method == "HEAD":
+                return
             body = data[start:end]
-            if cut is not None:  # a dropped connection: fewer bytes than announced
-                self.wfile.write(body[:cut])
+            if fault is not None:  # ("drop", n): a dropped connection, fewer bytes than announced
+                self.wfile.write(body[: fault[1]])
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
             self.wfile.write(body)
 
-        def answer(self, status: int, body: bytes, kind: str = "text/plain") -> None:
+        def answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", kind)
+            for k, v in ({"Content-Type": "text/plain"} | (headers or {})).items():
+                self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
     return Handler
 
@@ -145,12 +192,15 @@ class QuietServer(ThreadingHTTPServer):
 
 
 @pytest.fixture
-def hub(monkeypatch):
+def hub(monkeypatch, tmp_path_factory):
     h = Hub()
     h.repos["org/tiny"] = tiny_files() | EXTRA
     server = QuietServer(("127.0.0.1", 0), handler_for(h))
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     h.url = f"http://127.0.0.1:{server.server_address[1]}"
+    # huggingface_hub's own cache: read when it may hold a file, never written; the tests check that
+    h.cache = tmp_path_factory.mktemp("hf") / "hub-cache"
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(h.cache))
     defaults = checkpoints.REGISTRY["tiny"].defaults
     monkeypatch.setitem(
         checkpoints.REGISTRY,
@@ -186,7 +236,8 @@ def hub(monkeypatch):
 
 def fetch(hub: Hub, dest, name="tiny-hub", **options):
     lines: list[str] = []
-    summary = fetch_checkpoint(name, FetchOptions(endpoint=hub.url, backoff_s=0, **options), dest, log=lines.append)
+    options = {"endpoint": hub.url, "backoff_s": 0} | options
+    summary = fetch_checkpoint(name, FetchOptions(**options), dest, log=lines.append)
     return summary, lines
 
 
@@ -196,16 +247,19 @@ def files_under(folder) -> dict[str, bytes]:
 
 def test_a_full_fetch_gives_the_same_bytes_and_skips_what_the_pipeline_does_not_load(hub, tmp_path):
     summary, lines = fetch(hub, tmp_path)
-    assert files_under(tmp_path / "tiny-hub") == NEEDED  # no .partial or sidecar left either
+    assert files_under(tmp_path / "tiny-hub") == NEEDED  # nothing of the library's (.cache/huggingface) either
+    assert list(tmp_path.iterdir()) == [tmp_path / "tiny-hub"]  # the staging folder is gone
+    assert not hub.cache.exists()  # huggingface_hub's cache was not written to
     assert summary.skipped == {
         "build_info.json": "not loaded by the pipeline",
         "v1-5.ckpt": "pickle",
         "unet/diffusion_pytorch_model.bin": "pickle",
         "unet/diffusion_pytorch_model.fp16.safetensors": "fp16 variant",
     }
-    assert {path for path, _ in hub.requests} == set(NEEDED)  # nothing skipped was downloaded
+    assert hub.downloaded() == set(NEEDED) and hub.listings == 1  # nothing skipped was downloaded
+    assert summary.commit == COMMIT
     text = summary.text()
-    assert f"-> {tmp_path / 'tiny-hub'}" in text
+    assert f"org/tiny@main (commit {COMMIT[:12]}) -> {tmp_path / 'tiny-hub'}" in text
     assert "12 files fetched, 0 already present, 4 skipped as unneeded" in text
     assert "pickle: unet/diffusion_pytorch_model.bin, v1-5.ckpt" in text
     assert "fp16 variant: unet/diffusion_pytorch_model.fp16.safetensors" in text
@@ -215,60 +269,58 @@ def test_a_full_fetch_gives_the_same_bytes_and_skips_what_the_pipeline_does_not_
     assert f"fetched {UNET} (6.5 MB, sha256 ok)" in lines
 
 
-def test_big_files_come_in_parallel_ranges_with_progress_lines(hub, tmp_path):
-    summary, lines = fetch(hub, tmp_path, split_above_bytes=100_000, part_bytes=2**20)
+def test_files_of_a_megabyte_and_more_log_progress_lines_every_10_percent(hub, tmp_path, monkeypatch):
+    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 256 * 1024)  # 10 MB by default: one step here
+    _, lines = fetch(hub, tmp_path)
     assert files_under(tmp_path / "tiny-hub") == NEEDED
-    size = len(NEEDED[UNET])
-    ranges = sorted(hub.ranges(UNET))
-    assert len(ranges) == 7 and all(h for p, h in hub.requests if p == UNET)  # 6.5 MB in 1 MB ranges
-    assert ranges[0][0] == 0 and ranges[-1][1] == size and all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
-    assert len(hub.ranges(VAE)) == 4  # under 4 MB: one range per connection
-    assert len(hub.ranges("unet/config.json")) == 1  # small files: one stream
     unet_progress = [m for line in lines if (m := progress.LINE.match(line)) and UNET in line]
-    assert [float(m["percent"]) for m in unet_progress][-1] == 100.0
     percents = [0.0] + [float(m["percent"]) for m in unet_progress]
+    assert percents[-1] == 100.0 and percents == sorted(percents)
     assert max(b - a for a, b in itertools.pairwise(percents)) <= 10.1 and len(percents) == 11  # every 10 %
     assert all(m["total"] == str(-(-len(NEEDED[UNET]) // 1024)) for m in unet_progress)  # KB under 10 MB
+    assert all(UNET in line for line in lines if progress.LINE.match(line))  # the others are under 1 MB
 
 
-def test_a_dropped_connection_is_retried_from_the_last_byte_received(hub, tmp_path):
-    hub.drop_after[UNET] = 3_000_000
-    summary, lines = fetch(hub, tmp_path)
+@pytest.mark.parametrize("chunk, resumed_at", [(2**20, 2 * 2**20), (10 * 2**20, None)])
+def test_a_dropped_connection_resumes_from_the_last_complete_chunk(hub, tmp_path, monkeypatch, chunk, resumed_at):
+    """huggingface_hub writes in chunks (10 MB by default) and asks again from the last one it wrote: with 1 MB chunks
+    a connection dropped after 3,000,000 bytes resumes at 2 MB; with the default, this 6.5 MB file starts over."""
+    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", chunk)
+    hub.faults[("GET", UNET)] = [("drop", 3_000_000)]
+    summary, _ = fetch(hub, tmp_path)
     assert files_under(tmp_path / "tiny-hub") == NEEDED
-    (first, second) = hub.ranges(UNET)
-    assert first == (0, len(NEEDED[UNET])) and 0 < second[0] <= 3_000_000 and second[1] == len(NEEDED[UNET])
-    assert any(line.startswith(f"{UNET}: ") and "retrying" in line for line in lines)
-
-
-def test_an_interrupted_ranged_download_resumes_only_the_missing_bytes(hub, tmp_path):
-    hub.drop_after[UNET] = 300_000
-    with pytest.raises(WeightsFetchError, match=f"{UNET}: .*run the command again"):
-        fetch(hub, tmp_path, split_above_bytes=100_000, part_bytes=2**20, attempts=1, connections=2)
-    folder, size = tmp_path / "tiny-hub", len(NEEDED[UNET])
-    assert not (folder / UNET).exists()
-    sidecar = json.loads((folder / (UNET + ".partial.json")).read_text())
-    done = [tuple(r) for r in sidecar["done"]]
-    assert sidecar["size"] == size and 0 < sum(b - a for a, b in done) < size
-
-    hub.requests.clear()
-    summary, _ = fetch(hub, tmp_path, split_above_bytes=100_000, part_bytes=2**20)
-    assert files_under(folder) == NEEDED
-    asked = hub.ranges(UNET)
-    assert sum(b - a for a, b in asked) == size - sum(b - a for a, b in done)
-    assert not any(a < d1 and d0 < b for a, b in asked for d0, d1 in done)  # no byte fetched twice
+    assert hub.gets(UNET) == [None, f"bytes={resumed_at}-" if resumed_at else None]
     assert UNET in summary.fetched
 
 
-def test_a_partial_file_continues_with_a_range_request(hub, tmp_path):
-    half = len(NEEDED[VAE]) // 2
-    (tmp_path / "tiny-hub" / "vae").mkdir(parents=True)
-    (tmp_path / "tiny-hub" / (VAE + ".partial")).write_bytes(NEEDED[VAE][:half])
+def test_an_interrupted_run_keeps_the_finished_files_and_fetches_the_rest_again(hub, tmp_path):
+    """Nothing resumes across runs (huggingface_hub deletes its temporary file when a download fails): the next run
+    fetches the unfinished file from its first byte, and only what is missing."""
+    hub.faults[("GET", UNET)] = [("drop", 3_000_000), 503]  # the library resumes after the drop; the 503 ends it
+    with pytest.raises(WeightsFetchError, match=f"{UNET}: HTTP 503 from .*gave up after 1 attempts; run the command"):
+        fetch(hub, tmp_path, attempts=1)
+    folder = tmp_path / "tiny-hub"
+    assert not (folder / UNET).exists() and list(tmp_path.iterdir()) == [folder]  # no partial file, no staging
+    kept = files_under(folder)
+    assert kept and kept == {path: NEEDED[path] for path in kept}  # what is there is finished and right
+
+    hub.requests.clear()
     summary, lines = fetch(hub, tmp_path)
-    assert hub.requests.count((VAE, f"bytes={half}-{len(NEEDED[VAE]) - 1}")) == 1
-    assert hub.ranges(VAE) == [(half, len(NEEDED[VAE]))]
-    assert any(line.startswith(f"resuming {VAE}") for line in lines)
-    assert files_under(tmp_path / "tiny-hub") == NEEDED
-    assert summary.bytes_downloaded == summary.bytes_total - half
+    assert files_under(folder) == NEEDED
+    assert hub.downloaded() == set(NEEDED) - set(kept) and hub.gets(UNET) == [None]  # from byte 0
+    assert sorted(summary.present) == sorted(kept) and f"already present {next(iter(kept))}" in lines
+
+
+def test_what_a_killed_run_left_in_the_staging_folder_is_not_trusted(hub, tmp_path):
+    """A run killed between the library's rename and our check leaves a file and its ``.metadata`` (same commit) that
+    hf_hub_download would hand back as is: the staging folder is emptied first."""
+    staging = tmp_path / ".tiny-hub.fetching"
+    (staging / "unet").mkdir(parents=True)
+    (staging / UNET).write_bytes(b"not the unet")
+    (staging / ".cache/huggingface/download/unet").mkdir(parents=True)
+    (staging / ".cache/huggingface/download" / (UNET + ".metadata")).write_text(f"{COMMIT}\nx\n{time.time()}\n")
+    fetch(hub, tmp_path)
+    assert files_under(tmp_path / "tiny-hub") == NEEDED and not staging.exists()
 
 
 def test_a_second_run_downloads_nothing(hub, tmp_path):
@@ -276,23 +328,26 @@ def test_a_second_run_downloads_nothing(hub, tmp_path):
     hub.requests.clear()
     summary, lines = fetch(hub, tmp_path)
     assert hub.requests == [] and summary.fetched == [] and sorted(summary.present) == sorted(NEEDED)
+    assert hub.listings == 2  # only the listing, to learn the commit and the hashes
     assert "0 files fetched, 12 already present" in summary.text() and f"already present {UNET}" in lines
     assert summary.bytes_downloaded == 0
 
 
-@pytest.mark.parametrize("path, split", [(UNET, 64 * 2**20), (UNET, 100_000), ("unet/config.json", 64 * 2**20)])
-def test_a_corrupted_byte_fails_the_checksum_and_leaves_no_file(hub, tmp_path, path, split):
+@pytest.mark.parametrize("path", [UNET, "unet/config.json"])
+def test_a_corrupted_byte_fails_the_checksum_and_leaves_no_file(hub, tmp_path, path):
+    """huggingface_hub checks only the length; the listing's sha256 (LFS) or git sha1 catches the flipped byte."""
     hub.corrupt.add(path)
     with pytest.raises(WeightsFetchError, match=re.escape(path) + " failed its checksum check: its (sha256|git-sha1)"):
-        fetch(hub, tmp_path, split_above_bytes=split)
-    leftovers = [p.name for p in (tmp_path / "tiny-hub" / "unet").iterdir()]
-    assert not any(name.startswith(path.split("/")[1]) for name in leftovers), leftovers
+        fetch(hub, tmp_path)
+    folder = tmp_path / "tiny-hub"
+    assert not (folder / path).exists() and not (tmp_path / ".tiny-hub.fetching").exists()  # nor in staging
+    assert all(data == NEEDED[rel] for rel, data in files_under(folder).items())  # what is there is right
 
 
 @pytest.mark.parametrize("evil", ["../../evil.txt", "unet/../../evil.safetensors", "ABSOLUTE", "unet//x.json"])
 def test_a_hostile_listing_is_refused_before_anything_is_written(hub, tmp_path, evil):
     evil = evil.replace("ABSOLUTE", str(tmp_path / "outside" / "x.json"))
-    hub.extra_rows.append({"type": "file", "path": evil, "size": 5, "oid": git_sha1(b"evil!")})
+    hub.extra_rows.append({"rfilename": evil, "size": 5, "blobId": git_sha1(b"evil!")})
     with pytest.raises(WeightsFetchError, match="unsafe path"):
         fetch(hub, tmp_path / "a" / "b" / "weights")
     assert list(tmp_path.rglob("*")) == [] and hub.requests == []
@@ -304,25 +359,37 @@ def test_a_symlinked_folder_pointing_outside_is_refused(hub, tmp_path):
     (tmp_path / "weights" / "tiny-hub" / "unet").symlink_to(tmp_path / "outside")
     with pytest.raises(WeightsFetchError, match="outside"):
         fetch(hub, tmp_path / "weights")
-    assert list((tmp_path / "outside").iterdir()) == []
+    assert list((tmp_path / "outside").iterdir()) == [] and hub.requests == []
 
 
-def test_a_server_that_ignores_range_still_gives_the_right_files(hub, tmp_path):
+def test_a_server_that_ignores_range_still_gives_the_right_files(hub, tmp_path, monkeypatch):
+    """The library resumes a dropped download with Range; answered with the whole file (200), it starts over."""
+    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 2**20)
     hub.ignore_range = True
-    vocab = "tokenizer/vocab.json"
-    (tmp_path / "tiny-hub" / "tokenizer").mkdir(parents=True)
-    (tmp_path / "tiny-hub" / (vocab + ".partial")).write_bytes(NEEDED[vocab][:1000])
-    summary, lines = fetch(hub, tmp_path, split_above_bytes=100_000)
+    hub.faults[("GET", UNET)] = [("drop", 3_000_000)]
+    summary, _ = fetch(hub, tmp_path)
     assert files_under(tmp_path / "tiny-hub") == NEEDED
-    assert f"{UNET}: the server ignores Range requests; fetching it as one stream" in lines
+    assert hub.gets(UNET) == [None, f"bytes={2 * 2**20}-"]
     assert sorted(summary.fetched) == sorted(NEEDED)
 
 
 def test_5xx_answers_are_retried(hub, tmp_path):
-    hub.fail_once[UNET] = 503
+    """The listing and a download's GET are retried here; a HEAD by huggingface_hub itself."""
+    hub.faults |= {("GET", "listing"): [503], ("HEAD", VAE): [502], ("GET", UNET): [503]}
     _, lines = fetch(hub, tmp_path)
-    assert files_under(tmp_path / "tiny-hub") == NEEDED and len(hub.ranges(UNET)) == 2
-    assert f"{UNET}: HTTP 503; retrying (1/2)" in lines
+    assert files_under(tmp_path / "tiny-hub") == NEEDED
+    assert hub.gets(UNET) == [None, None] and [m for m, p, _ in hub.requests if p == VAE] == ["HEAD", "HEAD", "GET"]
+    assert "listing org/tiny: HTTP 503; retrying (1/2)" in lines and f"{UNET}: HTTP 503; retrying (1/2)" in lines
+
+
+def test_an_unknown_repository_or_revision_is_explained(hub, tmp_path):
+    with pytest.raises(WeightsFetchError, match=f"listing org/nope: org/nope is not on {hub.url}, or it is private"):
+        fetch(hub, tmp_path, source="org/nope")
+    with pytest.raises(WeightsFetchError, match=f"listing org/tiny: org/tiny has no revision 'v9' on {hub.url}"):
+        fetch(hub, tmp_path, revision="v9")
+    with pytest.raises(WeightsFetchError, match="HTTP 404 from"):
+        fetch(hub, tmp_path, endpoint=hub.url + "/not-a-hub")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_fp16_variant_is_taken_under_the_plain_name_when_asked(hub, tmp_path):
@@ -337,7 +404,18 @@ def test_hf_endpoint_and_hf_token_come_from_the_environment(hub, tmp_path, monke
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     fetch_checkpoint("tiny-hub", FetchOptions.from_env(backoff_s=0), tmp_path, log=lambda line: None)
     assert files_under(tmp_path / "tiny-hub") == NEEDED
-    assert set(hub.auth) == {"Bearer hf_secret"}
+    assert {auth for _, auth in hub.auth} == {"Bearer hf_secret"}
+    assert len(hub.auth) == 1 + 2 * len(NEEDED)  # the listing, a HEAD and a GET per file
+
+
+def test_the_token_does_not_follow_a_redirect_to_a_cdn(hub, tmp_path):
+    """huggingface.co redirects LFS files to a CDN on another host: the token must stay with the hub."""
+    hub.cdn = hub.url.replace("127.0.0.1", "localhost")  # another origin, same server
+    fetch(hub, tmp_path, token="hf_secret")
+    assert files_under(tmp_path / "tiny-hub") == NEEDED
+    cdn = [auth for path, auth in hub.auth if path.startswith("/cdn/")]
+    assert len(cdn) == 3 and set(cdn) == {None}  # the three safetensors, without the token
+    assert {auth for path, auth in hub.auth if not path.startswith("/cdn/")} == {"Bearer hf_secret"}
 
 
 def test_a_single_file_checkpoint_needs_its_config_folder_and_one_chosen_file(hub, tmp_path):

@@ -1,25 +1,40 @@
-"""A Hugging Face style hub: the file listing of a repository, and which of its files a checkpoint needs.
+"""A Hugging Face hub repository through ``huggingface_hub``: its listing at one commit, which of its files a
+checkpoint needs, and the hub's failures as sentences.
 
+- The listing is one ``HfApi.model_info(files_metadata=True)`` call: the commit the revision points at and every file
+  with its size, git blob sha1 and LFS sha256, which is what the downloaded bytes are checked against.
 - Only what ``StableDiffusionPipeline.from_pretrained(..., use_safetensors=True)`` reads is chosen: a hub repo of
   SD-1.5 also holds pickles, fp16/EMA twins, ONNX and Flax copies, several times the size of what is used.
-- Every listed path is checked when the listing arrives: a hostile listing cannot write outside the folder.
+- Every listed path is checked when the listing arrives, before anything is written (kept by hand for that reason:
+  huggingface_hub refuses ``..`` and absolute names too, but only file by file as it downloads them, after the others
+  were written). Where a file finally goes is checked again by ``inside``, which resolves symlinked folders.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
+import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Self
-from urllib.parse import quote
+from typing import Self, TypeVar
 
-import requests
-from pydantic import BaseModel, TypeAdapter, ValidationError
+import httpx2
+from huggingface_hub import HfApi
+from huggingface_hub.errors import (
+    FileMetadataError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lora_core import __version__
 from lora_core.base import checkpoints
-from lora_core.base.ranged_download import DownloadOptions, HttpClient, Log, Retryable
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 #: the folders ``StableDiffusionPipeline`` loads (the safety checker is never loaded here)
@@ -29,18 +44,28 @@ _SIMPLE_VARIANT = re.compile(r"(?P<stem>[^.]+)\.(?P<variant>\w+)\.safetensors")
 _SHARDED_VARIANT = re.compile(
     r"[^.]+\.(?P<variant>\w+)-\d+-of-\d+\.safetensors|.+\.safetensors\.index\.(?P<v2>\w+)\.json"
 )
+_TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 class HubError(ValueError):
-    """The hub or its listing cannot be used as asked; the message says why and what to do."""
+    """The hub, its listing or a download cannot be used as asked; the message says why and what to do."""
 
 
-class HubOptions(DownloadOptions):
-    """Which hub and revision, with which token. ``from_env`` reads HF_ENDPOINT and HF_TOKEN like huggingface_hub."""
+class HubOptions(BaseModel):
+    """Which hub and revision, with which token; how many files at once and how patient with passing trouble.
 
+    ``from_env`` reads HF_ENDPOINT and HF_TOKEN when called: huggingface_hub reads HF_ENDPOINT once, at import, and
+    an endpoint passed explicitly is what it then uses for every request."""
+
+    model_config = ConfigDict(frozen=True)
     endpoint: str = DEFAULT_ENDPOINT
     revision: str = "main"
-    token: str | None = None
+    token: str | None = None  # None: huggingface_hub's own (HF_TOKEN, else the token of `hf auth login`)
+    connections: int = 4  # files downloaded at once
+    attempts: int = 3
+    backoff_s: float = 1.0
 
     @classmethod
     def from_env(cls, **given) -> Self:
@@ -49,130 +74,138 @@ class HubOptions(DownloadOptions):
         merged = {k: v for k, v in env.items() if v} | {k: v for k, v in given.items() if v is not None}
         return cls(**merged)
 
-
-class LfsInfo(BaseModel):
-    oid: str  # sha256 of the content
-    size: int
+    def api(self) -> HfApi:
+        return HfApi(
+            endpoint=self.endpoint.rstrip("/"),
+            token=self.token,
+            library_name="lora-studio",
+            library_version=__version__,
+        )
 
 
 class RepoEntry(BaseModel):
-    """One row of ``/api/models/{repo}/tree/{revision}?recursive=true``."""
+    """One file of the listing: what its bytes must be."""
 
-    type: str
     path: str
-    size: int = 0
-    oid: str | None = None  # git blob sha1 (of the LFS pointer for LFS files)
-    lfs: LfsInfo | None = None
+    size: int
+    blob_id: str | None = None  # git blob sha1 (of the LFS pointer for LFS files)
+    sha256: str | None = None  # LFS files: sha256 of the content
 
     @property
     def checksum(self) -> str:
-        """What the downloaded bytes must hash to (as ``ranged_download.verify`` reads it): LFS sha256 if known,
-        else the git blob sha1, else the size."""
-        if self.lfs:
-            return f"sha256:{self.lfs.oid}"
-        if self.oid and re.fullmatch(r"[0-9a-f]{40}", self.oid):
-            return f"git-sha1:{self.oid}"
+        """What the downloaded bytes must hash to (as ``hub_download.verify`` reads it): LFS sha256 if known, else
+        the git blob sha1, else the size."""
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        if self.blob_id and re.fullmatch(r"[0-9a-f]{40}", self.blob_id):
+            return f"git-sha1:{self.blob_id}"
         return f"size:{self.size}"
 
 
-class HubClient(HttpClient):
-    """GETs on one repository, with one requests session per thread, and the hub's answers made readable."""
+class RepoListing(BaseModel):
+    commit: str
+    files: list[RepoEntry]
 
-    options: HubOptions
 
-    def __init__(self, options: HubOptions, repo: str, log: Log) -> None:
-        super().__init__(options, log)
-        self.repo = repo
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+def retry(call: Callable[[], T], what: str, repo: str, options: HubOptions, log: Log) -> T:
+    """``call`` up to ``options.attempts`` times while the hub's trouble may pass (5xx, 429, a lost connection),
+    with the hub's failures turned into a ``HubError`` that says what to do.
 
-    @property
-    def endpoint(self) -> str:
-        return self.options.endpoint.rstrip("/")
-
-    def session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            s = requests.Session()
-            s.headers.update({"User-Agent": f"lora-studio/{__version__}", "Accept-Encoding": "identity"})
-            if self.options.token:
-                s.headers["Authorization"] = f"Bearer {self.options.token}"  # requests drops it on cross-host redirects
-            self._local.session = s
-            self._sessions.append(s)
-        return self._local.session
-
-    def close(self) -> None:
-        for s in self._sessions:
-            s.close()
-
-    def file_url(self, path: str) -> str:
-        return f"{self.endpoint}/{self.repo}/resolve/{quote(self.options.revision, safe='')}/{quote(path)}"
-
-    def open(
-        self, url: str, what: str, headers: dict[str, str] | None = None, stream: bool = True
-    ) -> requests.Response:
+    huggingface_hub retries such trouble on a file's HEAD and inside a download (resuming it), but not on API calls
+    such as the listing, nor on a download answered 5xx; those are retried here."""
+    i = 0
+    while True:
+        i += 1
         try:
-            r = self.session().get(
-                url,
-                headers=headers or {},
-                stream=stream,
-                timeout=(self.options.connect_timeout_s, self.options.read_timeout_s),
-            )
-        except requests.RequestException as e:
-            raise Retryable(f"{type(e).__name__}: {e}") from None
-        if r.status_code >= 500 or r.status_code == 429:
-            r.close()
-            raise Retryable(f"HTTP {r.status_code}")
-        if r.status_code >= 400 and r.status_code != 416:
-            r.close()
-            if r.status_code in (401, 403):
+            return call()
+        except Exception as e:
+            problem = _explain(e, what, repo, options)
+            if problem is None:
+                raise
+            passing = _passing(e)
+            if passing is None:
+                raise HubError(problem) from None
+            if i >= options.attempts:
                 raise HubError(
-                    f"{what}: HTTP {r.status_code}: {self.repo} is gated or private; accept its terms "
-                    "on the hub and set HF_TOKEN"
-                )
-            if r.status_code == 404:
-                raise HubError(
-                    f"{what}: not found on {self.endpoint} (repository {self.repo}, revision {self.options.revision})"
-                )
-            raise HubError(f"{what}: HTTP {r.status_code} from {self.endpoint}")
-        return r
-
-
-def list_repo(client: HubClient) -> list[RepoEntry]:
-    """The files of the repository at the revision, following the API's pagination; every path is safe."""
-    what = f"listing {client.repo}"
-    url: str | None = (
-        f"{client.endpoint}/api/models/{client.repo}/tree/{quote(client.options.revision, safe='')}?recursive=true"
-    )
-    rows: list = []
-    while url:
-        page: dict = {}
-
-        def attempt(url: str = url, page: dict = page) -> None:  # called now; bound anyway
-            r = client.open(url, what, stream=False)
-            try:
-                page["rows"], page["next"] = r.json(), r.links.get("next", {}).get("url")
-            except ValueError:
-                raise HubError(
-                    f"{client.endpoint} did not answer the file listing of {client.repo} with "
-                    "JSON; is --endpoint a Hugging Face hub?"
+                    f"{problem} (gave up after {i} attempts; run the command again: files already fetched are kept)"
                 ) from None
+            log(f"{what}: {passing}; retrying ({i}/{options.attempts - 1})")
+            time.sleep(options.backoff_s * 2 ** (i - 1))
 
-        client.retry(attempt, what)
-        if not isinstance(page["rows"], list):
-            raise HubError(f"the file listing of {client.repo} is not a list: {str(page['rows'])[:200]}")
-        rows += page["rows"]
-        url = page["next"]
-    try:
-        entries = TypeAdapter(list[RepoEntry]).validate_python(rows)
-    except ValidationError as e:
-        raise HubError(
-            f"the file listing of {client.repo} is not in the hub's format: "
-            f"{e.errors()[0]['loc']} {e.errors()[0]['msg']}"
-        ) from None
-    files = [entry for entry in entries if entry.type == "file"]
-    for entry in files:
+
+def _passing(e: BaseException) -> str | None:
+    """What went wrong, when another attempt may go better (the library wraps some causes: their cause counts)."""
+    for cause in (e, e.__cause__):
+        if isinstance(cause, HfHubHTTPError) and cause.response.status_code in _TRANSIENT_STATUS:
+            return f"HTTP {cause.response.status_code}"
+        if isinstance(cause, httpx2.TransportError):
+            return type(cause).__name__
+    return None
+
+
+def _explain(e: BaseException, what: str, repo: str, options: HubOptions) -> str | None:
+    """The hub's failure ``e`` as a sentence, or None when ``e`` is not the hub's (a full disk, a bug)."""
+    hub = options.endpoint
+    if isinstance(e, GatedRepoError):
+        return f"{what}: {repo} is gated; accept its terms on the hub and set HF_TOKEN"
+    if isinstance(e, RevisionNotFoundError):
+        return f"{what}: {repo} has no revision {options.revision!r} on {hub}"
+    if isinstance(e, RepositoryNotFoundError):
+        return f"{what}: {repo} is not on {hub}, or it is private or gated (then set HF_TOKEN)"
+    if isinstance(e, RemoteEntryNotFoundError):
+        return f"{what}: {hub} lists it but does not serve it (HTTP 404)"
+    if isinstance(e, HfHubHTTPError):
+        status = e.response.status_code
+        if status in (401, 403):
+            return f"{what}: HTTP {status}: {repo} is gated or private; accept its terms on the hub and set HF_TOKEN"
+        return f"{what}: HTTP {status} from {hub}"
+    if isinstance(e, FileMetadataError) or isinstance(e.__cause__, FileMetadataError):
+        return f"{what}: {hub} does not answer like a Hugging Face hub ({e.__cause__ or e}); check --endpoint"
+    if isinstance(e, LocalEntryNotFoundError):  # what hf_hub_download raises when its HEAD failed
+        return _explain(e.__cause__, what, repo, options) if e.__cause__ else f"{what}: {e}"
+    if isinstance(e, httpx2.HTTPError):
+        return f"{what}: cannot reach {hub}: {type(e).__name__}: {e}"
+    return None
+
+
+def list_repo(repo: str, options: HubOptions, log: Log) -> RepoListing:
+    """The commit ``options.revision`` points at and its files; every path is safe."""
+    what = f"listing {repo}"
+
+    def ask() -> RepoListing:
+        try:
+            info = options.api().model_info(repo, revision=options.revision, files_metadata=True)
+        except HFValidationError as e:  # checked before any request; stricter than weights_fetch's pattern
+            raise HubError(f"{repo!r} is not a hub repository id: {e}") from None
+        except (ValueError, KeyError, TypeError) as e:  # not JSON, or not the hub's JSON
+            if isinstance(e, HfHubHTTPError):
+                raise
+            raise HubError(
+                f"{options.endpoint} did not answer the listing of {repo} like a Hugging Face hub "
+                f"({type(e).__name__}: {str(e)[:200]}); check --endpoint"
+            ) from None
+        files = [
+            {
+                "path": s.rfilename,
+                "size": s.lfs.size if s.lfs else s.size,
+                "blob_id": s.blob_id,
+                "sha256": s.lfs.sha256 if s.lfs else None,
+            }
+            for s in info.siblings or []
+        ]
+        try:
+            return RepoListing.model_validate({"commit": info.sha or "", "files": files})
+        except ValidationError as e:
+            raise HubError(
+                f"the listing of {repo} is not in the hub's format: {e.errors()[0]['loc']} {e.errors()[0]['msg']}"
+            ) from None
+
+    listing = retry(ask, what, repo, options, log)
+    if not re.fullmatch(r"[0-9a-f]{40}", listing.commit):
+        raise HubError(f"the listing of {repo} names no commit ({listing.commit!r}); is --endpoint a Hugging Face hub?")
+    for entry in listing.files:
         safe_relative(entry.path)
-    return files
+    return listing
 
 
 def safe_relative(path: str) -> PurePosixPath:

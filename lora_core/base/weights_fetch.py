@@ -1,8 +1,9 @@
 """``lora-studio weights fetch NAME``: a registry base checkpoint from a Hugging Face style hub into ``weights/``.
 
-It runs when the image is built (predictions never download weights), so nothing here imports torch. Choosing the
-files is ``hub_listing``'s job and downloading them ``ranged_download``'s; this module says which checkpoint, skips
-what is already installed, fails early when the rest will not fit, and sums up.
+It runs when the image is built (predictions never download weights), so nothing here imports torch. Listing the
+repository and choosing the files is ``hub_listing``'s job, downloading and checking them ``hub_download``'s (both on
+``huggingface_hub``); this module says which checkpoint, skips what is already installed (checked against the
+listing's hashes), fails early when the rest will not fit, and sums up.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from lora_core.base import checkpoints
+from lora_core.base.hub_download import MB, Download, check_kind, download_all, size_text, verify
 from lora_core.base.hub_listing import (
-    HubClient,
     HubError,
     HubOptions,
+    Log,
     inside,
     list_repo,
     safe_relative,
     select_diffusers,
     select_single_file,
 )
-from lora_core.base.ranged_download import MB, Download, DownloadError, Log, check_kind, download_all, size_text, verify
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
@@ -47,11 +48,12 @@ class FetchSummary(BaseModel):
     name: str
     source: str
     revision: str
+    commit: str
     dest: Path
     fetched: list[str]
     present: list[str]
     skipped: dict[str, str]  # path → why it is not needed
-    bytes_downloaded: int
+    bytes_downloaded: int  # the sizes of the files fetched
     bytes_total: int
     seconds: float
     checks: dict[str, int]  # "sha256" / "git sha1" / "size" → files checked that way
@@ -69,7 +71,7 @@ class FetchSummary(BaseModel):
         count = len(self.fetched) + len(self.present)
         return "\n".join(
             [
-                f"weights {self.name}: {self.source}@{self.revision} -> {self.dest}",
+                f"weights {self.name}: {self.source}@{self.revision} (commit {self.commit[:12]}) -> {self.dest}",
                 f"  {len(self.fetched)} files fetched, {len(self.present)} already present, "
                 f"{len(self.skipped)} skipped as unneeded{f' ({skipped})' if skipped else ''}",
                 f"  {size_text(self.bytes_downloaded)} downloaded in {self.seconds:.1f}s ({rate:.1f} MB/s); "
@@ -113,7 +115,7 @@ def fetch_checkpoint(
     """Fetch registry checkpoint ``name`` into ``dest`` (the weights folder) and say what happened."""
     try:
         return _fetch(name, options, dest, log)
-    except (HubError, DownloadError) as e:
+    except HubError as e:
         raise WeightsFetchError(str(e)) from None
     except OSError as e:  # disk full, read-only folder…: one line, not a traceback
         raise WeightsFetchError(f"cannot write the weights: {e}") from None
@@ -142,52 +144,54 @@ def _fetch(name: str, options: FetchOptions, dest: Path | None, log: Log) -> Fet
                 f"{f' --dest {root}' if dest is not None else ''}` first"
             )
 
-    client = HubClient(options, repo, log)
-    try:
-        return _fetch_files(client, options, checkpoint, target, started)
-    finally:
-        client.close()
+    return _fetch_files(repo, options, checkpoint, target, started, log)
 
 
 def _fetch_files(
-    client: HubClient, options: FetchOptions, checkpoint: checkpoints.Checkpoint, target: Path, started: float
+    repo: str,
+    options: FetchOptions,
+    checkpoint: checkpoints.Checkpoint,
+    target: Path,
+    started: float,
+    log: Log,
 ) -> FetchSummary:
-    entries = list_repo(client)
+    listing = list_repo(repo, options, log)
     if checkpoint.layout == "single_file":
-        entry, skipped = select_single_file(entries, client.repo, options.file)
+        entry, skipped = select_single_file(listing.files, repo, options.file)
         needed = {target.name: entry}
         folder = target.parent
     else:
-        needed, skipped = select_diffusers(entries, options.variant)
+        needed, skipped = select_diffusers(listing.files, options.variant)
         folder = target
     if skipped:
-        client.log(f"not fetching {len(skipped)} files the pipeline does not load: {', '.join(sorted(skipped))}")
+        log(f"not fetching {len(skipped)} files the pipeline does not load: {', '.join(sorted(skipped))}")
 
     present, downloads = [], []
     for rel, entry in needed.items():
         path = inside(folder, safe_relative(rel))
         if path.is_file() and verify(path, entry.size, entry.checksum) is None:
-            client.log(f"already present {rel}")
+            log(f"already present {rel}")
             present.append(rel)
-            for stale in (path.with_name(path.name + ".partial"), path.with_name(path.name + ".partial.json")):
-                stale.unlink(missing_ok=True)
         else:
             if path.exists():
-                client.log(f"replacing {rel}: it does not match the hub's file")
-            downloads.append(Download(client, rel, client.file_url(entry.path), entry.size, entry.checksum, path))
+                log(f"replacing {rel}: it does not match the hub's file")
+            downloads.append(Download(name=rel, entry=entry, target=path))
     _check_space(folder, downloads)
-    download_all(client, downloads)
+    if downloads:
+        staging = target.with_name(f".{target.name}.fetching")  # beside it: same disk, so files move, not copy
+        download_all(repo, listing.commit, downloads, staging, options, log)
     kinds = [check_kind(e.checksum) for e in needed.values()]
     checks = {how: kinds.count(how) for how in ("sha256", "git sha1", "size") if how in kinds}
     return FetchSummary(
         name=checkpoint.name,
-        source=client.repo,
+        source=repo,
         revision=options.revision,
+        commit=listing.commit,
         dest=target,
         fetched=[d.name for d in downloads],
         present=present,
         skipped=skipped,
-        bytes_downloaded=sum(d.downloaded for d in downloads),
+        bytes_downloaded=sum(d.entry.size for d in downloads),
         bytes_total=sum(e.size for e in needed.values()),
         seconds=time.perf_counter() - started,
         checks=checks,
@@ -199,7 +203,7 @@ def _check_space(folder: Path, downloads: list[Download]) -> None:
     if not downloads:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    needed = sum(d.size - (d.partial.stat().st_size if d.partial.exists() else 0) for d in downloads)
+    needed = sum(d.entry.size for d in downloads)
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise WeightsFetchError(f"the download needs {size_text(needed)} but {folder} has only {size_text(free)} free")
