@@ -50,7 +50,7 @@ def test_the_form_comes_from_the_schema():
     assert train["task"].default == "face"
     assert train["train_text_encoder"].kind == "boolean" and train["train_text_encoder"].nullable
     assert train["max_train_steps"].expert and not train["seed"].expert
-    assert train["max_train_steps"].bounds == "1 – 20000" and train["learning_rate"].bounds == "0 – 0.1"
+    assert train["max_train_steps"].bounds == "1 – 20000" and train["learning_rate"].bounds == "1e-06 – 0.1"
     generate = {f.name: f for f in pages.form_fields(models[GENERATE].schema)}
     assert generate["prompt"].kind == "textarea" and generate["lora_scales"].kind == "text"
     assert generate["scheduler"].choices[0] == "DPMSolverMultistep"
