@@ -24,7 +24,8 @@ def _pins(path: Path) -> dict[str, str]:
 
 
 def _declared(items: list[str]) -> dict[str, str]:
-    return {Requirement(r).name.lower().replace("_", "-"): str(Requirement(r).specifier) for r in items}
+    reqs = [Requirement(r) for r in items]
+    return {req.name.lower().replace("_", "-"): str(req.specifier) for req in reqs}
 
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
