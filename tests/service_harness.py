@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import requests
 
@@ -158,3 +159,11 @@ def race_claimers(engine, count: int, claimers: int) -> tuple[list[str], list[st
     for t in threads:
         t.join()
     return made, claimed
+
+
+def config_from(env: dict[str, str], **flags):
+    """``ServiceConfig`` as a process started with exactly ``env`` (and these ``serve`` flags) reads it."""
+    from lora_core.service.config import ServiceConfig
+
+    with mock.patch.dict(os.environ, env, clear=True):
+        return ServiceConfig.from_env(**flags)

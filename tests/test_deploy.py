@@ -37,6 +37,7 @@ from lora_core.service.config import ServiceConfig
 from lora_core.service.models import MODELS, load_models
 from lora_core.service.signing import Signer, upload_url
 from lora_core.service.workers import WorkerPool
+from service_harness import config_from
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -409,7 +410,7 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
     variables = env_example()
     services = interpolate(compose()["services"], variables)
     service = services["lora-studio"]
-    config = ServiceConfig.from_env(env=service["environment"], data_dir=tmp_path)
+    config = config_from(service["environment"], data_dir=tmp_path)
     assert config.worker_token == variables["LORA_STUDIO_WORKER_TOKEN"]
     internal = urlsplit(config.internal_url)
     assert internal.hostname == "lora-studio" and str(internal.port) == dockerfile_env()["LORA_STUDIO_PORT"]
@@ -496,7 +497,7 @@ def cluster(tmp_path):
 
     def settings(name: str) -> ServiceConfig:
         container = pods[name]["spec"]["template"]["spec"]["containers"][0]
-        return ServiceConfig.from_env(env=k8s_env(container, config, secret), data_dir=tmp_path)
+        return config_from(k8s_env(container, config, secret), data_dir=tmp_path)
 
     return SimpleNamespace(docs=docs, config=config, secret=secret, pods=pods, settings=settings)
 
@@ -652,7 +653,7 @@ def test_every_setting_the_deploy_files_give_the_service_is_read_by_it(tmp_path)
 def test_gpu_workers_get_exactly_what_local_workers_get(tmp_path):
     """Every name the service sets for its local workers; others only if the start command or the Cog launcher it
     runs (``lora_core.service.cog_serve``) uses them."""
-    expected = set(WorkerPool._worker_env(worker_side(ServiceConfig.from_env(env={}, data_dir=tmp_path))))
+    expected = set(WorkerPool._worker_env(worker_side(config_from({}, data_dir=tmp_path))))
     launcher = (ROOT / "lora_core" / "service" / "cog_serve.py").read_text()
     read_by_launcher = set(re.findall(r'env(?:\.get\(|\[)"([A-Z_]+)"', launcher))
     assert {"LORA_STUDIO_SERVICE_URL", "LORA_STUDIO_WORKER_NAME"} <= read_by_launcher

@@ -1,6 +1,8 @@
 """Every LoRA layout reads into the same per-module layers (no sampling here: tensors only)."""
 
 import json
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,6 +64,48 @@ def test_kohya_a1111_layout_reads_the_same(table):
     contents = read_contents(kohya, {}, table)
     assert contents.layout == "kohya/A1111" and contents.embeddings.shape == (2, 64)
     assert same_layers(reference, contents, alpha_ratio=0.5)
+
+
+def ldm_name(kohya_key: str, layers_per_block: int) -> str:
+    """A kohya UNet name with diffusers' blocks -> the original LDM block numbering, written from the SD-1 layout
+    (input_blocks 1.. hold each down block's layers then its downsampler; output_blocks hold each up block's
+    layers + 1), independently of the code under test."""
+    lpb = layers_per_block
+    patterns = (
+        (r"down_blocks_(\d+)_attentions_(\d+)", lambda b, i: f"input_blocks_{1 + b * (lpb + 1) + i}_1"),
+        (r"mid_block_attentions_0()()", lambda *_: "middle_block_1"),
+        (r"up_blocks_(\d+)_attentions_(\d+)", lambda b, i: f"output_blocks_{b * (lpb + 1) + i}_1"),
+    )
+    for pattern, ldm in patterns:
+        if m := re.search(pattern, kohya_key):
+            groups = [int(g) for g in m.groups() if g]
+            return kohya_key[: m.start()] + ldm(*groups) + kohya_key[m.end() :]
+    return kohya_key
+
+
+@pytest.fixture(scope="module")
+def sd15_table(tiny_pipe):
+    """SD 1.5's UNet (two layers per block, not tiny's one), built on the meta device: names and shapes only."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    return binding.module_table(SimpleNamespace(unet=unet, text_encoder=tiny_pipe.text_encoder))
+
+
+@pytest.mark.parametrize("base", ["tiny", "sd15"])
+def test_kohya_files_with_ldm_block_names_read_the_same(base, request):
+    """Older Civitai files (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``), attention layers as
+    classic LoRAs target: the same layers as our own file, not "made for another base"."""
+    table = request.getfixturevalue("table" if base == "tiny" else "sd15_table")
+    tensors = ours(table, targets=("to_q", "to_k", "to_v", "to_out.0", "q_proj"))
+    reference = read_contents(tensors, {}, table)
+    layers_per_block = sum(1 for p in table.classes if re.fullmatch(r"unet\.down_blocks\.0\.resnets\.\d+", p))
+    ldm = {ldm_name(k, layers_per_block): v for k, v in to_kohya(tensors, "thing").items()}
+    assert any("_input_blocks_" in k for k in ldm) and any("_output_blocks_" in k for k in ldm)
+    assert any("_middle_block_" in k for k in ldm) and not any("_down_blocks_" in k for k in ldm)
+    contents = read_contents(ldm, {}, table)
+    assert contents.layout == "kohya/A1111" and same_layers(reference, contents)
 
 
 @pytest.mark.parametrize(

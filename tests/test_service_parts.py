@@ -6,11 +6,13 @@ import io
 import pytest
 import sqlalchemy as sa
 
+from lora_core.env_settings import EnvSettingsError
 from lora_core.service import bodies, content_types, db, file_store, files, outputs, predictions, signing, tokens
-from lora_core.service.config import ServiceConfig, parse_workers
+from lora_core.service.config import parse_workers
+from lora_core.service.limits import OwnerLimits
 from lora_core.service.models import InputError, load_models
 from lora_core.service.urls import Urls
-from service_harness import race_claimers
+from service_harness import config_from, race_claimers
 
 
 @pytest.fixture
@@ -212,7 +214,7 @@ def test_webhook_signatures_verify_like_replicates():
 
 
 def test_worker_inputs_sign_only_the_owners_files(engine, tmp_path):
-    config = ServiceConfig.from_env(port=8123, data_dir=tmp_path, env={})
+    config = config_from({}, port=8123, data_dir=tmp_path)
     urls = Urls(config, signing.Signer(config.secret))
     store = file_store.LocalFileStore(tmp_path / "files")
     mine = files.save(engine, store, owner="alice", name="face.safetensors", stream=io.BytesIO(b"x"), limit=10)
@@ -288,12 +290,50 @@ def test_worker_settings_parse():
         parse_workers("lora=2")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LORA_STUDIO_WORKERS", "lora=2"),
+        ("LORA_STUDIO_PORT", "eighty"),
+        ("LORA_STUDIO_OWNER_MAX_QUEUED", "-1"),
+        ("LORA_STUDIO_WEBHOOK_RETRIES", "many"),
+    ],
+)
+def test_a_bad_setting_stops_the_service_naming_its_variable(tmp_path, variable, value):
+    with pytest.raises(EnvSettingsError, match=variable):
+        config_from({variable: value}, data_dir=tmp_path)
+
+
+def test_settings_come_from_their_variables_and_flags_win(tmp_path):
+    env = {
+        "LORA_STUDIO_PORT": "9000",
+        "LORA_STUDIO_OWNER_MAX_RUNNING": "2",
+        "LORA_STUDIO_WEBHOOK_BACKOFF_S": "0.5",
+        "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "10.0.0.5:8000, gpu1",
+        "LORA_STUDIO_WORKERS": "lora-studio/lora=0",
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+        "DATABASE_URL": "postgresql://db/lora",
+        "LORA_STUDIO_FILES_URL": "https://files.example.com/",
+    }
+    config = config_from(env, data_dir=tmp_path)
+    assert (config.port, config.owner_limits.running, config.webhook_backoff_s) == (9000, 2, 0.5)
+    assert config.owner_limits.queued == OwnerLimits().queued  # not set: the model's default
+    assert config.allowed_private_hosts == {"10.0.0.5:8000", "gpu1"}
+    assert config.worker_setting("lora-studio/lora").count == 0
+    assert (config.s3_endpoint_url, config.database_url) == ("http://minio:9000", "postgresql://db/lora")
+    assert config.files_url == "https://files.example.com" and config.public_url == "http://127.0.0.1:9000"
+    assert (
+        config_from({**env, "AWS_ENDPOINT_URL_S3": "http://s3:1"}, data_dir=tmp_path).s3_endpoint_url == "http://s3:1"
+    )
+    assert config_from(env, port=8123, data_dir=tmp_path).port == 8123
+
+
 def test_a_secret_is_made_once_per_data_dir(tmp_path):
-    a = ServiceConfig.from_env(data_dir=tmp_path, env={})
-    b = ServiceConfig.from_env(data_dir=tmp_path, env={})
+    a = config_from({}, data_dir=tmp_path)
+    b = config_from({}, data_dir=tmp_path)
     assert a.secret == b.secret and len(a.secret) > 30
     assert (tmp_path / "secret").stat().st_mode & 0o077 == 0
-    assert ServiceConfig.from_env(data_dir=tmp_path, env={"LORA_STUDIO_SECRET": "given"}).secret == "given"
+    assert config_from({"LORA_STUDIO_SECRET": "given"}, data_dir=tmp_path).secret == "given"
 
 
 def test_the_service_never_imports_torch_or_diffusers():

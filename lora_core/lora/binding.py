@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from lora_core.env_settings import read_env
+from lora_core.env_settings import PREFIXED, read_env
 from lora_core.lora.lora_file import LoRAFileError, family_of
 from lora_core.lora.lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents
 
@@ -112,7 +112,7 @@ def _made_on(metadata: dict[str, str]) -> str:
 class CacheEnv(BaseSettings):
     """The bound LoRAs' memory budget, from the environment (pydantic-settings checks it at start)."""
 
-    model_config = SettingsConfigDict(env_prefix="LORA_STUDIO_", env_ignore_empty=True, extra="ignore")
+    model_config = PREFIXED
     adapter_cache_mb: float = Field(512, ge=0)
 
 

@@ -6,7 +6,8 @@ module names and weight shapes):
   ``base_model.model.<module>…`` (PEFT ``save_pretrained``) and the old attention-processor names
   (``…attn1.processor.to_q_lora.down.weight``);
 - kohya / A1111 / Civitai: ``lora_unet_<module_with_underscores>.lora_down.weight`` + ``.alpha``, with
-  A1111 bundled embeddings ``bundle_emb.<name>.string_to_param.*``;
+  A1111 bundled embeddings ``bundle_emb.<name>.string_to_param.*``; the UNet's blocks named as diffusers does
+  (``down_blocks_1_attentions_0``) or as the original LDM code did (``input_blocks_4_1``, via diffusers' mapping);
 - cloneofsimo/lora (Replicate's first LoRA models): ``unet:<i>:up`` / ``:down`` numbered in module
   order, the targeted block classes in the metadata, embeddings stored under their token names.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -230,7 +232,31 @@ def _kohya_names(table: ModuleTable) -> dict[str, str]:
     return names
 
 
+def _ldm_to_diffusers_blocks(tensors: dict[str, torch.Tensor], table: ModuleTable) -> dict[str, torch.Tensor]:
+    """Older kohya files name the UNet's blocks as the original LDM code did (``lora_unet_input_blocks_4_1_…``,
+    ``middle_block``, ``output_blocks``). diffusers' own mapping (what ``lora_state_dict(unet_config=…)`` uses)
+    renumbers them (``input_blocks_1_attentions_0_…``, from the UNet's ``layers_per_block``) and the block words
+    are then renamed as its ``_convert_unet_lora_key`` does. The rest of that conversion (string heuristics whose
+    result is checked nowhere) is not used: ``_kohya_names`` matches every name exactly against the base."""
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+
+    if not any(p in k for k in tensors for p in _LDM_BLOCKS):
+        return tensors
+    resnets = {p for p in table.classes if re.fullmatch(r"unet\.down_blocks\.0\.resnets\.\d+", p)}
+    mapped = _maybe_map_sgm_blocks_to_diffusers(dict(tensors), SimpleNamespace(layers_per_block=len(resnets)))
+    out = {}
+    for key, value in mapped.items():
+        for ldm, ours in _LDM_BLOCKS.items():
+            key = key.replace(ldm, ours)
+        out[key] = value
+    return out
+
+
+_LDM_BLOCKS = {"_input_blocks_": "_down_blocks_", "_middle_block_": "_mid_block_", "_output_blocks_": "_up_blocks_"}
+
+
 def _kohya(tensors: dict[str, torch.Tensor], table: ModuleTable) -> dict[str, Layer]:
+    tensors = _ldm_to_diffusers_blocks(tensors, table)
     names = _kohya_names(table)
     layers: dict[str, Layer] = {}
     used: set[str] = set()

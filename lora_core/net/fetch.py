@@ -27,13 +27,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings
 
-from lora_core.env_settings import read_env
+from lora_core.env_settings import PREFIXED, CommaSet, read_env
 
 Resolver = Callable[[str, int], list[str]]
 Log = Callable[[str], None]
@@ -74,18 +73,13 @@ class FetchEnv(BaseSettings):
     """``LORA_STUDIO_*`` variables of the workers' LoRA downloads, parsed and checked by pydantic-settings: a bad
     value stops the worker at start with the variable's name, not a prediction later."""
 
-    model_config = SettingsConfigDict(env_prefix="LORA_STUDIO_", env_ignore_empty=True, extra="ignore", frozen=True)
+    model_config = PREFIXED
     cache_dir: Path = Path.home() / ".cache" / "lora-studio" / "loras"
     allow_file_urls: bool = False  # file:// LoRA URLs: the CLI on one's own files, never a service worker
-    allowed_private_hosts: Annotated[frozenset[str], NoDecode] = frozenset()  # "host,host:port": tests, private nets
+    allowed_private_hosts: CommaSet = frozenset()  # "host,host:port": tests, private nets
     max_lora_bytes: int | None = Field(None, gt=0)
     lora_read_timeout_s: float | None = Field(None, gt=0)
     lora_timeout_s: float | None = Field(None, gt=0)  # the whole download, headers included
-
-    @field_validator("allowed_private_hosts", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        return frozenset(h.strip() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)

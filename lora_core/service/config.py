@@ -11,8 +11,12 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_settings import BaseSettings, NoDecode
+
+from lora_core.env_settings import PREFIXED, CommaSet, read_env
 
 from .limits import OwnerLimits
 
@@ -60,84 +64,99 @@ class ServiceConfig(BaseModel):
 
     @classmethod
     def from_env(
-        cls,
-        host: str | None = None,
-        port: int | None = None,
-        data_dir: str | Path | None = None,
-        env: dict[str, str] | None = None,
+        cls, host: str | None = None, port: int | None = None, data_dir: str | Path | None = None
     ) -> ServiceConfig:
-        """Settings from ``LORA_STUDIO_*``, ``DATABASE_URL``, ``STORAGE_URL`` and ``AWS_ENDPOINT_URL``.
-
-        ``LORA_STUDIO_WORKERS``: ``owner/name=N`` (local processes) or ``owner/name=http://gpu1:5000,http://gpu2:5000``,
-        separated by ``;``.
-        """
-        env = dict(os.environ if env is None else env)
-        data = Path(data_dir or env.get("LORA_STUDIO_DATA_DIR") or REPO_ROOT / ".data").resolve()
+        """Settings from the environment (``ServiceEnv``); ``serve`` flags, when given, win over variables."""
+        env = read_env(ServiceEnv)
+        data = Path(data_dir or env.data_dir or REPO_ROOT / ".data").resolve()
         data.mkdir(parents=True, exist_ok=True)
-        host = host or env.get("LORA_STUDIO_HOST", "127.0.0.1")
-        port = int(port if port is not None else env.get("LORA_STUDIO_PORT", 8000))
-        public = (
-            env.get("LORA_STUDIO_PUBLIC_URL")
-            or f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
-        )
+        host = host or env.host
+        port = port if port is not None else env.port
+        public = env.public_url or f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+        limits = {k: getattr(env, f"owner_{k}") for k in OwnerLimits.model_fields}
+        as_set = {k: getattr(env, k) for k in ServiceEnv.model_fields if k in cls.model_fields and k not in _DERIVED}
         return cls(
             data_dir=data,
-            database_url=env.get("DATABASE_URL") or f"sqlite:///{data / 'lora-studio.db'}",
-            storage_url=env.get("STORAGE_URL") or f"file://{data / 'files'}",
-            s3_endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+            database_url=env.database_url or f"sqlite:///{data / 'lora-studio.db'}",
+            storage_url=env.storage_url or f"file://{data / 'files'}",
+            s3_endpoint_url=env.s3_endpoint_url,
             host=host,
             port=port,
             public_url=public.rstrip("/"),
-            internal_url=(env.get("LORA_STUDIO_INTERNAL_URL") or public).rstrip("/"),
-            instance=env.get("LORA_STUDIO_INSTANCE") or f"{socket.gethostname()}:{port}",
-            secret=env.get("LORA_STUDIO_SECRET") or _stored_secret(data),
-            worker_token=env.get("LORA_STUDIO_WORKER_TOKEN") or None,
-            workers=parse_workers(env.get("LORA_STUDIO_WORKERS", "")),
-            allowed_private_hosts=frozenset(
-                h.strip() for h in env.get("LORA_STUDIO_ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()
-            ),
-            files_url=(env.get("LORA_STUDIO_FILES_URL") or "").rstrip("/") or None,
-            owner_limits=OwnerLimits(**{k: int(env[v]) for k, v in _OWNER_LIMITS.items() if v in env}),
-            **{k: type(cls.model_fields[k].default)(env[v]) for k, v in _NUMBERS.items() if v in env},
+            internal_url=(env.internal_url or public).rstrip("/"),
+            instance=env.instance or f"{socket.gethostname()}:{port}",
+            secret=env.secret or _stored_secret(data),
+            worker_token=env.worker_token,
+            files_url=env.files_url.rstrip("/") if env.files_url else None,
+            owner_limits=OwnerLimits(**{k: v for k, v in limits.items() if v is not None}),
+            **{k: v for k, v in as_set.items() if v is not None},
         )
 
     def worker_setting(self, model: str) -> WorkerSetting:
         return self.workers.get(model, WorkerSetting())
 
 
-_NUMBERS = {
-    "max_request_bytes": "LORA_STUDIO_MAX_REQUEST_BYTES",
-    "max_upload_bytes": "LORA_STUDIO_MAX_UPLOAD_BYTES",
-    "webhook_retries": "LORA_STUDIO_WEBHOOK_RETRIES",
-    "webhook_backoff_s": "LORA_STUDIO_WEBHOOK_BACKOFF_S",
-    "heartbeat_s": "LORA_STUDIO_HEARTBEAT_S",
-    "storage_quota_bytes": "LORA_STUDIO_STORAGE_QUOTA_BYTES",
-    "header_timeout_s": "LORA_STUDIO_HEADER_TIMEOUT_S",
-    "body_timeout_s": "LORA_STUDIO_BODY_TIMEOUT_S",
-    "keep_alive_s": "LORA_STUDIO_KEEP_ALIVE_S",
-    "max_connections": "LORA_STUDIO_MAX_CONNECTIONS",
-}
-_OWNER_LIMITS = {
-    "creates_per_minute": "LORA_STUDIO_OWNER_CREATES_PER_MINUTE",
-    "queued": "LORA_STUDIO_OWNER_MAX_QUEUED",
-    "running": "LORA_STUDIO_OWNER_MAX_RUNNING",
-    "upload_bytes": "LORA_STUDIO_OWNER_UPLOAD_BYTES",
-}
-
-
-def parse_workers(text: str) -> dict[str, WorkerSetting]:
+def parse_workers(text: object) -> object:
     """``"lora-studio/lora=2;lora-studio/lora-training=http://gpu:5000"`` -> settings per model."""
+    if not isinstance(text, str):
+        return text
     out: dict[str, WorkerSetting] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         model, sep, value = part.partition("=")
         if not sep or "/" not in model:
-            raise ValueError(f"LORA_STUDIO_WORKERS: expected 'owner/name=N' or 'owner/name=URL,URL', got {part!r}")
+            raise ValueError(f"expected 'owner/name=N' or 'owner/name=URL,URL', got {part!r}")
         value = value.strip()
         if value.isdigit():
             out[model.strip()] = WorkerSetting(count=int(value))
         else:
             out[model.strip()] = WorkerSetting(count=0, urls=tuple(u.strip().rstrip("/") for u in value.split(",")))
     return out
+
+
+# Fields whose variables ServiceConfig.from_env combines itself (defaults that depend on other settings).
+_DERIVED = {
+    *("data_dir", "host", "port", "public_url", "internal_url", "instance", "secret", "worker_token", "files_url"),
+    *("database_url", "storage_url", "s3_endpoint_url"),
+}
+
+
+class ServiceEnv(BaseSettings):
+    """The variables the service reads, parsed and checked by pydantic-settings: a bad value stops ``serve`` at start
+    with the variable's name. ``None`` means not set: ``ServiceConfig``'s defaults are the one truth for values.
+
+    ``LORA_STUDIO_WORKERS``: ``owner/name=N`` (local processes) or ``owner/name=http://gpu1:5000,http://gpu2:5000``,
+    separated by ``;``. ``DATABASE_URL``, ``STORAGE_URL`` and ``AWS_ENDPOINT_URL[_S3]`` keep their common names.
+    """
+
+    model_config = PREFIXED
+    data_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    public_url: str | None = None
+    internal_url: str | None = None
+    files_url: str | None = None
+    instance: str | None = None
+    secret: str | None = None
+    worker_token: str | None = None
+    workers: Annotated[dict[str, WorkerSetting], NoDecode, BeforeValidator(parse_workers)] = {}
+    allowed_private_hosts: CommaSet = frozenset()
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    storage_url: str | None = Field(None, validation_alias="STORAGE_URL")
+    s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
+    max_request_bytes: int | None = Field(None, gt=0)
+    max_upload_bytes: int | None = Field(None, gt=0)
+    webhook_retries: int | None = Field(None, ge=0)
+    webhook_backoff_s: float | None = Field(None, ge=0)
+    heartbeat_s: float | None = Field(None, gt=0)
+    storage_quota_bytes: int | None = Field(None, ge=0)
+    header_timeout_s: float | None = Field(None, gt=0)
+    body_timeout_s: float | None = Field(None, gt=0)
+    keep_alive_s: float | None = Field(None, ge=0)
+    max_connections: int | None = Field(None, gt=0)
+    owner_creates_per_minute: int | None = Field(None, ge=0)
+    owner_queued: int | None = Field(None, ge=0, validation_alias="LORA_STUDIO_OWNER_MAX_QUEUED")
+    owner_running: int | None = Field(None, ge=0, validation_alias="LORA_STUDIO_OWNER_MAX_RUNNING")
+    owner_upload_bytes: int | None = Field(None, ge=0)
 
 
 def _stored_secret(data_dir: Path) -> str:
