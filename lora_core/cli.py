@@ -71,8 +71,9 @@ def _train(args: argparse.Namespace) -> None:
 def _build_tiny_base(args: argparse.Namespace) -> None:
     from lora_core.tiny.tiny_base import BuildConfig, build_tiny_base
 
-    cfg = BuildConfig.quick() if args.quick else BuildConfig(seed=args.seed)
-    build_tiny_base(Path(args.out), Path(args.work_dir), cfg, log=functools.partial(print, flush=True))
+    cfg = BuildConfig.quick() if args.quick else (BuildConfig.widened if args.widen else BuildConfig)(seed=args.seed)
+    world_base = Path(args.from_world_base) if args.from_world_base else None
+    build_tiny_base(Path(args.out), Path(args.work_dir), cfg, functools.partial(print, flush=True), world_base)
 
 
 def _export_single_file(args: argparse.Namespace) -> None:
@@ -237,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=".build/tiny-sd-work", help="checkpoints; rerun to resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps only: checks the script, not a usable model")
+    p.add_argument("--widen", action="store_true", help="stages 4-5 on: any colour (not the committed base, issue 21)")
+    p.add_argument(
+        "--from-world-base",
+        metavar="DIR",
+        help="start at the colour stages from a base whose world stages (1-3) were built with the same settings",
+    )
     p.set_defaults(func=_build_tiny_base)
 
     p = sub.add_parser("export-single-file", help="write a base as one original-layout .safetensors file")

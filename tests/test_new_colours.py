@@ -1,5 +1,5 @@
-"""A LoRA on the tiny base learns a concept in colours and a pattern its world never has (issue 21, open: the goal
-tests are marked until the base meets them, and say why).
+"""A LoRA on the tiny base learns a concept in colours and a pattern its world never has (issue 21, open: the goals
+not met yet are marked, strictly, with the figures measured, and say why).
 
 The concept is ours, not the world's: teal and hot-pink zigzags with a lime disc (hues 180°, 322° and 84°; the
 world paints at 0°, 31°, 50°, 129°, 225° and 278°, and has stripes, dots, checks and gradients but no zigzags).
@@ -47,16 +47,7 @@ def concept(n: int = 10, first_seed: int = 300) -> list[Image.Image]:
     return [zigzag_disc(first_seed + i) for i in range(n)]
 
 
-GOAL_NOT_MET = (
-    "issue 21, open: the committed tiny VAE's round trip is off by 23/255 on new flat colours (hues by up "
-    "to 69°), 22/255 on held-out photos and 58/255 on this concept; the next base's VAE (tiny_base's recipe, its "
-    "UNet still training): 2.4/255 and 3°, 11.6/255 on photos, 19/255 on this concept"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=GOAL_NOT_MET)
-def test_the_vae_round_trips_any_colour_and_held_out_photos():
-    """The VAE alone (encode, decode, no UNet), on colours and photos no VAE training saw: issue 21's goals."""
+def round_trip_figures() -> dict:
     pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
     figures = tiny_report.vae_report(pipe.vae)
     ours = np.stack([np.asarray(im) for im in concept(8, first_seed=900)])
@@ -64,12 +55,43 @@ def test_the_vae_round_trips_any_colour_and_held_out_photos():
         float(np.abs(tiny_report.vae_round_trip(pipe.vae, ours).astype(np.float32) - ours).mean()), 2
     )
     print("vae round trip:", json.dumps(figures))
-    assert figures["colours_mae"] <= 8 and figures["held_out_photos_mae"] <= 8, figures
-    assert figures["colours_hue_error_max_deg"] <= 15, figures
-    assert figures["zigzag_mae"] <= 8, figures
+    return figures
 
 
-@pytest.mark.skip(reason=GOAL_NOT_MET + "; no LoRA can learn what the VAE cannot carry (gap closed 0.03)")
+COLOURS_NOT_MET = (
+    "issue 21, open: the committed (world-only) VAE is off by 23/255 on new flat colours, hues by up to 69°; the "
+    "widened base (build-tiny-base --widen) measures 6.4/255 and 10.3° but is not committed: LoRAs on it learn "
+    "the world's held-out concepts worse and bleed more"
+)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=COLOURS_NOT_MET)
+def test_the_vae_round_trips_any_colour():
+    """The VAE alone (encode, decode, no UNet) on flat saturated colours no VAE training saw: issue 21's goals
+    (≤ 8/255 per channel, no hue off by more than 15°; the world-only VAE: 23/255 and 69°). The world's own
+    pictures stay as they were (5.6/255; the widened VAE 6.1), and the zigzag concept must not get worse than the
+    widened VAE's 44/255 (58 on the world-only VAE)."""
+    figures = round_trip_figures()
+    assert figures["colours_mae"] <= 8 and figures["colours_hue_error_max_deg"] <= 15, figures
+    assert figures["world_mae"] <= 7, figures
+    assert figures["zigzag_mae"] <= 50, figures
+
+
+PHOTOS_NOT_MET = "issue 21, open: held-out photo crops round-trip at 22/255 (goal 8; the widened VAE: 13.6)"
+ZIGZAG_NOT_MET = (
+    "on the widened base: the 4-channel 16x16 latents blur this concept's 5-8 px bands (round trip 44/255, teal drifts "
+    "to blue), so even the VAE's own copy of the concept closes only 0.09 of the histogram gap; the LoRAs close "
+    "0.11 (object) and 0.21 (style), against 0.03 on the world-only VAE"
+)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=PHOTOS_NOT_MET)
+def test_the_vae_round_trips_held_out_photos():
+    figures = round_trip_figures()
+    assert figures["held_out_photos_mae"] <= 8, figures
+
+
+@pytest.mark.skip(reason=COLOURS_NOT_MET + "; on the world-only VAE the LoRAs close 0.03 (" + ZIGZAG_NOT_MET + ")")
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["object", "style"])
 def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, preset_lora):
@@ -99,9 +121,12 @@ def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, pres
         "seed_change": round(float(seed_change), 2),
     }
     print("new colours:", json.dumps(result))
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(at[0.0], base, strict=True))
+    # These hold today and fail the test outright (pytest.fail is not the AssertionError the mark expects).
+    if not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(at[0.0], base, strict=True)):
+        pytest.fail("scale 0 is not the base bit for bit")
+    if not lora_change < seed_change:
+        pytest.fail(f"the LoRA moves prompts without its token more than a change of seed: {result}")
     assert result["gap_closed"] >= 0.5, result
-    assert lora_change < seed_change, result
 
 
 def test_the_concept_is_not_in_the_world():

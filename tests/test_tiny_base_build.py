@@ -58,3 +58,20 @@ def test_a_work_dir_of_another_configuration_is_refused(tmp_path):
     build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig.quick(), log=lambda _: None)
     with pytest.raises(RuntimeError, match="another configuration"):
         build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig(n_images=5), log=lambda _: None)
+
+
+def test_from_a_world_base_only_the_colour_stages_run_and_give_the_same_base(quick_build, tmp_path):
+    """A base of stages 1-3 (colour stages of no steps) and then stages 4-5 from it: the whole build's weights."""
+    from dataclasses import replace
+
+    world_only = replace(BuildConfig.quick(), colour_vae_crop_steps=0, colour_vae_whole_steps=0, colour_unet_steps=0)
+    world_base = build_tiny_base(tmp_path / "world", tmp_path / "world-work", world_only, log=lambda _: None)
+    lines = []
+    out = build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig.quick(), lines.append, world_base)
+    assert not any(line.startswith(("vae:", "unet:")) for line in lines)
+    assert any(line.startswith("colour-unet: step") for line in lines)
+    assert _max_difference(_weights(quick_build), _weights(out)) == 0.0
+    with pytest.raises(RuntimeError, match="other world settings .*n_images"):
+        build_tiny_base(
+            tmp_path / "o2", tmp_path / "w2", replace(BuildConfig.quick(), n_images=64), world_base=world_base
+        )

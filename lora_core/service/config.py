@@ -70,8 +70,8 @@ class ServiceConfig(BaseModel):
         env = read_env(ServiceEnv)
         data = Path(data_dir or env.data_dir or REPO_ROOT / ".data").resolve()
         data.mkdir(parents=True, exist_ok=True)
-        host = host or env.host
-        port = port if port is not None else env.port
+        host = host or env.host or cls.model_fields["host"].default
+        port = next(p for p in (port, env.port, cls.model_fields["port"].default) if p is not None)
         public = env.public_url or f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
         limits = {k: getattr(env, f"owner_{k}") for k in OwnerLimits.model_fields}
         as_set = {k: getattr(env, k) for k in ServiceEnv.model_fields if k in cls.model_fields and k not in _DERIVED}
@@ -130,8 +130,8 @@ class ServiceEnv(BaseSettings):
 
     model_config = PREFIXED
     data_dir: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str | None = None
+    port: int | None = Field(None, ge=0, le=65535)
     public_url: str | None = None
     internal_url: str | None = None
     files_url: str | None = None
