@@ -121,7 +121,7 @@ def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, pres
         "seed_change": round(float(seed_change), 2),
     }
     print("new colours:", json.dumps(result))
-    # These hold today and fail the test outright (pytest.fail is not the AssertionError the mark expects).
+    # These held on the widened base; pytest.fail (not an AssertionError) keeps them failing under an xfail of the gap.
     if not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(at[0.0], base, strict=True)):
         pytest.fail("scale 0 is not the base bit for bit")
     if not lora_change < seed_change:
