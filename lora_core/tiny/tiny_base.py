@@ -69,7 +69,7 @@ class BuildConfig:
     # Stages 4-5 (issue 21): pictures in any colour and photo crops beside the first colour_world_images of the world.
     colour_pictures: int = 6_000
     colour_world_images: int = 12_000
-    # Off by default (0 steps: the world base unchanged). widened() turns them on: flat colours then round-trip at
+    # Off by default (0 steps: stages 4-5 skipped). widened() turns them on: flat colours then round-trip at
     # 6.4/255 and prompts keep 16/16, but LoRAs on world concepts learn worse and bleed more (issue 21's notes).
     colour_vae_crop_steps: int = 0
     colour_vae_whole_steps: int = 0
@@ -103,6 +103,11 @@ class BuildConfig:
         """Stages 4-5 on, as measured in issue 21 (``build-tiny-base --widen``)."""
         steps = dict(colour_vae_crop_steps=1_500, colour_vae_whole_steps=300, colour_unet_steps=2_000)
         return cls(**{**steps, **given})
+
+    @property
+    def widens(self) -> bool:
+        """Whether stages 4-5 train at all: without steps they would leave stages 1-3's weights as they are."""
+        return self.colour_vae_crop_steps + self.colour_vae_whole_steps + self.colour_unet_steps > 0
 
     def world_stages(self) -> dict[str, Any]:
         """The settings stages 1-3 depend on: what a ``--from-world-base`` folder must have been built with."""
@@ -479,8 +484,7 @@ def build_tiny_base(
 
     started = time.time()
     world, world_captions = tiny_world.sample_world(cfg.n_images, cfg.seed)
-    colours, colour_captions = tiny_vae_data.colour_pictures(cfg.colour_pictures, cfg.seed + 3)
-    log(f"world: {len(world)} images, e.g. {world_captions[0]!r}; {len(colours)} pictures in any colour")
+    log(f"world: {len(world)} images, e.g. {world_captions[0]!r}")
     vocab_path, merges_path = write_clip_tokenizer_files(
         tiny_world.vocabulary_corpus(world_captions), work_dir / "tokenizer"
     )
@@ -495,23 +499,27 @@ def build_tiny_base(
         world_vae, unet, text_encoder, scaling = _world_base(world, world_captions, tokenizer, ids, cfg, work_dir, log)
     else:
         world_vae, unet, text_encoder, scaling = _load_world_base(world_base, cfg, log)
-    n = cfg.colour_world_images
-    vae = widen_vae(world_vae, world[:n], colours, cfg, work_dir, log)
-    mixed = encode_latents(vae, np.concatenate([world[:n], colours]), work_dir / "colour-latents.safetensors", log)
-    stage = UnetStage(
-        "colour-unet", cfg.colour_unet_steps, cfg.colour_unet_lr, 100, 0.05, cfg.colour_ema_decay, cfg.seed + 5
-    )
-    unet, text_encoder = train_unet(
-        unet,
-        text_encoder,
-        mixed * scaling,
-        ids(world_captions[:n] + colour_captions),
-        ids([""])[0],
-        stage,
-        cfg,
-        work_dir,
-        log,
-    )
+    vae = world_vae
+    if cfg.widens:
+        colours, colour_captions = tiny_vae_data.colour_pictures(cfg.colour_pictures, cfg.seed + 3)
+        log(f"stages 4-5: {len(colours)} pictures in any colour")
+        n = cfg.colour_world_images
+        vae = widen_vae(world_vae, world[:n], colours, cfg, work_dir, log)
+        mixed = encode_latents(vae, np.concatenate([world[:n], colours]), work_dir / "colour-latents.safetensors", log)
+        stage = UnetStage(
+            "colour-unet", cfg.colour_unet_steps, cfg.colour_unet_lr, 100, 0.05, cfg.colour_ema_decay, cfg.seed + 5
+        )
+        unet, text_encoder = train_unet(
+            unet,
+            text_encoder,
+            mixed * scaling,
+            ids(world_captions[:n] + colour_captions),
+            ids([""])[0],
+            stage,
+            cfg,
+            work_dir,
+            log,
+        )
     vae.register_to_config(scaling_factor=scaling)
 
     scheduler = DPMSolverMultistepScheduler(**NOISE_SCHEDULE, steps_offset=1)
