@@ -71,7 +71,9 @@ def _train(args: argparse.Namespace) -> None:
 def _build_tiny_base(args: argparse.Namespace) -> None:
     from lora_core.tiny.tiny_base import BuildConfig, build_tiny_base
 
-    cfg = BuildConfig.quick() if args.quick else (BuildConfig.widened if args.widen else BuildConfig)(seed=args.seed)
+    cfg = BuildConfig.quick() if args.quick else BuildConfig(seed=args.seed)
+    if args.world_only:
+        cfg = cfg.world_only()
     world_base = Path(args.from_world_base) if args.from_world_base else None
     build_tiny_base(Path(args.out), Path(args.work_dir), cfg, functools.partial(print, flush=True), world_base)
 
@@ -85,7 +87,7 @@ def _export_single_file(args: argparse.Namespace) -> None:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from lora_core import cog_schema
+    from lora_core.tools import cog_schema
 
     root = Path.cwd()
     configs = args.config or [c for c in cog_schema.CONFIGS if (root / c).is_file()] or ["cog.yaml"]
@@ -238,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=".build/tiny-sd-work", help="checkpoints; rerun to resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps only: checks the script, not a usable model")
-    p.add_argument("--widen", action="store_true", help="stages 4-5 on: any colour (not the committed base, issue 21)")
+    p.add_argument("--world-only", action="store_true", help="stages 1-3 only: a world base for --from-world-base")
     p.add_argument(
         "--from-world-base",
         metavar="DIR",
-        help="start at the colour stages from a base whose world stages (1-3) were built with the same settings",
+        help="run stage 4 (any colour) alone, from a base whose world stages (1-3) were built with the same settings",
     )
     p.set_defaults(func=_build_tiny_base)
 

@@ -1,4 +1,4 @@
-"""lora_core.cog_schema: the OpenAPI schema Cog's Go `cog build` writes, generated from Python.
+"""lora_core.tools.cog_schema: the OpenAPI schema Cog's Go `cog build` writes, generated from Python.
 
 Expectations are ported from github.com/replicate/cog (snapshot in /work/.mirror/replicate+cog):
 Go unit tests in pkg/schema/openapi_spec_test.go and generator_test.go, and the exact JSON fragments
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_core import cli, cog_schema
+from lora_core import cli
 from lora_core.base import checkpoints, sampling
+from lora_core.tools import cog_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import pytest
 from test_cog_schema import ROOT, _request, cog_server
 
 from conftest import zip_images
-from lora_core import cog_schema
 from lora_core.tiny import tiny_world
+from lora_core.tools import cog_schema
 
 
 def data_uri(payload: bytes, mime: str) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_core import cog_schema
 from lora_core.base import sampling
+from lora_core.tools import cog_schema
 from lora_core.training import training_job
 
 ROOT = Path(__file__).resolve().parents[1]

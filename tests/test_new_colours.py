@@ -4,10 +4,10 @@ not met yet are marked, strictly, with the figures measured, and say why).
 The concept is ours, not the world's: teal and hot-pink zigzags with a lime disc (hues 180°, 322° and 84°; the
 world paints at 0°, 31°, 50°, 129°, 225° and 278°, and has stripes, dots, checks and gradients but no zigzags).
 Each preset trains on it with its default settings through predict_train.py. Learning shows against the base,
-on every pixel's colour (an RGB histogram, not the world's palette): at scale 1 the LoRA's images close at least
+on every pixel's colour (a soft RGB histogram, not the world's palette): at scale 1 the LoRA's images close at least
 half the gap from the base's images to the concept's, scale 0 is the base bit for bit, and prompts without the
 token move less than a change of seed does. The VAE alone must first carry such colours at all
-(``test_the_vae_round_trips_any_colour_and_held_out_photos``).
+(``test_the_vae_round_trips_any_colour``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def zigzag_disc(seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     size = tiny_world.SIZE
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    period, amplitude, phase = rng.uniform(10, 16), rng.uniform(3, 6), rng.uniform(0, 16)
+    # Bands of 10-14 px: 2.5-3.5 latent pixels of the 16x16 latents, so the base can draw them at all.
+    period, amplitude, phase = rng.uniform(20, 28), rng.uniform(6, 12), rng.uniform(0, 28)
     tooth = np.abs(((x + phase) % period) / period * 2 - 1) * amplitude  # a triangle wave along x
     bands = ((y + tooth) // (period / 2)) % 2 == 0
     picture = np.where(bands[..., None], np.array(TEAL, np.float32), np.array(PINK, np.float32))
@@ -60,30 +61,26 @@ def round_trip_figures() -> dict:
     return figures
 
 
-COLOURS_NOT_MET = (
-    "issue 21, open: the committed (world-only) VAE is off by 23/255 on new flat colours, hues by up to 69°; the "
-    "widened base (build-tiny-base --widen) measures 6.4/255 and 10.3° but is not committed: LoRAs on it learn "
-    "the world's held-out concepts worse and bleed more"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=COLOURS_NOT_MET)
 def test_the_vae_round_trips_any_colour(round_trip_figures):
     """The VAE alone (encode, decode, no UNet) on flat saturated colours no VAE training saw: issue 21's goals
-    (≤ 8/255 per channel, no hue off by more than 15°; the world-only VAE: 23/255 and 69°). The world's own
-    pictures stay as they were (5.6/255; the widened VAE 6.1), and the zigzag concept must not get worse than the
-    widened VAE's 44/255 (58 on the world-only VAE)."""
+    (≤ 8/255 per channel, no hue off by more than 15°; the world-only VAE: 23/255 and 69°, measured 6.4 and 10.3°).
+    The world's own pictures stay close to the world-only VAE's 5.6/255 (6.1), and the zigzag concept round-trips
+    at 25/255 (54 on the world-only VAE)."""
     figures = round_trip_figures
     assert figures["colours_mae"] <= 8 and figures["colours_hue_error_max_deg"] <= 15, figures
     assert figures["world_mae"] <= 7, figures
-    assert figures["zigzag_mae"] <= 50, figures
+    assert figures["zigzag_mae"] <= 30, figures
 
 
-PHOTOS_NOT_MET = "issue 21, open: held-out photo crops round-trip at 22/255 (goal 8; the widened VAE: 13.6)"
+PHOTOS_NOT_MET = (
+    "issue 21, open: held-out photo crops round-trip at 13.6/255 (goal 8; the world-only VAE: 22). A VAE this small "
+    "(234 K parameters, 16/32/32 channels) is the limit: 2,000 more steps moved it to 13.0"
+)
 ZIGZAG_NOT_MET = (
-    "on the widened base: the 4-channel 16x16 latents blur this concept's 5-8 px bands (round trip 44/255, teal drifts "
-    "to blue), so even the VAE's own copy of the concept closes only 0.09 of the histogram gap; the LoRAs close "
-    "0.11 (object) and 0.21 (style), against 0.03 on the world-only VAE"
+    "issue 21, open: the LoRAs close 0.39 (object) and 0.32 (style) of the colour gap, goal 0.5; the VAE's own copy "
+    "of the concept closes only about 0.6 (its 16/32/32-channel decoder blurs the band edges and speckles the "
+    "colours), so no LoRA on this base can come near the goal's 0.8. A wider VAE (16/32/64, 0.65 M, 18 min from "
+    "scratch) measured 0.70 by itself and 0.51 / 0.38 for the LoRAs: the next step"
 )
 
 
@@ -93,7 +90,7 @@ def test_the_vae_round_trips_held_out_photos(round_trip_figures):
     assert figures["held_out_photos_mae"] <= 8, figures
 
 
-@pytest.mark.skip(reason=COLOURS_NOT_MET + "; on the world-only VAE the LoRAs close 0.03 (" + ZIGZAG_NOT_MET + ")")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ZIGZAG_NOT_MET)
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["object", "style"])
 def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, preset_lora):
@@ -109,6 +106,9 @@ def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, pres
     at = {scale: with_lora(scale, prompt) for scale in (0.0, 1.0)}
     base = draw(pipe, prompt.replace("<1>", lora.init_word), SEEDS)  # scale 0 is the base with the init word
     d0, d1 = (tiny_eval.rgb_histogram_distance(at[s], target) for s in (0.0, 1.0))
+    pictures = np.stack([np.asarray(im) for im in target])
+    copies = [Image.fromarray(a) for a in tiny_report.vae_round_trip(pipe.vae, pictures)]
+    vae_copy = tiny_eval.rgb_histogram_distance(copies, target)  # the best any LoRA on this VAE can do
     others = {p: draw(pipe, p, SEEDS) for p in OTHER_PROMPTS}
     seed_change = np.mean(
         [tiny_eval.mean_abs_pixel_change(others[p], draw(pipe, p, OTHER_SEEDS)) for p in OTHER_PROMPTS]
@@ -119,11 +119,12 @@ def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, pres
         "d_scale0": round(d0, 3),
         "d_scale1": round(d1, 3),
         "gap_closed": round(1 - d1 / d0, 3),
+        "gap_closed_by_the_vae_alone": round(1 - vae_copy / d0, 3),
         "other_prompts_change": round(float(lora_change), 2),
         "seed_change": round(float(seed_change), 2),
     }
     print("new colours:", json.dumps(result))
-    # These held on the widened base; pytest.fail (not an AssertionError) keeps them failing under an xfail of the gap.
+    # These hold; pytest.fail (not an AssertionError) keeps them failing under the xfail of the gap.
     if not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(at[0.0], base, strict=True)):
         pytest.fail("scale 0 is not the base bit for bit")
     if not lora_change < seed_change:

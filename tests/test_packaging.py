@@ -67,3 +67,22 @@ def test_every_package_the_service_imports_is_declared():
                 if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & closure:
                     missing.add(f"{top} ({path.relative_to(ROOT)})")
     assert not missing, sorted(missing)
+
+
+def test_nothing_run_at_prediction_time_imports_the_build_time_rooms():
+    """``lora_core.tiny`` (the embedded base's build and measures) and ``lora_core.tools`` (schema generation) are
+    for building and testing: the predictors and the service must start without them. Only the CLI, which
+    dispatches to them lazily, and the rooms themselves may import them."""
+    build_time = ("lora_core.tiny", "lora_core.tools")
+    runtime = [ROOT / "predict_train.py", ROOT / "predict_generate.py"] + [
+        p for p in (ROOT / "lora_core").rglob("*.py") if p.parent.name not in ("tiny", "tools") and p.name != "cli.py"
+    ]
+    offending = set()
+    for path in runtime:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == room or n.startswith(room + ".") for n in names for room in build_time):
+                offending.add(str(path.relative_to(ROOT)))
+    assert not offending, sorted(offending)

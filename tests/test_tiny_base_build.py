@@ -60,18 +60,21 @@ def test_a_work_dir_of_another_configuration_is_refused(tmp_path):
         build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig(n_images=5), log=lambda _: None)
 
 
-def test_from_a_world_base_only_the_colour_stages_run_and_give_the_same_base(quick_build, tmp_path):
-    """A base of stages 1-3 (colour stages of no steps) and then stages 4-5 from it: the whole build's weights."""
+def test_from_a_world_base_only_the_colour_stage_runs_and_gives_the_same_base(quick_build, tmp_path):
+    """A base of stages 1-3 (stage 4 of no steps) and then stage 4 from it: the whole build's weights."""
     from dataclasses import replace
 
-    world_only = replace(BuildConfig.quick(), colour_vae_crop_steps=0, colour_vae_whole_steps=0, colour_unet_steps=0)
-    world_base = build_tiny_base(tmp_path / "world", tmp_path / "world-work", world_only, log=lambda _: None)
+    world_base = build_tiny_base(
+        tmp_path / "world", tmp_path / "world-work", BuildConfig.quick().world_only(), log=lambda _: None
+    )
     lines = []
     out = build_tiny_base(tmp_path / "out", tmp_path / "work", BuildConfig.quick(), lines.append, world_base)
     assert not any(line.startswith(("vae:", "unet:")) for line in lines)
-    assert any(line.startswith("colour-unet: step") for line in lines)
+    assert any(line.startswith("colour-vae: step") for line in lines)
     assert _max_difference(_weights(quick_build), _weights(out)) == 0.0
     with pytest.raises(RuntimeError, match="other world settings .*n_images"):
         build_tiny_base(
             tmp_path / "o2", tmp_path / "w2", replace(BuildConfig.quick(), n_images=64), world_base=world_base
         )
+    with pytest.raises(RuntimeError, match="already went through stage 4"):
+        build_tiny_base(tmp_path / "o3", tmp_path / "w3", BuildConfig.quick(), world_base=out)

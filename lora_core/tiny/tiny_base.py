@@ -8,17 +8,15 @@ then five stages train in order, each resumable from its checkpoint in ``work_di
 2. the world encoded to latents (posterior means), which fixes ``scaling_factor``;
 3. UNet and text encoder jointly on the world's captions (epsilon prediction, Min-SNR-5, EMA);
 4. the VAE widened to any colour and texture (``tiny_vae_data``) while the world's latents stay
-   where the UNet learned them (an anchor term on the encoder);
-5. UNet and text encoder fine-tuned on the world and the new pictures, captioned "a photograph"
-   or "a swatch".
+   where the UNet learned them (an anchor term on the encoder).
 
-Stages 4-5 exist because a VAE trained on the world alone maps every colour to the nearest of its
-six, so no LoRA could learn a concept in its own colours (issue 21); training the whole base on the
-wider data instead gave latents the small UNet no longer followed prompts on (4/16 colour prompts).
-They are off by default (``BuildConfig.widened()``, ``--widen``): the widened base meets the colour
-goals and keeps its prompts, but LoRAs trained on it learn the world's held-out concepts worse (purple
-stars: palette gap closed 0.71 against 0.97) and bleed more, so the committed base is stages 1-3.
-``--from-world-base`` starts at stage 4 from a folder built by stages 1-3.
+Stage 4 exists because a VAE trained on the world alone maps every colour to the nearest of its
+six, so no LoRA could learn a concept in its own colours (issue 21). Measured alternatives, worse:
+training the whole base on the wider data gave latents the small UNet no longer followed prompts on
+(4/16 colour prompts), and fine-tuning UNet and text encoder on the new pictures after stage 4 made
+LoRAs on world concepts learn worse (purple stars: palette gap closed 0.71 against 0.97) and bleed more.
+With the world's latents anchored, stages 1-3's UNet keeps its prompts (16/16) and LoRAs learn the new
+latents themselves. ``--from-world-base`` runs stage 4 alone from a folder stages 1-3 built.
 
 The architecture is strictly SD-1.x (no extra embeddings), so the pipeline round-trips
 through the original single-file layout like any SD-1.5 fine-tune.
@@ -31,7 +29,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +64,14 @@ class BuildConfig:
     min_snr_gamma: float = 5.0
     checkpoint_every: int = 250
     threads: int = 2
-    # Stages 4-5 (issue 21): pictures in any colour and photo crops beside the first colour_world_images of the world.
+    # Stage 4 (issue 21): pictures in any colour and photo crops beside the first colour_world_images of the world.
+    # 0 steps skip it (a world-only base). Flat colours then round-trip at 6.4/255 (23 before), prompts keep 16/16.
     colour_pictures: int = 6_000
     colour_world_images: int = 12_000
-    # Off by default (0 steps: stages 4-5 skipped). widened() turns them on: flat colours then round-trip at
-    # 6.4/255 and prompts keep 16/16, but LoRAs on world concepts learn worse and bleed more (issue 21's notes).
-    colour_vae_crop_steps: int = 0
-    colour_vae_whole_steps: int = 0
+    colour_vae_crop_steps: int = 1_500
+    colour_vae_whole_steps: int = 300
     colour_vae_lr: float = 1e-3
     colour_anchor: float = 10.0  # weight of the world latents' squared drift: 3e-5 after 1,800 steps (std 1.03)
-    colour_unet_steps: int = 0
-    colour_unet_lr: float = 3e-4
-    colour_ema_decay: float = 0.995
 
     @classmethod
     def quick(cls) -> BuildConfig:
@@ -95,19 +89,16 @@ class BuildConfig:
             colour_world_images=32,
             colour_vae_crop_steps=2,
             colour_vae_whole_steps=1,
-            colour_unet_steps=3,
         )
 
-    @classmethod
-    def widened(cls, **given: Any) -> BuildConfig:
-        """Stages 4-5 on, as measured in issue 21 (``build-tiny-base --widen``)."""
-        steps = dict(colour_vae_crop_steps=1_500, colour_vae_whole_steps=300, colour_unet_steps=2_000)
-        return cls(**{**steps, **given})
+    def world_only(self) -> BuildConfig:
+        """The same build without stage 4: a world base, for ``--from-world-base``."""
+        return replace(self, colour_vae_crop_steps=0, colour_vae_whole_steps=0)
 
     @property
     def widens(self) -> bool:
-        """Whether stages 4-5 train at all: without steps they would leave stages 1-3's weights as they are."""
-        return self.colour_vae_crop_steps + self.colour_vae_whole_steps + self.colour_unet_steps > 0
+        """Whether stage 4 trains at all: without steps it would leave the world VAE as it is."""
+        return self.colour_vae_crop_steps + self.colour_vae_whole_steps > 0
 
     def world_stages(self) -> dict[str, Any]:
         """The settings stages 1-3 depend on: what a ``--from-world-base`` folder must have been built with."""
@@ -323,7 +314,7 @@ def encode_latents(vae, images: np.ndarray, path: Path, log: Log) -> torch.Tenso
 
 @dataclass(frozen=True)
 class UnetStage:
-    """One run of the UNet + text encoder loop: stage 3 from scratch, stage 5 from stage 3's weights."""
+    """The UNet + text encoder loop of stage 3."""
 
     name: str
     steps: int
@@ -448,6 +439,8 @@ def _load_world_base(folder: Path, cfg: BuildConfig, log: Log):
     from transformers import CLIPTextModel
 
     built = json.loads((folder / "build_info.json").read_text())["config"]
+    if built.get("colour_vae_crop_steps", 0) + built.get("colour_vae_whole_steps", 0) > 0:
+        raise RuntimeError(f"{folder} already went through stage 4; give a world base (build-tiny-base --world-only)")
     wanted = cfg.world_stages()
     if {k: built.get(k) for k in wanted} != wanted:
         differ = sorted(k for k in wanted if built.get(k) != wanted[k])
@@ -468,7 +461,7 @@ def build_tiny_base(
     out_dir: Path, work_dir: Path, cfg: BuildConfig = BuildConfig(), log: Log = print, world_base: Path | None = None
 ) -> Path:
     """Trains every component and writes a ``StableDiffusionPipeline`` folder at ``out_dir``; with ``world_base``
-    (a folder stages 1-3 of this configuration built), only stages 4-5 run."""
+    (a folder stages 1-3 of this configuration built), only stage 4 runs."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
@@ -501,25 +494,9 @@ def build_tiny_base(
         world_vae, unet, text_encoder, scaling = _load_world_base(world_base, cfg, log)
     vae = world_vae
     if cfg.widens:
-        colours, colour_captions = tiny_vae_data.colour_pictures(cfg.colour_pictures, cfg.seed + 3)
-        log(f"stages 4-5: {len(colours)} pictures in any colour")
-        n = cfg.colour_world_images
-        vae = widen_vae(world_vae, world[:n], colours, cfg, work_dir, log)
-        mixed = encode_latents(vae, np.concatenate([world[:n], colours]), work_dir / "colour-latents.safetensors", log)
-        stage = UnetStage(
-            "colour-unet", cfg.colour_unet_steps, cfg.colour_unet_lr, 100, 0.05, cfg.colour_ema_decay, cfg.seed + 5
-        )
-        unet, text_encoder = train_unet(
-            unet,
-            text_encoder,
-            mixed * scaling,
-            ids(world_captions[:n] + colour_captions),
-            ids([""])[0],
-            stage,
-            cfg,
-            work_dir,
-            log,
-        )
+        colours = tiny_vae_data.colour_pictures(cfg.colour_pictures, cfg.seed + 3)
+        log(f"stage 4: {len(colours)} pictures in any colour")
+        vae = widen_vae(world_vae, world[: cfg.colour_world_images], colours, cfg, work_dir, log)
     vae.register_to_config(scaling_factor=scaling)
 
     scheduler = DPMSolverMultistepScheduler(**NOISE_SCHEDULE, steps_offset=1)

@@ -129,24 +129,18 @@ SYNTHETIC: tuple[Callable[[np.random.Generator], np.ndarray], ...] = (
 )
 
 
-PHOTO_CAPTION, SYNTHETIC_CAPTION = "a photograph", "a swatch"
-
-
-def colour_pictures(n: int, seed: int, photo_share: float = 0.4) -> tuple[np.ndarray, list[str]]:
+def colour_pictures(n: int, seed: int, photo_share: float = 0.4) -> np.ndarray:
     """``n`` SIZE x SIZE RGB uint8 pictures, ``photo_share`` of them photo crops and the rest synthetic in random
-    colours, and their captions (words the world never uses, so its prompts keep their meaning).
-    Same ``n`` and ``seed``, same pictures."""
+    colours. Same ``n`` and ``seed``, same pictures."""
     rng = np.random.default_rng(seed)
-    out, captions = np.empty((n, SIZE, SIZE, 3), np.uint8), []
+    out = np.empty((n, SIZE, SIZE, 3), np.uint8)
     for i in range(n):
         if rng.random() < photo_share:
             out[i] = photo_crop(rng)
-            captions.append(PHOTO_CAPTION)
         else:
             picture = SYNTHETIC[rng.integers(len(SYNTHETIC))](rng)
             out[i] = np.clip(np.rint(picture), 0, 255).astype(np.uint8)
-            captions.append(SYNTHETIC_CAPTION)
-    return out, captions
+    return out
 
 
 def held_out_crops(n: int, seed: int) -> np.ndarray:
