@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _pins(path: Path) -> dict[str, str]:
     out = {}
     for line in path.read_text().splitlines():
-        line = line.strip()
+        line = line.split(" #")[0].strip()  # pip's inline comments: "networkx==3.6.1  # via torch"
         if line and not line.startswith(("#", "-r")):
             req = Requirement(line)
             out[req.name.lower().replace("_", "-")] = str(req.specifier)
