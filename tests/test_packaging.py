@@ -28,6 +28,18 @@ def _declared(items: list[str]) -> dict[str, str]:
     return {req.name.lower().replace("_", "-"): str(req.specifier) for req in reqs}
 
 
+def _imported(path: Path, with_members: bool = False) -> list[str]:
+    """Every absolute module a file imports, lazy imports included; ``with_members`` adds ``module.name`` for each
+    ``from module import name`` (which may itself be a module)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if with_members else [])
+    return out
+
+
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -56,16 +68,12 @@ def test_every_package_the_service_imports_is_declared():
     dists = packages_distributions()
     missing = set()
     for path in (ROOT / "lora_core" / "service").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            for name in names:
-                top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top == "lora_core":
-                    continue
-                if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & closure:
-                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+        for name in _imported(path):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top == "lora_core":
+                continue
+            if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & closure:
+                missing.add(f"{top} ({path.relative_to(ROOT)})")
     assert not missing, sorted(missing)
 
 
@@ -77,12 +85,10 @@ def test_nothing_run_at_prediction_time_imports_the_build_time_rooms():
     runtime = [ROOT / "predict_train.py", ROOT / "predict_generate.py"] + [
         p for p in (ROOT / "lora_core").rglob("*.py") if p.parent.name not in ("tiny", "tools") and p.name != "cli.py"
     ]
-    offending = set()
-    for path in runtime:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            if any(n == room or n.startswith(room + ".") for n in names for room in build_time):
-                offending.add(str(path.relative_to(ROOT)))
+    offending = {
+        str(path.relative_to(ROOT))
+        for path in runtime
+        for n in _imported(path, with_members=True)
+        if any(n == room or n.startswith(room + ".") for room in build_time)
+    }
     assert not offending, sorted(offending)

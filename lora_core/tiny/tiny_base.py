@@ -44,6 +44,14 @@ from lora_core.tiny.tiny_tokenizer import write_clip_tokenizer_files
 MAX_TOKENS = 32  # captions use at most 20; room for prompts with added LoRA tokens
 
 
+STAGE_4_STEPS = ("colour_vae_crop_steps", "colour_vae_whole_steps")
+
+
+def stage_4_steps(config: dict[str, Any]) -> int:
+    """Stage 4's steps in a build's settings (a ``BuildConfig`` as a dict, or a base's ``build_info``; absent: 0)."""
+    return sum(config.get(k, 0) for k in STAGE_4_STEPS)
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything that decides the weights. Same config and seed, same files."""
@@ -93,12 +101,12 @@ class BuildConfig:
 
     def world_only(self) -> BuildConfig:
         """The same build without stage 4: a world base, for ``--from-world-base``."""
-        return replace(self, colour_vae_crop_steps=0, colour_vae_whole_steps=0)
+        return replace(self, **dict.fromkeys(STAGE_4_STEPS, 0))
 
     @property
     def widens(self) -> bool:
         """Whether stage 4 trains at all: without steps it would leave the world VAE as it is."""
-        return self.colour_vae_crop_steps + self.colour_vae_whole_steps > 0
+        return stage_4_steps(asdict(self)) > 0
 
     def world_stages(self) -> dict[str, Any]:
         """The settings stages 1-3 depend on: what a ``--from-world-base`` folder must have been built with."""
@@ -439,7 +447,7 @@ def _load_world_base(folder: Path, cfg: BuildConfig, log: Log):
     from transformers import CLIPTextModel
 
     built = json.loads((folder / "build_info.json").read_text())["config"]
-    if built.get("colour_vae_crop_steps", 0) + built.get("colour_vae_whole_steps", 0) > 0:
+    if stage_4_steps(built) > 0:
         raise RuntimeError(f"{folder} already went through stage 4; give a world base (build-tiny-base --world-only)")
     wanted = cfg.world_stages()
     if {k: built.get(k) for k in wanted} != wanted:
