@@ -145,7 +145,7 @@ def _weights_fetch(args: argparse.Namespace) -> None:
 
 def _bench(argv: list[str]) -> int:
     """``python -m bench`` under its own argument parser (bench/ lives beside lora_core/)."""
-    from .service.config import REPO_ROOT
+    from lora_core.service.config import REPO_ROOT
 
     if not (REPO_ROOT / "bench" / "__main__.py").is_file():
         print("error: the benchmarks run from a source checkout (bench/ beside lora_core/), not an installed wheel")
@@ -157,9 +157,9 @@ def _bench(argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from .service import server
-    from .service.app import create_app
-    from .service.config import ServiceConfig
+    from lora_core.service import server
+    from lora_core.service.app import create_app
+    from lora_core.service.config import ServiceConfig
 
     config = ServiceConfig.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
     print(
@@ -171,27 +171,27 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _tokens_engine(args: argparse.Namespace):
-    from .service import db
-    from .service.config import ServiceConfig
+    from lora_core.service.config import ServiceConfig
+    from lora_core.service.storage import db
 
     return db.connect(ServiceConfig.from_env(data_dir=args.data_dir).database_url)
 
 
 def _token_create(args: argparse.Namespace) -> None:
-    from .service import tokens
+    from lora_core.service.auth import tokens
 
     print(tokens.create(_tokens_engine(args), args.owner))
 
 
 def _token_list(args: argparse.Namespace) -> None:
-    from .service import tokens
+    from lora_core.service.auth import tokens
 
     for row in tokens.listing(_tokens_engine(args), args.owner):
         print(f"{row['id']}  {row['owner']:<20} {row['hint'] or '?'}…  created {row['created_at']:%Y-%m-%d %H:%M} UTC")
 
 
 def _token_revoke(args: argparse.Namespace) -> None:
-    from .service import tokens
+    from lora_core.service.auth import tokens
 
     gone = tokens.revoke(_tokens_engine(args), token_id=args.id, token=args.token, owner=args.owner)
     if not gone:

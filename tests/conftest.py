@@ -134,3 +134,10 @@ def service(tmp_path_factory):
     ).start()
     yield running
     running.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The quick tier (``./dev test -m quick``, about two minutes here) is every test marked neither slow nor medium."""
+    for item in items:
+        if not (item.get_closest_marker("slow") or item.get_closest_marker("medium")):
+            item.add_marker(pytest.mark.quick)

@@ -141,7 +141,7 @@ def race_claimers(engine, count: int, claimers: int) -> tuple[list[str], list[st
     (ids made, ids claimed, with repeats if any was claimed twice)."""
     import threading
 
-    from lora_core.service import predictions
+    from lora_core.service.queue import predictions
 
     made = [
         predictions.create(engine, owner="q", model="m/x", version="v", kind="prediction", input={})["id"]

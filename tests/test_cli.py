@@ -14,6 +14,7 @@ def lora_studio(*args, cwd):
     )
 
 
+@pytest.mark.medium
 def test_generate_writes_images_and_records_the_settings(tmp_path):
     out = lora_studio(
         "generate",

@@ -18,6 +18,7 @@ def data_uri(payload: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode()}"
 
 
+@pytest.mark.medium
 def test_the_generation_model_validates_and_runs():
     with cog_server(ROOT, "predict_generate.py:Predictor") as port:
         status, body = _request(port, "/predictions", {"input": {"prompt": "a red circle", "seed": 1}})

@@ -32,11 +32,11 @@ from kubernetes_validate.utils import latest_version
 from lora_core.base import checkpoints
 from lora_core.lora import binding
 from lora_core.net import fetch
-from lora_core.service import cog_serve
+from lora_core.service.auth.signing import Signer, upload_url
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import MODELS, load_models
-from lora_core.service.signing import Signer, upload_url
-from lora_core.service.workers import WorkerPool
+from lora_core.service.workers import cog_serve
+from lora_core.service.workers.pool import WorkerPool
 from service_harness import config_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -436,7 +436,7 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
                 f"LORA_STUDIO_WORKER_NAME={name}",
                 "python",
                 "-m",
-                "lora_core.service.cog_serve",
+                "lora_core.service.workers.cog_serve",
             ]
             env = worker["environment"]
             # the upload URL Cog's server is given (made from the environment) is the one the service expects
@@ -606,7 +606,7 @@ def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tm
     stub.parent.mkdir()
     stub.write_text(
         f"#!{sys.executable}\nimport json, os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
-        "from lora_core.service.signing import upload_url\n"
+        "from lora_core.service.auth.signing import upload_url\n"
         "env = os.environ\nprint(json.dumps([sys.argv[1:], upload_url(env['LORA_STUDIO_SERVICE_URL'], "
         "env['LORA_STUDIO_WORKER_NAME'], env['WEBHOOK_AUTH_TOKEN'])]))\n"
     )
@@ -628,7 +628,7 @@ def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tm
         )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == [
-            ["-m", "lora_core.service.cog_serve"],
+            ["-m", "lora_core.service.workers.cog_serve"],
             WorkerPool.upload_prefix(pool, f"{model.name}-remote-{i}"),
         ]
 
@@ -652,9 +652,9 @@ def test_every_setting_the_deploy_files_give_the_service_is_read_by_it(tmp_path)
 
 def test_gpu_workers_get_exactly_what_local_workers_get(tmp_path):
     """Every name the service sets for its local workers; others only if the start command or the Cog launcher it
-    runs (``lora_core.service.cog_serve``) uses them."""
+    runs (``lora_core.service.workers.cog_serve``) uses them."""
     expected = set(WorkerPool._worker_env(worker_side(config_from({}, data_dir=tmp_path))))
-    launcher = (ROOT / "lora_core" / "service" / "cog_serve.py").read_text()
+    launcher = (ROOT / "lora_core" / "service" / "workers" / "cog_serve.py").read_text()
     read_by_launcher = set(re.findall(r'env(?:\.get\(|\[)"([A-Z_]+)"', launcher))
     assert {"LORA_STUDIO_SERVICE_URL", "LORA_STUDIO_WORKER_NAME"} <= read_by_launcher
     workers = {

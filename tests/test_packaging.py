@@ -92,3 +92,65 @@ def test_nothing_run_at_prediction_time_imports_the_build_time_rooms():
         if any(n == room or n.startswith(room + ".") for room in build_time)
     }
     assert not offending, sorted(offending)
+
+
+# lora_core's rooms, top to bottom: a module imports only its own room and rooms in lower layers, never one beside
+# it (the API and the pages share the service's core, not each other). ``shared`` is lora_core's top-level modules
+# (progress, settings, image files, output folders); ``service.x`` is a room of the service or one of its top
+# modules (config, models, urls, views: its vocabulary; core, app, server: its assembly).
+LAYERS: list[set[str]] = [
+    {"cli"},
+    {"tiny", "tools", "service.app", "service.server"},
+    {"service.api", "service.web"},
+    {"service.core"},
+    {"service.workers"},
+    {"service.views"},
+    {"service.urls", "service.models"},
+    {"service.config"},
+    {"service.queue"},
+    {"service.auth"},
+    {"service.storage"},
+    {"training"},
+    {"lora"},
+    {"base", "net"},
+    {"shared"},
+]
+TORCH_FREE = ("net", "shared")  # what the service may use outside itself: it never loads torch's rooms
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "lora_core":
+        return None
+    if len(parts) > 1 and parts[1] == "cli":
+        return "cli"
+    if len(parts) > 2 and parts[1] == "service":
+        return f"service.{parts[2]}"
+    if len(parts) > 1 and (ROOT / "lora_core" / parts[1]).is_dir():
+        return parts[1]
+    return "shared"
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_every_room_imports_only_rooms_below_it():
+    layer = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
+    wrong = []
+    for path in (ROOT / "lora_core").rglob("*.py"):
+        if "migrations" in path.parts:  # Alembic's scripts, loaded by path
+            continue
+        here = _room(_module(path))
+        if path.name == "__init__.py" and not _imported(path):  # a package's docstring
+            continue
+        assert here in layer, f"{path.relative_to(ROOT)}: room {here!r} is in no layer of LAYERS"
+        for name in _imported(path, with_members=True):
+            there = _room(name)
+            if there is None or there == here or there not in layer:  # `lora_core.service` alone: its module follows
+                continue
+            too_high = layer[there] <= layer[here]
+            outside = here.startswith("service.") and not there.startswith("service.") and there not in TORCH_FREE
+            if too_high or outside:
+                wrong.append(f"{path.relative_to(ROOT)} ({here}) imports {name} ({there})")
+    assert not wrong, "\n".join(sorted(set(wrong)))

@@ -1,11 +1,13 @@
 """Prior images are drawn once and read back the same, from memory or from disk (a restarted worker)."""
 
 import numpy as np
+import pytest
 
 from lora_core.base import checkpoints
 from lora_core.training import prior_images
 
 
+@pytest.mark.medium
 def test_a_set_is_drawn_once_and_read_back_pixel_for_pixel(tiny_pipe, tmp_path, monkeypatch):
     small = checkpoints.get_checkpoint("tiny").model_copy(update={"prior_images": 8})
     drawn = prior_images.prior_examples(tiny_pipe, small, 64, "test-base", folder=tmp_path)
@@ -19,6 +21,7 @@ def test_a_set_is_drawn_once_and_read_back_pixel_for_pixel(tiny_pipe, tmp_path, 
     assert not list(tmp_path.glob(".priors-*"))  # no half-written folder left behind
 
 
+@pytest.mark.medium
 def test_another_base_or_size_is_another_set(tiny_pipe, tmp_path):
     small = checkpoints.get_checkpoint("tiny").model_copy(update={"prior_images": 8})
     a = prior_images.prior_examples(tiny_pipe, small, 64, "base-a", folder=tmp_path)

@@ -11,7 +11,7 @@ import requests
 from PIL import Image
 
 from conftest import zip_images
-from lora_core.service.signing import verify_webhook
+from lora_core.service.auth.signing import verify_webhook
 from lora_core.tiny import tiny_world
 from service_harness import Api
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from lora_core.service import db, predictions
+from lora_core.service.queue import predictions
+from lora_core.service.storage import db
 from service_harness import Api, ServiceProcess, free_port, race_claimers
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')

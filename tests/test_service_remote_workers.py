@@ -1,6 +1,6 @@
 """A worker the service did not start (a GPU container in production): a Cog server at a configured URL,
-started the way docs/deploy.md says (``lora_core.service.cog_serve`` with the worker's name, the service's URL and
-the worker token in its environment)."""
+started the way docs/deploy.md says (``lora_core.service.workers.cog_serve`` with the worker's name, the service's
+URL and the worker token in its environment)."""
 
 import os
 import signal
@@ -32,7 +32,7 @@ def start_cog_server(port: int, service_port: int, log: Path) -> subprocess.Pope
     }
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lora_core.service.cog_serve", "--host", "127.0.0.1"],
+            [sys.executable, "-m", "lora_core.service.workers.cog_serve", "--host", "127.0.0.1"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -1,5 +1,6 @@
 """The committed tiny base understands its prompts at its recommended settings."""
 
+import pytest
 from diffusers import StableDiffusionPipeline
 
 from lora_core.base import checkpoints
@@ -12,12 +13,14 @@ def test_loads_with_plain_diffusers_and_nothing_else():
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
 
 
+@pytest.mark.medium
 def test_each_colour_is_dominant_in_at_least_three_of_four_seeds(tiny_pipe):
     results = tiny_report.colour_test(tiny_pipe)
     for colour, seen in results.items():
         assert seen.count(colour) >= 3, (colour, seen)
 
 
+@pytest.mark.medium
 def test_different_shapes_are_drawn_differently(tiny_pipe):
     results = tiny_report.shape_test(tiny_pipe)
     correct = sum(seen.count(shape) for shape, seen in results.items())

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from lora_core.tiny import tiny_world
 
@@ -32,6 +33,7 @@ def _modifiers(words: list[str], noun: str) -> set[str]:
     return found
 
 
+@pytest.mark.medium
 def test_held_out_combinations_never_appear():
     _, captions = tiny_world.sample_world(6000, seed=0)
     held_out = list(tiny_world.HELD_OUT_OBJECTS) + [(c, p) for p, c in tiny_world.HELD_OUT_PATTERNS]

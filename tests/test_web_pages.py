@@ -27,8 +27,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from browser import chromium, needs_chromium
 from conftest import zip_images
-from lora_core.service import pages
 from lora_core.service.models import load_models
+from lora_core.service.web import pages
 from lora_core.tiny import tiny_world
 from service_harness import ROOT, Api
 

@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
-from .config import ServiceConfig
-from .models import InvalidField
-from .service import ApiError, Service
+from lora_core import __version__
+from lora_core.service.config import ServiceConfig
+from lora_core.service.core import ApiError, Service
+from lora_core.service.models import InvalidField
 
 
 class BodyGuard:
@@ -138,8 +138,8 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
         detail = "".join(f"- {f.field}: {f.description}\n" for f in fields)
         return JSONResponse(ApiError(422, "Invalid request", detail, fields).body(), status_code=422)
 
-    from .api import router
-    from .web import router as pages, static_files
+    from lora_core.service.api.routes import router
+    from lora_core.service.web.routes import router as pages, static_files
 
     app.include_router(router)
     app.include_router(pages)

@@ -17,8 +17,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import BaseSettings, NoDecode
 
 from lora_core.env_settings import PREFIXED, CommaSet, read_env
-
-from .limits import OwnerLimits
+from lora_core.service.queue.limits import OwnerLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 

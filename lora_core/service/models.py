@@ -21,8 +21,8 @@ from typing import Any
 
 import jsonschema
 
-from .. import __version__
-from .config import REPO_ROOT
+from lora_core import __version__
+from lora_core.service.config import REPO_ROOT
 
 
 @dataclass(frozen=True)

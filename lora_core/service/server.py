@@ -16,7 +16,7 @@ import re
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import ServiceConfig
+from lora_core.service.config import ServiceConfig
 
 
 class HeaderTimeoutH11(H11Protocol):

@@ -7,9 +7,9 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import Engine
 
-from . import files
-from .config import ServiceConfig
-from .signing import Signer
+from lora_core.service.auth.signing import Signer
+from lora_core.service.config import ServiceConfig
+from lora_core.service.storage import files
 
 
 class Urls:

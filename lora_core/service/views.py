@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from . import outputs
-from .models import Model
-from .urls import Urls
+from lora_core.service.models import Model
+from lora_core.service.queue import outputs
+from lora_core.service.urls import Urls
 
 
 def timestamp(value: datetime.datetime | None) -> str | None:

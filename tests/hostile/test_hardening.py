@@ -65,6 +65,7 @@ def _upload(api: Api, name: str, payload: bytes, content_type: str) -> str:
     return r.json()["id"]
 
 
+@pytest.mark.medium
 @needs_chromium
 def test_an_upload_opened_by_another_signed_in_owner_runs_no_script(hardened, receiver, tmp_path):
     mallory, victor_token = hardened.api("mallory"), hardened.process.token("victor")
@@ -274,6 +275,7 @@ def test_malformed_numbers_and_text_are_4xx_and_store_nothing(limited):
     assert api("GET", "/").status_code == 200
 
 
+@pytest.mark.medium
 def test_slow_headers_and_stalled_bodies_do_not_hold_the_server(limited):
     host, port = limited.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -337,6 +339,7 @@ def test_no_third_party_script_is_served(limited):
     assert all(src.startswith("/") for src in re.findall(r'<script[^>]+src="([^"]+)"', home))
 
 
+@pytest.mark.medium
 def test_the_worker_token_is_in_no_log_line_and_no_command_line(tmp_path):
     """At the default log level (info: an access-log line per request, the uploads of outputs included)."""
     service = ServiceProcess(tmp_path / "svc", env={"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"})
@@ -344,7 +347,7 @@ def test_the_worker_token_is_in_no_log_line_and_no_command_line(tmp_path):
     try:
         api = Api(service.url, service.token("logs"))
         assert api.predict(GENERATE, {"prompt": "a red circle", "num_inference_steps": 2})["status"] == "succeeded"
-        from lora_core.service.signing import upload_key
+        from lora_core.service.auth.signing import upload_key
 
         secrets_ = [WORKER_TOKEN, upload_key(WORKER_TOKEN, "lora-1")]
         commands = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

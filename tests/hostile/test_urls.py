@@ -70,7 +70,9 @@ def _url(template: str, hardened) -> str:
     return template.format(files=hardened.files.url, secret_port=hardened.secret.port)
 
 
-@pytest.mark.parametrize("case", LORA_CASES)
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.medium) if "a second" in c else c for c in LORA_CASES]
+)
 def test_a_hostile_lora_url_fails_its_own_prediction_fast(hardened, alice, case):
     template, message = LORA_CASES[case]
     url = _url(template, hardened)
@@ -90,8 +92,8 @@ def test_a_hostile_lora_url_fails_its_own_prediction_fast(hardened, alice, case)
     [
         "/5gb-declared.safetensors",
         "/5gb-undeclared.safetensors",
-        "/trickle-body.safetensors",
-        "/trickle-headers.safetensors",
+        pytest.param("/trickle-body.safetensors", marks=pytest.mark.medium),  # waits out the 3 s deadline
+        pytest.param("/trickle-headers.safetensors", marks=pytest.mark.medium),
     ],
 )
 def test_downloads_past_the_cap_or_the_time_limit_are_cut_off(hardened, alice, path):

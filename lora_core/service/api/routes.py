@@ -19,10 +19,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from . import content_types, files, predictions, views
-from .bodies import json_body
-from .models import InvalidField, Model
-from .service import MAX_URL_CHARS, ApiError, Service
+from lora_core.service import views
+from lora_core.service.api.bodies import json_body
+from lora_core.service.auth.tokens import PAGE_HEADER, TOKEN_COOKIE
+from lora_core.service.core import MAX_URL_CHARS, ApiError, Service
+from lora_core.service.models import InvalidField, Model
+from lora_core.service.queue import predictions
+from lora_core.service.storage import content_types, files
 
 router = APIRouter()
 EventName = Literal["start", "output", "logs", "completed"]
@@ -50,10 +53,6 @@ class ForkRequest(ModelPredictionRequest):
 
 def service(request: Request) -> Service:
     return request.app.state.service
-
-
-TOKEN_COOKIE = "lora_studio_token"  # the pages' sign-in: HttpOnly, SameSite=Strict, set by POST /session
-PAGE_HEADER = "x-lora-studio-page"  # sent by the pages' script: no other site's page can send it (no CORS here)
 
 
 async def owner(request: Request, svc: Service = Depends(service)) -> str:
@@ -166,7 +165,7 @@ async def _create(
 async def _wait(svc: Service, prediction_id: str, deadline: float) -> dict:
     """The row once it is final, or as it is at ``deadline`` (counted from the request's arrival: the official
     Python client gives up reading half a second after the wait it asked for)."""
-    with svc.changes.watching(prediction_id) as changed:
+    with svc.wakeups.watching(prediction_id) as changed:
         while True:
             changed.clear()
             row = await run_in_threadpool(predictions.existing, svc.engine, prediction_id)

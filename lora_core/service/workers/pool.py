@@ -25,15 +25,16 @@ from urllib.parse import quote, urlsplit
 import requests
 from sqlalchemy.engine import Engine
 
-from ..net.fetch import Fetcher, FetchError, FetchPolicy
-from . import files, outputs, predictions
-from .changes import Changes
-from .cog_process import CogProcess
-from .config import ServiceConfig
-from .file_store import FileStore, StorageFull
-from .models import Model
-from .signing import Signer, upload_url
-from .urls import Urls
+from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy
+from lora_core.service.auth.signing import Signer, upload_url
+from lora_core.service.config import ServiceConfig
+from lora_core.service.models import Model
+from lora_core.service.queue import outputs, predictions
+from lora_core.service.queue.wakeups import Wakeups
+from lora_core.service.storage import files
+from lora_core.service.storage.file_store import FileStore, StorageFull
+from lora_core.service.urls import Urls
+from lora_core.service.workers.cog_process import CogProcess
 
 log = logging.getLogger("lora_studio.workers")
 # From the worker only logs and the final state: the PUT's answer says it started, and outputs come with the end
@@ -68,13 +69,13 @@ class WorkerPool:
         engine: Engine,
         store: FileStore,
         models: dict[str, Model],
-        changes: Changes,
+        wakeups: Wakeups,
         signer: Signer,
         urls: Urls,
         on_event: Callable[[dict, str], None],
     ) -> None:
         """``on_event(row, event)`` is called after each stored change ("start", "logs", "output", "completed")."""
-        self.config, self.engine, self.store, self.changes = config, engine, store, changes
+        self.config, self.engine, self.store, self.wakeups = config, engine, store, wakeups
         self.signer, self.urls = signer, urls
         self.on_event = on_event
         self.workers: dict[str, Worker] = {}
@@ -135,7 +136,7 @@ class WorkerPool:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.changes.prediction_queued()
+        self.wakeups.prediction_queued()
         for worker in self.workers.values():
             worker.finished.set()
             if worker.process:
@@ -174,7 +175,7 @@ class WorkerPool:
                 time.sleep(1)
                 continue
             if row is None:
-                self.changes.wait_for_queue(1.0)
+                self.wakeups.wait_for_queue(1.0)
                 continue
             try:
                 self._run(worker, row)
@@ -419,7 +420,7 @@ class WorkerPool:
         worker.finished.set()
         if done:
             self.on_event(done, "completed")
-            self.changes.prediction_changed(pid)
+            self.wakeups.prediction_changed(pid)
 
     # ---- supervision --------------------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -505,7 +506,7 @@ class WorkerPool:
         row = predictions.get(self.engine, pid)
         if row:
             self.on_event(row, "completed")
-            self.changes.prediction_changed(pid)
+            self.wakeups.prediction_changed(pid)
 
 
 def _cog_error(response: requests.Response) -> str:

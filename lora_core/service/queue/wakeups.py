@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 
-class Changes:
+class Wakeups:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = defaultdict(set)

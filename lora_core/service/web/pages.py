@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ..progress import LINE
-from . import outputs
+from lora_core.progress import LINE
+from lora_core.service.queue import outputs
 
 Kind = Literal["file", "enum", "boolean", "integer", "number", "text", "textarea"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from lora_core.service.db import metadata
+from lora_core.service.storage.db import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -18,9 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from . import content_types
-from .db import files as F, row_by_id, utcnow
-from .file_store import FileStore, Readable, StorageFull
+from lora_core.service.storage import content_types
+from lora_core.service.storage.db import files as F, row_by_id, utcnow
+from lora_core.service.storage.file_store import FileStore, Readable, StorageFull
 
 Row = dict[str, Any]
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")

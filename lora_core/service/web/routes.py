@@ -20,10 +20,13 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
-from . import files, pages, predictions, views
-from .api import PAGE_HEADER, TOKEN_COOKIE
-from .models import Model
-from .service import ApiError, Service
+from lora_core.service import views
+from lora_core.service.auth.tokens import PAGE_HEADER, TOKEN_COOKIE
+from lora_core.service.core import ApiError, Service
+from lora_core.service.models import Model
+from lora_core.service.queue import predictions
+from lora_core.service.storage import files
+from lora_core.service.web import pages
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"

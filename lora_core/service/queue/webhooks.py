@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..net.fetch import FetchError, checked_url_address, system_resolver
-from .db import utcnow, webhook_deliveries as W
-from .signing import Signer
+from lora_core.net.fetch import FetchError, checked_url_address, system_resolver
+from lora_core.service.auth.signing import Signer
+from lora_core.service.storage.db import utcnow, webhook_deliveries as W
 
 EVENTS = ("start", "output", "logs", "completed")
 

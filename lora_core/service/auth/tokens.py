@@ -10,10 +10,12 @@ import secrets
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import tokens, utcnow
+from lora_core.service.storage.db import tokens, utcnow
 
 OWNER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PREFIX = "ls_"
+TOKEN_COOKIE = "lora_studio_token"  # the pages' sign-in: HttpOnly, SameSite=Strict, set by POST /session
+PAGE_HEADER = "x-lora-studio-page"  # sent by the pages' script: no other site's page can send it (no CORS here)
 
 
 def _digest(token: str) -> str:

@@ -1,4 +1,5 @@
-"""One local Cog server (coglet, through ``lora_core.service.cog_serve``) running a predictor: start, watch, stop.
+"""One local Cog server (coglet, through ``lora_core.service.workers.cog_serve``) running a predictor: start,
+watch, stop.
 
 Cog's server spawns its worker as ``python`` from ``PATH``, so this interpreter's folder goes
 first. The server and its worker share a new process group, killed together, and the server
@@ -16,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import REPO_ROOT
+from lora_core.service.config import REPO_ROOT
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -59,7 +60,7 @@ class CogProcess:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
         }
-        command = [sys.executable, "-m", "lora_core.service.cog_serve", "--host", "127.0.0.1"]
+        command = [sys.executable, "-m", "lora_core.service.workers.cog_serve", "--host", "127.0.0.1"]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             command,

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import instances, predictions as P, row_by_id, utcnow
+from lora_core.service.storage.db import instances, predictions as P, row_by_id, utcnow
 
 TERMINAL = ("succeeded", "failed", "canceled")
 Row = dict[str, Any]

@@ -73,8 +73,8 @@ def json_body(model: type[M]) -> Callable[[Request], Any]:
     bounded before it is read, by the app's ``BodyGuard`` (413 declared or streamed), the one place that does so."""
 
     async def read(request: Request) -> M:
-        from .models import InvalidField
-        from .service import ApiError
+        from lora_core.service.core import ApiError
+        from lora_core.service.models import InvalidField
 
         try:
             value = await run_in_threadpool(parse, await request.body())

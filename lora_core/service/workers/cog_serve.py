@@ -1,5 +1,5 @@
-"""``python -m lora_core.service.cog_serve``: Cog's own HTTP server (coglet), as ``python -m cog.server.http`` starts
-it, but with the upload URL taken from the environment instead of the command line.
+"""``python -m lora_core.service.workers.cog_serve``: Cog's own HTTP server (coglet), as ``python -m cog.server.http``
+starts it, but with the upload URL taken from the environment instead of the command line.
 
 Cog's server sends no credentials with the files it uploads, so the URL itself has to carry one (a per-worker
 key, ``Signer.upload_key``). On a command line it would be readable by every user of the machine (``ps``); in
@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from .signing import upload_url
+from lora_core.service.auth.signing import upload_url
 
 
 def upload_url_from(env: Mapping[str, str]) -> str | None:
@@ -37,7 +37,7 @@ def upload_url_from(env: Mapping[str, str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     import coglet
 
-    parser = argparse.ArgumentParser(prog="python -m lora_core.service.cog_serve")
+    parser = argparse.ArgumentParser(prog="python -m lora_core.service.workers.cog_serve")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--x-mode", dest="mode", choices=["predict", "train"], default="predict")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
-from .db import files as F, predictions as P, utcnow
+from lora_core.service.storage.db import files as F, predictions as P, utcnow
 
 WINDOW_S = 60
 

@@ -11,15 +11,18 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Engine
 
-from ..net.fetch import FetchError, checked_url_address
-from . import db, file_store, files, limits, outputs, predictions, tokens, views
-from .changes import Changes
-from .config import ServiceConfig
-from .models import InputError, InvalidField, Model, load_models
-from .signing import Signer
-from .urls import Urls
-from .webhooks import Webhooks, check_url
-from .workers import WorkerPool
+from lora_core.net.fetch import FetchError, checked_url_address
+from lora_core.service import views
+from lora_core.service.auth import tokens
+from lora_core.service.auth.signing import Signer
+from lora_core.service.config import ServiceConfig
+from lora_core.service.models import InputError, InvalidField, Model, load_models
+from lora_core.service.queue import limits, outputs, predictions
+from lora_core.service.queue.wakeups import Wakeups
+from lora_core.service.queue.webhooks import Webhooks, check_url
+from lora_core.service.storage import db, file_store, files
+from lora_core.service.urls import Urls
+from lora_core.service.workers.pool import WorkerPool
 
 log = logging.getLogger("lora_studio.service")
 MAX_URL_CHARS = 2048  # any URL a caller gives (file inputs, webhooks): browsers' and CDNs' common limit
@@ -66,7 +69,7 @@ class Service:
         self.models = load_models()
         self.signer = Signer(config.secret, config.worker_token)
         self.urls = Urls(config, self.signer)
-        self.changes = Changes()
+        self.wakeups = Wakeups()
         self.webhooks = Webhooks(
             self.engine,
             self.signer,
@@ -75,7 +78,7 @@ class Service:
             backoff_s=config.webhook_backoff_s,
         )
         self.pool = WorkerPool(
-            config, self.engine, self.store, self.models, self.changes, self.signer, self.urls, on_event=self._on_event
+            config, self.engine, self.store, self.models, self.wakeups, self.signer, self.urls, on_event=self._on_event
         )
 
     def start(self) -> None:
@@ -184,7 +187,7 @@ class Service:
             webhook_events_filter=list(events) if events is not None else None,
             forked_from=forked_from,
         )
-        self.changes.prediction_queued()
+        self.wakeups.prediction_queued()
         return row
 
     def _file_input(self, owner: str, name: str, value: Any) -> tuple[str, str] | InvalidField:
@@ -256,7 +259,7 @@ class Service:
         if outcome == "canceled":
             row = predictions.existing(self.engine, prediction_id)
             self._on_event(row, "completed")
-            self.changes.prediction_changed(prediction_id)
+            self.wakeups.prediction_changed(prediction_id)
         elif outcome == "requested":
             self.pool.cancel(prediction_id)
         return predictions.existing(self.engine, prediction_id)
