@@ -161,3 +161,47 @@ def test_two_service_processes_share_one_postgres_queue(postgres_url, tmp_path):
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_sharing_a_database_send_each_webhook_once_in_each_predictions_order(backend, request, tmp_path):
+    """Three senders (as three service processes would run) on one database, 12 predictions' events queued by
+    whichever: every delivery reaches the receiver exactly once, and each prediction's in the order queued."""
+    from hostile.servers import receiver
+
+    from lora_core.service.auth.signing import Signer
+    from lora_core.service.queue.webhooks import Webhooks
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = db.connect(url)
+    events = ["start", "output", "logs", "completed"]
+    with receiver(0, answers=[]) as hook:
+        allowed = frozenset({f"127.0.0.1:{hook.port}"})
+        senders = [
+            Webhooks(engine, Signer("s"), allowed, instance=f"p{i}", backoff_s=0.05, poll_s=0.05) for i in range(3)
+        ]
+        for s in senders:
+            s.start()
+        try:
+            queued: dict[str, list[str]] = {}
+            for n in range(12):
+                row = {"id": f"pred{n:02d}{backend}", "webhook": f"{hook.url}/hook", "webhook_events_filter": None}
+                for event in events:
+                    senders[n % 3].send(row, event, {"id": row["id"], "event": event})
+                queued[row["id"]] = [d["id"] for d in senders[0].deliveries(row["id"])]
+            deadline = time.monotonic() + 60
+            while len(hook.httpd.RequestHandlerClass.bodies) < 48 or any(
+                d["status"] == "pending" for pid in queued for d in senders[0].deliveries(pid)
+            ):
+                assert time.monotonic() < deadline, len(hook.httpd.RequestHandlerClass.bodies)
+                time.sleep(0.1)
+            time.sleep(0.5)  # room for a duplicate to show
+        finally:
+            for s in senders:
+                s.close()
+    received = [(h["webhook-id"], body) for h, body in hook.httpd.RequestHandlerClass.bodies]
+    assert len(received) == len({i for i, _ in received}) == 48  # each once
+    for pid, ids in queued.items():
+        got = [i for i, body in received if body["id"] == pid]
+        assert got == ids, pid  # in the order queued
+        assert [body["event"] for i, body in received if body["id"] == pid] == events

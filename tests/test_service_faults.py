@@ -94,3 +94,55 @@ def test_a_restart_keeps_everything_fails_what_ran_and_runs_what_was_queued(tmp_
         assert len(outputs) == len(set(outputs)) == 2
     finally:
         service.stop()
+
+
+def test_webhook_deliveries_outlive_the_service_and_go_out_in_order_under_their_ids(tmp_path):
+    """A receiver failing when the service is killed (-9): after the restart the new process sends what was left
+    pending, each delivery under the id it had, in the prediction's order, each accepted once."""
+    from hostile.servers import receiver, wait_for
+
+    from service_harness import free_port
+
+    data, port = tmp_path / "svc", free_port()
+    env = {
+        "LORA_STUDIO_WORKERS": "lora-studio/lora-training=0",
+        "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": f"127.0.0.1:{port}",
+        "LORA_STUDIO_WEBHOOK_BACKOFF_S": "3",  # the kill comes before the second try; the restart makes it
+    }
+    service = ServiceProcess(data, env=env).start()
+    api = Api(service.url, service.token("alice"))
+    with receiver(port, answers=[503] * 1000) as hook:
+        done = api.predict(
+            GENERATE,
+            {"prompt": "a red circle", "num_inference_steps": 2},
+            webhook=f"{hook.url}/hook",
+            webhook_events_filter=["start", "completed"],
+        )
+        assert done["status"] == "succeeded"
+
+        def deliveries() -> list[dict]:
+            return api("GET", f"/v1/predictions/{done['id']}/webhook-deliveries").json()["results"]
+
+        before = wait_for(lambda: (r := deliveries()) and r[0]["attempts"] >= 1 and r, 30, "a first try")
+        service.stop(signal.SIGKILL)
+        assert [d["event"] for d in before] == ["start", "completed"]
+        assert before[0]["status"] == "pending" and before[1]["attempts"] == 0, before  # in order: it waits
+        tried = len(hook.httpd.RequestHandlerClass.bodies)
+        hook.httpd.RequestHandlerClass.answers.clear()  # the receiver is back: 200 from now on
+
+        service = ServiceProcess(data, port=service.port, env=env).start()
+        try:
+            api = Api(service.url, api.session.headers["Authorization"].split()[1])
+            after = wait_for(
+                lambda: (r := deliveries()) and all(d["status"] != "pending" for d in r) and r, 60, "the rest sent"
+            )
+            time.sleep(2)  # room for a duplicate to show
+            bodies = hook.httpd.RequestHandlerClass.bodies
+            ids = [headers["webhook-id"] for headers, _ in bodies]
+            assert [d["id"] for d in after] == [d["id"] for d in before]  # the same rows, none added
+            assert [d["status"] for d in after] == ["delivered", "delivered"], after
+            assert ids[tried:] == [d["id"] for d in before]  # after the restart: each once, in order
+            assert all(ids.count(d["id"]) == d["attempts"] for d in after)  # every try recorded, no other sent
+            assert bodies[-1][1]["id"] == done["id"] and bodies[-1][1]["status"] == "succeeded"
+        finally:
+            service.stop()

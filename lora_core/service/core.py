@@ -74,6 +74,7 @@ class Service:
             self.engine,
             self.signer,
             config.allowed_private_hosts,
+            instance=config.instance,
             retries=config.webhook_retries,
             backoff_s=config.webhook_backoff_s,
         )
@@ -88,6 +89,7 @@ class Service:
         ):
             log.warning("prediction %s was running when the service stopped: failed (interrupted)", pid)
             self._on_event(predictions.existing(self.engine, pid), "completed")
+        self.webhooks.start()
         self.pool.start()
 
     def stop(self) -> None:
@@ -281,8 +283,6 @@ class Service:
     def _on_event(self, row: dict, event: str) -> None:
         if row.get("webhook"):
             self.webhooks.send(row, event, self.render(row))
-            if event == "completed":
-                self.webhooks.forget(row["id"])
 
 
 def _extension(content_type: str) -> str:

@@ -408,8 +408,7 @@ async def webhook_deliveries(prediction_id: str, svc: Service = Depends(service)
     rows = await run_in_threadpool(svc.webhooks.deliveries, prediction_id)
     return {
         "results": [
-            {**r, "created_at": views.timestamp(r["created_at"]), "completed_at": views.timestamp(r["completed_at"])}
-            for r in rows
+            {**r, **{k: views.timestamp(r[k]) for k in ("created_at", "next_attempt_at", "completed_at")}} for r in rows
         ]
     }
 

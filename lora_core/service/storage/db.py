@@ -84,6 +84,12 @@ webhook_deliveries = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("completed_at", sa.DateTime),
+    sa.Column("body", sa.Text),  # the event's JSON, as it was when it happened
+    sa.Column("seq", sa.BigInteger),  # order among the prediction's deliveries
+    sa.Column("next_attempt_at", sa.DateTime),  # pending: not before then
+    sa.Column("claimed_by", sa.String(128)),  # the process posting it now, until claimed_until
+    sa.Column("claimed_until", sa.DateTime),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
 )
 
 instances = sa.Table(

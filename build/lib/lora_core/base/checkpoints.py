@@ -1,0 +1,272 @@
+"""Named base checkpoints: where their weights live, how to load them, one warm per process.
+
+Weights are fetched into ``weights/`` when the image is built, never while predicting:
+a missing checkpoint is an error that says which command fetches it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+
+
+class CheckpointError(ValueError):
+    """A base checkpoint cannot be used; the message says what to do."""
+
+
+class SamplingDefaults(BaseModel):
+    """What a checkpoint samples best with; predictors use these as their defaults."""
+
+    model_config = ConfigDict(frozen=True)
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+
+
+class Checkpoint(BaseModel):
+    """One named base model. ``path`` is relative to the weights folder."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    description: str
+    family: Literal["sd-1"] = "sd-1"
+    layout: Literal["diffusers", "single_file"]
+    path: str
+    config: str | None = Field(None, description="single_file only: a local diffusers folder with the configs")
+    source: str | None = Field(None, description="where `lora-studio weights fetch` gets it (hub id or URL)")
+    defaults: SamplingDefaults
+    train_lr_scale: float = Field(
+        1.0, description="multiplies the task presets' learning rates (tiny models need more)"
+    )
+    train_batch_size: int = 2
+    train_resnets: bool = Field(False, description="LoRA on ResNet convolutions too (LoCon)")
+    prior_images: int = Field(48, description="how many images the base draws for prior preservation")
+    prior_prompts: tuple[str, ...] = Field(
+        (
+            "a photo of a person",
+            "a photo of a dog",
+            "a landscape painting",
+            "a city street at night",
+            "a bowl of fruit on a table",
+            "a portrait of a woman",
+            "a red car",
+            "a watercolor of flowers",
+        ),
+        description="what the base draws before training is mixed into training, so other prompts keep it",
+    )
+
+
+_SD15 = SamplingDefaults(width=512, height=512, num_inference_steps=30, guidance_scale=7.5)
+
+REGISTRY: dict[str, Checkpoint] = {
+    c.name: c
+    for c in [
+        Checkpoint(
+            name="tiny",
+            description="Embedded tiny SD-1.x model of coloured shapes and patterns (CPU, 64x64)",
+            layout="diffusers",
+            path="tiny-sd",
+            defaults=SamplingDefaults(width=64, height=64, num_inference_steps=20, guidance_scale=3.0),
+            train_lr_scale=10.0,
+            train_batch_size=8,
+            train_resnets=True,
+            prior_images=96,
+            prior_prompts=(
+                "a red circle",
+                "a blue square on a white background",
+                "a green triangle",
+                "a yellow star on a black background",
+                "a photo of an orange circle",
+                "a purple square on a gray background",
+                "a red and white striped pattern",
+                "a blue circle and a yellow triangle",
+            ),
+        ),
+        Checkpoint(
+            name="sd-1.5",
+            description="Stable Diffusion 1.5",
+            layout="diffusers",
+            path="sd-1.5",
+            source="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="realistic-vision-v1.3",
+            description="Realistic Vision 1.3 (photographic SD-1.5 fine-tune)",
+            layout="single_file",
+            path="realistic-vision-v1.3.safetensors",
+            config="sd-1.5",
+            source="SG161222/Realistic_Vision_V1.3",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="inkpunk",
+            description="Inkpunk Diffusion (SD-1.5 fine-tune)",
+            layout="diffusers",
+            path="inkpunk",
+            source="Envvi/Inkpunk-Diffusion",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="gta5",
+            description="GTA5 Artwork Diffusion (SD-1.5 fine-tune)",
+            layout="diffusers",
+            path="gta5",
+            source="ItsJayQz/GTA5_Artwork_Diffusion",
+            defaults=_SD15,
+        ),
+        Checkpoint(
+            name="vintedois",
+            description="Vintedois Diffusion 0.1 (SD-1.5 fine-tune)",
+            layout="diffusers",
+            path="vintedois",
+            source="22h/vintedois-diffusion-v0-1",
+            defaults=_SD15,
+        ),
+    ]
+}
+DEFAULT_CHECKPOINT = "tiny"
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("LORA_STUDIO_WEIGHTS", DEFAULT_WEIGHTS_DIR))
+
+
+def torch_device() -> str:
+    """Where the warm pipeline runs: ``LORA_STUDIO_DEVICE`` if set (``cpu``, ``cuda``, ``cuda:1``), else the GPU when
+    torch sees one (a Cog image on a GPU host), else the CPU. Nothing else chooses a device: code that makes tensors
+    follows the pipeline's own."""
+    import torch
+
+    wanted = os.environ.get("LORA_STUDIO_DEVICE", "").strip()
+    if not wanted:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(
+            f"LORA_STUDIO_DEVICE={wanted} but torch {torch.__version__} sees no CUDA GPU; run the "
+            "container with GPUs (docker run --gpus all) or unset LORA_STUDIO_DEVICE."
+        )
+    return wanted
+
+
+def get_checkpoint(name: str) -> Checkpoint:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise CheckpointError(f"Unknown base model {name!r}. Choose one of: {', '.join(REGISTRY)}.") from None
+
+
+def refuse_pickle(path: Path) -> None:
+    """Pickled weights can run code when loaded: only safetensors are accepted."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path.name} is a pickle-based checkpoint, which can run code when loaded; "
+            "convert it to .safetensors first."
+        )
+    if path.is_file():
+        with path.open("rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80" or head == b"PK":  # pickle protocol byte / torch's zip container
+            raise CheckpointError(f"{path.name} holds pickled data, not safetensors; refusing to load it.")
+
+
+def resolve(checkpoint: Checkpoint, root: Path | None = None) -> tuple[Path, Path | None]:
+    """Local weights path (and config folder for single files), checked to exist and be safe."""
+    root = root or weights_dir()
+    path = root / checkpoint.path
+    fetch_hint = (
+        f"put the weights of {checkpoint.source or checkpoint.name} there when building the image "
+        "(predictions never download weights)"
+    )
+    if not path.exists():
+        raise CheckpointError(f"Weights for base model {checkpoint.name!r} are not installed at {path}; {fetch_hint}.")
+    if checkpoint.layout == "single_file":
+        refuse_pickle(path)
+        config = root / (checkpoint.config or "")
+        if not (config / "model_index.json").is_file():
+            raise CheckpointError(f"Base model {checkpoint.name!r} needs its config folder {config}; {fetch_hint}.")
+        return path, config
+    if not (path / "model_index.json").is_file():
+        raise CheckpointError(f"{path} is not a diffusers pipeline folder (no model_index.json); {fetch_hint}.")
+    for weights in path.glob("*/*"):
+        if weights.suffix in PICKLE_SUFFIXES and not weights.with_suffix(".safetensors").exists():
+            raise CheckpointError(f"{weights} is pickled and has no .safetensors twin; refusing to load it.")
+    return path, None
+
+
+def load_pipeline(checkpoint: Checkpoint, root: Path | None = None, dtype=None):
+    """A ``StableDiffusionPipeline`` for ``checkpoint``, offline, safetensors only."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    path, config = resolve(checkpoint, root)
+    dtype = dtype or torch.float32
+    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    if config is not None:
+        return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True, **common)
+    return StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, local_files_only=True, **common)
+
+
+def weights_hash(checkpoint: Checkpoint, root: Path | None = None) -> str:
+    """First 12 hex digits of the SHA-256 of the base's weights (a single file, or a folder's UNet, text encoder and
+    VAE files in that order): names the exact base a LoRA was made on, and keys what is cached per base (prior
+    images are decoded by the VAE, so a new VAE alone is a new base)."""
+    import hashlib
+
+    path, _ = resolve(checkpoint, root)
+    targets = (
+        [path]
+        if path.is_file()
+        else [f for part in ("unet", "text_encoder", "vae") for f in sorted((path / part).glob("*.safetensors"))]
+    )
+    digest = hashlib.sha256()
+    for target in targets:
+        with target.open("rb") as f:
+            while chunk := f.read(8 * 2**20):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+class WarmPipelineCache:
+    """The process's one warm base pipeline (the only mutable global state of the predictors).
+
+    Holding one keeps memory bounded; asking for another base drops the current one first.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+        self.name: str | None = None
+        self.pipeline: Any = None  # a diffusers pipeline once loaded
+        self.base_hash = ""
+
+    def get(self, name: str):
+        checkpoint = get_checkpoint(name)
+        if self.name != name:
+            self.pipeline, self.name = None, None  # release before loading the next
+            self.pipeline = _on_device(load_pipeline(checkpoint, self.root), torch_device())
+            self.base_hash = weights_hash(checkpoint, self.root)
+            self.pipeline.set_progress_bar_config(disable=True)
+            self.name = name
+        return self.pipeline
+
+
+def _on_device(pipe, device: str):
+    """``pipe`` moved to ``device`` (loading is always on the CPU). On a GPU, fp32 matmuls may use TF32 tensor
+    cores: about twice as fast on Ampere and later (A10G, A100), with a 10-bit mantissa, which sampling and LoRA
+    training tolerate."""
+    if device == "cpu":
+        return pipe
+    import torch
+
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return pipe.to(device)

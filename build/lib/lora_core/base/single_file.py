@@ -1,0 +1,131 @@
+"""The original (CompVis/A1111) single-file checkpoint layout of an SD-1.x pipeline.
+
+Format conversion only: diffusers key names -> original key names. Loading a single file
+back is diffusers' own ``from_single_file`` (see ``checkpoints``). diffusers ships no
+converter in this direction; this one generalises the map of its
+``convert_diffusers_to_original_stable_diffusion`` script to any number of blocks and
+layers per block, so a tiny pipeline exports exactly like SD-1.5 does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.transformer.text_model."
+
+_UNET_FIXED = {
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "conv_in.": "input_blocks.0.0.",
+    "conv_norm_out.": "out.0.",
+    "conv_out.": "out.2.",
+}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
+_VAE_ATTENTION = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+
+
+def _has(keys: set[str], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in keys)
+
+
+def _unet_prefix_map(config: dict, keys: set[str]) -> list[tuple[str, str]]:
+    """(diffusers prefix, original prefix) pairs for this UNet's block layout."""
+    per = config["layers_per_block"]
+    n = len(config["block_out_channels"])
+    pairs = list(_UNET_FIXED.items())
+    for i in range(n):
+        for j in range(per):
+            block = (per + 1) * i + j + 1
+            pairs.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{block}.0."))
+            pairs.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{block}.1."))
+        if i < n - 1:
+            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (i + 1)}.0.op."))
+        for j in range(per + 1):
+            block = (per + 1) * i + j
+            pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{block}.0."))
+            pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{block}.1."))
+        if i < n - 1:
+            slot = 2 if _has(keys, f"up_blocks.{i}.attentions.") else 1
+            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per + 1) * i + per}.{slot}."))
+    pairs.append(("mid_block.attentions.0.", "middle_block.1."))
+    pairs += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
+    return pairs
+
+
+def _vae_prefix_map(config: dict) -> list[tuple[str, str]]:
+    per = config["layers_per_block"]
+    n = len(config["block_out_channels"])
+    pairs = [
+        ("encoder.conv_norm_out.", "encoder.norm_out."),
+        ("decoder.conv_norm_out.", "decoder.norm_out."),
+        ("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."),
+        ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1."),
+    ]
+    for part in ("encoder", "decoder"):
+        pairs += [(f"{part}.mid_block.resnets.{j}.", f"{part}.mid.block_{j + 1}.") for j in range(2)]
+    for i in range(n):
+        pairs += [(f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.") for j in range(per)]
+        pairs += [(f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{n - 1 - i}.block.{j}.") for j in range(per + 1)]
+        if i < n - 1:
+            pairs.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
+            pairs.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."))
+    return pairs
+
+
+def _rename(key: str, prefixes: list[tuple[str, str]], inner: dict[str, str]) -> str:
+    for new, old in prefixes:
+        if key.startswith(new):
+            rest = key[len(new) :]
+            for a, b in inner.items():
+                rest = rest.replace(a, b)
+            return old + rest
+    return key
+
+
+def unet_to_original(state: dict, config: dict) -> dict:
+    prefixes = _unet_prefix_map(config, set(state))
+    out = {}
+    for key, value in state.items():
+        inner = _UNET_RESNET if ".resnets." in key else {}
+        out[UNET_PREFIX + _rename(key, prefixes, inner)] = value
+    return out
+
+
+def vae_to_original(state: dict, config: dict) -> dict:
+    prefixes = _vae_prefix_map(config)
+    out = {}
+    for key, value in state.items():
+        inner = _VAE_ATTENTION if ".attentions." in key else _VAE_RESNET if ".resnets." in key else {}
+        new = _rename(key, prefixes, inner)
+        if ".attn_1." in new and value.ndim == 2:  # original attention projections are 1x1 convolutions
+            value = value[:, :, None, None]
+        out[VAE_PREFIX + new] = value
+    return out
+
+
+def text_encoder_to_original(state: dict) -> dict:
+    """transformers 5 drops the ``text_model.`` level; the original layout keeps it."""
+    return {TEXT_PREFIX + k.removeprefix("text_model."): v for k, v in state.items()}
+
+
+def export_single_file(pipe, path: Path) -> Path:
+    """Write ``pipe`` (an SD-1.x pipeline) as one original-layout ``.safetensors`` file."""
+    from safetensors.torch import save_file
+
+    state = {}
+    state.update(unet_to_original(pipe.unet.state_dict(), dict(pipe.unet.config)))
+    state.update(vae_to_original(pipe.vae.state_dict(), dict(pipe.vae.config)))
+    state.update(text_encoder_to_original(pipe.text_encoder.state_dict()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, path, metadata={"format": "pt"})
+    return path

@@ -1,0 +1,79 @@
+"""One generation prediction: validate everything, fetch the LoRAs, patch, sample, unpatch.
+
+Order matters for users: every input is checked before a byte is downloaded, and every
+LoRA is read and bound (vetted against the base) before the warm pipeline is patched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from lora_core.base import checkpoints, sampling
+from lora_core.lora import binding, lora_file, patching, prompts
+from lora_core.net import fetch
+
+
+def load_adapters(
+    fetcher: fetch.Fetcher,
+    cache: binding.BindingCache,
+    bases: checkpoints.WarmPipelineCache,
+    urls: list[str],
+    log: Callable[[str], None],
+) -> list[binding.BoundLoRA]:
+    """Each URL fetched (or found in the file cache) and bound to the warm base (or found in ``cache``)."""
+    pipe, loaded = bases.pipeline, []
+    for i, url in enumerate(urls, 1):
+        label = f"LoRA {i} ({prompts.lora_name(url) or 'data'})"
+        fetched = fetcher.fetch(url)
+        source = "cache" if fetched.downloaded_bytes == 0 else f"{fetched.downloaded_bytes / 1e6:.2f} MB downloaded"
+
+        def bind(fetched=fetched, label=label) -> binding.BoundLoRA:  # called now; bound anyway
+            tensors, metadata = lora_file.read_lora(fetched.path, name=label)
+            return binding.bind(pipe, tensors, metadata, name=label, base_label=f"base model {bases.name!r}")
+
+        misses = cache.misses
+        adapter = cache.get(fetched.sha256, f"{bases.name}:{bases.base_hash}", bind)
+        log(
+            f"<{i}> = {label}: {fetched.size / 1e6:.2f} MB, file from {source}, sha256 {fetched.sha256[:12]}, "
+            f"{adapter.layout} layout, {len(adapter.layers)} layers"
+            f"{'' if adapter.embeddings is None else f', {len(adapter.embeddings)} token vectors'}"
+            f"{', bound now' if cache.misses > misses else ', already bound'}"
+        )
+        loaded.append(adapter)
+    return loaded
+
+
+@dataclass(frozen=True)
+class Generation:
+    images: list  # PIL images, output i drawn with seed + i
+    settings: sampling.SamplingRequest  # as resolved (the seed it drew included), with the prompt as the user wrote it
+
+
+def run_generation(
+    bases: checkpoints.WarmPipelineCache,
+    fetcher: fetch.Fetcher,
+    cache: binding.BindingCache,
+    *,
+    prompt: str,
+    lora_urls: str,
+    lora_scales: str,
+    base_model: str,
+    log: Callable[[str], None] = print,
+    **settings,
+) -> Generation:
+    """One prediction's images; ``settings`` are ``SamplingRequest`` fields (None = the base's default)."""
+    prompt, urls, scales = prompts.parse_request(prompt, lora_urls, lora_scales)
+    checkpoint = checkpoints.get_checkpoint(base_model)
+    try:
+        request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, **settings)  # validated before fetching
+    except ValidationError as e:
+        raise sampling.SettingsError.of(e) from None
+    pipe = bases.get(base_model)
+    loras = load_adapters(fetcher, cache, bases, urls, log)
+    with patching.applied(pipe, loras, scales) as texts:
+        expanded = request.model_copy(update={"prompt": prompts.expand(prompt, texts)})
+        log(f"settings: {request.model_dump_json()}; scales: {scales}; expanded prompt: {expanded.prompt!r}")
+        return Generation(sampling.sample(pipe, expanded, log=log), request)

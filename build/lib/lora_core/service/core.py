@@ -1,0 +1,295 @@
+"""The service's parts wired together, and what the API asks of them (one method per question)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Engine
+
+from lora_core.net.fetch import FetchError, checked_url_address
+from lora_core.service import views
+from lora_core.service.auth import tokens
+from lora_core.service.auth.signing import Signer
+from lora_core.service.config import ServiceConfig
+from lora_core.service.models import InputError, InvalidField, Model, load_models
+from lora_core.service.queue import limits, outputs, predictions
+from lora_core.service.queue.wakeups import Wakeups
+from lora_core.service.queue.webhooks import Webhooks, check_url
+from lora_core.service.storage import db, file_store, files
+from lora_core.service.urls import Urls
+from lora_core.service.workers.pool import WorkerPool
+
+log = logging.getLogger("lora_studio.service")
+MAX_URL_CHARS = 2048  # any URL a caller gives (file inputs, webhooks): browsers' and CDNs' common limit
+
+
+class ApiError(Exception):
+    """An error response in Replicate's shape: ``{"title", "detail", "status"}`` (+ ``invalid_fields``)."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        invalid_fields: list[InvalidField] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.invalid_fields, self.headers = invalid_fields, headers
+
+    def body(self) -> dict:
+        body: dict[str, Any] = {"title": self.title, "detail": self.detail, "status": self.status}
+        if self.invalid_fields:
+            body["invalid_fields"] = [asdict(f) for f in self.invalid_fields]
+        return body
+
+
+def limit_reached(error: limits.LimitReached) -> ApiError:
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
+    title = "Too many requests" if error.status == 429 else "Insufficient storage"
+    return ApiError(error.status, title, error.detail, headers=headers)
+
+
+def invalid_input(error: InputError) -> ApiError:
+    detail = "".join(f"- {f.field}: {f.description}\n" for f in error.fields)
+    return ApiError(422, "Input validation failed", detail, error.fields)
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or db.connect(config.database_url)
+        self.store = file_store.from_url(config.storage_url, config.s3_endpoint_url, config.storage_quota_bytes)
+        self.models = load_models()
+        self.signer = Signer(config.secret, config.worker_token)
+        self.urls = Urls(config, self.signer)
+        self.wakeups = Wakeups()
+        self.webhooks = Webhooks(
+            self.engine,
+            self.signer,
+            config.allowed_private_hosts,
+            retries=config.webhook_retries,
+            backoff_s=config.webhook_backoff_s,
+        )
+        self.pool = WorkerPool(
+            config, self.engine, self.store, self.models, self.wakeups, self.signer, self.urls, on_event=self._on_event
+        )
+
+    def start(self) -> None:
+        predictions.heartbeat(self.engine, self.config.instance)
+        for pid in predictions.fail_interrupted(
+            self.engine, self.config.instance, 6 * self.config.heartbeat_s, at_start=True
+        ):
+            log.warning("prediction %s was running when the service stopped: failed (interrupted)", pid)
+            self._on_event(predictions.existing(self.engine, pid), "completed")
+        self.pool.start()
+
+    def stop(self) -> None:
+        self.pool.stop()
+        self.webhooks.close()
+
+    # ---- who and what ---------------------------------------------------------------------------------------
+    def owner_of(self, token: str) -> str | None:
+        """The token's owner, looked up on every request (one indexed query): a revoked token stops working at
+        once on every service process, with no cache to outlive it."""
+        return tokens.owner_of(self.engine, token)
+
+    def model(self, full_name: str) -> Model:
+        if full_name not in self.models:
+            raise ApiError(404, "Not found", f"There is no model {full_name!r}; models: {', '.join(self.models)}.")
+        return self.models[full_name]
+
+    def model_for_version(self, ref: str) -> Model:
+        """A version id, ``owner/name`` (its latest version) or ``owner/name:version``."""
+        name, _, version = ref.partition(":") if "/" in ref else ("", "", ref)
+        candidates = [self.model(name)] if name else list(self.models.values())
+        for model in candidates:
+            if not version or model.version == version:
+                return model
+        current = ", ".join(f"{m.full_name}:{m.version}" for m in candidates)
+        raise ApiError(
+            422,
+            "Invalid version",
+            f"version {ref!r} does not exist (or is no longer served); current versions: {current}",
+            invalid_fields=[InvalidField("version", "not_found", "unknown version")],
+        )
+
+    def training_model(self, model: Model) -> Model:
+        if model.kind != "training":
+            raise ApiError(
+                422,
+                "Invalid request",
+                f"{model.full_name} is not a training model; use {self.default_training_model().full_name}",
+            )
+        return model
+
+    def default_training_model(self) -> Model:
+        return next(m for m in self.models.values() if m.kind == "training")
+
+    def prediction(self, prediction_id: str, owner: str, kind: str | None = None) -> dict:
+        row = predictions.get(self.engine, prediction_id, owner)
+        if row is None or (kind and row["kind"] != kind):
+            raise ApiError(404, "Not found", f"No {kind or 'prediction'} {prediction_id!r} found.")
+        return row
+
+    def file(self, file_id: str, owner: str) -> dict:
+        row = files.get(self.engine, file_id, owner)
+        if row is None:
+            raise ApiError(404, "Not found", f"No file {file_id!r} found.")
+        return row
+
+    # ---- creating -------------------------------------------------------------------------------------------
+    def create_prediction(
+        self,
+        owner: str,
+        model: Model,
+        input: dict,
+        webhook: str | None,
+        events: Sequence[str] | None,
+        forked_from: str | None = None,
+        source: str = "api",
+    ) -> dict:
+        try:
+            clean = model.validate(input)
+        except InputError as e:
+            raise invalid_input(e) from None
+        try:
+            limits.check_create(self.engine, owner, self.config.owner_limits)
+        except limits.LimitReached as e:
+            raise limit_reached(e) from None
+        fields = [self._file_input(owner, name, clean[name]) for name in model.file_inputs if clean.get(name)]
+        problems = [f for f in fields if isinstance(f, InvalidField)]
+        if problems:
+            raise invalid_input(InputError(problems))
+        clean.update(dict(f for f in fields if not isinstance(f, InvalidField)))
+        if webhook:
+            try:
+                check_url(webhook, self.config.allowed_private_hosts)
+            except ValueError as e:
+                raise ApiError(
+                    422, "Invalid webhook", str(e), invalid_fields=[InvalidField("webhook", "invalid", str(e))]
+                ) from None
+        row = predictions.create(
+            self.engine,
+            owner=owner,
+            model=model.full_name,
+            version=model.version,
+            kind=model.kind,
+            input=clean,
+            source=source,
+            webhook=webhook,
+            webhook_events_filter=list(events) if events is not None else None,
+            forked_from=forked_from,
+        )
+        self.wakeups.prediction_queued()
+        return row
+
+    def _file_input(self, owner: str, name: str, value: Any) -> tuple[str, str] | InvalidField:
+        """A file input made safe to hand to a worker: (name, value), or why it cannot be."""
+        field = f"input.{name}"
+        if not isinstance(value, str):
+            return InvalidField(field, "type", "must be a URL")
+        if value.startswith("data:"):
+            try:
+                content_type, data = outputs.decode_data_uri(value)
+            except ValueError as e:
+                return InvalidField(field, "invalid", str(e))
+            saved = self.save_upload(owner, f"{name}{_extension(content_type)}", io.BytesIO(data), content_type)
+            return name, self.urls.file_api(saved)
+        if len(value) > MAX_URL_CHARS:
+            return InvalidField(
+                field,
+                "too_long",
+                f"a URL of at most {MAX_URL_CHARS} characters (upload big "
+                "files with POST /v1/files, or send small ones as a data: URI)",
+            )
+        own = self.urls.own_file_ids(value)
+        if own:
+            if files.get(self.engine, own[0], owner) is None:
+                return InvalidField(field, "not_found", "no such file (upload it with POST /v1/files)")
+            return name, value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return InvalidField(
+                field, "invalid", "must be an https:// URL, a data: URI or a file uploaded to /v1/files"
+            )
+        try:
+            checked_url_address(parts, self.config.allowed_private_hosts)
+        except FetchError as e:
+            return InvalidField(field, "invalid", str(e))
+        return name, value
+
+    def upload_room(self, owner: str) -> int | None:
+        """Bytes ``owner`` may still upload (None: no quota); a 507 if none."""
+        try:
+            return limits.upload_room(self.engine, owner, self.config.owner_limits)
+        except limits.LimitReached as e:
+            raise limit_reached(e) from None
+
+    def save_upload(
+        self, owner: str, name: str, stream: BinaryIO, content_type: str | None, room: int | None = None
+    ) -> dict:
+        room = self.upload_room(owner) if room is None else room
+        limit = self.config.max_upload_bytes if room is None else min(self.config.max_upload_bytes, room)
+        try:
+            return files.save(
+                self.engine, self.store, owner=owner, name=name, stream=stream, limit=limit, content_type=content_type
+            )
+        except files.TooLarge as e:
+            if limit < self.config.max_upload_bytes:
+                raise ApiError(
+                    507,
+                    "Insufficient storage",
+                    f"This upload does not fit in the {limit / 2**20:.0f} MB "
+                    "left of your upload quota: delete files with DELETE /v1/files/{id}.",
+                ) from None
+            raise ApiError(413, "Too large", str(e)) from None
+        except file_store.StorageFull:
+            raise ApiError(507, "Insufficient storage", "The file store is full; try again later.") from None
+
+    def cancel(self, prediction_id: str, owner: str) -> dict:
+        self.prediction(prediction_id, owner)
+        outcome = predictions.cancel(self.engine, prediction_id)
+        if outcome == "canceled":
+            row = predictions.existing(self.engine, prediction_id)
+            self._on_event(row, "completed")
+            self.wakeups.prediction_changed(prediction_id)
+        elif outcome == "requested":
+            self.pool.cancel(prediction_id)
+        return predictions.existing(self.engine, prediction_id)
+
+    # ---- showing --------------------------------------------------------------------------------------------
+    def render(self, row: dict) -> dict:
+        file_rows = files.of_prediction(self.engine, row["id"]) if row["output"] is not None else []
+        return views.prediction(row, self.urls, file_rows)
+
+    def page(self, owner: str, path: str, cursor: str | None, model: str | None, kind: str | None) -> dict:
+        try:
+            rows, older, newer = predictions.page(self.engine, owner, cursor, model=model, kind=kind)
+        except ValueError as e:
+            raise ApiError(400, "Invalid cursor", str(e)) from None
+        extra = f"&model={model}" if model else ""
+        link = lambda c: f"{self.config.public_url}{path}?cursor={c}{extra}" if c else None  # noqa: E731
+        return {"next": link(older), "previous": link(newer), "results": [self.render(r) for r in rows]}
+
+    def _on_event(self, row: dict, event: str) -> None:
+        if row.get("webhook"):
+            self.webhooks.send(row, event, self.render(row))
+            if event == "completed":
+                self.webhooks.forget(row["id"])
+
+
+def _extension(content_type: str) -> str:
+    return {
+        "application/zip": ".zip",
+        "application/x-zip-compressed": ".zip",
+        "image/png": ".png",
+        "image/jpeg": ".jpg",
+        "image/webp": ".webp",
+    }.get(content_type, "")

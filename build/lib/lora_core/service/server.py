@@ -1,0 +1,89 @@
+"""The HTTP server around the app: uvicorn with the limits a public service needs, and access logs without secrets.
+
+uvicorn times out idle keep-alive connections but not a client that sends its request headers one byte at a time:
+it would hold a connection forever. So the protocol below closes a connection whose request headers are not
+complete within ``header_timeout_s`` (a body that stops arriving is the app's ``BodyGuard``: 408).
+``limit_concurrency`` answers 503 past that many open connections. A reverse proxy in front should set the same
+(docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from lora_core.service.config import ServiceConfig
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """Closes a connection whose next request's headers have not all arrived ``header_timeout_s`` after it opened
+    (or after its previous response ended): a slow-headers client cannot hold it."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        if self.cycle is not before:  # a request's headers were parsed
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+
+class RedactSecrets(logging.Filter):
+    """Access-log lines never show a worker's upload key (the one credential coglet can only carry in a path)."""
+
+    _UPLOAD = re.compile(r"(/internal/workers/[^/\s]+/uploads/)[^/\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._UPLOAD.sub(r"\1…", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def run(app: ASGIApp, config: ServiceConfig, log_level: str) -> None:
+    import uvicorn
+
+    HeaderTimeoutH11.header_timeout_s = config.header_timeout_s
+    logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        http=HeaderTimeoutH11,
+        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # uvicorn hands it to call_later: a float works
+        limit_concurrency=config.max_connections or None,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,139 @@
+"""Measures of what the tiny base draws: dominant colour, shape, colour histograms.
+
+Plain numpy on PIL images, so tests, the build report and the README grid share one
+definition of "the image is red" or "the LoRA moved half-way".
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image
+
+from lora_core.tiny import tiny_world
+
+_PALETTE_HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for name, rgb in tiny_world.COLOURS.items()}
+
+
+def _hsv(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("HSV"), np.float32) / 255.0
+
+
+def _palette_counts(image: Image.Image) -> tuple[np.ndarray, int]:
+    """Vivid pixels per palette colour (nearest hue), and the image's pixel count."""
+    hsv = _hsv(image).reshape(-1, 3)
+    vivid = hsv[(hsv[:, 1] > 0.4) & (hsv[:, 2] > 0.3)]
+    hues = np.array(list(_PALETTE_HUES.values()))
+    distance = np.abs(vivid[:, :1] - hues[None, :])
+    distance = np.minimum(distance, 1 - distance)  # hue is circular
+    return np.bincount(distance.argmin(axis=1), minlength=len(hues)), len(hsv)
+
+
+def dominant_colour(image: Image.Image, min_fraction: float = 0.03) -> str | None:
+    """The palette colour covering most vivid pixels, or None if hardly any pixel is vivid."""
+    counts, total = _palette_counts(image)
+    if counts.sum() < min_fraction * total:
+        return None
+    return list(_PALETTE_HUES)[int(counts.argmax())]
+
+
+def palette_histogram(images: list[Image.Image]) -> np.ndarray:
+    """Share of each palette colour among the vivid pixels of a set of images (backgrounds excluded)."""
+    counts = np.sum([_palette_counts(im)[0] for im in images], axis=0)
+    return counts / max(counts.sum(), 1)
+
+
+def palette_distance(a: list[Image.Image], b: list[Image.Image]) -> float:
+    """Total-variation distance of two sets' palette histograms: 0 same colours, 1 disjoint."""
+    return 0.5 * float(np.abs(palette_histogram(a) - palette_histogram(b)).sum())
+
+
+def object_mask(image: Image.Image, background: tuple[int, int, int] = tiny_world.WHITE) -> np.ndarray:
+    """Pixels that differ clearly from a plain background."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    return np.abs(rgb - np.array(background, np.float32)).max(axis=2) > 60
+
+
+def shape_features(image: Image.Image) -> np.ndarray | None:
+    """(fill ratio of the bounding box, vertical centre of mass within it): tell the four shapes apart."""
+    mask = object_mask(image)
+    if mask.sum() < 30:
+        return None
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    fill = mask.sum() / ((y1 - y0) * (x1 - x0))
+    centre = (ys.mean() - y0) / (y1 - y0)
+    return np.array([fill, centre])
+
+
+def shape_prototypes(seeds: range = range(8)) -> dict[str, np.ndarray]:
+    """Mean features of each shape as the world draws it (solid red on white)."""
+    out = {}
+    for shape in tiny_world.SHAPES:
+        feats = [
+            shape_features(
+                Image.fromarray(tiny_world.render_object(shape, tiny_world.Fill("red"), tiny_world.Fill("white"), seed))
+            )
+            for seed in seeds
+        ]
+        out[shape] = np.mean([f for f in feats if f is not None], axis=0)
+    return out
+
+
+def classify_shape(image: Image.Image, prototypes: dict[str, np.ndarray]) -> str | None:
+    feats = shape_features(image)
+    if feats is None:
+        return None
+    return min(prototypes, key=lambda s: float(np.sum((prototypes[s] - feats) ** 2)))
+
+
+def mean_abs_pixel_change(a: list[Image.Image], b: list[Image.Image]) -> float:
+    """Mean |difference| in 0..255 between paired images."""
+    return float(
+        np.mean(
+            [np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b, strict=True)]
+        )
+    )
+
+
+def mean_abs_error(originals: np.ndarray, copies: np.ndarray) -> float:
+    """Mean |difference| per channel in 0..255 between two uint8 (N, H, W, 3) stacks."""
+    return float(np.abs(originals.astype(np.float32) - copies.astype(np.float32)).mean())
+
+
+def hue_errors_deg(originals: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """Per picture, the hue distance in degrees between the mean colours of a flat original and its copy: a
+    swapped colour family (cyan drawn blue, purple drawn green) is tens of degrees."""
+
+    def hues(stack: np.ndarray) -> np.ndarray:
+        means = stack.reshape(len(stack), -1, 3).mean(axis=1) / 255
+        return np.array([colorsys.rgb_to_hsv(*m)[0] for m in means])
+
+    d = np.abs(hues(originals) - hues(copies))
+    return np.minimum(d, 1 - d) * 360
+
+
+def rgb_histogram(images: list[Image.Image], bins: int = 4) -> np.ndarray:
+    """Share of all pixels in each of ``bins``³ RGB cells: any colour counts, not only the world's palette.
+
+    Each pixel is shared between the eight cells around it (linear in each channel, between cell centres), so a
+    colour one step either side of a cell edge counts as nearly the same colour; with hard cells a pink whose
+    green is 60 and its copy at 68 were as different as pink and blue."""
+    centre = (np.arange(bins) + 0.5) * 256 / bins
+    counts = np.zeros((bins,) * 3)
+    for im in images:
+        rgb = np.asarray(im.convert("RGB"), np.float32).reshape(-1, 3)
+        pos = np.clip((rgb - centre[0]) / (256 / bins), 0, bins - 1)  # 0 at the first centre, bins-1 at the last
+        low = np.minimum(pos.astype(np.int64), bins - 2) if bins > 1 else np.zeros_like(pos, np.int64)
+        frac = pos - low
+        for corner in range(8):
+            up = [(corner >> c) & 1 for c in range(3)]
+            weight = np.prod([frac[:, c] if up[c] else 1 - frac[:, c] for c in range(3)], axis=0)
+            np.add.at(counts, tuple(low[:, c] + up[c] for c in range(3)), weight)
+    return (counts / counts.sum()).ravel()
+
+
+def rgb_histogram_distance(a: list[Image.Image], b: list[Image.Image], bins: int = 4) -> float:
+    """Total-variation distance of two sets' RGB histograms: 0 same colours, 1 disjoint."""
+    return 0.5 * float(np.abs(rgb_histogram(a, bins) - rgb_histogram(b, bins)).sum())

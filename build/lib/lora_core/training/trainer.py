@@ -1,0 +1,238 @@
+"""The LoRA training loop: UNet LoRA, optional text-encoder LoRA, new token embeddings.
+
+Pivotal tuning as in cloneofsimo/lora and cog-sdxl: the concept gets its own new tokens
+(``<s0>``, ``<s1>``, …) whose embeddings train alongside the LoRA, so that ``<1>`` in a
+prompt can later be replaced by them. Reads top to bottom; the config is plain data.
+
+The warm base is not altered: the text encoder and tokenizer are trained as copies, and
+the UNet's training adapter is deleted when the loop ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from lora_core.progress import Progress
+from lora_core.training.preprocess import Example
+
+ADAPTER = "lora_studio_training"  # cannot occur in a module path (adapter names match as substrings)
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+RESNET_TARGETS = ("conv1", "conv2")
+
+
+class TrainingConfig(BaseModel):
+    """Every value that decides the result; recorded in the LoRA file's metadata."""
+
+    model_config = ConfigDict(frozen=True)
+    steps: int = Field(ge=1, le=20_000)
+    batch_size: int = Field(4, ge=1, le=64)
+    resolution: int = Field(ge=32, le=1024, multiple_of=8)
+    rank: int = Field(ge=1, le=128)
+    learning_rate: float = Field(gt=0, le=1e-1)
+    learning_rate_text: float = Field(ge=0, le=1e-1)
+    learning_rate_embeddings: float = Field(ge=0, le=1e-1)
+    train_text_encoder: bool
+    train_resnets: bool = False  # LoRA on ResNet convolutions too (LoCon)
+    tokens: tuple[str, ...]
+    init_word: str
+    seed: int = Field(ge=0)
+    mask_floor: float = Field(1.0, ge=0, le=1)
+    prior_weight: float = Field(1.0, ge=0, le=10)  # loss weight of the base's own images (0: none)
+    warmup_fraction: float = 0.05
+
+    @property
+    def alpha(self) -> int:
+        """alpha = rank: scale 1 in every tool, so a missing alpha is never misread."""
+        return self.rank
+
+
+@dataclass
+class TrainedLoRA:
+    unet: dict[str, torch.Tensor]  # PEFT names (``…to_q.lora_A.weight``), relative to the UNet
+    text_encoder: dict[str, torch.Tensor] | None  # PEFT names, relative to the text encoder
+    embeddings: torch.Tensor  # (num_tokens, hidden) for config.tokens, in order
+    config: TrainingConfig
+    final_loss: float
+    seconds: float
+
+
+Log = Callable[[str], None]
+
+
+def _lora_config(rank: int, targets: tuple[str, ...]):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
+
+
+def encode_examples(vae, examples: Sequence[Example], floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents of every example and its mirror image, and the matching loss weights."""
+    pixels = torch.stack(
+        [torch.from_numpy(np.asarray(e.image, np.float32)).permute(2, 0, 1) / 127.5 - 1 for e in examples]
+    )
+    masks = torch.stack(
+        [torch.from_numpy(e.mask)[None] if e.mask is not None else torch.ones(1, *pixels.shape[2:]) for e in examples]
+    )
+    pixels, masks = torch.cat([pixels, pixels.flip(-1)]), torch.cat([masks, masks.flip(-1)])
+    with torch.no_grad():
+        latents = (
+            torch.cat(
+                [
+                    vae.encode(pixels[i : i + 8].to(vae.device, vae.dtype)).latent_dist.mean
+                    for i in range(0, len(pixels), 8)
+                ]
+            )
+            * vae.config.scaling_factor
+        )
+    weights = F.interpolate(masks, size=latents.shape[-2:], mode="area")
+    return latents.float(), floor + (1 - floor) * weights
+
+
+def _add_tokens(tokenizer, text_encoder, tokens: tuple[str, ...], init_word: str) -> list[int]:
+    if any(t in tokenizer.get_vocab() for t in tokens):
+        raise ValueError(f"tokens {tokens} already exist in the base tokenizer")
+    tokenizer.add_tokens(list(tokens))
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # no RNG draw: same seed, same LoRA
+    table = text_encoder.get_input_embeddings().weight
+    init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        table[ids] = table[init_ids].mean(dim=0)
+    return ids
+
+
+def _remove_peft_layers(*models) -> None:
+    """Put the base modules back as they were: ``delete_adapters`` leaves PEFT's wrappers in place (and a
+    text-encoder adapter active), which would change what the warm pipe computes and how LoRAs bind to it."""
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    for model in models:
+        recurse_remove_peft_layers(model)
+        if getattr(model, "peft_config", None) is not None:
+            del model.peft_config
+        model._hf_peft_config_loaded = False
+
+
+def train_lora(
+    pipe, examples: list[Example], cfg: TrainingConfig, log: Log = print, prior: Sequence[Example] = ()
+) -> TrainedLoRA:
+    """Train on ``examples`` with the warm ``pipe``'s weights; returns the LoRA tensors.
+
+    ``prior``: images the base drew for other prompts. Each batch also holds half a batch of
+    them (weighted ``cfg.prior_weight``), so prompts without the new tokens keep the base's look.
+    """
+    from diffusers import DDPMScheduler
+    from peft.utils import get_peft_model_state_dict
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = pipe.unet.device
+    tokenizer, text_encoder = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder)
+    new_ids = _add_tokens(tokenizer, text_encoder, cfg.tokens, cfg.init_word)
+    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    latents, weights = encode_examples(pipe.vae, examples, cfg.mask_floor)
+    captions = [e.caption for e in examples] * 2  # mirrored copies share captions
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    use_prior = bool(prior) and cfg.prior_weight > 0
+    if use_prior:
+        prior_latents, _ = encode_examples(pipe.vae, prior, 1.0)
+        prior_ids = tokenizer(
+            [e.caption for e in prior] * 2,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        n_prior = max(1, cfg.batch_size // 2)
+
+    unet = pipe.unet
+    targets = ATTENTION_TARGETS + (RESNET_TARGETS if cfg.train_resnets else ())
+    # LoRA weights are initialised from the global generator: seed it here, after the token table grew (its
+    # size, and so the draws before this line, depend on what the process did before)
+    torch.manual_seed(cfg.seed)
+    unet.add_adapter(_lora_config(cfg.rank, targets), adapter_name=ADAPTER)
+    try:
+        text_encoder.requires_grad_(False)
+        if cfg.train_text_encoder:
+            text_encoder.add_adapter(_lora_config(cfg.rank, TEXT_TARGETS), adapter_name=ADAPTER)
+        table = text_encoder.get_input_embeddings().weight
+        table.requires_grad_(True)  # after add_adapter, which freezes everything else
+        original_rows = table.detach().clone()
+        keep = torch.ones(len(table), dtype=torch.bool)
+        keep[new_ids] = False
+
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.learning_rate},
+            {"params": [table], "lr": cfg.learning_rate_embeddings, "weight_decay": 0.0},
+        ]
+        if cfg.train_text_encoder:
+            groups.append(
+                {
+                    "params": [p for n, p in text_encoder.named_parameters() if "lora_" in n],
+                    "lr": cfg.learning_rate_text,
+                }
+            )
+        peak = [g["lr"] for g in groups]
+        opt = torch.optim.AdamW(groups, weight_decay=1e-2)
+        warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
+        unet.train(), text_encoder.train()
+        start, running = time.perf_counter(), 0.0
+        progress = Progress(cfg.steps, log)  # a line at least every 5%
+        log(
+            f"training {cfg.steps} steps, batch {cfg.batch_size}, rank {cfg.rank}, {len(examples)} images, "
+            f"tokens {' '.join(cfg.tokens)}" + (f", {len(prior)} prior images" if use_prior else "")
+        )
+        for step in range(1, cfg.steps + 1):
+            for group, lr in zip(opt.param_groups, peak, strict=True):
+                group["lr"] = lr * min(1.0, step / warmup)
+            idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
+            x0, batch_ids, batch_weights = latents[idx], ids[idx], weights[idx]
+            if use_prior:
+                pidx = torch.randint(len(prior_latents), (n_prior,), generator=gen)
+                x0, batch_ids = torch.cat([x0, prior_latents[pidx]]), torch.cat([batch_ids, prior_ids[pidx]])
+                batch_weights = torch.cat([batch_weights, torch.full((n_prior, *weights.shape[1:]), cfg.prior_weight)])
+            x0 = x0.to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x0),), generator=gen).to(device)
+            encoder_states = text_encoder(batch_ids.to(device))[0]
+            pred = unet(noise_schedule.add_noise(x0, noise, t), t, encoder_states).sample
+            loss = ((pred.float() - noise.float()) ** 2 * batch_weights.to(device)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            with torch.no_grad():
+                table[keep] = original_rows[keep]
+            running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
+            progress.step(step, f"loss {running:.4f}")
+        unet.eval(), text_encoder.eval()
+        unet_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+        text_state = (
+            get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER, save_embedding_layers=False)
+            if cfg.train_text_encoder
+            else None
+        )
+        return TrainedLoRA(
+            unet={k: v.detach().cpu().clone().contiguous() for k, v in unet_state.items()},
+            text_encoder=None
+            if text_state is None
+            else {k: v.detach().cpu().clone().contiguous() for k, v in text_state.items()},
+            embeddings=table[new_ids].detach().cpu().clone(),
+            config=cfg,
+            final_loss=float(running),
+            seconds=time.perf_counter() - start,
+        )
+    finally:
+        _remove_peft_layers(unet, text_encoder)
+        unet.eval()

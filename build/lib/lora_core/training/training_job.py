@@ -1,0 +1,138 @@
+"""One training prediction, start to finish: zip -> examples -> LoRA file -> scale grid.
+
+The predictor only declares inputs; this module resolves them against the task preset
+and the base checkpoint, runs the steps in order and says what it did in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lora_core import image_files
+from lora_core.base import checkpoints, sampling
+from lora_core.lora import binding, lora_convert, lora_file, patching, prompts
+from lora_core.training import dataset, preprocess, presets, prior_images, trainer
+
+GRID_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class TrainingRequest(BaseModel):
+    """The user's choices; None means "the preset's value for this base"."""
+
+    model_config = ConfigDict(frozen=True)
+    task: presets.TaskName = "face"
+    base_model: str = checkpoints.DEFAULT_CHECKPOINT
+    seed: int | None = Field(None, ge=0, le=sampling.MAX_SEED)
+    resolution: int | None = Field(None, ge=32, le=1024, multiple_of=8)
+    max_train_steps: int | None = Field(None, ge=1, le=20_000)
+    learning_rate: float | None = Field(None, ge=1e-6, le=1e-1)  # 0 would train nothing: the API refuses it
+    learning_rate_text: float | None = Field(None, ge=0, le=1e-1)
+    learning_rate_embeddings: float | None = Field(None, ge=0, le=1e-1)
+    lora_rank: int | None = Field(None, ge=1, le=128)
+    train_text_encoder: bool | None = None
+    caption_prefix: str | None = Field(None, max_length=200)
+
+
+@dataclass
+class TrainingResult:
+    lora: Path  # our file: diffusers/PEFT names + embeddings + metadata
+    lora_a1111: Path  # the same LoRA under kohya/A1111 names, for A1111, ComfyUI, Civitai
+    grid: Path
+    metadata: dict[str, str]
+
+
+def resolve_config(
+    request: TrainingRequest, checkpoint: checkpoints.Checkpoint
+) -> tuple[trainer.TrainingConfig, presets.TaskPreset]:
+    preset = presets.get_preset(request.task)
+    if request.caption_prefix:
+        template = request.caption_prefix
+        template = template.replace("<1>", "{tokens}") if "<1>" in template else f"{template} {{tokens}}"
+        preset = preset.model_copy(update={"caption_template": template})
+
+    def pick(given, preset_value):
+        return preset_value if given is None else given
+
+    scale = checkpoint.train_lr_scale
+    cfg = trainer.TrainingConfig(
+        steps=pick(request.max_train_steps, preset.max_train_steps),
+        batch_size=checkpoint.train_batch_size,
+        resolution=pick(request.resolution, checkpoint.defaults.width),
+        rank=pick(request.lora_rank, preset.lora_rank),
+        learning_rate=pick(request.learning_rate, preset.learning_rate * scale),
+        learning_rate_text=pick(request.learning_rate_text, preset.learning_rate_text * scale),
+        learning_rate_embeddings=pick(request.learning_rate_embeddings, preset.learning_rate_embeddings * scale),
+        train_text_encoder=pick(request.train_text_encoder, preset.train_text_encoder),
+        train_resnets=checkpoint.train_resnets,
+        tokens=tuple(f"<s{i}>" for i in range(preset.num_tokens)),
+        init_word=preset.init_word,
+        seed=sampling.random_seed() if request.seed is None else request.seed,
+        mask_floor=preset.mask_floor if preset.mask_loss else 1.0,
+        prior_weight=preset.prior_weight,
+    )
+    return cfg, preset
+
+
+def run_training(
+    pipe, base_hash: str, zip_path: Path, request: TrainingRequest, out_dir: Path, log: Callable[[str], None] = print
+) -> TrainingResult:
+    checkpoint = checkpoints.get_checkpoint(request.base_model)
+    cfg, preset = resolve_config(request, checkpoint)
+    log(f"task {preset.name}: {preset.description}; seed {cfg.seed}")
+    data = dataset.read_instance_zip(zip_path, log=log)
+    examples = preprocess.prepare_examples(data, preset, cfg.resolution, "".join(cfg.tokens), log=log)
+    log(f"caption example: {examples[0].caption!r}")
+    prior = prior_images.prior_examples(pipe, checkpoint, cfg.resolution, base_hash) if cfg.prior_weight > 0 else []
+    if prior:
+        log(
+            f"{len(prior)} prior images of the base ({len(checkpoint.prior_prompts)} prompts), "
+            "so that prompts without the new tokens keep the base's look"
+        )
+    trained = trainer.train_lora(pipe, examples, cfg, log=log, prior=prior)
+
+    metadata = lora_file.lora_metadata(
+        base_model=checkpoint.name,
+        base_family=checkpoint.family,
+        base_hash=base_hash,
+        task=preset.name,
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        tokens=list(cfg.tokens),
+        init_word=cfg.init_word,
+        resolution=cfg.resolution,
+        steps=cfg.steps,
+        seed=cfg.seed,
+        extra={
+            "lora_studio.caption_template": preset.caption_template,
+            "lora_studio.training_config": cfg.model_dump_json(),
+        },
+    )
+    tensors = lora_file.pack_trained(trained.unet, trained.text_encoder, trained.embeddings)
+    lora_path = lora_file.write_lora(out_dir / f"lora-{preset.name}-{cfg.seed}.safetensors", tensors, metadata)
+    log(f"wrote {lora_path.name} ({lora_path.stat().st_size / 1e6:.2f} MB) after {trained.seconds:.0f}s of training")
+    embedding_name = f"{preset.name}{cfg.seed}"
+    a1111_path = lora_file.write_lora(
+        out_dir / f"lora-{preset.name}-{cfg.seed}-a1111.safetensors",
+        lora_convert.to_kohya(tensors, embedding_name),
+        {**metadata, "lora_studio.key_format": "kohya", "modelspec.trigger_phrase": embedding_name},
+    )
+
+    grid_path = out_dir / "scales.png"
+    prompt = preset.caption_template.format(tokens="<1>")
+    scale_grid(pipe, binding.bind(pipe, tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
+    log(f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}")
+    return TrainingResult(lora_path, a1111_path, grid_path, metadata)
+
+
+def scale_grid(pipe, lora: binding.BoundLoRA, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):
+    """One row, same seed, the LoRA at each of GRID_SCALES: shows which scale to pick."""
+    images = []
+    for scale in GRID_SCALES:
+        with patching.applied(pipe, [lora], [scale]) as texts:
+            request = sampling.resolve_request(checkpoint.defaults, prompt=prompts.expand(prompt, texts), seed=seed)
+            images.append(sampling.sample(pipe, request)[0])
+    return image_files.grid([images], scale=1 if images[0].width >= 256 else 4)
