@@ -217,3 +217,59 @@ def test_a_training_from_an_uploaded_zip_then_cancel_a_long_one(alice, tmp_path)
     assert final["status"] == "canceled" and time.monotonic() - canceled_at < 30
     assert "progress: 100.0%" not in final["logs"]
     assert alice.predict(GENERATE, {"prompt": "a red circle"})["status"] == "succeeded"
+
+
+def _metrics(url: str, **headers) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(f"{url}/metrics", headers=headers, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def test_metrics_show_this_process_workers_and_the_durations_it_saw(service, alice):
+    done = alice.predict("lora-studio/lora", {"prompt": "a red circle", "num_inference_steps": 2})
+    assert done["status"] == "succeeded"
+    m = _metrics(service.url)
+    model = (("model", "lora-studio/lora"),)
+    assert m[("lora_studio_prediction_duration_seconds_count", (*model, ("status", "succeeded")))] >= 1
+    assert m[("lora_studio_predictions_total", (*model, ("status", "succeeded")))] >= 1
+    for name in ("lora-studio/lora", "lora-studio/lora-training"):  # one local worker each, in one state
+        states = [m[("lora_studio_workers", (("model", name), ("state", s)))] for s in ("busy", "down", "ready")]
+        assert sum(states) == 1, states
+
+
+def test_metrics_count_the_queue_from_the_database_and_can_ask_for_a_token(tmp_path):
+    """No workers: what is submitted waits, and the queue's depth and age say so; canceled, it is counted."""
+    from service_harness import ServiceProcess
+
+    env = {"LORA_STUDIO_WORKERS": "lora-studio/lora=0;lora-studio/lora-training=0", "LORA_STUDIO_METRICS_TOKEN": "m"}
+    process = ServiceProcess(tmp_path / "svc", env=env).start()
+    try:
+        assert requests.get(f"{process.url}/metrics", timeout=10).status_code == 401
+        assert (
+            requests.get(f"{process.url}/metrics", headers={"Authorization": "Bearer x"}, timeout=10).status_code == 401
+        )
+        api = Api(process.url, process.token("carol"))
+        ids = [
+            api.predict("lora-studio/lora", {"prompt": "a red circle", "seed": i}, wait=None)["id"] for i in range(3)
+        ]
+        time.sleep(1.2)
+        m = _metrics(process.url, Authorization="Bearer m")
+        lora, training = (("model", "lora-studio/lora"),), (("model", "lora-studio/lora-training"),)
+        assert m[("lora_studio_queue_depth", lora)] == 3 and m[("lora_studio_queue_depth", training)] == 0
+        assert m[("lora_studio_queue_oldest_age_seconds", lora)] >= 1.0
+        assert m[("lora_studio_queue_oldest_age_seconds", training)] == 0
+        for pid in ids:
+            assert api("POST", f"/v1/predictions/{pid}/cancel").json()["status"] == "canceled"
+        m = _metrics(process.url, Authorization="Bearer m")
+        assert m[("lora_studio_queue_depth", lora)] == 0
+        assert m[("lora_studio_predictions_total", (*lora, ("status", "canceled")))] == 3
+        assert m[("lora_studio_predictions_total", (*lora, ("status", "succeeded")))] == 0
+        assert m[("lora_studio_webhook_deliveries_pending", ())] == 0
+    finally:
+        process.stop()

@@ -59,6 +59,7 @@ class ServiceConfig(BaseModel):
     webhook_retries: int = 6
     webhook_backoff_s: float = 1.0
     heartbeat_s: float = 5.0
+    metrics_token: str | None = None  # GET /metrics asks for it as a bearer token when set (open when not)
     worker_start_timeout_s: float = 300.0
 
     @classmethod
@@ -147,6 +148,7 @@ class ServiceEnv(BaseSettings):
     webhook_retries: int | None = Field(None, ge=0)
     webhook_backoff_s: float | None = Field(None, ge=0)
     heartbeat_s: float | None = Field(None, gt=0)
+    metrics_token: str | None = None
     storage_quota_bytes: int | None = Field(None, ge=0)
     header_timeout_s: float | None = Field(None, gt=0)
     body_timeout_s: float | None = Field(None, gt=0)

@@ -16,6 +16,7 @@ from lora_core.service import views
 from lora_core.service.auth import tokens
 from lora_core.service.auth.signing import Signer
 from lora_core.service.config import ServiceConfig
+from lora_core.service.metrics import Metrics
 from lora_core.service.models import InputError, InvalidField, Model, load_models
 from lora_core.service.queue import limits, outputs, predictions
 from lora_core.service.queue.wakeups import Wakeups
@@ -81,6 +82,7 @@ class Service:
         self.pool = WorkerPool(
             config, self.engine, self.store, self.models, self.wakeups, self.signer, self.urls, on_event=self._on_event
         )
+        self.metrics = Metrics(self.engine, self.models, self.pool.status, self.webhooks.pending)
 
     def start(self) -> None:
         predictions.heartbeat(self.engine, self.config.instance)
@@ -281,6 +283,8 @@ class Service:
         return {"next": link(older), "previous": link(newer), "results": [self.render(r) for r in rows]}
 
     def _on_event(self, row: dict, event: str) -> None:
+        if event == "completed":
+            self.metrics.finished(row)
         if row.get("webhook"):
             self.webhooks.send(row, event, self.render(row))
 

@@ -309,3 +309,31 @@ def fail_interrupted(engine: Engine, instance: str, stale_after_s: float, *, at_
         for pid in ids
         if finish(engine, pid, "failed", error="interrupted: the service restarted while this prediction was running")
     ]
+
+
+def queue_figures(engine: Engine) -> dict[str, dict[str, Any]]:
+    """Per model: ``queued`` (waiting for a worker), ``oldest_queued_at``, ``running`` (claimed, not finished) and
+    ``finished`` (count per final status): what the metrics and an autoscaler read."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(model: str) -> dict[str, Any]:
+        return out.setdefault(model, {"queued": 0, "oldest_queued_at": None, "running": 0, "finished": {}})
+
+    waiting = P.c.worker.is_(None)
+    with engine.connect() as c:
+        for model, claimed, n, oldest in c.execute(
+            sa.select(P.c.model, ~waiting, sa.func.count(), sa.func.min(P.c.created_at))
+            .where(P.c.status.notin_(TERMINAL))
+            .group_by(P.c.model, ~waiting)
+        ):
+            if claimed:
+                entry(model)["running"] = n
+            else:
+                entry(model).update(queued=n, oldest_queued_at=oldest)
+        for model, status, n in c.execute(
+            sa.select(P.c.model, P.c.status, sa.func.count())
+            .where(P.c.status.in_(TERMINAL))
+            .group_by(P.c.model, P.c.status)
+        ):
+            entry(model)["finished"][status] = n
+    return out

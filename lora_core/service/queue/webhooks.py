@@ -238,6 +238,11 @@ class Webhooks:
             r["next_attempt_at"] = r["next_attempt_at"] if r["status"] == "pending" else None
         return rows
 
+    def pending(self) -> int:
+        """Deliveries not yet accepted or given up, from every process."""
+        with self.engine.connect() as c:
+            return c.execute(sa.select(sa.func.count()).select_from(W).where(W.c.status == "pending")).scalar_one()
+
     def close(self) -> None:
         """Stop sending; what is left pending is sent by the next process (or this one, restarted)."""
         self._stopping.set()
