@@ -170,6 +170,16 @@ def _serve(args: argparse.Namespace) -> None:
     server.run(create_app(config), config, args.log_level)
 
 
+def _worker(args: argparse.Namespace) -> None:
+    from lora_core.service.workers import agent_server
+
+    raise SystemExit(
+        agent_server.run(
+            args.model, cog_url=args.cog_url, port=args.port, host=args.host, name=args.name, drain_s=args.drain_s
+        )
+    )
+
+
 def _tokens_engine(args: argparse.Namespace):
     from lora_core.service.config import ServiceConfig
     from lora_core.service.storage import db
@@ -304,6 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="SQLite database and files (default: $LORA_STUDIO_DATA_DIR or .data/)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "worker",
+        help="one worker agent: takes its model's predictions from the shared database and runs them on a Cog server",
+    )
+    p.add_argument("--model", required=True, help="owner/name, e.g. lora-studio/lora")
+    p.add_argument("--cog-url", help="a Cog server already running (a GPU container); default: start one here")
+    p.add_argument("--port", type=int, default=5100, help="where the Cog server reaches this agent (default 5100)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--name", help="its name in the queue and its URLs (default: the model's name and the hostname)")
+    p.add_argument("--drain-s", type=float, default=3600, help="on SIGTERM, how long the current prediction may run")
+    p.set_defaults(func=_worker)
 
     sub.add_parser("bench", help="the benchmarks (bench/: `lora-studio bench --help`)")
 

@@ -103,6 +103,57 @@ class ServiceProcess:
         ).json()["workers"]
 
 
+class AgentProcess:
+    """A ``lora-studio worker`` of one model beside a service, sharing its database, files and secret (its data
+    dir and environment); it starts its own Cog server."""
+
+    def __init__(self, service: ServiceProcess, model: str, name: str) -> None:
+        self.service, self.model, self.name, self.port = service, model, name, free_port()
+        self.process: subprocess.Popen | None = None
+        self.log_path = service.data_dir / f"agent-{name}.log"
+
+    def start(self, timeout: float = 180) -> AgentProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lora_core.cli", "worker", "--model", self.model, "--name", self.name]
+                + ["--port", str(self.port)],
+                cwd=ROOT,
+                env=self.service.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.health().get("worker", {}).get("ready"):
+            assert self.process.poll() is None, f"agent exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"agent not ready in {timeout}s:\n{self.log()}"
+            time.sleep(0.2)
+        return self
+
+    def health(self) -> dict:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.port}/health", timeout=2).json()
+        except requests.RequestException:
+            return {}
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, sig) if sig == signal.SIGKILL else self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
 class Api:
     """The HTTP API as one owner sees it."""
 
@@ -124,6 +175,14 @@ class Api:
         if wait and follow and r.json()["status"] not in TERMINAL:
             return self.wait(r.json()["id"])
         return r.json()
+
+    def until_progress(self, prediction_id: str, timeout: float = 180) -> dict:
+        """The prediction once its worker has logged a progress line (it is running, past loading)."""
+        deadline = time.monotonic() + timeout
+        while "progress:" not in (body := self("GET", f"/v1/predictions/{prediction_id}").json())["logs"]:
+            assert body["status"] in ("starting", "processing") and time.monotonic() < deadline, body
+            time.sleep(0.2)
+        return body
 
     def wait(self, prediction_id: str, timeout: float = 600, statuses=TERMINAL) -> dict:
         """Polls until the prediction reaches ``statuses``; ``timeout`` only guards a hung test."""

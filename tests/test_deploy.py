@@ -6,7 +6,7 @@
   run against a stand-in `cog`.
 - deploy/docker-compose.yml: the Compose spec's JSON schema (check-jsonschema) and the wiring.
 - deploy/k8s: Kubernetes' own schemas, strict (kubernetes-validate), and the wiring.
-- Wiring means what the service computes itself: the worker names and upload URLs of ``WorkerPool``, the
+- Wiring means what the service computes itself: the worker names and upload URLs of the worker pool, the
   environment it gives local workers, the settings ``ServiceConfig`` reads. Every setting a deploy file or
   docs/deploy.md names must change what the code reads, so neither can drift from the code.
 """
@@ -36,7 +36,7 @@ from lora_core.service.auth.signing import Signer, upload_url
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import MODELS, load_models
 from lora_core.service.workers import cog_serve
-from lora_core.service.workers.pool import WorkerPool
+from lora_core.service.workers.agent import worker_env
 from service_harness import config_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,8 +101,17 @@ def tool(name: str) -> Path:
 
 
 def worker_side(config: ServiceConfig) -> SimpleNamespace:
-    """What ``WorkerPool.upload_prefix`` and ``_worker_env`` use of a pool: its config and signer."""
+    """What the service derives a worker's environment and upload URL from: its config and signer."""
     return SimpleNamespace(config=config, signer=Signer(config.secret, config.worker_token))
+
+
+def _env(side: SimpleNamespace) -> dict[str, str]:
+    return worker_env(side.config, side.signer)
+
+
+def _upload(side: SimpleNamespace, name: str) -> str:
+    """The upload URL a local worker of the service gets (its agent listens at the internal URL)."""
+    return upload_url(side.config.internal_url, name, side.signer.worker_token())
 
 
 def code_reads(env: dict[str, str]) -> tuple:
@@ -421,7 +430,7 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
     assert urlsplit(config.s3_endpoint_url).hostname == "minio"
 
     pool = worker_side(config)
-    expected_env = WorkerPool._worker_env(pool)
+    expected_env = _env(pool)
     devices = []
     for model in MODEL_LIST:
         setting = config.worker_setting(model.full_name)
@@ -440,9 +449,7 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
             ]
             env = worker["environment"]
             # the upload URL Cog's server is given (made from the environment) is the one the service expects
-            assert upload_url(
-                env["LORA_STUDIO_SERVICE_URL"], name, env["WEBHOOK_AUTH_TOKEN"]
-            ) == WorkerPool.upload_prefix(pool, name)
+            assert upload_url(env["LORA_STUDIO_SERVICE_URL"], name, env["WEBHOOK_AUTH_TOKEN"]) == _upload(pool, name)
             assert set(expected_env) <= set(env)
             assert env["WEBHOOK_AUTH_TOKEN"] == expected_env["WEBHOOK_AUTH_TOKEN"]
             assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == expected_env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
@@ -594,7 +601,7 @@ def test_k8s_workers_and_service_share_the_secret_keys(cluster):
         container = statefulset["spec"]["template"]["spec"]["containers"][0]
         env = k8s_env(container, cluster.config, cluster.secret)
         assert env["WEBHOOK_AUTH_TOKEN"] == dispatcher.worker_token
-        expected = WorkerPool._worker_env(worker_side(dispatcher))
+        expected = _env(worker_side(dispatcher))
         assert set(expected) <= set(env)
         assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == expected["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
 
@@ -629,7 +636,7 @@ def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tm
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == [
             ["-m", "lora_core.service.workers.cog_serve"],
-            WorkerPool.upload_prefix(pool, f"{model.name}-remote-{i}"),
+            _upload(pool, f"{model.name}-remote-{i}"),
         ]
 
 
@@ -653,7 +660,7 @@ def test_every_setting_the_deploy_files_give_the_service_is_read_by_it(tmp_path)
 def test_gpu_workers_get_exactly_what_local_workers_get(tmp_path):
     """Every name the service sets for its local workers; others only if the start command or the Cog launcher it
     runs (``lora_core.service.workers.cog_serve``) uses them."""
-    expected = set(WorkerPool._worker_env(worker_side(config_from({}, data_dir=tmp_path))))
+    expected = set(_env(worker_side(config_from({}, data_dir=tmp_path))))
     launcher = (ROOT / "lora_core" / "service" / "workers" / "cog_serve.py").read_text()
     read_by_launcher = set(re.findall(r'env(?:\.get\(|\[)"([A-Z_]+)"', launcher))
     assert {"LORA_STUDIO_SERVICE_URL", "LORA_STUDIO_WORKER_NAME"} <= read_by_launcher

@@ -23,6 +23,7 @@ from lora_core.service.queue.wakeups import Wakeups
 from lora_core.service.queue.webhooks import Webhooks, check_url
 from lora_core.service.storage import db, file_store, files
 from lora_core.service.urls import Urls
+from lora_core.service.workers.agent import Parts
 from lora_core.service.workers.pool import WorkerPool
 
 log = logging.getLogger("lora_studio.service")
@@ -79,9 +80,8 @@ class Service:
             retries=config.webhook_retries,
             backoff_s=config.webhook_backoff_s,
         )
-        self.pool = WorkerPool(
-            config, self.engine, self.store, self.models, self.wakeups, self.signer, self.urls, on_event=self._on_event
-        )
+        parts = Parts(config, self.engine, self.store, self.wakeups, self.signer, self.urls, on_event=self._on_event)
+        self.pool = WorkerPool(parts, self.models)
         self.metrics = Metrics(self.engine, self.models, self.pool.status, self.webhooks.pending)
 
     def start(self) -> None:

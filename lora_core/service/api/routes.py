@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-import tempfile
 import time
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from lora_core.service.metrics import CONTENT_TYPE
 from lora_core.service.models import InvalidField, Model
 from lora_core.service.queue import predictions
 from lora_core.service.storage import content_types, files
+from lora_core.service.workers import intake
 
 router = APIRouter()
 EventName = Literal["start", "output", "logs", "completed"]
@@ -447,31 +447,11 @@ async def worker_health(request: Request, svc: Service = Depends(service)):
 
 @router.post("/internal/workers/{worker}/webhook")
 async def worker_webhook(worker: str, request: Request, svc: Service = Depends(service)):
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if not svc.signer.worker_ok(token):
-        raise ApiError(401, "Unauthenticated", "not a worker of this service")
-    payload = await request.json()
-    accepted = await run_in_threadpool(svc.pool.on_webhook, worker, payload)
-    return {"accepted": accepted}
+    return await intake.webhook(request, svc.signer, svc.pool.agents.get(worker))
 
 
 @router.put("/internal/workers/{worker}/uploads/{key}/{filename}")
 async def worker_upload(worker: str, key: str, filename: str, request: Request, svc: Service = Depends(service)):
     """An output file from a worker's Cog server, which sends no credentials but its URL's per-worker key."""
-    if not svc.signer.upload_key_ok(worker, key):
-        raise ApiError(401, "Unauthenticated", "not a worker of this service")
-    with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as body:
-        async for chunk in request.stream():
-            body.write(chunk)
-            if body.tell() > svc.config.max_upload_bytes:
-                raise ApiError(413, "Too large", "output file exceeds the upload limit")
-        body.seek(0)
-        try:
-            row = await run_in_threadpool(
-                svc.pool.on_upload, worker, filename, body, request.headers.get("content-type")
-            )
-        except LookupError as e:
-            raise ApiError(409, "Conflict", str(e)) from None
-        except (OSError, ValueError) as e:
-            raise ApiError(507, "Insufficient storage", f"could not store the output: {e}") from None
-    return Response(status_code=201, headers={"Location": f"{svc.pool.output_prefix}{row['id']}"})
+    agent = svc.pool.agents.get(worker)
+    return await intake.upload(request, svc.signer, worker, key, filename, agent, svc.config.max_upload_bytes)

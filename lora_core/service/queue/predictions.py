@@ -20,6 +20,10 @@ from sqlalchemy.engine import Engine
 from lora_core.service.storage.db import instances, predictions as P, row_by_id, utcnow
 
 TERMINAL = ("succeeded", "failed", "canceled")
+INTERRUPTED = (
+    "interrupted: the process running this prediction stopped before it finished (restarted, or it died and its "
+    "heartbeat lapsed); you can run the prediction again"
+)
 Row = dict[str, Any]
 
 
@@ -304,11 +308,7 @@ def fail_interrupted(engine: Engine, instance: str, stale_after_s: float, *, at_
         ids = list(
             c.execute(sa.select(P.c.id).where(P.c.status.notin_(TERMINAL), P.c.worker.is_not(None), orphaned)).scalars()
         )
-    return [
-        pid
-        for pid in ids
-        if finish(engine, pid, "failed", error="interrupted: the service restarted while this prediction was running")
-    ]
+    return [pid for pid in ids if finish(engine, pid, "failed", error=INTERRUPTED)]
 
 
 def queue_figures(engine: Engine) -> dict[str, dict[str, Any]]:

@@ -1,540 +1,93 @@
-"""Workers: Cog servers fed from the queue, watched, restarted; their webhooks and uploads received.
+"""The agents one ``lora-studio serve`` process runs: one per local Cog server or Cog server at a URL.
 
-One thread per worker takes the oldest queued prediction of its model, hands it over with
-Cog's protocol (``PUT /predictions/{id}``, ``Prefer: respond-async``, a webhook back here)
-and waits for the final webhook, forwarding a cancel if one is asked for. A supervisor
-restarts local servers that die and fails the prediction they held ("worker died"); remote
-servers (GPU containers at configured URLs) are health-checked instead.
+They listen through the service's own routes (``/internal/workers/{name}/…``), which this pool hands to the agent
+of that name. One supervisor thread checks every agent's Cog server, beats this process's heartbeat in the shared
+database, and fails the predictions of processes whose heartbeat stopped (their lease).
 """
 
 from __future__ import annotations
 
-import datetime
-import io
 import logging
-import re
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
-from urllib.parse import quote, urlsplit
 
-import requests
-from sqlalchemy.engine import Engine
-
-from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy
-from lora_core.service.auth.signing import Signer, upload_url
-from lora_core.service.config import ServiceConfig
 from lora_core.service.models import Model
-from lora_core.service.queue import outputs, predictions
-from lora_core.service.queue.wakeups import Wakeups
-from lora_core.service.storage import files
-from lora_core.service.storage.file_store import FileStore, StorageFull
-from lora_core.service.urls import Urls
-from lora_core.service.workers.cog_process import CogProcess
+from lora_core.service.queue import predictions
+from lora_core.service.workers.agent import Agent, Parts, Worker, local_worker
 
 log = logging.getLogger("lora_studio.workers")
-# From the worker only logs and the final state: the PUT's answer says it started, and outputs come with the end
-# (two webhooks fewer per prediction; a 1-step prediction spends more time in webhooks than in sampling).
-EVENTS = ["logs", "completed"]
-LOST_AFTER_CHECKS = 60  # ~30 s of an idle worker without its final webhook (Cog retries that one for ~7 s)
-
-
-@dataclass
-class Worker:
-    name: str  # "lora-1": unique within this service instance, used in its URLs here
-    model: Model
-    url: str
-    process: CogProcess | None = None  # None: a remote Cog server at ``url``
-    ready: threading.Event = field(default_factory=threading.Event)
-    current: str | None = None  # prediction id being run
-    row: dict | None = None  # its row as claimed (owner, input), so updates need no extra read
-    logs: str = ""  # the logs last stored for it
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one progress update at a time
-    finished: threading.Event = field(default_factory=threading.Event)
-    upload_errors: list[str] = field(default_factory=list)
-    restarts: int = 0
-    last_seen: float = 0.0
-    misses: int = 0  # health checks unanswered in a row
-    idle_checks: int = 0  # health checks in a row saying "idle" while we think it runs something
 
 
 class WorkerPool:
-    def __init__(
-        self,
-        config: ServiceConfig,
-        engine: Engine,
-        store: FileStore,
-        models: dict[str, Model],
-        wakeups: Wakeups,
-        signer: Signer,
-        urls: Urls,
-        on_event: Callable[[dict, str], None],
-    ) -> None:
-        """``on_event(row, event)`` is called after each stored change ("start", "logs", "output", "completed")."""
-        self.config, self.engine, self.store, self.wakeups = config, engine, store, wakeups
-        self.signer, self.urls = signer, urls
-        self.on_event = on_event
-        self.workers: dict[str, Worker] = {}
-        self.stopping = threading.Event()
+    def __init__(self, parts: Parts, models: dict[str, Model]) -> None:
+        self.parts = parts
+        self.agents: dict[str, Agent] = {}
         self.threads: list[threading.Thread] = []
-        self.session = requests.Session()
+        listen = parts.config.internal_url
         for model in models.values():
-            setting = config.worker_setting(model.full_name)
+            setting = parts.config.worker_setting(model.full_name)
             for i, url in enumerate(setting.urls, 1):
-                self._add(Worker(f"{model.name}-remote-{i}", model, url))
+                self._add(Agent(parts, Worker(f"{model.name}-remote-{i}", model, url), listen))
             for i in range(1, setting.count + 1):
-                name = f"{model.name}-{i}"
-                process = CogProcess(
-                    name,
-                    model.predictor,
-                    model.schema_path,
-                    config.data_dir / "workers" / name,
-                    {**self._worker_env(), "COG_UPLOAD_URL": self.upload_prefix(name)},
-                )
-                self._add(Worker(name, model, "", process))
+                self._add(Agent(parts, local_worker(parts, model, f"{model.name}-{i}", listen), listen))
 
-    def _add(self, worker: Worker) -> None:
-        self.workers[worker.name] = worker
-
-    def _worker_env(self) -> dict[str, str]:
-        service = urlsplit(self.config.internal_url)
-        return {
-            "WEBHOOK_AUTH_TOKEN": self.signer.worker_token(),
-            # LoRA URLs may point at this service's own files: allow exactly its host:port, nothing else local
-            "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": ",".join(
-                sorted({f"{service.hostname}:{service.port or 80}", *self.config.allowed_private_hosts})
-            ),
-            "LORA_STUDIO_CACHE_DIR": str(self.config.data_dir / "cache" / "loras"),
-        }
-
-    def upload_prefix(self, worker_name: str) -> str:
-        return upload_url(self.config.internal_url, worker_name, self.signer.worker_token())
+    def _add(self, agent: Agent) -> None:
+        self.agents[agent.worker.name] = agent
 
     @property
     def output_prefix(self) -> str:
-        """Where uploaded outputs say they are (coglet puts the upload's Location into the output)."""
-        return f"{self.config.internal_url}/internal/outputs/"
+        return f"{self.parts.config.internal_url}/internal/outputs/"
 
-    # ---- life cycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        for worker in self.workers.values():
-            if worker.process:
-                worker.process.start()
-                worker.url = worker.process.url
-            thread = threading.Thread(
-                target=self._dispatch_loop, args=(worker,), name=f"dispatch-{worker.name}", daemon=True
-            )
-            thread.start()
-            self.threads.append(thread)
+        for agent in self.agents.values():
+            agent.start()
         thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         thread.start()
         self.threads.append(thread)
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.wakeups.prediction_queued()
-        for worker in self.workers.values():
-            worker.finished.set()
-            if worker.process:
-                worker.process.stop()
+        self.parts.stopping.set()
+        self.parts.wakeups.prediction_queued()
+        for agent in self.agents.values():
+            agent.stop()
 
     def status(self) -> list[dict]:
-        return [
-            {
-                "name": w.name,
-                "model": w.model.full_name,
-                "url": w.url,
-                "ready": w.ready.is_set(),
-                "current": w.current,
-                "restarts": w.restarts,
-                "local": w.process is not None,
-                "pid": w.process.process.pid if w.process and w.process.process else None,
-            }
-            for w in self.workers.values()
-        ]
-
-    # ---- dispatch -----------------------------------------------------------------------------------------
-    def _dispatch_loop(self, worker: Worker) -> None:
-        while not self.stopping.is_set():
-            if not worker.ready.wait(0.5):
-                continue
-            try:
-                row = predictions.claim_next(
-                    self.engine,
-                    worker.model.full_name,
-                    worker.name,
-                    self.config.instance,
-                    self.config.owner_limits.running,
-                )
-            except Exception:
-                log.exception("claiming from the queue failed")
-                time.sleep(1)
-                continue
-            if row is None:
-                self.wakeups.wait_for_queue(1.0)
-                continue
-            try:
-                self._run(worker, row)
-            except Exception as e:
-                log.exception("running %s failed", row["id"])
-                self._complete(worker, row["id"], "failed", error=f"internal error handing over the prediction: {e}")
-            finally:
-                worker.current = None
-
-    def _run(self, worker: Worker, row: dict) -> None:
-        pid = row["id"]
-        worker.current, worker.row, worker.logs, worker.upload_errors = pid, row, "", []
-        worker.finished.clear()
-        try:
-            worker_input = self.worker_input(row, worker.model)
-        except (FetchError, OSError) as e:  # an input file at an outside URL that could not be fetched or stored
-            self._complete(worker, pid, "failed", error=getattr(e, "strerror", None) or str(e))
-            return
-        body = {
-            "id": pid,
-            "input": worker_input,
-            "webhook": f"{self.config.internal_url}/internal/workers/{quote(worker.name)}/webhook",
-            "webhook_events_filter": EVENTS,
-        }
-        try:
-            response = self.session.put(
-                f"{worker.url}/predictions/{pid}", json=body, headers={"Prefer": "respond-async"}, timeout=30
-            )
-        except requests.exceptions.InvalidJSONError as e:  # this prediction's fault, not the worker's: never requeue it
-            self._complete(worker, pid, "failed", error=f"the input cannot be sent to the worker as JSON: {e}")
-            return
-        except requests.RequestException as e:
-            log.warning("worker %s unreachable (%s); prediction %s goes back to the queue", worker.name, e, pid)
-            predictions.unclaim(self.engine, pid, worker.name)
-            worker.ready.clear()
-            return
-        if response.status_code == 409:  # busy: it is still finishing something we lost track of
-            predictions.unclaim(self.engine, pid, worker.name)
-            worker.ready.clear()
-            return
-        if response.status_code >= 400:
-            self._complete(worker, pid, "failed", error=_cog_error(response))
-            return
-        self._progress(worker, pid)
-        cancel_sent = False
-        while not worker.finished.wait(0.5):
-            if self.stopping.is_set():
-                return
-            if not cancel_sent and predictions.cancel_requested(self.engine, pid):
-                self.cancel_on_worker(worker, pid)
-                cancel_sent = True
-
-    def worker_input(self, row: dict, model: Model) -> dict:
-        """The input as the worker must see it: this service's file URLs signed for it to fetch, file inputs at
-        outside URLs fetched here first (``import_file``), and no nulls (an empty optional input is left out:
-        Cog's server rejects ``null``)."""
-        out = {}
-        for name, value in row["input"].items():
-            if isinstance(value, str):
-                if name in model.file_inputs and not self.urls.own_file_ids(value):
-                    value = self.import_file(row, name, value)
-                else:
-                    value = self.urls.for_worker(value, row["owner"], self.engine)
-            if value is not None:
-                out[name] = value
-        return out
-
-    def import_file(self, row: dict, name: str, url: str) -> str:
-        """An input file at an outside URL, fetched by the service as LoRA URLs are (every hop's address checked
-        and connected to, size and time capped) and stored as the owner's upload; the worker gets this service's
-        signed URL for it. Handed the outside URL, Cog's server would follow redirects to any address."""
-        scratch = self.config.data_dir / "cache" / "inputs"
-        scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            policy = FetchPolicy(
-                cache_dir=Path(tmp),
-                max_bytes=self.config.max_upload_bytes,
-                allowed_private_hosts=self.config.allowed_private_hosts,
-            )
-            try:
-                fetched = Fetcher(policy, log=lambda _: None).fetch(url)
-            except FetchError as e:
-                raise FetchError(f"input {name}: {e}") from None
-            with fetched.path.open("rb") as stream:
-                try:
-                    saved = files.save(
-                        self.engine,
-                        self.store,
-                        owner=row["owner"],
-                        stream=stream,
-                        name=PurePosixPath(urlsplit(url).path).name or name,
-                        limit=self.config.max_upload_bytes,
-                    )
-                except StorageFull:
-                    raise StorageFull(28, f"input {name} could not be stored: the file store is full") from None
-        return self.urls.file(saved, base=self.config.internal_url)
+        return [agent.status() for agent in self.agents.values()]
 
     def cancel(self, prediction_id: str) -> None:
-        """Forward a cancel now if this process runs it (otherwise its dispatcher sees the flag)."""
-        for worker in self.workers.values():
-            if worker.current == prediction_id:
-                self.cancel_on_worker(worker, prediction_id)
+        """Forward a cancel now if this process runs it (otherwise its agent sees the flag)."""
+        for agent in self.agents.values():
+            if agent.worker.current == prediction_id:
+                agent.cancel(prediction_id)
 
-    def cancel_on_worker(self, worker: Worker, prediction_id: str) -> None:
-        try:
-            self.session.post(f"{worker.url}/predictions/{prediction_id}/cancel", timeout=10)
-        except requests.RequestException as e:
-            log.warning("cancel of %s on %s failed: %s", prediction_id, worker.name, e)
-
-    # ---- from the worker ----------------------------------------------------------------------------------
-    def on_webhook(self, worker_name: str, payload: dict) -> bool:
-        """A state update from a worker's Cog server; False if it is not about what that worker runs."""
-        worker = self.workers.get(worker_name)
-        pid = payload.get("id")
-        if worker is None or not pid or worker.current != pid or worker.row is None:
-            return False
-        worker.last_seen = time.monotonic()
-        status = payload.get("status")
-        if status in predictions.TERMINAL:
-            self._complete(
-                worker,
-                pid,
-                status,
-                output=payload.get("output"),
-                error=_worker_error(payload.get("error")),
-                logs=payload.get("logs"),
-                metrics=payload.get("metrics"),
-            )
-            return True
-        if worker.finished.is_set():  # a late update after the final one
-            return False
-        row = worker.row
-        output = self._collect(row, payload.get("output")) if payload.get("output") is not None else None
-        self._progress(worker, pid, payload.get("logs") or "", output, _parse_time(payload.get("started_at")))
-        return True
-
-    def _progress(
-        self, worker: Worker, pid: str, logs: str = "", output: Any = None, started_at: datetime.datetime | None = None
-    ) -> None:
-        """Store what is new (the start, logs, output) and announce it: 'start' first, once."""
-        with worker.lock:
-            if worker.row is None:  # finished meanwhile
-                return
-            first = worker.row.get("started_at") is None
-            new_logs = logs if logs and logs != worker.logs else None
-            if not first and new_logs is None and output is None:
-                return
-            updated = predictions.update_running(
-                self.engine, pid, worker.name, logs=new_logs, output=output, started_at=started_at
-            )
-            if updated is None:
-                return
-            worker.row, worker.logs = updated, logs or worker.logs
-            events = (
-                (["start"] if first else [])
-                + (["output"] if output is not None else [])
-                + (["logs"] if new_logs is not None and not first else [])
-            )
-        for event in events:  # no wake-up for waiters: `Prefer: wait` waits for the final state only
-            self.on_event(updated, event)
-
-    def on_upload(self, worker_name: str, filename: str, stream, content_type: str | None) -> dict:
-        """An output file from a worker's Cog server, stored as a file of the prediction it runs."""
-        worker = self.workers.get(worker_name)
-        if worker is None or worker.current is None or worker.row is None:
-            raise LookupError("this worker is running no prediction")
-        row = worker.row
-        try:
-            return files.save(
-                self.engine,
-                self.store,
-                owner=row["owner"],
-                name=filename,
-                stream=stream,
-                limit=self.config.max_upload_bytes,
-                content_type=content_type,
-                prediction_id=row["id"],
-            )
-        except (OSError, ValueError) as e:
-            worker.upload_errors.append(f"{files.safe_name(filename)}: {getattr(e, 'strerror', None) or e}")
-            raise
-
-    def _collect(self, row: dict, output: Any) -> Any:
-        """The worker's output as stored: file refs, in the predictor's order.
-
-        Cog's server uploads a list's files in parallel and lists them as the uploads finish, so
-        ``[out-0.png, out-1.png]`` may arrive swapped; the predictor's order is restored by file name.
-        """
-        rows = {f["id"]: f for f in files.of_prediction(self.engine, row["id"])}
-        refs = self._to_refs(row, output, set(rows))
-        if isinstance(refs, list) and refs and all(isinstance(r, dict) and r.get("$file") in rows for r in refs):
-            refs.sort(key=lambda r: _natural(rows[r["$file"]]["name"]))
-        return refs
-
-    def _to_refs(self, row: dict, output: Any, uploaded: set[str]) -> Any:
-        def save_data(name: str, content_type: str, data: bytes) -> str:
-            saved = files.save(
-                self.engine,
-                self.store,
-                owner=row["owner"],
-                name=name,
-                stream=io.BytesIO(data),
-                limit=self.config.max_upload_bytes,
-                content_type=content_type,
-                prediction_id=row["id"],
-            )
-            return saved["id"]
-
-        return outputs.to_refs(output, self.output_prefix, uploaded, save_data)
-
-    def _complete(
-        self,
-        worker: Worker,
-        pid: str,
-        status: str,
-        *,
-        output: Any = None,
-        error: str | None = None,
-        logs: str | None = None,
-        metrics: dict | None = None,
-    ) -> None:
-        row = worker.row if worker.row and worker.row["id"] == pid else predictions.get(self.engine, pid)
-        if row is None:
-            worker.finished.set()
-            return
-        if output is not None:
-            try:
-                output = self._collect(row, output)
-            except (OSError, ValueError) as e:
-                status, error, output = "failed", f"the output could not be stored: {e}", None
-        detail = f" ({'; '.join(worker.upload_errors)})" if worker.upload_errors else ""
-        if status == "succeeded":
-            problem = worker.model.output_problem(row["input"], output)
-            if problem:
-                status, error = "failed", problem + detail
-        elif status == "failed" and detail and error and detail not in error:
-            error += detail  # Cog's server says only "upload returned status 507": say what the store said
-        metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-        done = predictions.finish(
-            self.engine, pid, status, worker=worker.name, output=output, error=error, logs=logs, metrics=metrics
-        )
-        worker.finished.set()
-        if done:
-            self.on_event(done, "completed")
-            self.wakeups.prediction_changed(pid)
-
-    # ---- supervision --------------------------------------------------------------------------------------
     def _supervise(self) -> None:
-        last_beat = last_sweep = 0.0
-        while not self.stopping.wait(0.5):
-            now = time.monotonic()
-            for worker in self.workers.values():
-                try:
-                    self._check(worker)
-                except Exception:
-                    log.exception("checking worker %s failed", worker.name)
+        supervise(self.parts, list(self.agents.values()))
+
+
+def supervise(parts: Parts, agents: list[Agent]) -> None:
+    """Until ``parts.stopping``: check each agent's Cog server twice a second, beat this process's heartbeat, and
+    fail what processes silent for six beats were running (they died: their lease lapsed)."""
+    config, engine = parts.config, parts.engine
+    last_beat = last_sweep = 0.0
+    while not parts.stopping.wait(0.5):
+        now = time.monotonic()
+        for agent in agents:
             try:
-                if now - last_beat >= self.config.heartbeat_s:
-                    predictions.heartbeat(self.engine, self.config.instance)
-                    last_beat = now
-                if now - last_sweep >= 6 * self.config.heartbeat_s:
-                    for pid in predictions.fail_interrupted(
-                        self.engine, self.config.instance, 6 * self.config.heartbeat_s, at_start=False
-                    ):
-                        self._announce_failed(pid)
-                    last_sweep = now
+                agent.check()
             except Exception:
-                log.exception("heartbeat failed")
-
-    def _check(self, worker: Worker) -> None:
-        if worker.process is not None and worker.process.exit_code() is not None:
-            code = worker.process.exit_code()
-            log.warning("worker %s died (exit code %s); restarting\n%s", worker.name, code, worker.process.log_tail())
-            worker.ready.clear()
-            pid = worker.current
-            if pid:
-                self._complete(
-                    worker,
-                    pid,
-                    "failed",
-                    error=f"worker died (exit code {code}) while running this prediction; it has been "
-                    "restarted, so you can run the prediction again",
-                )
-            worker.process.stop()
-            worker.restarts += 1
-            time.sleep(min(30, 0.5 * 2 ** min(worker.restarts, 6)) if worker.restarts > 3 else 0)
-            worker.process.start()
-            worker.url = worker.process.url
-            return
-        if worker.ready.is_set() and worker.current is None and time.monotonic() - worker.last_seen < 5:
-            return
-        state = self._health(worker)
-        worker.last_seen = time.monotonic()
-        worker.misses = 0 if state else worker.misses + 1
-        worker.idle_checks = worker.idle_checks + 1 if state == "READY" and worker.current else 0
-        if worker.idle_checks > LOST_AFTER_CHECKS and worker.current is not None:  # idle, its final webhook lost
-            self._complete(
-                worker,
-                worker.current,
-                "failed",
-                error="the worker finished this prediction but its result never reached the service",
-            )
-            worker.idle_checks = 0
-        if state in ("READY", "BUSY"):
-            worker.ready.set()
-        elif state in ("DEFUNCT", "SETUP_FAILED") and worker.process is not None:
-            log.warning("worker %s is %s; restarting\n%s", worker.name, state, worker.process.log_tail())
-            worker.process.stop()  # the next check sees it dead and restarts it
-        elif state is None and worker.process is None and worker.misses >= 3:
-            worker.ready.clear()
-            if worker.current:
-                self._complete(
-                    worker,
-                    worker.current,
-                    "failed",
-                    error=f"worker {worker.name} stopped answering while running this prediction",
-                )
-
-    def _health(self, worker: Worker) -> str | None:
-        if not worker.url:
-            return None
+                log.exception("checking worker %s failed", agent.worker.name)
         try:
-            return self.session.get(f"{worker.url}/health-check", timeout=2).json().get("status")
-        except (requests.RequestException, ValueError):
-            return None
-
-    def _announce_failed(self, pid: str) -> None:
-        row = predictions.get(self.engine, pid)
-        if row:
-            self.on_event(row, "completed")
-            self.wakeups.prediction_changed(pid)
-
-
-def _cog_error(response: requests.Response) -> str:
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        detail = response.text[:300]
-    if isinstance(detail, list):
-        detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[2:])}: {d.get('msg')}" for d in detail)
-    return f"the worker refused the input (HTTP {response.status_code}): {detail}"
-
-
-def _worker_error(error: str | None) -> str | None:
-    """What the predictor said: Cog's server prefixes it with "Prediction failed: ", twice."""
-    while error and error.startswith("Prediction failed: "):
-        error = error[len("Prediction failed: ") :]
-    return error
-
-
-def _natural(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(datetime.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+            if now - last_beat >= config.heartbeat_s:
+                predictions.heartbeat(engine, config.instance)
+                last_beat = now
+            if now - last_sweep >= 6 * config.heartbeat_s:
+                for pid in predictions.fail_interrupted(
+                    engine, config.instance, 6 * config.heartbeat_s, at_start=False
+                ):
+                    row = predictions.get(engine, pid)
+                    if row:
+                        parts.on_event(row, "completed")
+                        parts.wakeups.prediction_changed(pid)
+                last_sweep = now
+        except Exception:
+            log.exception("heartbeat failed")

@@ -1,10 +1,12 @@
-"""Workers: Cog servers fed from the queue, watched, restarted; their webhooks and uploads received.
+"""One worker agent: a Cog server fed from the shared queue, its webhooks and uploads received, its results stored.
 
-One thread per worker takes the oldest queued prediction of its model, hands it over with
-Cog's protocol (``PUT /predictions/{id}``, ``Prefer: respond-async``, a webhook back here)
-and waits for the final webhook, forwarding a cancel if one is asked for. A supervisor
-restarts local servers that die and fails the prediction they held ("worker died"); remote
-servers (GPU containers at configured URLs) are health-checked instead.
+The agent takes the next queued prediction of its model from the database (fair across owners), hands it to its
+Cog server with Cog's protocol (``PUT /predictions/{id}``, ``Prefer: respond-async``, a webhook back to where the
+agent listens) and writes every change (start, logs, output files, the end) straight to the database and the file
+store, so nothing about a running prediction lives only in another process. It runs inside ``lora-studio serve``
+(one per worker, listening through the service's own routes) or alone as ``lora-studio worker`` beside a Cog
+container (``workers/agent_server.py``). A Cog server it started is restarted when it dies, failing the prediction
+it held ("worker died"); one at a URL is health-checked instead.
 """
 
 from __future__ import annotations
@@ -44,8 +46,23 @@ LOST_AFTER_CHECKS = 60  # ~30 s of an idle worker without its final webhook (Cog
 
 
 @dataclass
+class Parts:
+    """What every agent of a process shares: settings, the database, the file store and where events go."""
+
+    config: ServiceConfig
+    engine: Engine
+    store: FileStore
+    wakeups: Wakeups
+    signer: Signer
+    urls: Urls
+    on_event: Callable[[dict, str], None]  # after each stored change: "start", "logs", "output", "completed"
+    stopping: threading.Event = field(default_factory=threading.Event)
+    session: requests.Session = field(default_factory=requests.Session)
+
+
+@dataclass
 class Worker:
-    name: str  # "lora-1": unique within this service instance, used in its URLs here
+    name: str  # "lora-1": unique among the agents that share a listener, used in its URLs there
     model: Model
     url: str
     process: CogProcess | None = None  # None: a remote Cog server at ``url``
@@ -62,104 +79,82 @@ class Worker:
     idle_checks: int = 0  # health checks in a row saying "idle" while we think it runs something
 
 
-class WorkerPool:
-    def __init__(
-        self,
-        config: ServiceConfig,
-        engine: Engine,
-        store: FileStore,
-        models: dict[str, Model],
-        wakeups: Wakeups,
-        signer: Signer,
-        urls: Urls,
-        on_event: Callable[[dict, str], None],
-    ) -> None:
-        """``on_event(row, event)`` is called after each stored change ("start", "logs", "output", "completed")."""
-        self.config, self.engine, self.store, self.wakeups = config, engine, store, wakeups
-        self.signer, self.urls = signer, urls
-        self.on_event = on_event
-        self.workers: dict[str, Worker] = {}
-        self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.session = requests.Session()
-        for model in models.values():
-            setting = config.worker_setting(model.full_name)
-            for i, url in enumerate(setting.urls, 1):
-                self._add(Worker(f"{model.name}-remote-{i}", model, url))
-            for i in range(1, setting.count + 1):
-                name = f"{model.name}-{i}"
-                process = CogProcess(
-                    name,
-                    model.predictor,
-                    model.schema_path,
-                    config.data_dir / "workers" / name,
-                    {**self._worker_env(), "COG_UPLOAD_URL": self.upload_prefix(name)},
-                )
-                self._add(Worker(name, model, "", process))
+def worker_env(config: ServiceConfig, signer: Signer) -> dict[str, str]:
+    """What every Cog worker of this service needs, started here or in a GPU container: the token its webhooks
+    carry, the one private host its LoRA and input URLs may use (the service's internal address), its LoRA cache."""
+    service = urlsplit(config.internal_url)
+    return {
+        "WEBHOOK_AUTH_TOKEN": signer.worker_token(),
+        "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": ",".join(
+            sorted({f"{service.hostname}:{service.port or 80}", *config.allowed_private_hosts})
+        ),
+        "LORA_STUDIO_CACHE_DIR": str(config.data_dir / "cache" / "loras"),
+    }
 
-    def _add(self, worker: Worker) -> None:
-        self.workers[worker.name] = worker
 
-    def _worker_env(self) -> dict[str, str]:
-        service = urlsplit(self.config.internal_url)
-        return {
-            "WEBHOOK_AUTH_TOKEN": self.signer.worker_token(),
-            # LoRA URLs may point at this service's own files: allow exactly its host:port, nothing else local
-            "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": ",".join(
-                sorted({f"{service.hostname}:{service.port or 80}", *self.config.allowed_private_hosts})
-            ),
-            "LORA_STUDIO_CACHE_DIR": str(self.config.data_dir / "cache" / "loras"),
-        }
+def local_worker(parts: Parts, model: Model, name: str, listen_url: str) -> Worker:
+    """A worker whose Cog server the agent starts itself, uploading its outputs to ``listen_url``."""
+    env = {
+        **worker_env(parts.config, parts.signer),
+        "COG_UPLOAD_URL": upload_url(listen_url, name, parts.signer.worker_token()),
+    }
+    process = CogProcess(name, model.predictor, model.schema_path, parts.config.data_dir / "workers" / name, env)
+    return Worker(name, model, "", process)
 
-    def upload_prefix(self, worker_name: str) -> str:
-        return upload_url(self.config.internal_url, worker_name, self.signer.worker_token())
+
+class Agent:
+    def __init__(self, parts: Parts, worker: Worker, listen_url: str) -> None:
+        """``listen_url`` is where this agent's Cog server reaches it (webhooks, uploads)."""
+        self.parts, self.worker, self.listen_url = parts, worker, listen_url.rstrip("/")
+        self.config, self.engine, self.store = parts.config, parts.engine, parts.store
+        self.draining = threading.Event()  # take no more work; the current prediction finishes
+        self._thread: threading.Thread | None = None
 
     @property
     def output_prefix(self) -> str:
         """Where uploaded outputs say they are (coglet puts the upload's Location into the output)."""
-        return f"{self.config.internal_url}/internal/outputs/"
+        return f"{self.listen_url}/internal/outputs/"
 
     # ---- life cycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        for worker in self.workers.values():
-            if worker.process:
-                worker.process.start()
-                worker.url = worker.process.url
-            thread = threading.Thread(
-                target=self._dispatch_loop, args=(worker,), name=f"dispatch-{worker.name}", daemon=True
-            )
-            thread.start()
-            self.threads.append(thread)
-        thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
-        thread.start()
-        self.threads.append(thread)
+        worker = self.worker
+        if worker.process:
+            worker.process.start()
+            worker.url = worker.process.url
+        self._thread = threading.Thread(target=self._dispatch_loop, name=f"dispatch-{worker.name}", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.wakeups.prediction_queued()
-        for worker in self.workers.values():
-            worker.finished.set()
-            if worker.process:
-                worker.process.stop()
+        self.worker.finished.set()
+        if self.worker.process:
+            self.worker.process.stop()
 
-    def status(self) -> list[dict]:
-        return [
-            {
-                "name": w.name,
-                "model": w.model.full_name,
-                "url": w.url,
-                "ready": w.ready.is_set(),
-                "current": w.current,
-                "restarts": w.restarts,
-                "local": w.process is not None,
-                "pid": w.process.process.pid if w.process and w.process.process else None,
-            }
-            for w in self.workers.values()
-        ]
+    def drain(self, timeout: float) -> bool:
+        """Take nothing new and wait up to ``timeout`` s for the current prediction to end; True if it did."""
+        self.draining.set()
+        self.parts.wakeups.prediction_queued()
+        deadline = time.monotonic() + timeout
+        while self.worker.current is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.worker.current is None
+
+    def status(self) -> dict:
+        w = self.worker
+        return {
+            "name": w.name,
+            "model": w.model.full_name,
+            "url": w.url,
+            "ready": w.ready.is_set(),
+            "current": w.current,
+            "restarts": w.restarts,
+            "local": w.process is not None,
+            "pid": w.process.process.pid if w.process and w.process.process else None,
+        }
 
     # ---- dispatch -----------------------------------------------------------------------------------------
-    def _dispatch_loop(self, worker: Worker) -> None:
-        while not self.stopping.is_set():
+    def _dispatch_loop(self) -> None:
+        worker = self.worker
+        while not self.parts.stopping.is_set() and not self.draining.is_set():
             if not worker.ready.wait(0.5):
                 continue
             try:
@@ -175,37 +170,37 @@ class WorkerPool:
                 time.sleep(1)
                 continue
             if row is None:
-                self.wakeups.wait_for_queue(1.0)
+                self.parts.wakeups.wait_for_queue(1.0)
                 continue
             try:
-                self._run(worker, row)
+                self._run(row)
             except Exception as e:
                 log.exception("running %s failed", row["id"])
-                self._complete(worker, row["id"], "failed", error=f"internal error handing over the prediction: {e}")
+                self._complete(row["id"], "failed", error=f"internal error handing over the prediction: {e}")
             finally:
                 worker.current = None
 
-    def _run(self, worker: Worker, row: dict) -> None:
-        pid = row["id"]
+    def _run(self, row: dict) -> None:
+        worker, pid = self.worker, row["id"]
         worker.current, worker.row, worker.logs, worker.upload_errors = pid, row, "", []
         worker.finished.clear()
         try:
             worker_input = self.worker_input(row, worker.model)
         except (FetchError, OSError) as e:  # an input file at an outside URL that could not be fetched or stored
-            self._complete(worker, pid, "failed", error=getattr(e, "strerror", None) or str(e))
+            self._complete(pid, "failed", error=getattr(e, "strerror", None) or str(e))
             return
         body = {
             "id": pid,
             "input": worker_input,
-            "webhook": f"{self.config.internal_url}/internal/workers/{quote(worker.name)}/webhook",
+            "webhook": f"{self.listen_url}/internal/workers/{quote(worker.name)}/webhook",
             "webhook_events_filter": EVENTS,
         }
         try:
-            response = self.session.put(
+            response = self.parts.session.put(
                 f"{worker.url}/predictions/{pid}", json=body, headers={"Prefer": "respond-async"}, timeout=30
             )
         except requests.exceptions.InvalidJSONError as e:  # this prediction's fault, not the worker's: never requeue it
-            self._complete(worker, pid, "failed", error=f"the input cannot be sent to the worker as JSON: {e}")
+            self._complete(pid, "failed", error=f"the input cannot be sent to the worker as JSON: {e}")
             return
         except requests.RequestException as e:
             log.warning("worker %s unreachable (%s); prediction %s goes back to the queue", worker.name, e, pid)
@@ -217,15 +212,15 @@ class WorkerPool:
             worker.ready.clear()
             return
         if response.status_code >= 400:
-            self._complete(worker, pid, "failed", error=_cog_error(response))
+            self._complete(pid, "failed", error=_cog_error(response))
             return
-        self._progress(worker, pid)
+        self._progress(pid)
         cancel_sent = False
         while not worker.finished.wait(0.5):
-            if self.stopping.is_set():
+            if self.parts.stopping.is_set():
                 return
             if not cancel_sent and predictions.cancel_requested(self.engine, pid):
-                self.cancel_on_worker(worker, pid)
+                self.cancel(pid)
                 cancel_sent = True
 
     def worker_input(self, row: dict, model: Model) -> dict:
@@ -235,10 +230,10 @@ class WorkerPool:
         out = {}
         for name, value in row["input"].items():
             if isinstance(value, str):
-                if name in model.file_inputs and not self.urls.own_file_ids(value):
+                if name in model.file_inputs and not self.parts.urls.own_file_ids(value):
                     value = self.import_file(row, name, value)
                 else:
-                    value = self.urls.for_worker(value, row["owner"], self.engine)
+                    value = self.parts.urls.for_worker(value, row["owner"], self.engine)
             if value is not None:
                 out[name] = value
         return out
@@ -271,32 +266,25 @@ class WorkerPool:
                     )
                 except StorageFull:
                     raise StorageFull(28, f"input {name} could not be stored: the file store is full") from None
-        return self.urls.file(saved, base=self.config.internal_url)
+        return self.parts.urls.file(saved, base=self.config.internal_url)
 
     def cancel(self, prediction_id: str) -> None:
-        """Forward a cancel now if this process runs it (otherwise its dispatcher sees the flag)."""
-        for worker in self.workers.values():
-            if worker.current == prediction_id:
-                self.cancel_on_worker(worker, prediction_id)
-
-    def cancel_on_worker(self, worker: Worker, prediction_id: str) -> None:
         try:
-            self.session.post(f"{worker.url}/predictions/{prediction_id}/cancel", timeout=10)
+            self.parts.session.post(f"{self.worker.url}/predictions/{prediction_id}/cancel", timeout=10)
         except requests.RequestException as e:
-            log.warning("cancel of %s on %s failed: %s", prediction_id, worker.name, e)
+            log.warning("cancel of %s on %s failed: %s", prediction_id, self.worker.name, e)
 
     # ---- from the worker ----------------------------------------------------------------------------------
-    def on_webhook(self, worker_name: str, payload: dict) -> bool:
-        """A state update from a worker's Cog server; False if it is not about what that worker runs."""
-        worker = self.workers.get(worker_name)
+    def on_webhook(self, payload: dict) -> bool:
+        """A state update from the Cog server; False if it is not about what it runs."""
+        worker = self.worker
         pid = payload.get("id")
-        if worker is None or not pid or worker.current != pid or worker.row is None:
+        if not pid or worker.current != pid or worker.row is None:
             return False
         worker.last_seen = time.monotonic()
         status = payload.get("status")
         if status in predictions.TERMINAL:
             self._complete(
-                worker,
                 pid,
                 status,
                 output=payload.get("output"),
@@ -309,13 +297,14 @@ class WorkerPool:
             return False
         row = worker.row
         output = self._collect(row, payload.get("output")) if payload.get("output") is not None else None
-        self._progress(worker, pid, payload.get("logs") or "", output, _parse_time(payload.get("started_at")))
+        self._progress(pid, payload.get("logs") or "", output, _parse_time(payload.get("started_at")))
         return True
 
     def _progress(
-        self, worker: Worker, pid: str, logs: str = "", output: Any = None, started_at: datetime.datetime | None = None
+        self, pid: str, logs: str = "", output: Any = None, started_at: datetime.datetime | None = None
     ) -> None:
         """Store what is new (the start, logs, output) and announce it: 'start' first, once."""
+        worker = self.worker
         with worker.lock:
             if worker.row is None:  # finished meanwhile
                 return
@@ -335,12 +324,12 @@ class WorkerPool:
                 + (["logs"] if new_logs is not None and not first else [])
             )
         for event in events:  # no wake-up for waiters: `Prefer: wait` waits for the final state only
-            self.on_event(updated, event)
+            self.parts.on_event(updated, event)
 
-    def on_upload(self, worker_name: str, filename: str, stream, content_type: str | None) -> dict:
-        """An output file from a worker's Cog server, stored as a file of the prediction it runs."""
-        worker = self.workers.get(worker_name)
-        if worker is None or worker.current is None or worker.row is None:
+    def on_upload(self, filename: str, stream, content_type: str | None) -> dict:
+        """An output file from the Cog server, stored as a file of the prediction it runs."""
+        worker = self.worker
+        if worker.current is None or worker.row is None:
             raise LookupError("this worker is running no prediction")
         row = worker.row
         try:
@@ -365,12 +354,7 @@ class WorkerPool:
         ``[out-0.png, out-1.png]`` may arrive swapped; the predictor's order is restored by file name.
         """
         rows = {f["id"]: f for f in files.of_prediction(self.engine, row["id"])}
-        refs = self._to_refs(row, output, set(rows))
-        if isinstance(refs, list) and refs and all(isinstance(r, dict) and r.get("$file") in rows for r in refs):
-            refs.sort(key=lambda r: _natural(rows[r["$file"]]["name"]))
-        return refs
 
-    def _to_refs(self, row: dict, output: Any, uploaded: set[str]) -> Any:
         def save_data(name: str, content_type: str, data: bytes) -> str:
             saved = files.save(
                 self.engine,
@@ -384,11 +368,13 @@ class WorkerPool:
             )
             return saved["id"]
 
-        return outputs.to_refs(output, self.output_prefix, uploaded, save_data)
+        refs = outputs.to_refs(output, self.output_prefix, set(rows), save_data)
+        if isinstance(refs, list) and refs and all(isinstance(r, dict) and r.get("$file") in rows for r in refs):
+            refs.sort(key=lambda r: _natural(rows[r["$file"]]["name"]))
+        return refs
 
     def _complete(
         self,
-        worker: Worker,
         pid: str,
         status: str,
         *,
@@ -397,6 +383,7 @@ class WorkerPool:
         logs: str | None = None,
         metrics: dict | None = None,
     ) -> None:
+        worker = self.worker
         row = worker.row if worker.row and worker.row["id"] == pid else predictions.get(self.engine, pid)
         if row is None:
             worker.finished.set()
@@ -419,33 +406,14 @@ class WorkerPool:
         )
         worker.finished.set()
         if done:
-            self.on_event(done, "completed")
-            self.wakeups.prediction_changed(pid)
+            self.parts.on_event(done, "completed")
+            self.parts.wakeups.prediction_changed(pid)
 
     # ---- supervision --------------------------------------------------------------------------------------
-    def _supervise(self) -> None:
-        last_beat = last_sweep = 0.0
-        while not self.stopping.wait(0.5):
-            now = time.monotonic()
-            for worker in self.workers.values():
-                try:
-                    self._check(worker)
-                except Exception:
-                    log.exception("checking worker %s failed", worker.name)
-            try:
-                if now - last_beat >= self.config.heartbeat_s:
-                    predictions.heartbeat(self.engine, self.config.instance)
-                    last_beat = now
-                if now - last_sweep >= 6 * self.config.heartbeat_s:
-                    for pid in predictions.fail_interrupted(
-                        self.engine, self.config.instance, 6 * self.config.heartbeat_s, at_start=False
-                    ):
-                        self._announce_failed(pid)
-                    last_sweep = now
-            except Exception:
-                log.exception("heartbeat failed")
-
-    def _check(self, worker: Worker) -> None:
+    def check(self) -> None:
+        """Restart a local Cog server that died (failing what it ran), end a prediction whose final webhook never
+        came, and follow a remote one's health."""
+        worker = self.worker
         if worker.process is not None and worker.process.exit_code() is not None:
             code = worker.process.exit_code()
             log.warning("worker %s died (exit code %s); restarting\n%s", worker.name, code, worker.process.log_tail())
@@ -453,7 +421,6 @@ class WorkerPool:
             pid = worker.current
             if pid:
                 self._complete(
-                    worker,
                     pid,
                     "failed",
                     error=f"worker died (exit code {code}) while running this prediction; it has been "
@@ -467,13 +434,12 @@ class WorkerPool:
             return
         if worker.ready.is_set() and worker.current is None and time.monotonic() - worker.last_seen < 5:
             return
-        state = self._health(worker)
+        state = self._health()
         worker.last_seen = time.monotonic()
         worker.misses = 0 if state else worker.misses + 1
         worker.idle_checks = worker.idle_checks + 1 if state == "READY" and worker.current else 0
         if worker.idle_checks > LOST_AFTER_CHECKS and worker.current is not None:  # idle, its final webhook lost
             self._complete(
-                worker,
                 worker.current,
                 "failed",
                 error="the worker finished this prediction but its result never reached the service",
@@ -488,25 +454,18 @@ class WorkerPool:
             worker.ready.clear()
             if worker.current:
                 self._complete(
-                    worker,
                     worker.current,
                     "failed",
                     error=f"worker {worker.name} stopped answering while running this prediction",
                 )
 
-    def _health(self, worker: Worker) -> str | None:
-        if not worker.url:
+    def _health(self) -> str | None:
+        if not self.worker.url:
             return None
         try:
-            return self.session.get(f"{worker.url}/health-check", timeout=2).json().get("status")
+            return self.parts.session.get(f"{self.worker.url}/health-check", timeout=2).json().get("status")
         except (requests.RequestException, ValueError):
             return None
-
-    def _announce_failed(self, pid: str) -> None:
-        row = predictions.get(self.engine, pid)
-        if row:
-            self.on_event(row, "completed")
-            self.wakeups.prediction_changed(pid)
 
 
 def _cog_error(response: requests.Response) -> str:
