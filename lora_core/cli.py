@@ -162,6 +162,11 @@ def _serve(args: argparse.Namespace) -> None:
     from lora_core.service.config import ServiceConfig
 
     config = ServiceConfig.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
+    if args.no_workers:  # the API and pages only: `lora-studio worker` agents run the predictions
+        from lora_core.service.config import WorkerSetting
+        from lora_core.service.models import MODELS
+
+        config = config.model_copy(update={"workers": {name: WorkerSetting(count=0) for name in MODELS}})
     print(
         f"LoRA Studio on {config.public_url} (data in {config.data_dir}, database "
         f"{config.database_url.split('://')[0]}, files {config.storage_url.split('://')[0]})",
@@ -313,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="default: $LORA_STUDIO_PORT or 8000")
     p.add_argument("--data-dir", help="SQLite database and files (default: $LORA_STUDIO_DATA_DIR or .data/)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--no-workers", action="store_true", help="API and pages only: `lora-studio worker` runs the work")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser(

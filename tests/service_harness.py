@@ -26,8 +26,10 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
-        self.data_dir, self.port = data_dir, port or free_port()
+    def __init__(
+        self, data_dir: Path, port: int | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        self.data_dir, self.port, self.args = data_dir, port or free_port(), args
         self.env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -48,7 +50,8 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(self.port), "--log-level", log_level],
+                [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(self.port), "--log-level", log_level]
+                + list(self.args),
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

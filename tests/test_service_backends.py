@@ -205,3 +205,41 @@ def test_processes_sharing_a_database_send_each_webhook_once_in_each_predictions
         got = [i for i, body in received if body["id"] == pid]
         assert got == ids, pid  # in the order queued
         assert [body["event"] for i, body in received if body["id"] == pid] == events
+
+
+def test_wakeups_cross_processes_on_postgres(postgres_url):
+    """What one process announces (a prediction changed, one queued) wakes the waiters of another at once, through
+    LISTEN/NOTIFY on the shared database: no waiting out the one-second re-read."""
+    import asyncio
+    import threading
+
+    from lora_core.service.queue.wakeups import Listener, Wakeups
+
+    engine = db.connect(postgres_url)
+    here, there = Wakeups(), Wakeups()
+    listeners = [Listener(engine, here), Listener(engine, there)]
+    for listener in listeners:
+        listener.start()
+    try:
+
+        async def woken_by_the_other() -> bool:
+            with there.watching("p1") as changed:
+                deadline = time.monotonic() + 30
+                while not changed.is_set():  # the other's listener may still be connecting: announce until heard
+                    here.prediction_changed("p1")
+                    try:
+                        await asyncio.wait_for(changed.wait(), 0.5)
+                    except TimeoutError:
+                        assert time.monotonic() < deadline, "never woken"
+                return True
+
+        assert asyncio.run(woken_by_the_other())
+        queued = threading.Event()
+        threading.Thread(target=lambda: (there.wait_for_queue(60), queued.set()), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not queued.wait(0.5):  # (announced before the other waited, it would be missed: announce again)
+            here.prediction_queued()
+            assert time.monotonic() < deadline, "the other process's claimers were never woken"
+    finally:
+        for listener in listeners:
+            listener.stop()

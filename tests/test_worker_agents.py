@@ -12,14 +12,14 @@ from service_harness import AgentProcess, Api, ServiceProcess
 pytestmark = pytest.mark.slow
 
 GENERATE = "lora-studio/lora"
-NO_WORKERS = {"LORA_STUDIO_WORKERS": "lora-studio/lora=0;lora-studio/lora-training=0"}
 SLOW = {"prompt": "a blue square", "num_inference_steps": 60, "num_outputs": 2, "width": 256, "height": 256}
 
 
 def test_agents_take_the_work_drain_on_sigterm_join_at_any_time_and_a_killed_ones_work_fails(tmp_path):
-    service = ServiceProcess(tmp_path / "svc", env=NO_WORKERS).start()
+    service = ServiceProcess(tmp_path / "svc", args=("--no-workers",)).start()
     agents: list[AgentProcess] = []
     try:
+        assert service.workers() == []  # the API and pages only
         api = Api(service.url, service.token("alice"))
         waiting = api.predict(GENERATE, {"prompt": "a red circle", "seed": 1}, wait=None)
         time.sleep(1)

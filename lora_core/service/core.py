@@ -19,7 +19,7 @@ from lora_core.service.config import ServiceConfig
 from lora_core.service.metrics import Metrics
 from lora_core.service.models import InputError, InvalidField, Model, load_models
 from lora_core.service.queue import limits, outputs, predictions
-from lora_core.service.queue.wakeups import Wakeups
+from lora_core.service.queue.wakeups import Listener, Wakeups
 from lora_core.service.queue.webhooks import Webhooks, check_url
 from lora_core.service.storage import db, file_store, files
 from lora_core.service.urls import Urls
@@ -72,6 +72,7 @@ class Service:
         self.signer = Signer(config.secret, config.worker_token)
         self.urls = Urls(config, self.signer)
         self.wakeups = Wakeups()
+        self.listener = Listener(self.engine, self.wakeups)
         self.webhooks = Webhooks(
             self.engine,
             self.signer,
@@ -91,10 +92,12 @@ class Service:
         ):
             log.warning("prediction %s was running when the service stopped: failed (interrupted)", pid)
             self._on_event(predictions.existing(self.engine, pid), "completed")
+        self.listener.start()
         self.webhooks.start()
         self.pool.start()
 
     def stop(self) -> None:
+        self.listener.stop()
         self.pool.stop()
         self.webhooks.close()
 

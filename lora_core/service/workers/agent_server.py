@@ -30,7 +30,7 @@ from lora_core.service.auth.signing import Signer
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import load_models
 from lora_core.service.queue import predictions
-from lora_core.service.queue.wakeups import Wakeups
+from lora_core.service.queue.wakeups import Listener, Wakeups
 from lora_core.service.queue.webhooks import Webhooks
 from lora_core.service.storage import db, file_store, files
 from lora_core.service.urls import Urls
@@ -64,7 +64,9 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
             shown = files.of_prediction(engine, row["id"]) if row["output"] is not None else []
             webhooks.send(row, event, views.prediction(row, urls, shown))
 
-    parts = Parts(config, engine, store, Wakeups(), signer, urls, on_event=on_event)
+    wakeups = Wakeups()
+    listener = Listener(engine, wakeups)
+    parts = Parts(config, engine, store, wakeups, signer, urls, on_event=on_event)
     listen_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     worker_name = name or f"{models[model].name}-{socket.gethostname()}"
     worker = Worker(worker_name, models[model], cog_url.rstrip("/")) if cog_url else None
@@ -74,6 +76,7 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
     for pid in predictions.fail_interrupted(engine, config.instance, 6 * config.heartbeat_s, at_start=True):
         log.warning("prediction %s was running when this agent stopped: failed (interrupted)", pid)
         on_event(predictions.existing(engine, pid), "completed")
+    listener.start()
     webhooks.start()
     agent.start()
     threading.Thread(target=supervise, args=(parts, [agent]), name="supervisor", daemon=True).start()
@@ -102,6 +105,7 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
         server.run()
     finally:
         parts.stopping.set()
+        listener.stop()
         agent.stop()
         webhooks.close()
     return 0
