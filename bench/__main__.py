@@ -14,13 +14,14 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its per-load reports drown the table
 
-from bench import load, lora_file, lora_swap, plot, results, sampling_batch, service_api, training_step
+from bench import load, lora_file, lora_swap, plot, results, sampling_batch, scale_out, service_api, training_step
 
 SUITES = {
     "training": lambda quick: training_step.measure(steps=30 if quick else 150),
     "lora": lambda quick: lora_swap.measure(repeats=5 if quick else 20),
     "sampling": lambda quick: sampling_batch.measure(quick),
     "service": lambda quick: service_api.measure(quick),
+    "scale": lambda quick: scale_out.measure(quick),
     "file": lambda quick: lora_file.measure(quick),
     "load": lambda quick: load.measure(quick),
 }

@@ -24,6 +24,8 @@ HEADLINE = [
     "api_overhead_ms",
     "peak_rss_ratio",
     "cold_start_s",
+    "wait_elsewhere_ms",
+    "lease_detection_s",
     "lora_file_mb",
     "batch_vs_single",
     "batch_vs_single_sd15",
@@ -34,7 +36,7 @@ def test_quick_bench_writes_every_metric(tmp_path):
     out = tmp_path / "results.json"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     # every suite but `load`: tests/load runs the same driver (bench/load.py) and checks its figures
-    suites = [arg for name in ("training", "lora", "sampling", "service", "file") for arg in ("--only", name)]
+    suites = [arg for name in ("training", "lora", "sampling", "service", "scale", "file") for arg in ("--only", name)]
     run = subprocess.run(
         [sys.executable, "-m", "lora_core.cli", "bench", "--quick", *suites, "--out", str(out)],
         cwd=ROOT,

@@ -1,13 +1,9 @@
 """The deployment backends, each a real server started here: S3-compatible storage (moto in server mode) and
 PostgreSQL (Debian's, started as a throw-away cluster; CI installs it). Two service processes share one database."""
 
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -82,52 +78,15 @@ def test_outputs_and_uploads_live_in_s3_and_survive_a_restart(s3_server, tmp_pat
         service.stop()
 
 
-def _postgres_bin() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").exists():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    """A throw-away PostgreSQL cluster on a free port (as the 'postgres' user when we are root)."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
+    """A throw-away PostgreSQL cluster on a free port (``bench.postgres``, shared with the benchmarks)."""
+    from bench import postgres
+
+    if postgres.bin_dir() is None:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="lora-studio-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run(
-        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(root / "log"),
-            "-o",
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres.cluster() as url:
+        yield url
 
 
 def test_the_postgres_queue_hands_each_prediction_to_one_claimer(postgres_url):

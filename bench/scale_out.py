@@ -1,0 +1,160 @@
+"""The service split across processes on one PostgreSQL, as it is deployed: API processes with no workers, worker
+agents (``lora-studio worker``) beside their Cog servers.
+
+wait_elsewhere_ms: ``Prefer: wait`` on an API process that did not run the prediction (an agent in another process
+    finished it; the wake-up crosses by LISTEN/NOTIFY): the answer's arrival minus the prediction's completed_at,
+    median. Baseline: the same when the API process ran it with its own worker (an in-process wake-up).
+lease_detection_s: an agent killed (-9) mid-prediction to that prediction reading ``failed`` on the API process
+    (its heartbeat lapses: six beats at the default 5 s, swept as often).
+"""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench import postgres
+from bench.results import Metric
+from bench.service_api import NOOP, ROOT, WORKER_TOKEN, _env, _free_port, _stop, _wait_until
+
+SLOW: dict[str, Any] = {
+    "prompt": "a blue square",
+    "num_inference_steps": 150,
+    "num_outputs": 4,
+    "width": 256,
+    "height": 256,
+}
+
+
+def _serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(port), "--log-level", "warning", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _agent(env: dict[str, str], port: int) -> subprocess.Popen:
+    command = ["worker", "--model", "lora-studio/lora", "--port", str(port), "--name", "bench-agent"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "lora_core.cli", *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _stamp(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=datetime.UTC).timestamp()
+
+
+def _waits(session: requests.Session, base: str, rounds: int) -> list[float]:
+    """Seconds from each prediction's completion to its ``Prefer: wait`` answer arriving."""
+    out = []
+    for i in range(rounds + 2):
+        body = session.post(
+            f"{base}/v1/models/lora-studio/lora/predictions",
+            json={"input": {**NOOP, "seed": i}},
+            headers={"Prefer": "wait=60"},
+            timeout=90,
+        ).json()
+        arrived = time.time()
+        if body["status"] != "succeeded":
+            raise RuntimeError(f"bench prediction ended {body['status']}: {body.get('error')}")
+        if i >= 2:  # the first two warm the path
+            out.append(arrived - _stamp(body["completed_at"]))
+    return out
+
+
+def measure(quick: bool) -> list[Metric]:
+    rounds = 10 if quick else 40
+    with tempfile.TemporaryDirectory(prefix="bench-scale-out-") as tmp_name, postgres.cluster() as database:
+        tmp = Path(tmp_name)
+        env = _env({"DATABASE_URL": database, "LORA_STUDIO_DATA_DIR": str(tmp), "LORA_STUDIO_SECRET": "bench"})
+        token = subprocess.run(
+            [sys.executable, "-m", "lora_core.cli", "token", "create", "--owner", "bench"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+
+        api_port, agent_port = _free_port(), _free_port()
+        api, agent = _serve(env, api_port, "--no-workers"), _agent(env, agent_port)
+        try:
+            base = f"http://127.0.0.1:{api_port}"
+            _wait_until(lambda: requests.get(f"{base}/health", timeout=1).ok, 120, "API process")
+            _wait_until(
+                lambda: requests.get(f"http://127.0.0.1:{agent_port}/health", timeout=1).json()["worker"]["ready"],
+                180,
+                "worker agent",
+            )
+            elsewhere = _waits(session, base, rounds)
+            doomed = session.post(f"{base}/v1/models/lora-studio/lora/predictions", json={"input": SLOW})
+            doomed.raise_for_status()
+            doomed = doomed.json()
+            _wait_until(lambda: "progress:" in session.get(doomed["urls"]["get"]).json()["logs"], 120, "progress")
+            agent.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            _wait_until(lambda: session.get(doomed["urls"]["get"]).json()["status"] == "failed", 180, "the lease")
+            lease_s = time.monotonic() - killed
+        finally:
+            _stop(agent)
+            _stop(api)
+
+        own_port = _free_port()
+        own = _serve({**env, "LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}, own_port)
+        try:
+            base = f"http://127.0.0.1:{own_port}"
+            _wait_until(
+                lambda: all(
+                    w["ready"]
+                    for w in requests.get(
+                        f"{base}/internal/health", headers={"Authorization": f"Bearer {WORKER_TOKEN}"}, timeout=1
+                    ).json()["workers"]
+                ),
+                180,
+                "service with its own worker",
+            )
+            here = _waits(session, base, rounds)
+        finally:
+            _stop(own)
+    elsewhere_ms, here_ms = statistics.median(elsewhere) * 1e3, statistics.median(here) * 1e3
+    return [
+        Metric(
+            "wait_elsewhere_ms",
+            elsewhere_ms,
+            "ms",
+            baseline=here_ms,
+            ratio=elsewhere_ms / here_ms if here_ms > 0 else None,
+            limit=500.0,
+            note=f"Prefer: wait on an API process that did not run the prediction (agent in another process, "
+            f"PostgreSQL LISTEN/NOTIFY): completed -> answer {elsewhere_ms:.0f} ms, median of {rounds}; the same "
+            f"process running it: {here_ms:.0f} ms",
+        ),
+        Metric(
+            "lease_detection_s",
+            lease_s,
+            "s",
+            limit=60.0,
+            note="an agent killed -9 mid-prediction -> that prediction `failed` on an API process (default "
+            "heartbeat 5 s: lapsed after six beats, swept as often)",
+        ),
+    ]
