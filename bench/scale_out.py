@@ -24,7 +24,7 @@ import requests
 
 from bench import postgres
 from bench.results import Metric
-from bench.service_api import NOOP, ROOT, WORKER_TOKEN, _env, _free_port, _stop, _wait_until
+from bench.service_api import NOOP, ROOT, WORKER_TOKEN, _env, _free_port, _stop, _wait_until, spawn
 
 SLOW: dict[str, Any] = {
     "prompt": "a blue square",
@@ -36,26 +36,11 @@ SLOW: dict[str, Any] = {
 
 
 def _serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(port), "--log-level", "warning", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    return spawn(env, "serve", "--port", str(port), "--log-level", "warning", *args)
 
 
 def _agent(env: dict[str, str], port: int) -> subprocess.Popen:
-    command = ["worker", "--model", "lora-studio/lora", "--port", str(port), "--name", "bench-agent"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "lora_core.cli", *command],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    return spawn(env, "worker", "--model", "lora-studio/lora", "--port", str(port), "--name", "bench-agent")
 
 
 def _stamp(text: str) -> float:

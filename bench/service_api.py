@@ -75,16 +75,21 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _start_service(data_dir: Path, port: int) -> subprocess.Popen:
-    env = _env({"LORA_STUDIO_DATA_DIR": str(data_dir), "LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"})
+def spawn(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """``lora-studio ARGS`` in its own process group, quiet."""
     return subprocess.Popen(
-        [sys.executable, "-m", "lora_core.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "lora_core.cli", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def _start_service(data_dir: Path, port: int) -> subprocess.Popen:
+    env = _env({"LORA_STUDIO_DATA_DIR": str(data_dir), "LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"})
+    return spawn(env, "serve", "--port", str(port), "--log-level", "warning")
 
 
 def _token(data_dir: Path) -> str:

@@ -104,6 +104,7 @@ LAYERS: list[set[str]] = [
     {"service.api", "service.web"},
     {"service.core"},
     {"service.workers"},
+    {"service.runtime"},
     {"service.views", "service.metrics"},
     {"service.urls", "service.models"},
     {"service.config"},

@@ -6,6 +6,8 @@ import signal
 import time
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from service_harness import AgentProcess, Api, ServiceProcess
 
@@ -30,6 +32,14 @@ def test_agents_take_the_work_drain_on_sigterm_join_at_any_time_and_a_killed_one
         done = api.wait(waiting["id"], timeout=120)
         assert done["status"] == "succeeded" and done["output"], done
         assert api.predict(GENERATE, {"prompt": "a green star", "seed": 2}, wait=60)["status"] == "succeeded"
+        scraped = requests.get(f"http://127.0.0.1:{first.port}/metrics", timeout=10).text  # the agent's own
+        durations = {
+            tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(scraped)
+            for s in family.samples
+            if s.name == "lora_studio_prediction_duration_seconds_count"
+        }
+        assert durations[(("model", GENERATE), ("status", "succeeded"))] == 2, durations
 
         # SIGTERM mid-prediction: it finishes, what comes after waits, the agent exits by itself
         slow = api.predict(GENERATE, SLOW, wait=None)

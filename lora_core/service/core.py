@@ -12,17 +12,13 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import Engine
 
 from lora_core.net.fetch import FetchError, checked_url_address
-from lora_core.service import views
 from lora_core.service.auth import tokens
-from lora_core.service.auth.signing import Signer
 from lora_core.service.config import ServiceConfig
-from lora_core.service.metrics import Metrics
-from lora_core.service.models import InputError, InvalidField, Model, load_models
+from lora_core.service.models import InputError, InvalidField, Model
 from lora_core.service.queue import limits, outputs, predictions
-from lora_core.service.queue.wakeups import Listener, Wakeups
-from lora_core.service.queue.webhooks import Webhooks, check_url
-from lora_core.service.storage import db, file_store, files
-from lora_core.service.urls import Urls
+from lora_core.service.queue.webhooks import check_url
+from lora_core.service.runtime import Runtime
+from lora_core.service.storage import file_store, files
 from lora_core.service.workers.agent import Parts
 from lora_core.service.workers.pool import WorkerPool
 
@@ -65,41 +61,20 @@ def invalid_input(error: InputError) -> ApiError:
 
 class Service:
     def __init__(self, config: ServiceConfig, engine: Engine | None = None) -> None:
-        self.config = config
-        self.engine = engine or db.connect(config.database_url)
-        self.store = file_store.from_url(config.storage_url, config.s3_endpoint_url, config.storage_quota_bytes)
-        self.models = load_models()
-        self.signer = Signer(config.secret, config.worker_token)
-        self.urls = Urls(config, self.signer)
-        self.wakeups = Wakeups()
-        self.listener = Listener(self.engine, self.wakeups)
-        self.webhooks = Webhooks(
-            self.engine,
-            self.signer,
-            config.allowed_private_hosts,
-            instance=config.instance,
-            retries=config.webhook_retries,
-            backoff_s=config.webhook_backoff_s,
-        )
-        parts = Parts(config, self.engine, self.store, self.wakeups, self.signer, self.urls, on_event=self._on_event)
-        self.pool = WorkerPool(parts, self.models)
-        self.metrics = Metrics(self.engine, self.models, self.pool.status, self.webhooks.pending)
+        self.runtime = rt = Runtime(config, engine)
+        self.config, self.engine, self.store, self.models = rt.config, rt.engine, rt.store, rt.models
+        self.signer, self.urls, self.wakeups = rt.signer, rt.urls, rt.wakeups
+        self.webhooks, self.metrics = rt.webhooks, rt.metrics
+        self.pool = WorkerPool(Parts.of(rt), self.models)
+        rt.workers = self.pool.status
 
     def start(self) -> None:
-        predictions.heartbeat(self.engine, self.config.instance)
-        for pid in predictions.fail_interrupted(
-            self.engine, self.config.instance, 6 * self.config.heartbeat_s, at_start=True
-        ):
-            log.warning("prediction %s was running when the service stopped: failed (interrupted)", pid)
-            self._on_event(predictions.existing(self.engine, pid), "completed")
-        self.listener.start()
-        self.webhooks.start()
+        self.runtime.start()
         self.pool.start()
 
     def stop(self) -> None:
-        self.listener.stop()
         self.pool.stop()
-        self.webhooks.close()
+        self.runtime.stop()
 
     # ---- who and what ---------------------------------------------------------------------------------------
     def owner_of(self, token: str) -> str | None:
@@ -265,7 +240,7 @@ class Service:
         outcome = predictions.cancel(self.engine, prediction_id)
         if outcome == "canceled":
             row = predictions.existing(self.engine, prediction_id)
-            self._on_event(row, "completed")
+            self.runtime.on_event(row, "completed")
             self.wakeups.prediction_changed(prediction_id)
         elif outcome == "requested":
             self.pool.cancel(prediction_id)
@@ -273,8 +248,7 @@ class Service:
 
     # ---- showing --------------------------------------------------------------------------------------------
     def render(self, row: dict) -> dict:
-        file_rows = files.of_prediction(self.engine, row["id"]) if row["output"] is not None else []
-        return views.prediction(row, self.urls, file_rows)
+        return self.runtime.render(row)
 
     def page(self, owner: str, path: str, cursor: str | None, model: str | None, kind: str | None) -> dict:
         try:
@@ -284,12 +258,6 @@ class Service:
         extra = f"&model={model}" if model else ""
         link = lambda c: f"{self.config.public_url}{path}?cursor={c}{extra}" if c else None  # noqa: E731
         return {"next": link(older), "previous": link(newer), "results": [self.render(r) for r in rows]}
-
-    def _on_event(self, row: dict, event: str) -> None:
-        if event == "completed":
-            self.metrics.finished(row)
-        if row.get("webhook"):
-            self.webhooks.send(row, event, self.render(row))
 
 
 def _extension(content_type: str) -> str:

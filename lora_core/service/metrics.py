@@ -8,6 +8,7 @@ workers are this process's own: Prometheus sums them over pods.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -21,6 +22,12 @@ from lora_core.service.storage.db import utcnow
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From a 1-step generation on a GPU to a long SD-1.5 training.
 BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+def allowed(token: str | None, authorization: str) -> bool:
+    """Whether a scrape may read the metrics: always when no token is set, else with it as a bearer token."""
+    scheme, _, given = authorization.partition(" ")
+    return not token or (scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode()))
 
 
 class Metrics:

@@ -8,7 +8,6 @@ ids are not confirmed to exist.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 import time
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from lora_core.service import views
 from lora_core.service.api.bodies import json_body
 from lora_core.service.auth.tokens import PAGE_HEADER, TOKEN_COOKIE
 from lora_core.service.core import MAX_URL_CHARS, ApiError, Service
-from lora_core.service.metrics import CONTENT_TYPE
+from lora_core.service.metrics import CONTENT_TYPE, allowed as metrics_allowed
 from lora_core.service.models import InvalidField, Model
 from lora_core.service.queue import predictions
 from lora_core.service.storage import content_types, files
@@ -428,9 +427,7 @@ async def health():
 async def metrics(request: Request, svc: Service = Depends(service)):
     """Prometheus metrics: the queue per model, predictions by final state, durations, workers, pending webhooks.
     Aggregates only (no owner, no id); behind ``LORA_STUDIO_METRICS_TOKEN`` as a bearer token when that is set."""
-    expected = svc.config.metrics_token
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if expected and not (scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode())):
+    if not metrics_allowed(svc.config.metrics_token, request.headers.get("authorization", "")):
         raise ApiError(401, "Unauthenticated", "send LORA_STUDIO_METRICS_TOKEN as a bearer token")
     body = await run_in_threadpool(svc.metrics.render)
     return Response(body, media_type=CONTENT_TYPE)

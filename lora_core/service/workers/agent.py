@@ -33,6 +33,7 @@ from lora_core.service.config import ServiceConfig
 from lora_core.service.models import Model
 from lora_core.service.queue import outputs, predictions
 from lora_core.service.queue.wakeups import Wakeups
+from lora_core.service.runtime import Runtime
 from lora_core.service.storage import files
 from lora_core.service.storage.file_store import FileStore, StorageFull
 from lora_core.service.urls import Urls
@@ -58,6 +59,18 @@ class Parts:
     on_event: Callable[[dict, str], None]  # after each stored change: "start", "logs", "output", "completed"
     stopping: threading.Event = field(default_factory=threading.Event)
     session: requests.Session = field(default_factory=requests.Session)
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> Parts:
+        return cls(
+            runtime.config,
+            runtime.engine,
+            runtime.store,
+            runtime.wakeups,
+            runtime.signer,
+            runtime.urls,
+            on_event=runtime.on_event,
+        )
 
 
 @dataclass

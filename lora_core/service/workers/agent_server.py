@@ -21,19 +21,14 @@ import threading
 from collections.abc import Iterator
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lora_core.service import views
-from lora_core.service.auth.signing import Signer
 from lora_core.service.config import ServiceConfig
-from lora_core.service.models import load_models
-from lora_core.service.queue import predictions
-from lora_core.service.queue.wakeups import Listener, Wakeups
-from lora_core.service.queue.webhooks import Webhooks
-from lora_core.service.storage import db, file_store, files
-from lora_core.service.urls import Urls
+from lora_core.service.metrics import CONTENT_TYPE, allowed
+from lora_core.service.runtime import Runtime
 from lora_core.service.workers import intake
 from lora_core.service.workers.agent import Agent, Parts, Worker, local_worker
 from lora_core.service.workers.pool import supervise
@@ -42,54 +37,26 @@ log = logging.getLogger("lora_studio.agent")
 
 
 def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | None, drain_s: float) -> int:
-    config = ServiceConfig.from_env(port=port)
-    models = load_models()
-    if model not in models:
-        raise SystemExit(f"error: unknown model {model!r}; the models are: {', '.join(models)}")
-    engine = db.connect(config.database_url)
-    store = file_store.from_url(config.storage_url, config.s3_endpoint_url, config.storage_quota_bytes)
-    signer = Signer(config.secret, config.worker_token)
-    urls = Urls(config, signer)
-    webhooks = Webhooks(
-        engine,
-        signer,
-        config.allowed_private_hosts,
-        instance=config.instance,
-        retries=config.webhook_retries,
-        backoff_s=config.webhook_backoff_s,
-    )
-
-    def on_event(row: dict, event: str) -> None:
-        if row.get("webhook"):
-            shown = files.of_prediction(engine, row["id"]) if row["output"] is not None else []
-            webhooks.send(row, event, views.prediction(row, urls, shown))
-
-    wakeups = Wakeups()
-    listener = Listener(engine, wakeups)
-    parts = Parts(config, engine, store, wakeups, signer, urls, on_event=on_event)
+    runtime = Runtime(ServiceConfig.from_env(port=port))
+    if model not in runtime.models:
+        raise SystemExit(f"error: unknown model {model!r}; the models are: {', '.join(runtime.models)}")
+    parts = Parts.of(runtime)
     listen_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    worker_name = name or f"{models[model].name}-{socket.gethostname()}"
-    worker = Worker(worker_name, models[model], cog_url.rstrip("/")) if cog_url else None
-    agent = Agent(parts, worker or local_worker(parts, models[model], worker_name, listen_url), listen_url)
+    worker_name = name or f"{runtime.models[model].name}-{socket.gethostname()}"
+    worker = Worker(worker_name, runtime.models[model], cog_url.rstrip("/")) if cog_url else None
+    agent = Agent(parts, worker or local_worker(parts, runtime.models[model], worker_name, listen_url), listen_url)
+    runtime.workers = lambda: [agent.status()]
 
-    predictions.heartbeat(engine, config.instance)
-    for pid in predictions.fail_interrupted(engine, config.instance, 6 * config.heartbeat_s, at_start=True):
-        log.warning("prediction %s was running when this agent stopped: failed (interrupted)", pid)
-        on_event(predictions.existing(engine, pid), "completed")
-    listener.start()
-    webhooks.start()
+    runtime.start()
     agent.start()
     threading.Thread(target=supervise, args=(parts, [agent]), name="supervisor", daemon=True).start()
     print(f"agent {worker_name} ({model}) on {listen_url}, Cog server {cog_url or 'started here'}", flush=True)
 
-    server = _Server(app(agent, signer, config.max_upload_bytes), host, port)
+    server = _Server(app(agent, runtime), host, port)
 
     def drain_then_exit() -> None:
-        finished = agent.drain(drain_s)
-        if not finished:
-            log.warning(
-                "agent %s: the drain ran out after %.0fs; stopping with a prediction running", worker_name, drain_s
-            )
+        if not agent.drain(drain_s):
+            log.warning("agent %s: the drain ran out after %.0fs; stopping a prediction mid-way", worker_name, drain_s)
         server.should_exit = True
 
     def on_signal(signum: int, _frame) -> None:
@@ -105,14 +72,13 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
         server.run()
     finally:
         parts.stopping.set()
-        listener.stop()
         agent.stop()
-        webhooks.close()
+        runtime.stop()
     return 0
 
 
-def app(agent: Agent, signer: Signer, max_upload_bytes: int) -> Starlette:
-    name = agent.worker.name
+def app(agent: Agent, runtime: Runtime) -> Starlette:
+    name, signer, limit = agent.worker.name, runtime.signer, runtime.config.max_upload_bytes
 
     async def webhook(request: Request):
         mine = agent if request.path_params["worker"] == name else None
@@ -121,16 +87,24 @@ def app(agent: Agent, signer: Signer, max_upload_bytes: int) -> Starlette:
     async def upload(request: Request):
         p = request.path_params
         mine = agent if p["worker"] == name else None
-        return await intake.upload(request, signer, p["worker"], p["key"], p["filename"], mine, max_upload_bytes)
+        return await intake.upload(request, signer, p["worker"], p["key"], p["filename"], mine, limit)
 
     async def health(_: Request):
         return JSONResponse({"status": "draining" if agent.draining.is_set() else "ok", "worker": agent.status()})
+
+    async def metrics(request: Request):
+        """This agent's durations and state (and the queue, as every process reports it): what Prometheus scrapes
+        from a worker pod."""
+        if not allowed(runtime.config.metrics_token, request.headers.get("authorization", "")):
+            return JSONResponse({"title": "Unauthenticated", "detail": "send LORA_STUDIO_METRICS_TOKEN"}, 401)
+        return Response(await run_in_threadpool(runtime.metrics.render), media_type=CONTENT_TYPE)
 
     return Starlette(
         routes=[
             Route("/internal/workers/{worker}/webhook", webhook, methods=["POST"]),
             Route("/internal/workers/{worker}/uploads/{key}/{filename}", upload, methods=["PUT"]),
             Route("/health", health),
+            Route("/metrics", metrics),
         ]
     )
 
