@@ -185,6 +185,14 @@ def _worker(args: argparse.Namespace) -> None:
     )
 
 
+def _migrate(args: argparse.Namespace) -> None:
+    import sqlalchemy as sa
+
+    engine = _tokens_engine(args)  # connecting migrates to the newest schema (one process at a time on PostgreSQL)
+    with engine.connect() as c:
+        print(f"database at schema {c.execute(sa.text('SELECT version_num FROM alembic_version')).scalar()}")
+
+
 def _tokens_engine(args: argparse.Namespace):
     from lora_core.service.config import ServiceConfig
     from lora_core.service.storage import db
@@ -332,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="its name in the queue and its URLs (default: the model's name and the hostname)")
     p.add_argument("--drain-s", type=float, default=3600, help="on SIGTERM, how long the current prediction may run")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("migrate", help="bring the database to the newest schema (serve and worker also do on start)")
+    p.add_argument("--data-dir", help="as for serve; DATABASE_URL wins")
+    p.set_defaults(func=_migrate)
 
     sub.add_parser("bench", help="the benchmarks (bench/: `lora-studio bench --help`)")
 

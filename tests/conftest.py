@@ -136,6 +136,26 @@ def service(tmp_path_factory):
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def js_client_dir(tmp_path_factory) -> Path:
+    """tests/js's npm packages (the official JavaScript client, KEDA's schemas), pinned by its lock file and
+    installed once per session with ``npm ci``; the folder holds tests/js's scripts too."""
+    import shutil
+    import subprocess
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "node and npm are needed for tests/js (.ci/run installs them)"
+    folder = tmp_path_factory.mktemp("js")
+    for path in (Path(__file__).parent / "js").iterdir():
+        if path.is_file():
+            shutil.copy(path, folder / path.name)
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The quick tier (``./dev test -m quick``, about two minutes here) is every test marked neither slow nor medium."""
     for item in items:

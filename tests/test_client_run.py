@@ -43,21 +43,6 @@ def _safetensors_metadata(url: str) -> dict:
     return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
 
 
-@pytest.fixture(scope="module")
-def js_client(tmp_path_factory) -> Path:
-    """The official JavaScript client (``replicate`` on npm, pinned in tests/js/package-lock.json), installed once."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm are needed for the JavaScript client's test (.ci/run installs them)"
-    folder = tmp_path_factory.mktemp("js-client")
-    for name in ("package.json", "package-lock.json", "run.mjs"):
-        shutil.copy(JS_DIR / name, folder / name)
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"], cwd=folder, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder
-
-
 def _hold_the_worker(api: Api) -> str:
     """A long generation that keeps the one generation worker busy: it is running when this returns."""
     blocker = api.predict(
@@ -108,7 +93,7 @@ def test_the_blocking_answer_says_starting_when_the_wait_runs_out(service):
     assert done["status"] == "succeeded" and len(done["output"]) == 1
 
 
-def test_run_returns_the_images_of_generations_queued_behind_another(service, js_client):
+def test_run_returns_the_images_of_generations_queued_behind_another(service, js_client_dir):
     token = service.token("erin")
     api = Api(service.url, token)
     client = replicate.Client(api_token=token, base_url=service.url)
@@ -119,13 +104,13 @@ def test_run_returns_the_images_of_generations_queued_behind_another(service, js
     async def three_clients():
         js = await asyncio.create_subprocess_exec(
             shutil.which("node"),
-            str(js_client / "run.mjs"),
+            str(js_client_dir / "run.mjs"),
             service.url,
             token,
             GENERATE,
             json.dumps(inputs),
             "1",
-            cwd=js_client,
+            cwd=js_client_dir,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

@@ -166,8 +166,8 @@ def k8s_expand(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\$|\$\((\w+)\)", lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), text)
 
 
-def k8s_env(container: dict, config: dict[str, str], secret: dict[str, str]) -> dict[str, str]:
-    """A container's environment as the kubelet builds it: envFrom first, then env."""
+def k8s_env(container: dict, config: dict[str, str], secret: dict[str, str], pod: str = "pod-0") -> dict[str, str]:
+    """A container's environment as the kubelet builds it (``pod``: its pod's name): envFrom first, then env."""
     env = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -180,6 +180,9 @@ def k8s_env(container: dict, config: dict[str, str], secret: dict[str, str]) -> 
             env[item["name"]] = config[ref["configMapKeyRef"]["key"]]
         elif "secretKeyRef" in ref:
             env[item["name"]] = secret[ref["secretKeyRef"]["key"]]
+        elif "fieldRef" in ref:
+            assert ref["fieldRef"]["fieldPath"] == "metadata.name", ref
+            env[item["name"]] = pod
         else:
             env[item["name"]] = item["value"]
     return env
@@ -482,12 +485,15 @@ def test_the_kustomization_applies_every_manifest_but_the_secret_example():
     assert all(i["newTag"] not in ("", "latest") for i in kustomization["images"])
 
 
+CRDS = {"ScaledObject", "TriggerAuthentication"}  # KEDA's: checked against its own schemas below
+
+
 @pytest.mark.parametrize("version", ["1.30.0", latest_version()])
 def test_k8s_manifests_are_valid_kubernetes_objects(version):
     """Kubernetes' OpenAPI schemas, strict: a misspelt or misplaced field fails, like kubeconform -strict."""
     docs = k8s_docs() + list(yaml.safe_load_all((K8S / "secret.example.yaml").read_text()))
     for doc in docs:
-        if doc["kind"] == "Kustomization":
+        if doc["kind"] == "Kustomization" or doc["kind"] in CRDS:
             continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -495,18 +501,47 @@ def test_k8s_manifests_are_valid_kubernetes_objects(version):
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}")
 
 
+def test_keda_objects_are_valid_for_kedas_schemas(js_client_dir):
+    """KEDA's own CRD schemas (``@kubernetes-models/keda`` on npm, pinned in tests/js): every ScaledObject and
+    TriggerAuthentication, and a misspelt field is caught (the check is not a no-op)."""
+    objects = [d for d in k8s_docs() if d["kind"] in CRDS]
+    assert {d["kind"] for d in objects} == CRDS
+    broken = json.loads(json.dumps(objects[-1]))
+    broken["spec"]["minReplicaCount"] = "zero"
+    checks = objects + [broken]
+    result = subprocess.run(
+        ["node", str(js_client_dir / "validate_keda.mjs")],
+        cwd=js_client_dir,
+        input=json.dumps(checks),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    errors = json.loads(result.stdout)
+    assert errors[:-1] == [None] * len(objects), errors
+    assert errors[-1] and "minReplicaCount" in errors[-1], errors[-1]
+
+
 @pytest.fixture
 def cluster(tmp_path):
     docs = k8s_docs()
     config = k8s_find(docs, "ConfigMap", "lora-studio-config")["data"]
     secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())["stringData"]
-    pods = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    pods = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")}
 
-    def settings(name: str) -> ServiceConfig:
-        container = pods[name]["spec"]["template"]["spec"]["containers"][0]
-        return config_from(k8s_env(container, config, secret), data_dir=tmp_path)
+    def container(workload: str, name: str | None = None) -> dict:
+        containers = pods[workload]["spec"]["template"]["spec"]["containers"]
+        return next(c for c in containers if name is None or c["name"] == name)
 
-    return SimpleNamespace(docs=docs, config=config, secret=secret, pods=pods, settings=settings)
+    def settings(workload: str, name: str | None = None, pod: str = "pod-0") -> ServiceConfig:
+        env = k8s_env(container(workload, name), config, secret, pod)
+        return config_from(env, data_dir=tmp_path)
+
+    gpu = {m.full_name: pods[f"gpu-{m.name}"] for m in MODEL_LIST}
+    return SimpleNamespace(
+        docs=docs, config=config, secret=secret, pods=pods, container=container, settings=settings, gpu=gpu
+    )
 
 
 def _selected(service: dict, workload: dict) -> bool:
@@ -514,76 +549,110 @@ def _selected(service: dict, workload: dict) -> bool:
     return service["spec"]["selector"].items() <= labels.items()
 
 
-def test_k8s_api_replicas_queue_and_one_dispatcher_owns_the_gpu_workers(cluster):
-    api, dispatcher = cluster.settings("lora-studio-api"), cluster.settings("lora-studio-dispatcher")
-    assert cluster.pods["lora-studio-api"]["spec"]["replicas"] >= 2
-    for model in MODEL_LIST:  # API pods dispatch nothing: workers' webhooks and uploads reach the dispatcher only
-        assert (api.worker_setting(model.full_name).count, api.worker_setting(model.full_name).urls) == (0, ())
-    spec = cluster.pods["lora-studio-dispatcher"]["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
-    assert dispatcher.instance == "dispatcher"  # a restarted dispatcher fails its own leftovers
-    assert (
-        api.secret == dispatcher.secret
-        and api.public_url == dispatcher.public_url == cluster.config["LORA_STUDIO_PUBLIC_URL"]
-    )
+def _agent_args(container: dict) -> dict[str, str]:
+    args = container["args"]
+    assert args[:2] == ["lora-studio", "worker"], args
+    return dict(zip(args[2::2], args[3::2], strict=True))
 
-    # the internal URL is the dispatcher's Service, on its container's port
-    internal = urlsplit(dispatcher.internal_url)
-    service = k8s_find(cluster.docs, "Service", internal.hostname)
-    assert _selected(service, cluster.pods["lora-studio-dispatcher"])
-    assert not _selected(service, cluster.pods["lora-studio-api"])
-    assert [p["port"] for p in service["spec"]["ports"]] == [internal.port]
+
+def test_k8s_api_pods_run_no_workers_and_scale_and_keep_one_through_a_drain(cluster):
+    api = cluster.settings("lora-studio-api")
+    container = cluster.container("lora-studio-api")
+    assert container["args"] == ["lora-studio", "serve", "--no-workers"]
+    assert cluster.pods["lora-studio-api"]["spec"]["replicas"] >= 2
+    hpa = k8s_find(cluster.docs, "HorizontalPodAutoscaler", "lora-studio-api")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "lora-studio-api" and hpa["spec"]["minReplicas"] >= 2
+    pdb = k8s_find(cluster.docs, "PodDisruptionBudget", "lora-studio-api")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= container_labels(cluster, "lora-studio-api").items()
+    assert pdb["spec"]["minAvailable"] >= 1
     public = k8s_find(cluster.docs, "Service", "lora-studio")
     assert _selected(public, cluster.pods["lora-studio-api"])
-    assert not _selected(public, cluster.pods["lora-studio-dispatcher"])
-
-    # the service pods run as the image's user
+    # the GPU pods' Cog servers fetch files at the internal URL: the API's Service, on its port
+    internal = urlsplit(api.internal_url)
+    assert internal.hostname == "lora-studio" and [p["port"] for p in public["spec"]["ports"]] == [internal.port]
+    # the service image's pods run as the image's user
     uid = dockerfile()[[i for i, _ in dockerfile()].index("USER")][1].split(":")[0]
-    for name in ("lora-studio-api", "lora-studio-dispatcher"):
+    for name in ("lora-studio-api", "lora-studio-migrate"):
         context = cluster.pods[name]["spec"]["template"]["spec"]["securityContext"]
         assert context["runAsNonRoot"] is True and str(context["runAsUser"]) == uid
-
-
-def _worker_urls(cluster) -> list[tuple]:
-    dispatcher = cluster.settings("lora-studio-dispatcher")
-    out = []
     for model in MODEL_LIST:
-        urls = dispatcher.worker_setting(model.full_name).urls
-        assert urls, f"{model.full_name} has no GPU workers"
-        for i, url in enumerate(urls, 1):
-            out.append((model, i, urlsplit(url)))
-    return out
+        assert str(cluster.container(f"gpu-{model.name}", "agent")["securityContext"]["runAsUser"]) == uid
+    assert cluster.container("lora-studio-migrate")["args"] == ["lora-studio", "migrate"]
 
 
-def test_k8s_worker_urls_are_the_statefulsets_pods_in_order(cluster):
-    for model, i, url in _worker_urls(cluster):
-        pod, _, service_name = url.hostname.partition(".")
-        statefulset_name, _, ordinal = pod.rpartition("-")
-        statefulset = k8s_find(cluster.docs, "StatefulSet", statefulset_name)
-        service = k8s_find(cluster.docs, "Service", service_name)
-        assert int(ordinal) == i - 1 < statefulset["spec"]["replicas"]
-        assert statefulset["spec"]["serviceName"] == service_name and service["spec"]["clusterIP"] == "None"
-        assert _selected(service, statefulset)
-        container = statefulset["spec"]["template"]["spec"]["containers"][0]
-        assert container["image"] == f"lora-studio-{model.name}"  # the Cog image of that model
-        assert [p["containerPort"] for p in container["ports"]] == [url.port] == [COG_PORT]
-    # every pod of every worker StatefulSet is listed
-    listed = {url.hostname.partition(".")[0] for _, _, url in _worker_urls(cluster)}
-    for statefulset in (d for d in cluster.docs if d["kind"] == "StatefulSet"):
-        name = statefulset["metadata"]["name"]
-        assert {f"{name}-{k}" for k in range(statefulset["spec"]["replicas"])} <= listed, name
+def container_labels(cluster, workload: str) -> dict:
+    return cluster.pods[workload]["spec"]["template"]["metadata"]["labels"]
 
 
-def test_k8s_workers_each_hold_a_gpu(cluster):
-    for statefulset in (d for d in cluster.docs if d["kind"] == "StatefulSet"):
-        resources = statefulset["spec"]["template"]["spec"]["containers"][0]["resources"]
+def test_k8s_each_gpu_pod_is_a_cog_server_and_its_agent_for_one_model(cluster):
+    for model in MODEL_LIST:
+        deployment = cluster.gpu[model.full_name]
+        assert deployment["kind"] == "Deployment" and "replicas" not in deployment["spec"]  # KEDA sets them
+        names = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+        assert names == ["cog", "agent"]
+        cog, agent = (
+            cluster.container(deployment["metadata"]["name"], "cog"),
+            _agent_args(cluster.container(deployment["metadata"]["name"], "agent")),
+        )
+        assert cog["image"] == f"lora-studio-{model.name}"  # the Cog image of that model
+        assert cluster.container(deployment["metadata"]["name"], "agent")["image"] == "lora-studio"
+        assert agent["--model"] == model.full_name
+        assert urlsplit(agent["--cog-url"]).hostname == "127.0.0.1"
+        assert [p["containerPort"] for p in cog["ports"]] == [urlsplit(agent["--cog-url"]).port] == [COG_PORT]
+        # the agent drains within the pod's grace period, and Cog's container waits for it (preStop)
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert 0 < float(agent["--drain-s"]) < grace
+        assert "5100" == agent["--port"] and "5100" in " ".join(cog["lifecycle"]["preStop"]["exec"]["command"])
+        resources = cog["resources"]
         assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
-    for name in ("lora-studio-api", "lora-studio-dispatcher"):
-        resources = cluster.pods[name]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    for name in ("lora-studio-api", "lora-studio-migrate"):
+        resources = cluster.container(name)["resources"]
         assert "nvidia.com/gpu" not in {**resources.get("limits", {}), **resources.get("requests", {})}
 
 
-def test_k8s_workers_and_service_share_the_secret_keys(cluster):
+def test_k8s_the_cog_servers_upload_url_and_token_are_those_its_agent_checks(cluster, tmp_path):
+    """Runs each Cog container's start command (as the kubelet expands it, in a pod named gpu-x-abc12) with a
+    stand-in python that prints its argv and the upload URL ``cog_serve`` would make from its environment; the
+    agent beside it (its flags and environment as the kubelet gives them) must expect exactly that URL."""
+    from lora_core.service.auth.signing import upload_url
+    from lora_core.service.workers.agent_server import agent_url
+
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "from lora_core.service.auth.signing import upload_url\n"
+        "env = os.environ\nprint(json.dumps([sys.argv[1:], upload_url(env['LORA_STUDIO_SERVICE_URL'], "
+        "env['LORA_STUDIO_WORKER_NAME'], env['WEBHOOK_AUTH_TOKEN'])]))\n"
+    )
+    stub.chmod(0o755)
+    for deployment in cluster.gpu.values():
+        pod = f"{deployment['metadata']['name']}-7d9f8-abc12"
+        workload = deployment["metadata"]["name"]
+        cog = cluster.container(workload, "cog")
+        env = k8s_env(cog, cluster.config, cluster.secret, pod)
+        result = subprocess.run(
+            [k8s_expand(arg, env) for arg in cog["args"]],
+            env={**env, "PATH": f"{stub.parent}:/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        agent_container = cluster.container(workload, "agent")
+        agent_env = k8s_env(agent_container, cluster.config, cluster.secret, pod)
+        flags = {k: k8s_expand(v, agent_env) for k, v in _agent_args(agent_container).items()}
+        agent = cluster.settings(workload, "agent", pod)
+        assert flags["--name"] == pod and agent.instance == pod  # its lease is this pod's
+        expected = upload_url(agent_url("127.0.0.1", int(flags["--port"])), flags["--name"], agent.worker_token)
+        assert json.loads(result.stdout) == [["-m", "lora_core.service.workers.cog_serve"], expected]
+        # what the agent would give a Cog server it started itself, this one gets from the manifest
+        wanted = _env(worker_side(agent))
+        assert env["WEBHOOK_AUTH_TOKEN"] == wanted["WEBHOOK_AUTH_TOKEN"]
+        assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == wanted["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
+
+
+def test_k8s_pods_read_only_the_secret_keys_it_has(cluster):
     secret_name = yaml.safe_load((K8S / "secret.example.yaml").read_text())["metadata"]["name"]
     for workload in cluster.pods.values():
         for container in workload["spec"]["template"]["spec"]["containers"]:
@@ -595,49 +664,22 @@ def test_k8s_workers_and_service_share_the_secret_keys(cluster):
             ]
             assert set(refs) | {k["name"] for k in keys} <= {secret_name}
             assert {k["key"] for k in keys} <= set(cluster.secret)
-    # the token the workers send is the one the dispatcher checks
-    dispatcher = cluster.settings("lora-studio-dispatcher")
-    for statefulset in (d for d in cluster.docs if d["kind"] == "StatefulSet"):
-        container = statefulset["spec"]["template"]["spec"]["containers"][0]
-        env = k8s_env(container, cluster.config, cluster.secret)
-        assert env["WEBHOOK_AUTH_TOKEN"] == dispatcher.worker_token
-        expected = _env(worker_side(dispatcher))
-        assert set(expected) <= set(env)
-        assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == expected["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
+    auth = k8s_find(cluster.docs, "TriggerAuthentication", "lora-studio-database")
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["name"] == secret_name and ref["key"] in cluster.secret
 
 
-def test_k8s_worker_upload_url_names_the_worker_the_dispatcher_knows(cluster, tmp_path):
-    """Runs each worker's start command (as the kubelet expands it) with a stand-in python that prints its argv and
-    the upload URL ``cog_serve`` would make from its environment."""
-    stub = tmp_path / "bin" / "python"
-    stub.parent.mkdir()
-    stub.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
-        "from lora_core.service.auth.signing import upload_url\n"
-        "env = os.environ\nprint(json.dumps([sys.argv[1:], upload_url(env['LORA_STUDIO_SERVICE_URL'], "
-        "env['LORA_STUDIO_WORKER_NAME'], env['WEBHOOK_AUTH_TOKEN'])]))\n"
-    )
-    stub.chmod(0o755)
-    dispatcher = cluster.settings("lora-studio-dispatcher")
-    pool = worker_side(dispatcher)
-    for model, i, url in _worker_urls(cluster):
-        pod = url.hostname.partition(".")[0]
-        statefulset = k8s_find(cluster.docs, "StatefulSet", pod.rpartition("-")[0])
-        container = statefulset["spec"]["template"]["spec"]["containers"][0]
-        env = k8s_env(container, cluster.config, cluster.secret)
-        command = [k8s_expand(arg, env) for arg in container["args"]]
-        result = subprocess.run(
-            command,
-            env={**env, "HOSTNAME": pod, "PATH": f"{stub.parent}:/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout) == [
-            ["-m", "lora_core.service.workers.cog_serve"],
-            _upload(pool, f"{model.name}-remote-{i}"),
-        ]
+def test_keda_scales_each_gpu_deployment_from_zero_on_its_models_queue(cluster):
+    for model in MODEL_LIST:
+        deployment = cluster.gpu[model.full_name]
+        scaled = k8s_find(cluster.docs, "ScaledObject", deployment["metadata"]["name"])
+        spec = scaled["spec"]
+        assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "postgresql" and trigger["authenticationRef"]["name"] == "lora-studio-database"
+        assert trigger["metadata"]["targetQueryValue"] == "1"
+        assert f"'{model.full_name}'" in trigger["metadata"]["query"]
 
 
 # ---- every name the deploy files and docs use is read by the code ---------------------------------------------
@@ -650,9 +692,11 @@ def test_every_setting_the_deploy_files_give_the_service_is_read_by_it(tmp_path)
     docs = k8s_docs()
     config = k8s_find(docs, "ConfigMap", "lora-studio-config")["data"]
     secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())["stringData"]
-    for name in ("lora-studio-api", "lora-studio-dispatcher"):
-        container = k8s_find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
-        given[f"k8s {name}"] = k8s_env(container, config, secret)
+    for name in ("lora-studio-api", *(f"gpu-{m.name}" for m in MODEL_LIST)):
+        containers = k8s_find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        container = next(c for c in containers if c["image"] == "lora-studio")  # the API, or the agent
+        in_args = set(re.findall(r"\$\((\w+)\)", " ".join(container.get("args", []))))  # for the kubelet
+        given[f"k8s {name}"] = {k: v for k, v in k8s_env(container, config, secret).items() if k not in in_args}
     for where, env in given.items():
         assert_read_by_the_code({k: v for k, v in env.items() if k not in NOT_OURS}, tmp_path, where)
 
@@ -669,9 +713,10 @@ def test_gpu_workers_get_exactly_what_local_workers_get(tmp_path):
         for name, s in compose()["services"].items()
         if name.startswith("gpu-")
     }
-    for statefulset in (d for d in k8s_docs() if d["kind"] == "StatefulSet"):
-        container = statefulset["spec"]["template"]["spec"]["containers"][0]
-        workers[statefulset["metadata"]["name"]] = ({e["name"] for e in container["env"]}, " ".join(container["args"]))
+    for model in MODEL_LIST:
+        deployment = k8s_find(k8s_docs(), "Deployment", f"gpu-{model.name}")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        workers[f"gpu-{model.name}"] = ({e["name"] for e in container["env"]}, " ".join(container["args"]))
     for name, (names, command) in workers.items():
         assert expected <= names, f"{name} lacks {expected - names}"
         extras = names - expected - read_by_launcher

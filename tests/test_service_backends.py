@@ -4,6 +4,7 @@ PostgreSQL (Debian's, started as a throw-away cluster; CI installs it). Two serv
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -15,6 +16,7 @@ from service_harness import Api, ServiceProcess, free_port, race_claimers
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 
 GENERATE = "lora-studio/lora"
+ROOT = Path(__file__).resolve().parents[1]
 ONLY_GENERATION = {"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}
 
 
@@ -202,3 +204,32 @@ def test_wakeups_cross_processes_on_postgres(postgres_url):
     finally:
         for listener in listeners:
             listener.stop()
+
+
+def test_kedas_queries_count_each_models_waiting_and_running_predictions(postgres_url):
+    """The queries of deploy/k8s/keda.yaml, run on a migrated PostgreSQL as KEDA's scaler runs them: per model, the
+    predictions waiting or running (a pod per prediction), none of those ended or of the other model."""
+    import sqlalchemy as sa
+    import yaml
+
+    engine = db.connect(postgres_url)
+    with engine.begin() as c:
+        c.execute(sa.text("DELETE FROM predictions"))
+    made = {}
+    for model, statuses in {
+        "lora-studio/lora": ["starting", "starting", "processing", "succeeded", "failed"],
+        "lora-studio/lora-training": ["processing", "canceled"],
+    }.items():
+        for status in statuses:
+            row = predictions.create(engine, owner="o", model=model, version="v", kind="prediction", input={})
+            with engine.begin() as c:
+                c.execute(sa.text("UPDATE predictions SET status = :s WHERE id = :i"), {"s": status, "i": row["id"]})
+        made[model] = sum(s in ("starting", "processing") for s in statuses)
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "keda.yaml").read_text()) if d]
+    counted = {}
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+        model = "lora-studio/lora-training" if "lora-training" in query else "lora-studio/lora"
+        with engine.connect() as c:
+            counted[model] = c.execute(sa.text(query)).scalar()
+    assert counted == made == {"lora-studio/lora": 3, "lora-studio/lora-training": 1}

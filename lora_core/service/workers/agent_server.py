@@ -41,7 +41,7 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
     if model not in runtime.models:
         raise SystemExit(f"error: unknown model {model!r}; the models are: {', '.join(runtime.models)}")
     parts = Parts.of(runtime)
-    listen_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    listen_url = agent_url(host, port)
     worker_name = name or f"{runtime.models[model].name}-{socket.gethostname()}"
     worker = Worker(worker_name, runtime.models[model], cog_url.rstrip("/")) if cog_url else None
     agent = Agent(parts, worker or local_worker(parts, runtime.models[model], worker_name, listen_url), listen_url)
@@ -75,6 +75,11 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
         agent.stop()
         runtime.stop()
     return 0
+
+
+def agent_url(host: str, port: int) -> str:
+    """Where the agent's Cog server reaches it: its own address (the same pod, or the same machine)."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
 def app(agent: Agent, runtime: Runtime) -> Starlette:
