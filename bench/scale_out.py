@@ -39,8 +39,17 @@ def _serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen:
     return spawn(env, "serve", "--port", str(port), "--log-level", "warning", *args)
 
 
-def _agent(env: dict[str, str], port: int) -> subprocess.Popen:
-    return spawn(env, "worker", "--model", "lora-studio/lora", "--port", str(port), "--name", "bench-agent")
+def _agent(env: dict[str, str], port: int, api_url: str) -> subprocess.Popen:
+    return spawn(
+        {**env, "LORA_STUDIO_PUBLIC_URL": api_url},
+        "worker",
+        "--model",
+        "lora-studio/lora",
+        "--port",
+        str(port),
+        "--name",
+        "bench-agent",
+    )
 
 
 def _stamp(text: str) -> float:
@@ -82,7 +91,7 @@ def measure(quick: bool) -> list[Metric]:
         session.headers["Authorization"] = f"Bearer {token}"
 
         api_port, agent_port = _free_port(), _free_port()
-        api, agent = _serve(env, api_port, "--no-workers"), _agent(env, agent_port)
+        api, agent = _serve(env, api_port, "--no-workers"), _agent(env, agent_port, f"http://127.0.0.1:{api_port}")
         try:
             base = f"http://127.0.0.1:{api_port}"
             _wait_until(lambda: requests.get(f"{base}/health", timeout=1).ok, 120, "API process")

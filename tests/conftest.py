@@ -136,6 +136,17 @@ def service(tmp_path_factory):
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL cluster on a free port (``bench.postgres``, shared with the benchmarks)."""
+    from bench import postgres
+
+    if postgres.bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
+    with postgres.cluster() as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def js_client_dir(tmp_path_factory) -> Path:
     """tests/js's npm packages (the official JavaScript client, KEDA's schemas), pinned by its lock file and

@@ -121,7 +121,7 @@ class AgentProcess:
                 [sys.executable, "-m", "lora_core.cli", "worker", "--model", self.model, "--name", self.name]
                 + ["--port", str(self.port)],
                 cwd=ROOT,
-                env=self.service.env,
+                env={**self.service.env, "LORA_STUDIO_PUBLIC_URL": self.service.url},  # the API's, as in deploy/
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

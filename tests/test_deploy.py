@@ -644,6 +644,8 @@ def test_k8s_the_cog_servers_upload_url_and_token_are_those_its_agent_checks(clu
         flags = {k: k8s_expand(v, agent_env) for k, v in _agent_args(agent_container).items()}
         agent = cluster.settings(workload, "agent", pod)
         assert flags["--name"] == pod and agent.instance == pod  # its lease is this pod's
+        api = cluster.settings("lora-studio-api")  # it signs and recognises the service's file URLs as the API does
+        assert (agent.public_url, agent.internal_url, agent.secret) == (api.public_url, api.internal_url, api.secret)
         expected = upload_url(agent_url("127.0.0.1", int(flags["--port"])), flags["--name"], agent.worker_token)
         assert json.loads(result.stdout) == [["-m", "lora_core.service.workers.cog_serve"], expected]
         # what the agent would give a Cog server it started itself, this one gets from the manifest

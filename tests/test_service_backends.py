@@ -80,17 +80,6 @@ def test_outputs_and_uploads_live_in_s3_and_survive_a_restart(s3_server, tmp_pat
         service.stop()
 
 
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throw-away PostgreSQL cluster on a free port (``bench.postgres``, shared with the benchmarks)."""
-    from bench import postgres
-
-    if postgres.bin_dir() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
-    with postgres.cluster() as url:
-        yield url
-
-
 def test_the_postgres_queue_hands_each_prediction_to_one_claimer(postgres_url):
     made, claimed = race_claimers(db.connect(postgres_url), count=40, claimers=6)
     assert sorted(claimed) == sorted(made)

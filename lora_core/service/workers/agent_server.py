@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -37,6 +38,11 @@ log = logging.getLogger("lora_studio.agent")
 
 
 def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | None, drain_s: float) -> int:
+    if not os.environ.get("LORA_STUDIO_PUBLIC_URL"):
+        raise SystemExit(
+            "error: set LORA_STUDIO_PUBLIC_URL to the API's (and LORA_STUDIO_INTERNAL_URL where its Cog server reaches "
+            "the API another way): an agent signs and recognises the service's file URLs by them"
+        )
     runtime = Runtime(ServiceConfig.from_env(port=port))
     if model not in runtime.models:
         raise SystemExit(f"error: unknown model {model!r}; the models are: {', '.join(runtime.models)}")
