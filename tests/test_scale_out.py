@@ -22,7 +22,7 @@ from service_harness import AgentProcess, Api, ServiceProcess, free_port
 pytestmark = pytest.mark.slow
 
 GENERATE, TRAIN = "lora-studio/lora", "lora-studio/lora-training"
-LONG = {"prompt": "a blue square", "num_inference_steps": 100, "num_outputs": 2, "width": 256, "height": 256}
+LONG = {"prompt": "a blue square", "num_inference_steps": 60, "num_outputs": 2, "width": 192, "height": 192}
 
 
 def _worker_of(engine, prediction_id: str) -> str | None:
