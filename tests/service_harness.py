@@ -116,6 +116,10 @@ class AgentProcess:
         self.log_path = service.data_dir / f"agent-{name}.log"
 
     def start(self, timeout: float = 180) -> AgentProcess:
+        return self.launch().ready(timeout)
+
+    def launch(self) -> AgentProcess:
+        """Start the process without waiting (several agents load their Cog servers at once)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lora_core.cli", "worker", "--model", self.model, "--name", self.name]
@@ -126,6 +130,11 @@ class AgentProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        return self
+
+    def ready(self, timeout: float = 180) -> AgentProcess:
+        """Once its Cog server is ready."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while not self.health().get("worker", {}).get("ready"):
             assert self.process.poll() is None, f"agent exited:\n{self.log()}"

@@ -53,9 +53,17 @@ def test_two_apis_and_two_agents_per_model_lose_and_repeat_nothing_through_kills
         name: AgentProcess(apis[0], model, name)
         for name, model in (("gen-1", GENERATE), ("gen-2", GENERATE), ("train-1", TRAIN), ("train-2", TRAIN))
     }
+    started = time.monotonic()
+
+    def phase(what: str) -> None:  # shown on failure (and with -s): where the minutes go
+        print(f"{time.monotonic() - started:6.1f}s {what}", flush=True)
+
     try:
+        for agent in agents.values():  # all four load their Cog servers at once
+            agent.launch()
         for agent in agents.values():
-            agent.start()
+            agent.ready(timeout=300)
+        phase("agents ready")
         token = apis[0].token("alice")
         clients = [Api(api.url, token) for api in apis]
         with receiver(hook_port, answers=[503] * 6) as hook:  # down for its first six deliveries
@@ -71,16 +79,19 @@ def test_two_apis_and_two_agents_per_model_lose_and_repeat_nothing_through_kills
                 for i in range(30)
             ]
             every = [*trainings, long, *quick]
+            phase("submitted")
 
             # one API process killed and restarted while all that runs
             apis[1].stop(signal.SIGKILL)
             apis[1] = ServiceProcess(tmp_path / "b", port=apis[1].port, env=shared, args=("--no-workers",)).start()
             clients[1] = Api(apis[1].url, token)
+            phase("API b restarted")
 
             # the agent running the long generation is drained: it finishes it, then exits
             clients[0].until_progress(long)
             drained = agents[_worker_of(engine, long)]
             drained.signal(signal.SIGTERM)
+            phase("long generation's agent drained")
 
             # the agent running a training is killed mid-way (its Cog server has started it)
             clients[0].wait(trainings[0], timeout=300, statuses=("processing",))
@@ -89,10 +100,13 @@ def test_two_apis_and_two_agents_per_model_lose_and_repeat_nothing_through_kills
             killed_at = time.monotonic()
             lost = clients[1].wait(trainings[0], timeout=120)
             detected_s = time.monotonic() - killed_at
+            phase(f"killed training failed after {detected_s:.1f}s")
 
             final = {pid: clients[n % 2].wait(pid, timeout=900) for n, pid in enumerate(every)}
+            phase("every prediction ended")
             assert drained.wait(timeout=120) == 0, drained.log()
             wait_for(lambda: len({h["webhook-id"] for h, _ in _accepted(hook)}) >= len(every), 120, "every webhook")
+            phase("every webhook accepted")
             time.sleep(3)  # room for a duplicate to show
             accepted = _accepted(hook)
 
