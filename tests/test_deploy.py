@@ -418,10 +418,15 @@ def test_compose_every_variable_is_in_the_env_example():
     assert used <= set(env_example()), used - set(env_example())
 
 
-def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
+def test_compose_wires_each_gpu_to_an_agent_and_every_process_to_one_database_bucket_and_secret(tmp_path):
+    """The Compose shape is deploy/k8s's: the API runs no workers; each GPU is a Cog container with an agent in its
+    network namespace; the upload URL each Cog container makes is the one its agent checks."""
+    from lora_core.service.workers.agent_server import agent_url
+
     variables = env_example()
     services = interpolate(compose()["services"], variables)
     service = services["lora-studio"]
+    assert service["command"] == ["lora-studio", "serve", "--no-workers"]
     config = config_from(service["environment"], data_dir=tmp_path)
     assert config.worker_token == variables["LORA_STUDIO_WORKER_TOKEN"]
     internal = urlsplit(config.internal_url)
@@ -432,40 +437,44 @@ def test_compose_wires_each_gpu_worker_to_the_service(tmp_path):
     assert config.storage_url.startswith("s3://") and f"local/{bucket}" in services["minio-init"]["command"][0]
     assert urlsplit(config.s3_endpoint_url).hostname == "minio"
 
-    pool = worker_side(config)
-    expected_env = _env(pool)
-    devices = []
-    for model in MODEL_LIST:
-        setting = config.worker_setting(model.full_name)
-        assert setting.count == 0 and setting.urls, f"{model.full_name} has no GPU workers"
-        for i, url in enumerate(setting.urls, 1):
-            host = urlsplit(url)
-            worker = services[host.hostname]
-            assert host.port == COG_PORT and worker["image"].startswith(f"lora-studio-{model.name}:")
-            name = f"{model.name}-remote-{i}"
-            assert worker["command"] == [
-                "env",
-                f"LORA_STUDIO_WORKER_NAME={name}",
-                "python",
-                "-m",
-                "lora_core.service.workers.cog_serve",
-            ]
-            env = worker["environment"]
-            # the upload URL Cog's server is given (made from the environment) is the one the service expects
-            assert upload_url(env["LORA_STUDIO_SERVICE_URL"], name, env["WEBHOOK_AUTH_TOKEN"]) == _upload(pool, name)
-            assert set(expected_env) <= set(env)
-            assert env["WEBHOOK_AUTH_TOKEN"] == expected_env["WEBHOOK_AUTH_TOKEN"]
-            assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == expected_env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
-            gpus = worker["deploy"]["resources"]["reservations"]["devices"]
-            assert [(d["driver"], d["capabilities"]) for d in gpus] == [("nvidia", ["gpu"])]
-            devices += gpus[0]["device_ids"]
+    devices, instances = [], {config.instance}
+    cogs = [name for name in services if name.startswith("gpu-")]
+    assert cogs and sorted(f"agent-{c.removeprefix('gpu-')}" for c in cogs) == sorted(
+        n for n in services if n.startswith("agent-")
+    )
+    for cog_name in cogs:
+        cog, agent = services[cog_name], services[f"agent-{cog_name.removeprefix('gpu-')}"]
+        flags = dict(zip(agent["command"][2::2], agent["command"][3::2], strict=True))
+        assert agent["command"][:2] == ["lora-studio", "worker"] and agent["network_mode"] == f"service:{cog_name}"
+        model = next(m for m in MODEL_LIST if m.full_name == flags["--model"])
+        assert cog["image"].startswith(f"lora-studio-{model.name}:") and agent["image"] == service["image"]
+        assert cog["command"] == ["python", "-m", "lora_core.service.workers.cog_serve"]
+        assert urlsplit(flags["--cog-url"]).port == COG_PORT
+        side = config_from(agent["environment"], data_dir=tmp_path)
+        assert (side.database_url, side.storage_url, side.secret, side.public_url, side.internal_url) == (
+            config.database_url,
+            config.storage_url,
+            config.secret,
+            config.public_url,
+            config.internal_url,
+        )
+        instances.add(side.instance)
+        # the agent drains inside the grace period, and stops before its Cog container (it depends on it)
+        assert float(flags["--drain-s"]) < float(agent["stop_grace_period"].removesuffix("s"))
+        assert cog_name in agent["depends_on"]
+        env = cog["environment"]
+        expected = upload_url(agent_url("127.0.0.1", int(flags["--port"])), flags["--name"], side.worker_token)
+        assert upload_url(
+            env["LORA_STUDIO_SERVICE_URL"], env["LORA_STUDIO_WORKER_NAME"], env["WEBHOOK_AUTH_TOKEN"]
+        ) == (expected)
+        wanted = _env(worker_side(side))
+        assert set(wanted) <= set(env)
+        assert env["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] == wanted["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"]
+        gpus = cog["deploy"]["resources"]["reservations"]["devices"]
+        assert [(d["driver"], d["capabilities"]) for d in gpus] == [("nvidia", ["gpu"])]
+        devices += gpus[0]["device_ids"]
     assert len(devices) == len(set(devices)), "two workers on one GPU"
-    assert not [
-        name
-        for name in services
-        if name.startswith("gpu-")
-        and not any(name == urlsplit(u).hostname for m in MODEL_LIST for u in config.worker_setting(m.full_name).urls)
-    ]
+    assert len(instances) == len(cogs) + 1, "two processes share a lease name"
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------------------------
