@@ -92,10 +92,11 @@ class _Collector(Collector):
             labels=["model", "state"],
         )
         counts: dict[tuple[str, str], int] = {}
-        for w in self.workers():
+        workers_now = self.workers()  # one snapshot: counts and models from the same list
+        for w in workers_now:
             state = "busy" if w["current"] else "ready" if w["ready"] else "down"
             counts[(w["model"], state)] = counts.get((w["model"], state), 0) + 1
-        for model in sorted({w["model"] for w in self.workers()}):
+        for model in sorted({w["model"] for w in workers_now}):
             for state in ("ready", "busy", "down"):
                 workers.add_metric([model, state], counts.get((model, state), 0))
         webhooks = GaugeMetricFamily(

@@ -34,10 +34,6 @@ class WorkerPool:
     def _add(self, agent: Agent) -> None:
         self.agents[agent.worker.name] = agent
 
-    @property
-    def output_prefix(self) -> str:
-        return f"{self.parts.config.internal_url}/internal/outputs/"
-
     def start(self) -> None:
         for agent in self.agents.values():
             agent.start()
