@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from lora_core import output_dirs
 from lora_core.base import checkpoints, sampling
+from lora_core.net import cog_uploads
 from lora_core.training import training_job
 
 # Literal on purpose: Cog's build reads these from the source without importing lora_core
@@ -105,4 +106,6 @@ class Predictor(BaseRunner):
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed training leaves nothing behind
             raise
-        return Output(lora=Path(result.lora), lora_a1111=Path(result.lora_a1111), scales_grid=Path(result.grid))
+        files = {"lora": Path(result.lora), "lora_a1111": Path(result.lora_a1111), "scales_grid": Path(result.grid)}
+        # uploaded here, streamed: Cog's server would put an object's files into its JSON as base64 (cog_uploads)
+        return Output(**cog_uploads.deliver(files, log=lambda line: print(line, flush=True)))

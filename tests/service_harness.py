@@ -110,8 +110,9 @@ class AgentProcess:
     """A ``lora-studio worker`` of one model beside a service, sharing its database, files and secret (its data
     dir and environment); it starts its own Cog server."""
 
-    def __init__(self, service: ServiceProcess, model: str, name: str) -> None:
-        self.service, self.model, self.name, self.port = service, model, name, free_port()
+    def __init__(self, service: ServiceProcess, model: str, name: str, args: tuple[str, ...] = ()) -> None:
+        """``args``: more of ``lora-studio worker``'s flags (``--cog-url``: a Cog server it does not start)."""
+        self.service, self.model, self.name, self.port, self.args = service, model, name, free_port(), args
         self.process: subprocess.Popen | None = None
         self.log_path = service.data_dir / f"agent-{name}.log"
 
@@ -123,7 +124,7 @@ class AgentProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lora_core.cli", "worker", "--model", self.model, "--name", self.name]
-                + ["--port", str(self.port)],
+                + ["--port", str(self.port), *self.args],
                 cwd=ROOT,
                 env={**self.service.env, "LORA_STUDIO_PUBLIC_URL": self.service.url},  # the API's, as in deploy/
                 stdout=log,

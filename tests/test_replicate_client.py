@@ -41,8 +41,9 @@ def test_train_then_generate_with_the_official_client(service, tmp_path):
         training.reload()
     assert training.status == "succeeded", (training.error, training.logs[-2000:])
     assert "progress: 100.0% step 300/300" in training.logs
+    assert "uploaded lora (0." in training.logs  # handed to the worker's upload URL, not inlined in a webhook
     lora_url = training.output["lora"]
-    assert "/lora.safetensors?" in lora_url
+    assert "/lora-object-0.safetensors?" in lora_url  # the file's own name: task and seed
 
     # scale 0 is the base; at 1 the LoRA draws purple stars (the concept the base has never seen)
     inputs = {"prompt": "a photo of <1>", "lora_urls": lora_url, "seed": 1, "num_outputs": 4}

@@ -375,7 +375,11 @@ def test_the_body_deadline_ends_with_the_body_and_never_cuts_a_slow_download():
         return StreamingResponse(chunks())
 
     app = BodyGuard(
-        Starlette(routes=[Route("/", slow, methods=["GET", "POST"])]), limit=10_000, upload_limit=10_000, timeout_s=0.25
+        Starlette(routes=[Route("/", slow, methods=["GET", "POST"])]),
+        limit=10_000,
+        upload_limit=10_000,
+        output_limit=10_000,
+        timeout_s=0.25,
     )
 
     async def fetch(method: str) -> httpx.Response:

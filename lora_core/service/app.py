@@ -24,17 +24,21 @@ class BodyGuard:
     limit, declared (at once, unread) or streamed (uploads and workers' webhooks get the larger limit); 408 when
     no byte of it arrives for ``timeout_s`` (a stalled upload would otherwise hold its task forever)."""
 
-    def __init__(self, app: ASGIApp, limit: int, upload_limit: int, timeout_s: float) -> None:
-        self.app, self.limit, self.upload_limit, self.timeout_s = app, limit, upload_limit, timeout_s
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int, output_limit: int, timeout_s: float) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+        self.upload_limit, self.output_limit = upload_limit, output_limit
+
+    def limit_of(self, path: str) -> int:
+        """Users' files and workers' output files get their own limits; a worker's webhook gets a user file's
+        (a Cog server given no upload URL puts its files in it as data: URIs); every other body the JSON one."""
+        if path.startswith("/internal/workers/"):
+            return self.output_limit if "/uploads/" in path else self.upload_limit + 2**20
+        return self.upload_limit + 2**20 if path == "/v1/files" else self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
-        # files, and workers' webhooks (Cog's server puts an object output's files in them as data: URIs)
-        limit = (
-            self.upload_limit + 2**20 if path == "/v1/files" or path.startswith("/internal/workers/") else self.limit
-        )
+        limit = self.limit_of(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _refuse(scope, receive, send, _too_large(limit))
@@ -145,7 +149,11 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
     app.include_router(pages)
     app.mount("/static", static_files(), name="static")
     app.add_middleware(
-        BodyGuard, limit=config.max_request_bytes, upload_limit=config.max_upload_bytes, timeout_s=config.body_timeout_s
+        BodyGuard,
+        limit=config.max_request_bytes,
+        upload_limit=config.max_upload_bytes,
+        output_limit=config.max_output_bytes,
+        timeout_s=config.body_timeout_s,
     )
     logging.getLogger("lora_studio").setLevel(logging.INFO)
     return app

@@ -48,7 +48,8 @@ class ServiceConfig(BaseModel):
     workers: dict[str, WorkerSetting] = {}  # "owner/name" -> setting; models not named get one local worker
     allowed_private_hosts: frozenset[str] = frozenset()  # webhook / input URL hosts allowed despite being private
     max_request_bytes: int = 2**20  # JSON bodies; files go through POST /v1/files
-    max_upload_bytes: int = 200 * 2**20
+    max_upload_bytes: int = 200 * 2**20  # a user's file (POST /v1/files)
+    max_output_bytes: int = 8 * 2**30  # one output file from a worker (a LoRA, a grid): streamed to the store
     owner_limits: OwnerLimits = OwnerLimits()
     header_timeout_s: float = 10.0  # a request's headers must all arrive within this
     body_timeout_s: float = 30.0  # a body with no new bytes for this long is answered 408
@@ -145,6 +146,7 @@ class ServiceEnv(BaseSettings):
     s3_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
     max_request_bytes: int | None = Field(None, gt=0)
     max_upload_bytes: int | None = Field(None, gt=0)
+    max_output_bytes: int | None = Field(None, gt=0)
     webhook_retries: int | None = Field(None, ge=0)
     webhook_backoff_s: float | None = Field(None, ge=0)
     heartbeat_s: float | None = Field(None, gt=0)

@@ -451,4 +451,4 @@ async def worker_webhook(worker: str, request: Request, svc: Service = Depends(s
 async def worker_upload(worker: str, key: str, filename: str, request: Request, svc: Service = Depends(service)):
     """An output file from a worker's Cog server, which sends no credentials but its URL's per-worker key."""
     agent = svc.pool.agents.get(worker)
-    return await intake.upload(request, svc.signer, worker, key, filename, agent, svc.config.max_upload_bytes)
+    return await intake.upload(request, svc.signer, worker, key, filename, agent, svc.config.max_output_bytes)

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from sqlalchemy.engine import Engine
 
+from lora_core.net import cog_uploads
 from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy
 from lora_core.service.auth.signing import Signer, upload_url
 from lora_core.service.config import ServiceConfig
@@ -109,7 +110,7 @@ def local_worker(parts: Parts, model: Model, name: str, listen_url: str) -> Work
     """A worker whose Cog server the agent starts itself, uploading its outputs to ``listen_url``."""
     env = {
         **worker_env(parts.config, parts.signer),
-        "COG_UPLOAD_URL": upload_url(listen_url, name, parts.signer.worker_token()),
+        cog_uploads.ENV: upload_url(listen_url, name, parts.signer.worker_token()),
     }
     process = CogProcess(name, model.predictor, model.schema_path, parts.config.data_dir / "workers" / name, env)
     return Worker(name, model, "", process)
@@ -352,7 +353,7 @@ class Agent:
                 owner=row["owner"],
                 name=filename,
                 stream=stream,
-                limit=self.config.max_upload_bytes,
+                limit=self.config.max_output_bytes,
                 content_type=content_type,
                 prediction_id=row["id"],
             )
@@ -375,7 +376,7 @@ class Agent:
                 owner=row["owner"],
                 name=name,
                 stream=io.BytesIO(data),
-                limit=self.config.max_upload_bytes,
+                limit=self.config.max_output_bytes,
                 content_type=content_type,
                 prediction_id=row["id"],
             )

@@ -89,7 +89,7 @@ def agent_url(host: str, port: int) -> str:
 
 
 def app(agent: Agent, runtime: Runtime) -> Starlette:
-    name, signer, limit = agent.worker.name, runtime.signer, runtime.config.max_upload_bytes
+    name, signer, limit = agent.worker.name, runtime.signer, runtime.config.max_output_bytes
 
     async def webhook(request: Request):
         mine = agent if request.path_params["worker"] == name else None

@@ -17,13 +17,14 @@ import os
 import sys
 from collections.abc import Mapping
 
+from lora_core.net import cog_uploads
 from lora_core.service.auth.signing import upload_url
 
 
 def upload_url_from(env: Mapping[str, str]) -> str | None:
     """The upload URL this environment gives (None: outputs come back inside the webhook, as data: URIs)."""
-    if env.get("COG_UPLOAD_URL"):
-        return env["COG_UPLOAD_URL"]
+    if env.get(cog_uploads.ENV):
+        return env[cog_uploads.ENV]
     needed = ("LORA_STUDIO_SERVICE_URL", "LORA_STUDIO_WORKER_NAME", "WEBHOOK_AUTH_TOKEN")
     given = [k for k in needed[:2] if env.get(k)]
     if not given:
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if not env.get(stub):
         print(f"error: {stub} is not set (e.g. {stub}=predict_generate.py:Predictor)", file=sys.stderr)
         return 2
+    if url:  # the predictor's process inherits it: an object output's files are uploaded by the predictor
+        os.environ[cog_uploads.ENV] = url  # (lora_core.net.cog_uploads)
     coglet.server.serve(
         predictor_ref=env[stub],
         host=args.host,
