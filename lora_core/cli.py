@@ -172,7 +172,8 @@ def _serve(args: argparse.Namespace) -> None:
         f"{config.database_url.split('://')[0]}, files {config.storage_url.split('://')[0]})",
         flush=True,
     )
-    server.run(create_app(config), config, args.log_level)
+    app = create_app(config)
+    server.run(app, config, args.log_level, drain=app.state.service.pool.drain, drain_s=args.drain_s)
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -327,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="SQLite database and files (default: $LORA_STUDIO_DATA_DIR or .data/)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--no-workers", action="store_true", help="API and pages only: `lora-studio worker` runs the work")
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=600,
+        help="on SIGTERM / Ctrl-C, how long running predictions may finish (a second signal stops at once)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser(

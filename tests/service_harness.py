@@ -70,11 +70,15 @@ class ServiceProcess:
                 pass
             time.sleep(0.2)
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGTERM, drain: bool = False) -> None:
+        """Stop the service; a SIGTERM is sent twice unless ``drain`` (the first only drains its workers)."""
         if self.process is None:
             return
         try:
             os.killpg(self.process.pid, sig)
+            if sig == signal.SIGTERM and not drain:
+                time.sleep(0.2)  # two signals at once may arrive as one
+                os.killpg(self.process.pid, sig)
         except ProcessLookupError:
             pass
         try:

@@ -66,6 +66,7 @@ def test_a_refused_or_unreachable_upload_fails_with_a_sentence(store, tmp_path, 
     monkeypatch.setenv(cog_uploads.ENV, f"{url}/full/")
     with pytest.raises(cog_uploads.UploadError, match=r"lora.safetensors was refused \(HTTP 507: could not store"):
         cog_uploads.deliver({"lora": lora})
-    monkeypatch.setenv(cog_uploads.ENV, "http://127.0.0.1:9/")  # nothing listens
-    with pytest.raises(cog_uploads.UploadError, match="could not hand the output file lora.safetensors over"):
+    monkeypatch.setenv(cog_uploads.ENV, "http://127.0.0.1:9/internal/workers/w/uploads/KEY123/")  # nothing listens
+    with pytest.raises(cog_uploads.UploadError, match="could not hand the output file lora.safetensors over") as e:
         cog_uploads.deliver({"lora": lora})
+    assert "KEY123" not in str(e.value) and "<upload URL>/lora.safetensors" in str(e.value)  # users read errors

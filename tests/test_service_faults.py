@@ -88,6 +88,45 @@ def test_a_restart_keeps_everything_fails_what_ran_and_runs_what_was_queued(tmp_
         service.stop()
 
 
+def test_sigterm_lets_the_running_prediction_finish_takes_nothing_new_and_exits(tmp_path):
+    """``serve`` with its own workers (the all-in-one image, ``./dev serve``): the first SIGTERM drains them while
+    the port stays open (the results arrive over it, clients keep polling); what waits runs after a restart."""
+    data = tmp_path / "svc"
+    service = ServiceProcess(data, env={"LORA_STUDIO_WORKERS": "lora-studio/lora-training=0"}).start()
+    api = Api(service.url, service.token("alice"))
+    slow = api.predict(
+        GENERATE,
+        {"prompt": "a blue square", "num_inference_steps": 60, "num_outputs": 2, "width": 256, "height": 256},
+        wait=None,
+    )
+    api.until_progress(slow["id"])
+    assert service.process is not None
+    service.process.send_signal(signal.SIGTERM)
+    after = api.predict(GENERATE, {"prompt": "a green star", "seed": 1}, wait=None)  # still answered
+    finished = api.wait(slow["id"], timeout=300)
+    assert finished["status"] == "succeeded" and len(finished["output"]) == 2, finished
+    assert requests.get(finished["output"][0], timeout=10).content[:4] == b"\x89PNG"
+    service.process.wait(timeout=60)  # it exits by itself once drained
+    assert "taking no new predictions" in service.log()
+
+    service = ServiceProcess(data, port=service.port).start()
+    try:
+        api = Api(service.url, api.session.headers["Authorization"].split()[1])
+        assert api.wait(after["id"])["status"] == "succeeded"  # it waited, untouched, for the next process
+        busy = api.predict(
+            GENERATE, {"prompt": "a red circle", "num_inference_steps": 150, "width": 256, "height": 256}, wait=None
+        )
+        api.until_progress(busy["id"])
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        service.process.send_signal(signal.SIGTERM)  # a second signal: now, not after the drain
+        service.process.wait(timeout=30)
+        assert time.monotonic() - started < 15
+    finally:
+        service.stop()
+
+
 def test_webhook_deliveries_outlive_the_service_and_go_out_in_order_under_their_ids(tmp_path):
     """A receiver failing when the service is killed (-9): after the restart the new process sends what was left
     pending, each delivery under the id it had, in the prediction's order, each accepted once."""

@@ -46,8 +46,11 @@ def put_file(endpoint: str, path: Path, session: requests.Session | None = None)
             r = (session or requests).put(
                 url + quote(path.name), data=body, headers={"Content-Type": content_type}, timeout=TIMEOUT_S
             )
-        except requests.RequestException as e:
-            raise UploadError(f"could not hand the output file {path.name} over: {e}") from None
+        except requests.RequestException as e:  # its text names the URL, whose path holds the worker's key
+            reason = str(e).replace(url, "<upload URL>/").replace(urlsplit(url).path, "<upload URL>/")
+            raise UploadError(
+                f"could not hand the output file {path.name} over: {reason or type(e).__name__}"
+            ) from None
     if not r.ok:
         detail = ""
         try:

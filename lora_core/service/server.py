@@ -12,11 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
 
+import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lora_core.service.config import ServiceConfig
+
+log = logging.getLogger("lora_studio")
 
 
 class HeaderTimeoutH11(H11Protocol):
@@ -72,12 +79,19 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def run(app: ASGIApp, config: ServiceConfig, log_level: str) -> None:
-    import uvicorn
-
+def run(
+    app: ASGIApp,
+    config: ServiceConfig,
+    log_level: str,
+    drain: Callable[[float], bool] | None = None,
+    drain_s: float = 0.0,
+) -> None:
+    """Serve until SIGTERM or Ctrl-C. With ``drain``, the first signal lets this process's agents finish what they
+    run (up to ``drain_s``) while HTTP keeps serving (their Cog servers' webhooks and uploads arrive here, clients
+    keep polling); then the usual graceful shutdown. A second signal stops at once."""
     HeaderTimeoutH11.header_timeout_s = config.header_timeout_s
     logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
-    uvicorn.run(
+    settings = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
@@ -87,3 +101,32 @@ def run(app: ASGIApp, config: ServiceConfig, log_level: str) -> None:
         limit_concurrency=config.max_connections or None,
         timeout_graceful_shutdown=5,
     )
+    (DrainingServer(settings, drain, drain_s) if drain is not None else uvicorn.Server(settings)).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn whose first SIGTERM / Ctrl-C drains (``run``) instead of closing the port at once: the agents'
+    results arrive over this same port."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[float], bool], drain_s: float) -> None:
+        super().__init__(config)
+        self.drain, self.drain_s = drain, drain_s
+        self.draining: threading.Thread | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.draining is not None or self.should_exit:
+            return super().handle_exit(sig, frame)  # a second signal: stop now
+        self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
+        log.warning(
+            "%s: taking no new predictions; running ones may finish (up to %.0f s; again to stop now)",
+            signal.Signals(sig).name,
+            self.drain_s,
+        )
+
+        def drain_then_exit() -> None:
+            if not self.drain(self.drain_s):
+                log.warning("the drain ran out after %.0f s: stopping predictions mid-way", self.drain_s)
+            self.should_exit = True
+
+        self.draining = threading.Thread(target=drain_then_exit, name="drain", daemon=True)
+        self.draining.start()

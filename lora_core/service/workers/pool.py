@@ -47,6 +47,14 @@ class WorkerPool:
         for agent in self.agents.values():
             agent.stop()
 
+    def drain(self, timeout: float) -> bool:
+        """Take nothing new; True once no agent runs anything, False if some still do after ``timeout`` s."""
+        for agent in self.agents.values():
+            agent.draining.set()
+        self.parts.wakeups.prediction_queued()
+        deadline = time.monotonic() + timeout
+        return all(agent.drain(max(0.0, deadline - time.monotonic())) for agent in self.agents.values())
+
     def status(self) -> list[dict]:
         return [agent.status() for agent in self.agents.values()]
 
