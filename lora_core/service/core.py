@@ -19,7 +19,6 @@ from lora_core.service.queue import limits, outputs, predictions
 from lora_core.service.queue.webhooks import check_url
 from lora_core.service.runtime import Runtime
 from lora_core.service.storage import file_store, files
-from lora_core.service.workers.agent import Parts
 from lora_core.service.workers.pool import WorkerPool
 
 log = logging.getLogger("lora_studio.service")
@@ -65,7 +64,7 @@ class Service:
         self.config, self.engine, self.store, self.models = rt.config, rt.engine, rt.store, rt.models
         self.signer, self.urls, self.wakeups = rt.signer, rt.urls, rt.wakeups
         self.webhooks, self.metrics = rt.webhooks, rt.metrics
-        self.pool = WorkerPool(Parts.of(rt), self.models)
+        self.pool = WorkerPool(rt)
         rt.workers = self.pool.status
 
     def start(self) -> None:

@@ -9,6 +9,7 @@ a process whose heartbeat lapses has its predictions failed by whichever process
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
@@ -46,6 +47,7 @@ class Runtime:
             backoff_s=config.webhook_backoff_s,
         )
         self.workers: Callable[[], list[dict]] = list  # this process's workers' status, once it has some
+        self.stopping = threading.Event()  # set once: this process's agents and supervisor stop
         self.metrics = Metrics(self.engine, self.models, lambda: self.workers(), self.webhooks.pending)
 
     def start(self) -> None:

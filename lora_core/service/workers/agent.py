@@ -18,14 +18,12 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-from sqlalchemy.engine import Engine
 
 from lora_core.net import cog_uploads
 from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy
@@ -33,11 +31,9 @@ from lora_core.service.auth.signing import Signer, upload_url
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import Model
 from lora_core.service.queue import outputs, predictions
-from lora_core.service.queue.wakeups import Wakeups
 from lora_core.service.runtime import Runtime
 from lora_core.service.storage import files
-from lora_core.service.storage.file_store import FileStore, StorageFull
-from lora_core.service.urls import Urls
+from lora_core.service.storage.file_store import StorageFull
 from lora_core.service.workers.cog_process import CogProcess
 
 log = logging.getLogger("lora_studio.workers")
@@ -45,33 +41,6 @@ log = logging.getLogger("lora_studio.workers")
 # (two webhooks fewer per prediction; a 1-step prediction spends more time in webhooks than in sampling).
 EVENTS = ["logs", "completed"]
 LOST_AFTER_CHECKS = 60  # ~30 s of an idle worker without its final webhook (Cog retries that one for ~7 s)
-
-
-@dataclass
-class Parts:
-    """What every agent of a process shares: settings, the database, the file store and where events go."""
-
-    config: ServiceConfig
-    engine: Engine
-    store: FileStore
-    wakeups: Wakeups
-    signer: Signer
-    urls: Urls
-    on_event: Callable[[dict, str], None]  # after each stored change: "start", "logs", "output", "completed"
-    stopping: threading.Event = field(default_factory=threading.Event)
-    session: requests.Session = field(default_factory=requests.Session)
-
-    @classmethod
-    def of(cls, runtime: Runtime) -> Parts:
-        return cls(
-            runtime.config,
-            runtime.engine,
-            runtime.store,
-            runtime.wakeups,
-            runtime.signer,
-            runtime.urls,
-            on_event=runtime.on_event,
-        )
 
 
 @dataclass
@@ -106,21 +75,20 @@ def worker_env(config: ServiceConfig, signer: Signer) -> dict[str, str]:
     }
 
 
-def local_worker(parts: Parts, model: Model, name: str, listen_url: str) -> Worker:
+def local_worker(runtime: Runtime, model: Model, name: str, listen_url: str) -> Worker:
     """A worker whose Cog server the agent starts itself, uploading its outputs to ``listen_url``."""
-    env = {
-        **worker_env(parts.config, parts.signer),
-        cog_uploads.ENV: upload_url(listen_url, name, parts.signer.worker_token()),
-    }
-    process = CogProcess(name, model.predictor, model.schema_path, parts.config.data_dir / "workers" / name, env)
+    config, signer = runtime.config, runtime.signer
+    env = {**worker_env(config, signer), cog_uploads.ENV: upload_url(listen_url, name, signer.worker_token())}
+    process = CogProcess(name, model.predictor, model.schema_path, config.data_dir / "workers" / name, env)
     return Worker(name, model, "", process)
 
 
 class Agent:
-    def __init__(self, parts: Parts, worker: Worker, listen_url: str) -> None:
+    def __init__(self, runtime: Runtime, worker: Worker, listen_url: str) -> None:
         """``listen_url`` is where this agent's Cog server reaches it (webhooks, uploads)."""
-        self.parts, self.worker, self.listen_url = parts, worker, listen_url.rstrip("/")
-        self.config, self.engine, self.store = parts.config, parts.engine, parts.store
+        self.runtime, self.worker, self.listen_url = runtime, worker, listen_url.rstrip("/")
+        self.config, self.engine, self.store = runtime.config, runtime.engine, runtime.store
+        self.session = requests.Session()  # to its Cog server: one per agent (a Session is not for sharing)
         self.draining = threading.Event()  # take no more work; the current prediction finishes
         self._thread: threading.Thread | None = None
 
@@ -146,7 +114,7 @@ class Agent:
     def drain(self, timeout: float) -> bool:
         """Take nothing new and wait up to ``timeout`` s for the current prediction to end; True if it did."""
         self.draining.set()
-        self.parts.wakeups.prediction_queued()
+        self.runtime.wakeups.prediction_queued()
         deadline = time.monotonic() + timeout
         while self.worker.current is not None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -168,7 +136,7 @@ class Agent:
     # ---- dispatch -----------------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
         worker = self.worker
-        while not self.parts.stopping.is_set() and not self.draining.is_set():
+        while not self.runtime.stopping.is_set() and not self.draining.is_set():
             if not worker.ready.wait(0.5):
                 continue
             try:
@@ -184,7 +152,7 @@ class Agent:
                 time.sleep(1)
                 continue
             if row is None:
-                self.parts.wakeups.wait_for_queue(1.0)
+                self.runtime.wakeups.wait_for_queue(1.0)
                 continue
             try:
                 self._run(row)
@@ -210,7 +178,7 @@ class Agent:
             "webhook_events_filter": EVENTS,
         }
         try:
-            response = self.parts.session.put(
+            response = self.session.put(
                 f"{worker.url}/predictions/{pid}", json=body, headers={"Prefer": "respond-async"}, timeout=30
             )
         except requests.exceptions.InvalidJSONError as e:  # this prediction's fault, not the worker's: never requeue it
@@ -231,7 +199,7 @@ class Agent:
         self._progress(pid)
         cancel_sent = False
         while not worker.finished.wait(0.5):
-            if self.parts.stopping.is_set():
+            if self.runtime.stopping.is_set():
                 return
             if not cancel_sent and predictions.cancel_requested(self.engine, pid):
                 self.cancel(pid)
@@ -244,10 +212,10 @@ class Agent:
         out = {}
         for name, value in row["input"].items():
             if isinstance(value, str):
-                if name in model.file_inputs and not self.parts.urls.own_file_ids(value):
+                if name in model.file_inputs and not self.runtime.urls.own_file_ids(value):
                     value = self.import_file(row, name, value)
                 else:
-                    value = self.parts.urls.for_worker(value, row["owner"], self.engine)
+                    value = self.runtime.urls.for_worker(value, row["owner"], self.engine)
             if value is not None:
                 out[name] = value
         return out
@@ -280,11 +248,11 @@ class Agent:
                     )
                 except StorageFull:
                     raise StorageFull(28, f"input {name} could not be stored: the file store is full") from None
-        return self.parts.urls.file(saved, base=self.config.internal_url)
+        return self.runtime.urls.file(saved, base=self.config.internal_url)
 
     def cancel(self, prediction_id: str) -> None:
         try:
-            self.parts.session.post(f"{self.worker.url}/predictions/{prediction_id}/cancel", timeout=10)
+            self.session.post(f"{self.worker.url}/predictions/{prediction_id}/cancel", timeout=10)
         except requests.RequestException as e:
             log.warning("cancel of %s on %s failed: %s", prediction_id, self.worker.name, e)
 
@@ -338,7 +306,7 @@ class Agent:
                 + (["logs"] if new_logs is not None and not first else [])
             )
         for event in events:  # no wake-up for waiters: `Prefer: wait` waits for the final state only
-            self.parts.on_event(updated, event)
+            self.runtime.on_event(updated, event)
 
     def on_upload(self, filename: str, stream, content_type: str | None) -> dict:
         """An output file from the Cog server, stored as a file of the prediction it runs."""
@@ -420,8 +388,8 @@ class Agent:
         )
         worker.finished.set()
         if done:
-            self.parts.on_event(done, "completed")
-            self.parts.wakeups.prediction_changed(pid)
+            self.runtime.on_event(done, "completed")
+            self.runtime.wakeups.prediction_changed(pid)
 
     # ---- supervision --------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -477,7 +445,7 @@ class Agent:
         if not self.worker.url:
             return None
         try:
-            return self.parts.session.get(f"{self.worker.url}/health-check", timeout=2).json().get("status")
+            return self.session.get(f"{self.worker.url}/health-check", timeout=2).json().get("status")
         except (requests.RequestException, ValueError):
             return None
 

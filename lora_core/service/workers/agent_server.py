@@ -31,7 +31,7 @@ from lora_core.service.config import ServiceConfig
 from lora_core.service.metrics import CONTENT_TYPE, allowed
 from lora_core.service.runtime import Runtime
 from lora_core.service.workers import intake
-from lora_core.service.workers.agent import Agent, Parts, Worker, local_worker
+from lora_core.service.workers.agent import Agent, Worker, local_worker
 from lora_core.service.workers.pool import supervise
 
 log = logging.getLogger("lora_studio.agent")
@@ -46,16 +46,15 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
     runtime = Runtime(ServiceConfig.from_env(port=port))
     if model not in runtime.models:
         raise SystemExit(f"error: unknown model {model!r}; the models are: {', '.join(runtime.models)}")
-    parts = Parts.of(runtime)
     listen_url = agent_url(host, port)
     worker_name = name or f"{runtime.models[model].name}-{socket.gethostname()}"
     worker = Worker(worker_name, runtime.models[model], cog_url.rstrip("/")) if cog_url else None
-    agent = Agent(parts, worker or local_worker(parts, runtime.models[model], worker_name, listen_url), listen_url)
+    agent = Agent(runtime, worker or local_worker(runtime, runtime.models[model], worker_name, listen_url), listen_url)
     runtime.workers = lambda: [agent.status()]
 
     runtime.start()
     agent.start()
-    threading.Thread(target=supervise, args=(parts, [agent]), name="supervisor", daemon=True).start()
+    threading.Thread(target=supervise, args=(runtime, [agent]), name="supervisor", daemon=True).start()
     print(f"agent {worker_name} ({model}) on {listen_url}, Cog server {cog_url or 'started here'}", flush=True)
 
     server = _Server(app(agent, runtime), host, port)
@@ -77,7 +76,7 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
     try:
         server.run()
     finally:
-        parts.stopping.set()
+        runtime.stopping.set()
         agent.stop()
         runtime.stop()
     return 0

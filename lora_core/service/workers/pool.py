@@ -11,25 +11,25 @@ import logging
 import threading
 import time
 
-from lora_core.service.models import Model
 from lora_core.service.queue import predictions
-from lora_core.service.workers.agent import Agent, Parts, Worker, local_worker
+from lora_core.service.runtime import Runtime
+from lora_core.service.workers.agent import Agent, Worker, local_worker
 
 log = logging.getLogger("lora_studio.workers")
 
 
 class WorkerPool:
-    def __init__(self, parts: Parts, models: dict[str, Model]) -> None:
-        self.parts = parts
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.agents: dict[str, Agent] = {}
         self.threads: list[threading.Thread] = []
-        listen = parts.config.internal_url
-        for model in models.values():
-            setting = parts.config.worker_setting(model.full_name)
+        listen = runtime.config.internal_url
+        for model in runtime.models.values():
+            setting = runtime.config.worker_setting(model.full_name)
             for i, url in enumerate(setting.urls, 1):
-                self._add(Agent(parts, Worker(f"{model.name}-remote-{i}", model, url), listen))
+                self._add(Agent(runtime, Worker(f"{model.name}-remote-{i}", model, url), listen))
             for i in range(1, setting.count + 1):
-                self._add(Agent(parts, local_worker(parts, model, f"{model.name}-{i}", listen), listen))
+                self._add(Agent(runtime, local_worker(runtime, model, f"{model.name}-{i}", listen), listen))
 
     def _add(self, agent: Agent) -> None:
         self.agents[agent.worker.name] = agent
@@ -42,8 +42,8 @@ class WorkerPool:
         self.threads.append(thread)
 
     def stop(self) -> None:
-        self.parts.stopping.set()
-        self.parts.wakeups.prediction_queued()
+        self.runtime.stopping.set()
+        self.runtime.wakeups.prediction_queued()
         for agent in self.agents.values():
             agent.stop()
 
@@ -51,7 +51,7 @@ class WorkerPool:
         """Take nothing new; True once no agent runs anything, False if some still do after ``timeout`` s."""
         for agent in self.agents.values():
             agent.draining.set()
-        self.parts.wakeups.prediction_queued()
+        self.runtime.wakeups.prediction_queued()
         deadline = time.monotonic() + timeout
         return all(agent.drain(max(0.0, deadline - time.monotonic())) for agent in self.agents.values())
 
@@ -65,15 +65,15 @@ class WorkerPool:
                 agent.cancel(prediction_id)
 
     def _supervise(self) -> None:
-        supervise(self.parts, list(self.agents.values()))
+        supervise(self.runtime, list(self.agents.values()))
 
 
-def supervise(parts: Parts, agents: list[Agent]) -> None:
-    """Until ``parts.stopping``: check each agent's Cog server twice a second, beat this process's heartbeat, and
+def supervise(runtime: Runtime, agents: list[Agent]) -> None:
+    """Until ``runtime.stopping``: check each agent's Cog server twice a second, beat this process's heartbeat, and
     fail what processes silent for six beats were running (they died: their lease lapsed)."""
-    config, engine = parts.config, parts.engine
+    config, engine = runtime.config, runtime.engine
     last_beat = last_sweep = 0.0
-    while not parts.stopping.wait(0.5):
+    while not runtime.stopping.wait(0.5):
         now = time.monotonic()
         for agent in agents:
             try:
@@ -90,8 +90,8 @@ def supervise(parts: Parts, agents: list[Agent]) -> None:
                 ):
                     row = predictions.get(engine, pid)
                     if row:
-                        parts.on_event(row, "completed")
-                        parts.wakeups.prediction_changed(pid)
+                        runtime.on_event(row, "completed")
+                        runtime.wakeups.prediction_changed(pid)
                 last_sweep = now
         except Exception:
             log.exception("heartbeat failed")
