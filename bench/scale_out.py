@@ -6,6 +6,10 @@ wait_elsewhere_ms: ``Prefer: wait`` on an API process that did not run the predi
     median. Baseline: the same when the API process ran it with its own worker (an in-process wake-up).
 lease_detection_s: an agent killed (-9) mid-prediction to that prediction reading ``failed`` on the API process
     (its heartbeat lapses: six beats at the default 5 s, swept as often).
+scale_lost / scale_duplicated: 20 predictions queued through the API process, which is killed (-9) and restarted
+    after the first 10; predictions accepted (201) that did not succeed, and output files beyond one per prediction
+    (a prediction run twice stores its image twice). ``tests/test_scale_out.py`` asserts both are 0 under more
+    faults (a second API, agents drained and killed, trainings).
 """
 
 from __future__ import annotations
@@ -74,6 +78,45 @@ def _waits(session: requests.Session, base: str, rounds: int) -> list[float]:
     return out
 
 
+def _through_an_api_kill(
+    env: dict[str, str], port: int, api: subprocess.Popen, session: requests.Session, database: str
+) -> tuple[subprocess.Popen, int, int]:
+    """(the restarted API process, predictions lost, output files duplicated)."""
+    import sqlalchemy as sa
+
+    from lora_core.service.storage import db
+
+    base, ids = f"http://127.0.0.1:{port}", []
+    for i in range(20):
+        if i == 10:
+            api.send_signal(signal.SIGKILL)
+            api.wait()
+            api = _serve(env, port, "--no-workers")
+            _wait_until(lambda: requests.get(f"{base}/health", timeout=1).ok, 120, "API process restarted")
+        r = session.post(f"{base}/v1/models/lora-studio/lora/predictions", json={"input": {**NOOP, "seed": i}})
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+    ended: dict[str, str] = {}
+    deadline = time.monotonic() + 300
+    while len(ended) < len(ids) and time.monotonic() < deadline:
+        for pid in set(ids) - set(ended):
+            status = session.get(f"{base}/v1/predictions/{pid}", timeout=10).json()["status"]
+            if status in ("succeeded", "failed", "canceled"):
+                ended[pid] = status
+        time.sleep(0.2)
+    engine = db.connect(database)
+    with engine.connect() as c:
+        files: dict[str, int] = dict(
+            c.execute(
+                sa.text("SELECT prediction_id, count(*) FROM files WHERE prediction_id = ANY(:ids) GROUP BY 1"),
+                {"ids": ids},
+            ).all()
+        )
+    engine.dispose()
+    lost = sum(ended.get(pid) != "succeeded" for pid in ids)
+    return api, lost, sum(max(0, files.get(pid, 0) - 1) for pid in ids)
+
+
 def measure(quick: bool) -> list[Metric]:
     rounds = 10 if quick else 40
     with tempfile.TemporaryDirectory(prefix="bench-scale-out-") as tmp_name, postgres.cluster() as database:
@@ -101,6 +144,7 @@ def measure(quick: bool) -> list[Metric]:
                 "worker agent",
             )
             elsewhere = _waits(session, base, rounds)
+            api, lost, duplicated = _through_an_api_kill(env, api_port, api, session, database)
             doomed = session.post(f"{base}/v1/models/lora-studio/lora/predictions", json={"input": SLOW})
             doomed.raise_for_status()
             doomed = doomed.json()
@@ -150,5 +194,20 @@ def measure(quick: bool) -> list[Metric]:
             limit=60.0,
             note="an agent killed -9 mid-prediction -> that prediction `failed` on an API process (default "
             "heartbeat 5 s: lapsed after six beats, swept as often)",
+        ),
+        Metric(
+            "scale_lost",
+            float(lost),
+            "predictions",
+            limit=0.0,
+            note="of 20 queued through an API process killed -9 and restarted after the first 10: accepted, "
+            "not succeeded",
+        ),
+        Metric(
+            "scale_duplicated",
+            float(duplicated),
+            "files",
+            limit=0.0,
+            note="the same 20: output files beyond one per prediction (one run twice would store two)",
         ),
     ]
