@@ -39,20 +39,59 @@ def hooked(pipe):
     return sum(len(m._forward_hooks) for c in ("unet", "text_encoder") for m in getattr(pipe, c).modules())
 
 
-def test_a_failure_inside_the_block_still_unpatches(pipe):
+def weights(pipe) -> dict[str, torch.Tensor]:
+    return {f"{c}.{n}": p.detach().clone() for c in binding.COMPONENTS for n, p in getattr(pipe, c).named_parameters()}
+
+
+def test_a_failure_inside_the_block_still_restores_the_base_bit_for_bit(pipe):
     adapter = binding.bind(pipe, *random_lora(pipe))
-    base = draw(pipe, "a red circle")
+    base, before = draw(pipe, "a red circle"), weights(pipe)
     with pytest.raises(RuntimeError, match="sampling broke"):
         with patching.applied(pipe, [adapter], [1.0]) as texts:
-            assert hooked(pipe) == len(adapter.layers) > 0
+            inside = weights(pipe)
+            changed = {name.rsplit(".", 1)[0] for name in before if not torch.equal(before[name], inside[name])}
+            assert changed >= set(adapter.layers) and hooked(pipe) == 0  # merged into the weights, no hooks
             assert not np.array_equal(draw(pipe, "a red circle"), base)
             raise RuntimeError("sampling broke")
-    assert hooked(pipe) == 0
+    after = weights(pipe)
+    assert all(torch.equal(before[name], after[name]) for name in before if not name.endswith("token_embedding.weight"))
     assert np.array_equal(draw(pipe, "a red circle"), base)
     # the slot rows were zeroed: naming a slot outside a prediction reads nothing of the last one
     _, ids = token_slots.reserve(pipe, 2)
     assert not pipe.text_encoder.get_input_embeddings().weight[ids].any()
     assert texts == [token_slots.SLOT.format(0) + token_slots.SLOT.format(1)]
+
+
+def test_a_merged_layer_computes_what_the_lora_layer_does():
+    """W + s*up@down against PEFT's/kohya's computation (W x + s * up(down(x))), for a linear layer and for a
+    convolution (the down-projection with the layer's kernel, stride and padding; a 1x1 up-projection)."""
+    gen = torch.Generator().manual_seed(0)
+    linear, conv = torch.nn.Linear(32, 48), torch.nn.Conv2d(16, 24, 3, stride=2, padding=1)
+    cases = [
+        (linear, torch.randn(5, 32, generator=gen), [(torch.randn(4, 32), torch.randn(48, 4), 0.7)]),
+        (
+            conv,
+            torch.randn(2, 16, 9, 9, generator=gen),
+            [
+                (torch.randn(4, 16, 3, 3), torch.randn(24, 4, 1, 1), 0.5),
+                (torch.randn(2, 16, 3, 3), torch.randn(24, 2, 1, 1), -1.5),
+            ],
+        ),
+    ]
+    for module, x, deltas in cases:
+        assert patching.mergeable(module, deltas)
+        hook = patching._conv_hook if isinstance(module, torch.nn.Conv2d) else patching._linear_hook
+        with torch.no_grad():
+            expected = hook(deltas, module, (x,), module(x))
+            patching.merge(module.weight, deltas)
+            assert torch.allclose(module(x), expected, atol=1e-4), (module(x) - expected).abs().max()
+
+
+def test_layers_that_cannot_be_merged_keep_the_hook():
+    grouped = torch.nn.Conv2d(16, 24, 3, groups=2)
+    assert not patching.mergeable(grouped, [(torch.randn(4, 8, 3, 3), torch.randn(24, 4, 1, 1), 1.0)])
+    plain = torch.nn.Conv2d(16, 24, 3)
+    assert not patching.mergeable(plain, [(torch.randn(4, 16, 3, 3), torch.randn(24, 4, 3, 3), 1.0)])
 
 
 def test_the_same_lora_twice_acts_like_double_the_scale(pipe):

@@ -1,11 +1,14 @@
 """Applying bound LoRAs with scales to the warm pipeline, and removing them afterwards.
 
-Each LoRA layer runs as a forward hook on its base module (``output += up(down(x)) *
-scale * alpha / rank``, the computation of PEFT's and kohya's LoRA layers), and its token
-embeddings go into reserved slot rows. Leaving the ``with`` block removes the hooks and
-zeroes the rows: no weight of the base is ever written, so the next prediction sees the
-pristine base bit for bit, and switching LoRAs costs no tensor copies (the cost of
-diffusers' ``load_lora_weights``/``unload_lora_weights`` and of fusing).
+While the block runs, each patched layer's weight holds ``W + sum(scale * alpha / rank * up @ down)`` (the
+computation of PEFT's and kohya's LoRA layers, merged): sampling then costs what the bare base costs, where forward
+hooks on every layer cost 1.3-1.7x on the tiny base and a thousand small kernels per UNet call on a GPU. Leaving
+the block copies every touched weight back from a pristine copy of that layer, taken the first time a LoRA touched
+it and kept with the pipeline: the base is the original bit for bit after every prediction, whether it succeeded,
+failed or was cancelled. The copies cost memory once (the patchable layers only), never a reload.
+
+Hooks remain only where merging cannot give the same computation: a grouped convolution, or a convolution LoRA
+whose up-projection is not 1x1. The token embeddings go into reserved slot rows, zeroed afterwards.
 
 The scale moves the LoRA and its token embeddings alike (embeddings from the init word's
 towards the trained ones), so 0.5 is half-way and 1 reproduces the training photos. At
@@ -71,20 +74,64 @@ def applied(pipe, adapters: list[BoundLoRA], scales: list[float]):
         texts.append("".join(token_slots.SLOT.format(first + i) for i in range(len(vectors[-1]))))
 
     handles: list = []
+    merged: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, its pristine copy)
     slot_ids: list[int] = []
     try:
         if vectors:
             _, slot_ids = token_slots.reserve(pipe, sum(len(v) for v in vectors))
             token_slots.fill(pipe, slot_ids, torch.cat(vectors))
         models = {component: getattr(pipe, component) for component in COMPONENTS}
-        for path, module_deltas in deltas.items():
-            component, module_path = path.split(".", 1)
-            module = models[component].get_submodule(module_path)
-            hook = _conv_hook if isinstance(module, torch.nn.Conv2d) else _linear_hook
-            handles.append(module.register_forward_hook(partial(hook, module_deltas)))
+        pristine = _pristine(pipe)
+        with torch.no_grad():
+            for path, module_deltas in deltas.items():
+                component, module_path = path.split(".", 1)
+                module = models[component].get_submodule(module_path)
+                if not mergeable(module, module_deltas):
+                    hook = _conv_hook if isinstance(module, torch.nn.Conv2d) else _linear_hook
+                    handles.append(module.register_forward_hook(partial(hook, module_deltas)))
+                    continue
+                weight: torch.Tensor = module.weight  # mergeable: a Linear or a Conv2d
+                original = pristine.setdefault(path, weight.detach().clone())
+                merged.append((weight, original))
+                merge(weight, module_deltas)
         yield texts
     finally:
+        with torch.no_grad():
+            for weight, original in merged:
+                weight.copy_(original)
         for handle in handles:
             handle.remove()
         if slot_ids:
             token_slots.clear(pipe, slot_ids)
+
+
+def mergeable(module: torch.nn.Module, deltas: list[Delta]) -> bool:
+    """Whether ``W + delta`` computes what the hook would: a linear layer, or an ungrouped convolution whose LoRA
+    up-projections are 1x1 (the down-projection carries the layer's kernel, stride and padding)."""
+    if isinstance(module, torch.nn.Linear):
+        return True
+    return (
+        isinstance(module, torch.nn.Conv2d)
+        and module.groups == 1
+        and all(up.shape[2:] == (1, 1) and down.shape[2:] == module.weight.shape[2:] for down, up, _ in deltas)
+    )
+
+
+def merge(weight: torch.Tensor, deltas: list[Delta]) -> None:
+    """``weight += sum(factor * up @ down)`` in place, in the weight's own dtype: one ``addmm_`` per linear LoRA,
+    no temporary the size of the weight (at SD-1.5 size on a 2-core CPU, 33-38 ms for every attention projection,
+    where computing each delta in float32 first took 62-85 ms)."""
+    for down, up, factor in deltas:
+        if down.dim() == 4:  # conv: (r, in, kh, kw) and (out, r, 1, 1) -> (out, in, kh, kw)
+            weight.add_(torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down), alpha=factor)
+        else:
+            weight.addmm_(up, down, alpha=factor)
+
+
+def _pristine(pipe) -> dict[str, torch.Tensor]:
+    """The original weight of every layer a LoRA has touched on this pipeline, kept with it."""
+    store = getattr(pipe, "_lora_studio_pristine", None)
+    if store is None:
+        store = {}
+        pipe._lora_studio_pristine = store
+    return store
