@@ -1,6 +1,8 @@
-"""Progress lines for long work, in one format that logs, the web page and tests all parse.
+"""Progress lines for long work, in tqdm's shape, which logs, the web page, tests and Replicate's clients all parse.
 
-``progress: 42.0% step 21/50 loss 0.1234 elapsed 3s eta 4s`` — ``loss`` only for training.
+`` 42%|████▏     | 21/50 [00:03<00:04,  7.00it/s, loss=0.1234]``: tqdm's own ``format_meter``, so Replicate's
+progress regex (``^\\s*(\\d+)%\\s*\\|.+?\\|\\s*(\\d+)\\/(\\d+)``) and its web page's progress bar read them as they
+read any model's; what the work is (``sampling``) and the training's loss go in tqdm's postfix.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import re
 import time
 from collections.abc import Callable
 
+from tqdm import tqdm
+
 LINE = re.compile(
-    r"progress:\s*(?P<percent>[\d.]+)% step (?P<step>\d+)/(?P<total>\d+)(?: .*?)?"
-    r"(?: elapsed (?P<elapsed>\d+)s eta (?P<eta>\d+)s)?$"
+    r"^\s*(?P<percent>\d+)%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)"
+    r"(?: \[(?P<elapsed>[\d:]+)<(?P<eta>[\d:]+|\?)[,\]])?"
 )
 
 
@@ -24,13 +28,23 @@ class Progress:
         self.stride = max(1, math.ceil(total * every))
         self.start = time.perf_counter()
 
-    def step(self, step: int, extra: str = "") -> None:
+    def step(self, step: int, **postfix: float | str) -> None:
+        """``postfix``: figures shown after the rate (``loss=0.1234``)."""
         if step % self.stride and step != self.total:
             return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / step * (self.total - step)
-        self.log(
-            f"progress: {100 * step / self.total:5.1f}% step {step}/{self.total}"
-            f"{' ' + self.what if self.what else ''}{' ' + extra if extra else ''} "
-            f"elapsed {elapsed:.0f}s eta {eta:.0f}s"
-        )
+        shown = ", ".join([*([self.what] if self.what else []), *(f"{k}={_figure(v)}" for k, v in postfix.items())])
+        self.log(tqdm.format_meter(step, self.total, time.perf_counter() - self.start, postfix=shown or None))
+
+
+def _figure(value: float | str) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def seconds(clock: str | None) -> int | None:
+    """tqdm's ``[h:]mm:ss`` in seconds (None for ``?`` or nothing)."""
+    if not clock or clock == "?":
+        return None
+    total = 0
+    for part in clock.split(":"):
+        total = total * 60 + int(part)
+    return total

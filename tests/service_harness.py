@@ -171,6 +171,15 @@ class AgentProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def progress_steps(logs: str) -> list[tuple[int, int, int]]:
+    """(percent, step, total) of every progress line (tqdm's shape) in ``logs``."""
+    from lora_core.progress import LINE
+
+    return [
+        (int(m["percent"]), int(m["step"]), int(m["total"])) for line in logs.splitlines() if (m := LINE.search(line))
+    ]
+
+
 class Api:
     """The HTTP API as one owner sees it."""
 
@@ -196,7 +205,7 @@ class Api:
     def until_progress(self, prediction_id: str, timeout: float = 180) -> dict:
         """The prediction once its worker has logged a progress line (it is running, past loading)."""
         deadline = time.monotonic() + timeout
-        while "progress:" not in (body := self("GET", f"/v1/predictions/{prediction_id}").json())["logs"]:
+        while not progress_steps((body := self("GET", f"/v1/predictions/{prediction_id}").json())["logs"]):
             assert body["status"] in ("starting", "processing") and time.monotonic() < deadline, body
             time.sleep(0.2)
         return body

@@ -12,6 +12,7 @@ from test_cog_schema import ROOT, _request, cog_server
 from conftest import zip_images
 from lora_core.tiny import tiny_world
 from lora_core.tools import cog_schema
+from service_harness import progress_steps
 
 
 def data_uri(payload: bytes, mime: str) -> str:
@@ -61,7 +62,7 @@ def test_the_training_model_validates_and_runs(tmp_path):
             },
         )
         assert (status, body["status"]) == (200, "succeeded"), body.get("error") or body.get("logs", "")[-2000:]
-        assert "progress: 100.0% step 5/5" in body["logs"]
+        assert (100, 5, 5) in progress_steps(body["logs"])
         lora = base64.b64decode(body["output"]["lora"].split(",", 1)[1])
         header = json.loads(lora[8 : 8 + int.from_bytes(lora[:8], "little")])
         assert header["__metadata__"]["lora_studio.task"] == "object"

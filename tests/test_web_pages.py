@@ -77,11 +77,11 @@ def test_prefill_takes_defaults_then_the_parent_then_the_query():
 
 def test_progress_seed_and_prompt_come_from_the_logs():
     logs = (
-        "task object: an object or a pet; seed 17\nprogress:  41.6% step 104/250 loss 0.0417 elapsed 14s eta 19s\n"
+        "task object: an object or a pet; seed 17\n 41%|████▏     | 104/250 [00:14<00:19,  7.43it/s, loss=0.0417]\n"
         "sample grid: 'a photo of <1>' at scales 0.0, 0.25, seed 17\n"
     )
     progress = pages.progress(logs)
-    assert (progress.percent, progress.step, progress.total, progress.eta_s) == (41.6, 104, 250, 19)
+    assert (progress.percent, progress.step, progress.total, progress.eta_s) == (41.0, 104, 250, 19)
     assert pages.resolved_seed(logs) == 17 and pages.lora_prompt(logs) == "a photo of <1>"
     assert pages.resolved_seed('settings: {"prompt":"x","seed":3533257224,"scheduler":"DDIM"}; scales') == 3533257224
     assert pages.progress("nothing yet") is None and pages.lora_prompt("") == "a photo of <1>"

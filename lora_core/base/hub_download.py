@@ -71,8 +71,8 @@ def check_kind(checksum: str) -> str:
 
 
 def progress_lines(name: str, size: int, log: Log) -> type[tqdm]:
-    """A tqdm class for ``hf_hub_download(tqdm_class=...)`` that logs ``progress:`` lines for ``name`` every 10 %
-    (in MB, or KB below 10 MB) instead of drawing a bar; silent below ``PROGRESS_FROM_BYTES``."""
+    """A tqdm class for ``hf_hub_download(tqdm_class=...)`` that logs progress lines (``progress.Progress``) for
+    ``name`` every 10 % (in MB, or KB below 10 MB) instead of drawing a bar; silent below ``PROGRESS_FROM_BYTES``."""
     unit, unit_name = (MB, "MB") if size >= 10 * MB else (2**10, "KB")
 
     class ProgressLines(tqdm):

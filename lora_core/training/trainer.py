@@ -215,7 +215,7 @@ def train_lora(
             with torch.no_grad():
                 table[keep] = original_rows[keep]
             running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
-            progress.step(step, f"loss {running:.4f}")
+            progress.step(step, loss=running)
         unet.eval(), text_encoder.eval()
         unet_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
         text_state = (

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from lora_core.progress import LINE
+from lora_core import progress as progress_lines
 from lora_core.service.queue import outputs
 
 Kind = Literal["file", "enum", "boolean", "integer", "number", "text", "textarea"]
@@ -145,14 +145,13 @@ class Progress:
 def progress(logs: str) -> Progress | None:
     """The last progress line of ``logs``, parsed."""
     for line in reversed((logs or "").splitlines()):
-        match = LINE.search(line.strip())
+        match = progress_lines.LINE.search(line)
         if match:
-            eta = match["eta"]
             return Progress(
                 float(match["percent"]),
                 int(match["step"]),
                 int(match["total"]),
-                int(eta) if eta is not None else None,
+                progress_lines.seconds(match["eta"]),
                 line.strip(),
             )
     return None
@@ -160,7 +159,7 @@ def progress(logs: str) -> Progress | None:
 
 def js_progress_pattern() -> str:
     """``LINE`` in JavaScript's syntax (named groups are ``(?<name>`` there)."""
-    return LINE.pattern.replace("(?P<", "(?<")
+    return progress_lines.LINE.pattern.replace("(?P<", "(?<")
 
 
 def resolved_seed(logs: str) -> int | None:

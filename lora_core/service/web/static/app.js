@@ -271,7 +271,8 @@
         document.querySelector("[data-progress-card]").hidden = false;
         document.querySelector("[data-progress-percent]").textContent = `${value.toFixed(0)}%`;
         document.querySelector("[data-progress-step]").textContent = `${step}/${total}`;
-        const etaText = eta !== undefined && value < 100 ? `ETA ${eta} s` : "";
+        const etaS = eta === undefined || eta === "?" ? null : eta.split(":").reduce((s, part) => s * 60 + Number(part), 0);
+        const etaText = etaS !== null && value < 100 ? `ETA ${etaS} s` : "";
         document.querySelector("[data-progress-eta]").textContent = etaText;
         document.querySelector("[data-progress-bar]").value = value;
         return;
