@@ -14,7 +14,18 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its per-load reports drown the table
 
-from bench import load, lora_file, lora_swap, plot, results, sampling_batch, scale_out, service_api, training_step
+from bench import (
+    load,
+    lora_file,
+    lora_swap,
+    plot,
+    results,
+    sampling_batch,
+    scale_out,
+    service_api,
+    threads,
+    training_step,
+)
 
 SUITES = {
     "training": lambda quick: training_step.measure(steps=30 if quick else 150),
@@ -24,6 +35,7 @@ SUITES = {
     "scale": lambda quick: scale_out.measure(quick),
     "file": lambda quick: lora_file.measure(quick),
     "load": lambda quick: load.measure(quick),
+    "threads": lambda quick: threads.measure(quick),
 }
 
 

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import os
 
 import pytest
 import sqlalchemy as sa
@@ -389,3 +390,25 @@ def test_the_body_deadline_ends_with_the_body_and_never_cuts_a_slow_download():
     for method in ("GET", "POST"):
         answer = asyncio.run(fetch(method))
         assert answer.status_code == 200 and answer.content == b"".join(bytes([i]) * 1000 for i in range(6)), method
+
+
+def test_local_workers_split_the_cores_unless_told(tmp_path):
+    """Two torch processes each using every core slow each other down tenfold: each local Cog server gets its
+    share (``LORA_STUDIO_WORKER_THREADS`` overrides it)."""
+    from lora_core.service.runtime import Runtime
+    from lora_core.service.workers.pool import WorkerPool
+
+    def threads(env: dict[str, str]) -> set[str]:
+        pool = WorkerPool(Runtime(config_from(env, data_dir=tmp_path)))
+        return {
+            a.worker.process.extra_env[var]
+            for a in pool.agents.values()
+            if a.worker.process is not None
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        }
+
+    cores = len(os.sched_getaffinity(0))
+    three = {"LORA_STUDIO_WORKERS": "lora-studio/lora=2;lora-studio/lora-training=1"}
+    assert threads(three) == {str(max(1, cores // 3))}
+    assert threads({**three, "LORA_STUDIO_WORKER_THREADS": "5"}) == {"5"}
+    assert threads({"LORA_STUDIO_WORKERS": "lora-studio/lora=1;lora-studio/lora-training=0"}) == {str(cores)}

@@ -75,10 +75,15 @@ def worker_env(config: ServiceConfig, signer: Signer) -> dict[str, str]:
     }
 
 
-def local_worker(runtime: Runtime, model: Model, name: str, listen_url: str) -> Worker:
-    """A worker whose Cog server the agent starts itself, uploading its outputs to ``listen_url``."""
+def local_worker(runtime: Runtime, model: Model, name: str, listen_url: str, threads: int) -> Worker:
+    """A worker whose Cog server the agent starts itself, uploading its outputs to ``listen_url``, its torch using
+    ``threads`` cores (``ServiceConfig.threads_per_worker``)."""
     config, signer = runtime.config, runtime.signer
-    env = {**worker_env(config, signer), cog_uploads.ENV: upload_url(listen_url, name, signer.worker_token())}
+    env = {
+        **worker_env(config, signer),
+        cog_uploads.ENV: upload_url(listen_url, name, signer.worker_token()),
+        **{var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},  # torch's intra-op threads
+    }
     process = CogProcess(name, model.predictor, model.schema_path, config.data_dir / "workers" / name, env)
     return Worker(name, model, "", process)
 

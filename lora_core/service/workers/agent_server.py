@@ -49,7 +49,12 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
     listen_url = agent_url(host, port)
     worker_name = name or f"{runtime.models[model].name}-{socket.gethostname()}"
     worker = Worker(worker_name, runtime.models[model], cog_url.rstrip("/")) if cog_url else None
-    agent = Agent(runtime, worker or local_worker(runtime, runtime.models[model], worker_name, listen_url), listen_url)
+    agent = Agent(
+        runtime,
+        worker
+        or local_worker(runtime, runtime.models[model], worker_name, listen_url, runtime.config.threads_per_worker(1)),
+        listen_url,
+    )
     runtime.workers = lambda: [agent.status()]
 
     runtime.start()

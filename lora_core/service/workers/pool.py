@@ -23,13 +23,15 @@ class WorkerPool:
         self.runtime = runtime
         self.agents: dict[str, Agent] = {}
         self.threads: list[threading.Thread] = []
-        listen = runtime.config.internal_url
+        config, listen = runtime.config, runtime.config.internal_url
+        threads = config.threads_per_worker(sum(config.worker_setting(m).count for m in runtime.models))
         for model in runtime.models.values():
-            setting = runtime.config.worker_setting(model.full_name)
+            setting = config.worker_setting(model.full_name)
             for i, url in enumerate(setting.urls, 1):
                 self._add(Agent(runtime, Worker(f"{model.name}-remote-{i}", model, url), listen))
             for i in range(1, setting.count + 1):
-                self._add(Agent(runtime, local_worker(runtime, model, f"{model.name}-{i}", listen), listen))
+                worker = local_worker(runtime, model, f"{model.name}-{i}", listen, threads)
+                self._add(Agent(runtime, worker, listen))
 
     def _add(self, agent: Agent) -> None:
         self.agents[agent.worker.name] = agent
