@@ -29,6 +29,7 @@ import requests
 from bench import postgres
 from bench.results import Metric
 from bench.service_api import NOOP, ROOT, WORKER_TOKEN, _env, _free_port, _stop, _wait_until, spawn
+from lora_core import progress
 
 SLOW: dict[str, Any] = {
     "prompt": "a blue square",
@@ -54,6 +55,11 @@ def _agent(env: dict[str, str], port: int, api_url: str) -> subprocess.Popen:
         "--name",
         "bench-agent",
     )
+
+
+def _progressing(logs: str) -> bool:
+    """A progress line is in the logs: the prediction runs, past loading."""
+    return any(progress.LINE.search(line) for line in logs.splitlines())
 
 
 def _stamp(text: str) -> float:
@@ -148,7 +154,7 @@ def measure(quick: bool) -> list[Metric]:
             doomed = session.post(f"{base}/v1/models/lora-studio/lora/predictions", json={"input": SLOW})
             doomed.raise_for_status()
             doomed = doomed.json()
-            _wait_until(lambda: "progress:" in session.get(doomed["urls"]["get"]).json()["logs"], 120, "progress")
+            _wait_until(lambda: _progressing(session.get(doomed["urls"]["get"]).json()["logs"]), 120, "progress")
             agent.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             _wait_until(lambda: session.get(doomed["urls"]["get"]).json()["status"] == "failed", 180, "the lease")

@@ -62,6 +62,18 @@ def test_a_failure_inside_the_block_still_restores_the_base_bit_for_bit(pipe):
     assert texts == [token_slots.SLOT.format(0) + token_slots.SLOT.format(1)]
 
 
+def test_a_block_that_never_finished_restoring_is_restored_by_the_next(pipe):
+    """A cancel can land inside the restore itself: whatever is still merged goes back at the next prediction."""
+    adapter = binding.bind(pipe, *random_lora(pipe, seed=3))
+    before = weights(pipe)
+    interrupted = patching.applied(pipe, [adapter], [1.0])
+    interrupted.__enter__()  # merged, and its restore never runs
+    assert not all(torch.equal(before[n], w) for n, w in weights(pipe).items())
+    with patching.applied(pipe, [], []):
+        inside = weights(pipe)
+    assert all(torch.equal(before[n], inside[n]) for n in before if not n.endswith("token_embedding.weight"))
+
+
 def test_a_merged_layer_computes_what_the_lora_layer_does():
     """W + s*up@down against PEFT's/kohya's computation (W x + s * up(down(x))), for a linear layer and for a
     convolution (the down-projection with the layer's kernel, stride and padding; a 1x1 up-projection)."""

@@ -26,6 +26,9 @@ def store():
                 return
             received[self.path] = (self.headers["Content-Type"], body)
             self.send_response(201)
+            if self.path.startswith("/nolocation/"):
+                self.end_headers()
+                return
             self.send_header("Location", f"http://files.example/{hashlib.sha256(body).hexdigest()[:8]}?sig=abc")
             self.end_headers()
 
@@ -70,3 +73,7 @@ def test_a_refused_or_unreachable_upload_fails_with_a_sentence(store, tmp_path, 
     with pytest.raises(cog_uploads.UploadError, match="could not hand the output file lora.safetensors over") as e:
         cog_uploads.deliver({"lora": lora})
     assert "KEY123" not in str(e.value) and "<upload URL>/lora.safetensors" in str(e.value)  # users read errors
+    monkeypatch.setenv(cog_uploads.ENV, f"{url}/nolocation/KEY123/")  # never the request's own URL as the output
+    with pytest.raises(cog_uploads.UploadError, match="gave no Location") as e:
+        cog_uploads.deliver({"lora": lora})
+    assert "KEY123" not in str(e.value)

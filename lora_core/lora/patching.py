@@ -18,6 +18,7 @@ scale 0 the LoRA is not applied at all: its ``<k>`` reads as its init word.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -74,14 +75,14 @@ def applied(pipe, adapters: list[BoundLoRA], scales: list[float]):
         texts.append("".join(token_slots.SLOT.format(first + i) for i in range(len(vectors[-1]))))
 
     handles: list = []
-    merged: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, its pristine copy)
     slot_ids: list[int] = []
     try:
         if vectors:
             _, slot_ids = token_slots.reserve(pipe, sum(len(v) for v in vectors))
             token_slots.fill(pipe, slot_ids, torch.cat(vectors))
         models = {component: getattr(pipe, component) for component in COMPONENTS}
-        pristine = _pristine(pipe)
+        store = _store(pipe)
+        restore(pipe)  # what an earlier block could not finish restoring (a cancel landing in its finally)
         with torch.no_grad():
             for path, module_deltas in deltas.items():
                 component, module_path = path.split(".", 1)
@@ -91,14 +92,13 @@ def applied(pipe, adapters: list[BoundLoRA], scales: list[float]):
                     handles.append(module.register_forward_hook(partial(hook, module_deltas)))
                     continue
                 weight: torch.Tensor = module.weight  # mergeable: a Linear or a Conv2d
-                original = pristine.setdefault(path, weight.detach().clone())
-                merged.append((weight, original))
+                if path not in store.pristine:
+                    store.pristine[path] = weight.detach().clone()
+                store.merged[path] = weight
                 merge(weight, module_deltas)
         yield texts
     finally:
-        with torch.no_grad():
-            for weight, original in merged:
-                weight.copy_(original)
+        restore(pipe)
         for handle in handles:
             handle.remove()
         if slot_ids:
@@ -128,10 +128,27 @@ def merge(weight: torch.Tensor, deltas: list[Delta]) -> None:
             weight.addmm_(up, down, alpha=factor)
 
 
-def _pristine(pipe) -> dict[str, torch.Tensor]:
-    """The original weight of every layer a LoRA has touched on this pipeline, kept with it."""
-    store = getattr(pipe, "_lora_studio_pristine", None)
+@dataclass
+class _Store:
+    """Kept with the pipeline: the original weight of every layer a LoRA has touched, and the weights merged now."""
+
+    pristine: dict[str, torch.Tensor] = field(default_factory=dict)
+    merged: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _store(pipe) -> _Store:
+    store = getattr(pipe, "_lora_studio_patching", None)
     if store is None:
-        store = {}
-        pipe._lora_studio_pristine = store
+        store = _Store()
+        pipe._lora_studio_patching = store
     return store
+
+
+def restore(pipe) -> None:
+    """Every merged weight back to its pristine copy; each leaves ``merged`` only once restored, so an interruption
+    here leaves the rest for the next call."""
+    store = _store(pipe)
+    with torch.no_grad():
+        for path in list(store.merged):
+            store.merged[path].copy_(store.pristine[path])
+            del store.merged[path]

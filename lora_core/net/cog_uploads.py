@@ -55,11 +55,12 @@ def put_file(endpoint: str, path: Path, session: requests.Session | None = None)
         detail = ""
         try:
             detail = f": {r.json().get('detail')}"
-        except ValueError:
+        except (ValueError, AttributeError):  # not JSON, or not an object
             pass
         raise UploadError(f"the output file {path.name} was refused (HTTP {r.status_code}{detail})")
-    parts = urlsplit(r.headers.get("Location") or r.url)
-    return urlunsplit(parts._replace(query=""))
+    if not r.headers.get("Location"):  # the request's own URL holds the worker's key: never an output
+        raise UploadError(f"the output file {path.name} was stored but the upload URL gave no Location for it")
+    return urlunsplit(urlsplit(r.headers["Location"])._replace(query=""))
 
 
 def deliver(files: Mapping[str, Path], log: Callable[[str], None] = print) -> dict[str, Path | str]:

@@ -102,7 +102,8 @@ class ServiceConfig(BaseModel):
         down by an order of magnitude (a training's step went from 0.25 s to 6.3 s beside one busy process)."""
         if self.worker_threads:
             return self.worker_threads
-        return max(1, len(os.sched_getaffinity(0)) // max(1, local_workers))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+        return max(1, cores // max(1, local_workers))
 
 
 def parse_workers(text: object) -> object:

@@ -124,9 +124,11 @@ class DrainingServer(uvicorn.Server):
         )
 
         def drain_then_exit() -> None:
-            if not self.drain(self.drain_s):
-                log.warning("the drain ran out after %.0f s: stopping predictions mid-way", self.drain_s)
-            self.should_exit = True
+            try:
+                if not self.drain(self.drain_s):
+                    log.warning("the drain ran out after %.0f s: stopping predictions mid-way", self.drain_s)
+            finally:
+                self.should_exit = True
 
         self.draining = threading.Thread(target=drain_then_exit, name="drain", daemon=True)
         self.draining.start()

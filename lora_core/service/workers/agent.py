@@ -93,7 +93,7 @@ class Agent:
         """``listen_url`` is where this agent's Cog server reaches it (webhooks, uploads)."""
         self.runtime, self.worker, self.listen_url = runtime, worker, listen_url.rstrip("/")
         self.config, self.engine, self.store = runtime.config, runtime.engine, runtime.store
-        self.session = requests.Session()  # to its Cog server: one per agent (a Session is not for sharing)
+        self.session = requests.Session()  # the dispatch thread's alone, to its Cog server (not for sharing)
         self.draining = threading.Event()  # take no more work; the current prediction finishes
         self._thread: threading.Thread | None = None
 
@@ -117,13 +117,16 @@ class Agent:
             self.worker.process.stop()
 
     def drain(self, timeout: float) -> bool:
-        """Take nothing new and wait up to ``timeout`` s for the current prediction to end; True if it did."""
+        """Take nothing new and wait up to ``timeout`` s for the current prediction to end; True if it did.
+
+        Waits for the dispatch loop itself to end: a prediction it has just claimed (and not yet marked current)
+        runs to its end too, instead of being left claimed by a process about to exit."""
         self.draining.set()
         self.runtime.wakeups.prediction_queued()
-        deadline = time.monotonic() + timeout
-        while self.worker.current is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return self.worker.current is None
+        if self._thread is None:
+            return self.worker.current is None
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def status(self) -> dict:
         w = self.worker
@@ -257,7 +260,7 @@ class Agent:
 
     def cancel(self, prediction_id: str) -> None:
         try:
-            self.session.post(f"{self.worker.url}/predictions/{prediction_id}/cancel", timeout=10)
+            requests.post(f"{self.worker.url}/predictions/{prediction_id}/cancel", timeout=10)  # any thread
         except requests.RequestException as e:
             log.warning("cancel of %s on %s failed: %s", prediction_id, self.worker.name, e)
 
@@ -450,7 +453,7 @@ class Agent:
         if not self.worker.url:
             return None
         try:
-            return self.session.get(f"{self.worker.url}/health-check", timeout=2).json().get("status")
+            return requests.get(f"{self.worker.url}/health-check", timeout=2).json().get("status")  # supervisor
         except (requests.RequestException, ValueError):
             return None
 
