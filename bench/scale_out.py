@@ -57,11 +57,6 @@ def _agent(env: dict[str, str], port: int, api_url: str) -> subprocess.Popen:
     )
 
 
-def _progressing(logs: str) -> bool:
-    """A progress line is in the logs: the prediction runs, past loading."""
-    return any(progress.LINE.search(line) for line in logs.splitlines())
-
-
 def _stamp(text: str) -> float:
     return datetime.datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=datetime.UTC).timestamp()
 
@@ -154,7 +149,7 @@ def measure(quick: bool) -> list[Metric]:
             doomed = session.post(f"{base}/v1/models/lora-studio/lora/predictions", json={"input": SLOW})
             doomed.raise_for_status()
             doomed = doomed.json()
-            _wait_until(lambda: _progressing(session.get(doomed["urls"]["get"]).json()["logs"]), 120, "progress")
+            _wait_until(lambda: progress.matches(session.get(doomed["urls"]["get"]).json()["logs"]), 120, "progress")
             agent.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             _wait_until(lambda: session.get(doomed["urls"]["get"]).json()["status"] == "failed", 180, "the lease")

@@ -42,9 +42,9 @@ def _zip_uri() -> str:
 
 def _seconds_per_step(logs: str) -> float:
     """From the last progress line's rate (tqdm's ``7.00it/s`` or ``1.76s/it``)."""
-    from lora_core.progress import LINE
+    from lora_core import progress
 
-    last = [line for line in logs.splitlines() if LINE.search(line) and "loss=" in line][-1]
+    last = [m.string for m in progress.matches(logs) if "loss=" in m.string][-1]
     match = RATE.search(last)
     assert match, last
     return 1 / float(match[1]) if match[2] == "it/s" else float(match[1])

@@ -20,6 +20,12 @@ LINE = re.compile(
 )
 
 
+def matches(logs: str) -> list[re.Match[str]]:
+    """Every progress line of ``logs``, parsed, in order (the last is where the work stands)."""
+    found = (LINE.search(line) for line in (logs or "").splitlines())
+    return [m for m in found if m]
+
+
 class Progress:
     """Calls ``log`` with a progress line at least every ``every`` of the way (and at the end)."""
 

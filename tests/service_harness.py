@@ -173,11 +173,9 @@ class AgentProcess:
 
 def progress_steps(logs: str) -> list[tuple[int, int, int]]:
     """(percent, step, total) of every progress line (tqdm's shape) in ``logs``."""
-    from lora_core.progress import LINE
+    from lora_core import progress
 
-    return [
-        (int(m["percent"]), int(m["step"]), int(m["total"])) for line in logs.splitlines() if (m := LINE.search(line))
-    ]
+    return [(int(m["percent"]), int(m["step"]), int(m["total"])) for m in progress.matches(logs)]
 
 
 class Api:

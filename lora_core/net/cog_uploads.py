@@ -32,9 +32,8 @@ class UploadError(RuntimeError):
     """An output file the upload URL did not take: the prediction fails with this sentence."""
 
 
-def upload_url(env: Mapping[str, str] | None = None) -> str | None:
-    url = (os.environ if env is None else env).get(ENV, "")
-    return url or None
+def upload_url() -> str | None:
+    return os.environ.get(ENV) or None
 
 
 def put_file(endpoint: str, path: Path, session: requests.Session | None = None) -> str:

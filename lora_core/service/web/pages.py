@@ -144,17 +144,17 @@ class Progress:
 
 def progress(logs: str) -> Progress | None:
     """The last progress line of ``logs``, parsed."""
-    for line in reversed((logs or "").splitlines()):
-        match = progress_lines.LINE.search(line)
-        if match:
-            return Progress(
-                float(match["percent"]),
-                int(match["step"]),
-                int(match["total"]),
-                progress_lines.seconds(match["eta"]),
-                line.strip(),
-            )
-    return None
+    found = progress_lines.matches(logs)
+    if not found:
+        return None
+    last = found[-1]
+    return Progress(
+        float(last["percent"]),
+        int(last["step"]),
+        int(last["total"]),
+        progress_lines.seconds(last["eta"]),
+        last.string.strip(),
+    )
 
 
 def js_progress_pattern() -> str:

@@ -117,12 +117,17 @@ class Agent:
             self.worker.process.stop()
 
     def drain(self, timeout: float) -> bool:
-        """Take nothing new and wait up to ``timeout`` s for the current prediction to end; True if it did.
+        """Take nothing new and wait up to ``timeout`` s for the current prediction to end; True if it did."""
+        self.stop_taking()
+        return self.drained(timeout)
 
-        Waits for the dispatch loop itself to end: a prediction it has just claimed (and not yet marked current)
-        runs to its end too, instead of being left claimed by a process about to exit."""
+    def stop_taking(self) -> None:
         self.draining.set()
-        self.runtime.wakeups.prediction_queued()
+        self.runtime.wakeups.prediction_queued()  # an idle dispatch loop wakes, sees it and ends
+
+    def drained(self, timeout: float) -> bool:
+        """Waits for the dispatch loop itself to end: a prediction it has just claimed (and not yet marked current)
+        runs to its end too, instead of being left claimed by a process about to exit."""
         if self._thread is None:
             return self.worker.current is None
         self._thread.join(timeout)

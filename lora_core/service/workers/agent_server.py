@@ -48,13 +48,12 @@ def run(model: str, *, cog_url: str | None, port: int, host: str, name: str | No
         raise SystemExit(f"error: unknown model {model!r}; the models are: {', '.join(runtime.models)}")
     listen_url = agent_url(host, port)
     worker_name = name or f"{runtime.models[model].name}-{socket.gethostname()}"
-    worker = Worker(worker_name, runtime.models[model], cog_url.rstrip("/")) if cog_url else None
-    agent = Agent(
-        runtime,
-        worker
-        or local_worker(runtime, runtime.models[model], worker_name, listen_url, runtime.config.threads_per_worker(1)),
-        listen_url,
-    )
+    spec = runtime.models[model]
+    if cog_url:
+        worker = Worker(worker_name, spec, cog_url.rstrip("/"))
+    else:  # alone in its process: all the cores unless LORA_STUDIO_WORKER_THREADS says otherwise
+        worker = local_worker(runtime, spec, worker_name, listen_url, runtime.config.threads_per_worker(1))
+    agent = Agent(runtime, worker, listen_url)
     runtime.workers = lambda: [agent.status()]
 
     runtime.start()

@@ -51,11 +51,10 @@ class WorkerPool:
 
     def drain(self, timeout: float) -> bool:
         """Take nothing new; True once no agent runs anything, False if some still do after ``timeout`` s."""
-        for agent in self.agents.values():
-            agent.draining.set()
-        self.runtime.wakeups.prediction_queued()
+        for agent in self.agents.values():  # all at once, then wait for each
+            agent.stop_taking()
         deadline = time.monotonic() + timeout
-        return all(agent.drain(max(0.0, deadline - time.monotonic())) for agent in self.agents.values())
+        return all(agent.drained(max(0.0, deadline - time.monotonic())) for agent in self.agents.values())
 
     def status(self) -> list[dict]:
         return [agent.status() for agent in self.agents.values()]
