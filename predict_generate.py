@@ -23,9 +23,9 @@ MAX_SEED = 4294967295
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        """Load the default base once; it stays warm across predictions."""
+        """Load the deployment's default base once (LORA_STUDIO_DEFAULT_BASE); it stays warm across predictions."""
         self.bases = checkpoints.WarmPipelineCache()
-        self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
+        self.bases.get()
         self.fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env(), log=lambda line: print(line, flush=True))
         self.adapters = binding.BindingCache.from_env()
         self.outputs = output_dirs.OutputDirs("generate-")  # the previous prediction's images go when the next starts
@@ -52,7 +52,11 @@ class Predictor(BaseRunner):
             "'|'. 0 is the base model, 0.4-0.5 suits faces, 1 "
             "reproduces the training photos; -2 to 2.",
         ),
-        base_model: str = Input(default="tiny", choices=BASE_MODELS, description="Base checkpoint to sample."),
+        base_model: Optional[str] = Input(
+            default=None,
+            choices=BASE_MODELS,
+            description="Base checkpoint to sample. Empty: this deployment's default (sd-1.5 on GPUs, tiny on CPUs).",
+        ),
         scheduler: str = Input(
             default="DPMSolverMultistep",
             choices=SCHEDULERS,

@@ -12,7 +12,7 @@ from cog import BaseModel, BaseRunner, Input, Path
 from pydantic import ValidationError
 
 from lora_core import output_dirs
-from lora_core.base import checkpoints, sampling
+from lora_core.base import checkpoints, placement, sampling
 from lora_core.net import cog_uploads
 from lora_core.training import training_job
 
@@ -30,9 +30,9 @@ class Output(BaseModel):
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        """Load the default base once; trainings on it reuse the warm weights."""
+        """Load the deployment's default base once (LORA_STUDIO_DEFAULT_BASE); its trainings reuse the warm weights."""
         self.bases = checkpoints.WarmPipelineCache()
-        self.bases.get(checkpoints.DEFAULT_CHECKPOINT)
+        self.bases.get()
         self.outputs = output_dirs.OutputDirs("train-")  # the previous training's files go when the next starts
 
     def run(
@@ -47,8 +47,11 @@ class Predictor(BaseRunner):
             description="face: one person's face in every photo. object: an object or pet. "
             "style: a visual style to transfer.",
         ),
-        base_model: str = Input(
-            default="tiny", choices=BASE_MODELS, description="Base checkpoint the LoRA is trained for."
+        base_model: Optional[str] = Input(
+            default=None,
+            choices=BASE_MODELS,
+            description="Base checkpoint the LoRA is trained for. Empty: this deployment's default "
+            "(sd-1.5 on GPUs, tiny on CPUs).",
         ),
         seed: Optional[int] = Input(
             default=None, ge=0, le=MAX_SEED, description="Random seed. Empty: random (recorded in the file and logs)."
@@ -75,11 +78,24 @@ class Predictor(BaseRunner):
             max_length=200,
             description="Expert: caption for every photo, with <1> for the subject, e.g. 'a photo of <1> in a garden'.",
         ),
+        prior_images: Optional[int] = Input(
+            default=None,
+            ge=0,
+            le=200,
+            description="Expert: how many images the base draws for everyday prompts and trains on beside yours, so "
+            "that prompts without <1> keep its look (prior preservation). 0: none. Empty: the base's preset.",
+        ),
+        grid_steps: Optional[int] = Input(
+            default=None,
+            ge=1,
+            le=150,
+            description="Expert: sampling steps of the scales grid. Empty: the base's recommended number.",
+        ),
     ) -> Output:
         try:
             request = training_job.TrainingRequest(
                 task=task,
-                base_model=base_model,
+                base_model=base_model or placement.default_base(),
                 seed=seed,
                 resolution=resolution,
                 max_train_steps=max_train_steps,
@@ -89,10 +105,12 @@ class Predictor(BaseRunner):
                 lora_rank=lora_rank,
                 train_text_encoder=train_text_encoder,
                 caption_prefix=caption_prefix,
+                prior_images=prior_images,
+                grid_steps=grid_steps,
             )
         except ValidationError as e:  # e.g. a resolution that is not a multiple of 8: one line, not pydantic's page
             raise sampling.SettingsError.of(e) from None
-        pipe = self.bases.get(base_model)
+        pipe = self.bases.get(request.base_model)
         out_dir = Path(self.outputs.new())
         try:
             result = training_job.run_training(

@@ -22,6 +22,7 @@ from bench import (
     results,
     sampling_batch,
     scale_out,
+    sd15_training,
     service_api,
     threads,
     training_step,
@@ -29,7 +30,8 @@ from bench import (
 
 SUITES = {
     "training": lambda quick: training_step.measure(steps=30 if quick else 150),
-    "lora": lambda quick: lora_swap.measure(repeats=5 if quick else 20),
+    "sd15": sd15_training.measure,
+    "lora": lambda quick: lora_swap.measure(repeats=5 if quick else 20, quick=quick),
     "sampling": lambda quick: sampling_batch.measure(quick),
     "service": lambda quick: service_api.measure(quick),
     "scale": lambda quick: scale_out.measure(quick),

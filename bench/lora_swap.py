@@ -1,14 +1,19 @@
-"""Generation with LoRAs: swap cost vs diffusers, patch cost vs sampling, cached URL resolve, peak memory.
+"""Generation with LoRAs: swap cost vs diffusers, whole predictions, patch cost vs sampling, cached URL, memory.
 
 (a) ``swap_*``: the warm pipeline goes from one pair of LoRAs to another pair whose files are
     in the local file cache (URL -> file -> bound adapter -> merged into the weights, restored), against diffusers'
     ``unload_lora_weights`` + ``load_lora_weights`` of the same files on the same model. Run on
     the tiny base and on an SD-1.5-sized pipeline with random weights (same shapes as SD 1.5).
     "cold": the adapters are bound from the files each time; "warm": found in the adapter cache.
-(b) ``patch_fraction_of_sampling``: entering + leaving ``patching.applied`` with 2 LoRAs, as a
+(b) ``prediction_*``: a whole prediction that switches to the other pair (swap + sampling + restore) against the
+    bare base's prediction and against each of diffusers' ways to switch: unload + load; every adapter kept loaded
+    and ``set_adapters`` (fast switch, unfused sampling); ``fuse_lora``/``unfuse_lora`` (fused sampling);
+    ``hotswap=True`` into loaded adapters (``enable_lora_hotswap``; UNet only, diffusers cannot hotswap a text
+    encoder). diffusers' ways leave the token vectors out: they do less work than ours.
+(c) ``patch_fraction_of_sampling``: entering + leaving ``patching.applied`` with 2 LoRAs, as a
     fraction of one 25-step sampling on the tiny base.
-(c) ``cached_url_resolve``: resolving a URL already in the file cache (time, bytes, requests).
-(d) ``generate_peak_rss``: peak RSS of a process generating with 2 LoRAs vs. the base alone.
+(d) ``cached_url_resolve``: resolving a URL already in the file cache (time, bytes, requests).
+(e) ``generate_peak_rss``: peak RSS of a process generating with 2 LoRAs vs. the base alone.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -29,61 +35,20 @@ from bench.results import Metric
 from lora_core.base import checkpoints, sampling
 from lora_core.lora import binding, lora_file, patching
 from lora_core.net import fetch
+from lora_core.tools import sd15_sized
 
-SD15_DIR = checkpoints.REPO_ROOT / ".build" / "bench-sd15-random"
 RANK = 8
+# a whole prediction's sampling steps: 25 as users sample; at SD-1.5 size a CPU step takes about a second, so 10
+# there (and 1 in a quick run: what it checks is that every way runs)
+PREDICTION_STEPS = {"tiny": 25, "sd15": 10}
 
 
 # --- fixtures: an SD-1.5-sized pipeline and LoRA files ---------------------------------------------------------
 
 
 def sd15_sized_pipeline(dtype=torch.float16):
-    """SD 1.5's UNet, text encoder and VAE shapes with random weights, saved once and memory-mapped after."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    if not (SD15_DIR / "model_index.json").exists():
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            latent_channels=4,
-            sample_size=512,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-        )
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                projection_dim=768,
-            )
-        )
-        tiny = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text,
-            tokenizer=tiny.tokenizer,
-            unet=unet,
-            scheduler=PNDMScheduler.from_config(tiny.scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        ).to(dtype=dtype)
-        pipe.save_pretrained(SD15_DIR, safe_serialization=True)
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        SD15_DIR, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """SD 1.5's UNet, text encoder and VAE shapes with random weights (``tools.sd15_sized``), memory-mapped."""
+    return sd15_sized.load(dtype=dtype)
 
 
 def write_random_loras(pipe, folder: Path, count: int = 4) -> list[Path]:
@@ -202,7 +167,108 @@ def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) ->
     return result
 
 
-# --- (b) patch cost vs sampling, (c) cached URL ----------------------------------------------------------------
+# --- (b) whole predictions: ours against each of diffusers' ways ------------------------------------------------
+
+
+def _lora_tensors(path: Path, unet_only: bool = False) -> dict[str, torch.Tensor]:
+    tensors = {k: v for k, v in lora_file.read_lora(path)[0].items() if k != lora_file.EMBEDDINGS_KEY}
+    return {k: v for k, v in tensors.items() if k.startswith("unet.")} if unet_only else tensors
+
+
+def prediction_seconds(pipe, files: list[list[Path]], steps: int, repeats: int) -> dict[str, float]:
+    """Median seconds of one prediction that switches to the other pair of LoRAs (already read and bound, as in
+    the adapter cache) and samples ``steps`` steps, for ours, the bare base, and diffusers' four ways.
+
+    Every way runs on its own copy of the pipeline (ours and the bare base on one), diffusers' kept in their steady
+    state (adapters loaded, fused or prepared for hotswapping): the copies hold their weights in the same kind of
+    memory, where the loaded pipeline's are memory-mapped from its files (the bare original sampled ~15% slower
+    than copies at SD-1.5 size here). The rounds interleave the ways: every way sees the same machine state (this
+    shared machine's speed drifts by tens of percent within minutes)."""
+    import copy
+
+    defaults = checkpoints.get_checkpoint("tiny").defaults
+    request = sampling.resolve_request(defaults, prompt="a photo of object", seed=0, num_inference_steps=steps)
+    scales = [0.5, 0.7]
+    tensors = [[_lora_tensors(f) for f in pair] for pair in files]
+    unet_only = [[_lora_tensors(f, unet_only=True) for f in pair] for pair in files]
+    names = [[f"p{i}a", f"p{i}b"] for i in range(len(files))]
+    copies = {way: copy.deepcopy(pipe) for way in ("ours", "unload+load", "set_adapters", "fuse_lora", "hotswap")}
+    ours_pipe = copies["ours"]
+    bound = [[binding.bind(ours_pipe, *lora_file.read_lora(f)) for f in pair] for pair in files]
+
+    def load(target, pairs, state=tensors) -> None:
+        for pair in pairs:
+            for name, weights in zip(names[pair], state[pair], strict=True):
+                target.load_lora_weights(dict(weights), adapter_name=name)
+
+    load(copies["unload+load"], [0])
+    load(copies["set_adapters"], [0, 1])
+    load(copies["fuse_lora"], [0, 1])
+    copies["fuse_lora"].set_adapters(names[0], adapter_weights=scales)
+    copies["fuse_lora"].fuse_lora(adapter_names=names[0])
+    copies["hotswap"].enable_lora_hotswap(target_rank=RANK)
+    load(copies["hotswap"], [0], unet_only)
+    copies["hotswap"].set_adapters(names[0], adapter_weights=scales)
+
+    def unload_load(round_: int) -> None:
+        pair = 1 - round_ % 2
+        target = copies["unload+load"]
+        target.unload_lora_weights()
+        load(target, [pair])
+        target.set_adapters(names[pair], adapter_weights=scales)
+        sampling.sample(target, request)
+
+    def set_adapters(round_: int) -> None:
+        pair = 1 - round_ % 2
+        copies["set_adapters"].set_adapters(names[pair], adapter_weights=scales)
+        sampling.sample(copies["set_adapters"], request)
+
+    def fuse(round_: int) -> None:
+        pair = 1 - round_ % 2
+        target = copies["fuse_lora"]
+        target.unfuse_lora()
+        target.set_adapters(names[pair], adapter_weights=scales)
+        target.fuse_lora(adapter_names=names[pair])
+        sampling.sample(target, request)
+
+    def hotswap(round_: int) -> None:
+        pair = 1 - round_ % 2
+        target = copies["hotswap"]
+        for name, weights in zip(names[0], unet_only[pair], strict=True):  # into the loaded adapters' slots
+            target.load_lora_weights(dict(weights), adapter_name=name, hotswap=True)
+        sampling.sample(target, request)
+
+    def ours(round_: int) -> None:
+        pair = 1 - round_ % 2
+        with patching.applied(ours_pipe, bound[pair], scales):
+            sampling.sample(ours_pipe, request)
+
+    ways = {
+        "bare": lambda _round: sampling.sample(ours_pipe, request),
+        "ours": ours,
+        "diffusers unload+load": unload_load,
+        "diffusers set_adapters": set_adapters,
+        "diffusers fuse_lora": fuse,
+        "diffusers hotswap": hotswap,
+    }
+    result = _interleaved(ways, repeats)  # each round switches every way to the other pair
+    copies.clear()  # the copies go before the next measurement
+    return result
+
+
+def _interleaved(ways: Mapping[str, Callable[[int], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each way, run in interleaved rounds (``way(round)``; round 0 warms up, untimed)."""
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    for round_ in range(repeats + 1):
+        for way, run in ways.items():
+            start = time.perf_counter()
+            run(round_)
+            if round_:
+                times[way].append(time.perf_counter() - start)
+    return {way: statistics.median(t) for way, t in times.items()}
+
+
+# --- (c) patch cost vs sampling, (d) cached URL ----------------------------------------------------------------
 
 
 def patch_and_sample_seconds(pipe, bound: list[binding.BoundLoRA], repeats: int) -> tuple[float, float, float]:
@@ -215,18 +281,12 @@ def patch_and_sample_seconds(pipe, bound: list[binding.BoundLoRA], repeats: int)
     defaults = checkpoints.get_checkpoint("tiny").defaults
     request = sampling.resolve_request(defaults, prompt="a photo of a red circle", seed=0, num_inference_steps=25)
 
-    def sample():
-        sampling.sample(pipe, request)
-
-    def sample_with():
+    def sample_with(_round: int) -> None:
         with patching.applied(pipe, bound, [0.5, 0.5]):
             sampling.sample(pipe, request)
 
-    return (
-        _median_seconds(patch, repeats * 10),
-        _median_seconds(sample, repeats),
-        _median_seconds(sample_with, repeats),
-    )
+    both = _interleaved({"without": lambda _round: sampling.sample(pipe, request), "with": sample_with}, repeats)
+    return _median_seconds(patch, repeats * 10), both["without"], both["with"]
 
 
 def cached_resolve(fetcher: fetch.Fetcher, url: str, repeats: int) -> tuple[float, int, int]:
@@ -243,7 +303,7 @@ def cached_resolve(fetcher: fetch.Fetcher, url: str, repeats: int) -> tuple[floa
     return seconds, downloaded, _Counting.requests - before
 
 
-# --- (d) peak RSS, each case in a fresh process -----------------------------------------------------------------
+# --- (e) peak RSS, each case in a fresh process -----------------------------------------------------------------
 
 
 def _peak_rss_mb(base: str, lora_paths: list[str]) -> float:
@@ -275,7 +335,7 @@ print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path('/proc/self/status').read_text(
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(repeats: int) -> list[Metric]:
+def measure(repeats: int, quick: bool = False) -> list[Metric]:
     metrics: list[Metric] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -371,6 +431,35 @@ def measure(repeats: int) -> list[Metric]:
                 metric.met = metric.met and downloaded == 0 and requests == 0
                 metric.goal += ", 0 bytes"
                 metrics.append(metric)
+            files = [[folder / f"lora{n}.safetensors" for n in pair] for pair in ((0, 1), (2, 3))]
+            steps = 1 if quick and name == "sd15" else PREDICTION_STEPS[name]
+            p = prediction_seconds(pipe, files, steps, 1 if quick and name == "sd15" else max(3, repeats // 4))
+            best = min((k for k in p if k.startswith("diffusers")), key=p.__getitem__)
+            ways = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in p.items())
+            metrics.append(
+                Metric(
+                    f"prediction_with_swap_vs_bare_{name}",
+                    p["ours"] / p["bare"],
+                    "x",
+                    baseline=p["bare"] * 1e3,
+                    ratio=p["ours"] / p["bare"],
+                    limit=1.05,
+                    note=f"{name}: a prediction that switches to the other pair of cached LoRAs (swap, {steps}-step "
+                    f"64 px sampling, restore) vs the bare base's prediction; {ways}",
+                )
+            )
+            metrics.append(
+                Metric(
+                    f"prediction_with_swap_vs_diffusers_{name}",
+                    p["ours"] / p[best],
+                    "x",
+                    baseline=p[best] * 1e3,
+                    ratio=p["ours"] / p[best],
+                    limit=1.0,
+                    note=f"{name}: the same prediction vs diffusers' fastest way here ({best}); "
+                    "diffusers' ways skip the token vectors, hotswap skips the text encoder too",
+                )
+            )
             server.shutdown()
         del cases
         for name in ("sd15", "tiny"):

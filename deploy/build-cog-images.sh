@@ -26,8 +26,10 @@ case "$have" in
   *"$want"*) ;;
   *) echo "warning: Cog CLI '$have' differs from build.sdk_version $want; the build may pick other CUDA/torch" >&2 ;;
 esac
-[ -f weights/sd-1.5/model_index.json ] ||
-  echo "warning: weights/sd-1.5 is missing (lora-studio weights fetch sd-1.5): the images will serve only the tiny base" >&2
+if [ ! -f weights/sd-1.5/model_index.json ]; then  # the images' default base (cog.yaml: environment)
+  echo "error: weights/sd-1.5 is missing; the images load it at setup. Run: lora-studio weights fetch sd-1.5" >&2
+  exit 1
+fi
 
 # Cog writes the schema it builds with to .cog/openapi_schema.json, the generation model's file: keep ours.
 saved=$(mktemp)

@@ -50,14 +50,17 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from lora_core.base import checkpoints
+    from lora_core.base import checkpoints, placement
     from lora_core.training import training_job
 
     request = training_job.TrainingRequest(
-        task=args.task, base_model=args.base_model, seed=args.seed, max_train_steps=args.steps
+        task=args.task,
+        base_model=args.base_model or placement.default_base(),
+        seed=args.seed,
+        max_train_steps=args.steps,
     )
     cache = checkpoints.WarmPipelineCache()
-    pipe = cache.get(args.base_model)
+    pipe = cache.get(request.base_model)
     result = training_job.run_training(
         pipe, cache.base_hash, Path(args.zip), request, Path(args.out), log=functools.partial(print, flush=True)
     )
@@ -79,10 +82,10 @@ def _build_tiny_base(args: argparse.Namespace) -> None:
 
 
 def _export_single_file(args: argparse.Namespace) -> None:
-    from lora_core.base import checkpoints
+    from lora_core.base import checkpoints, placement
     from lora_core.base.single_file import export_single_file
 
-    pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint(args.base_model))
+    pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint(args.base_model or placement.default_base()))
     print(export_single_file(pipe, Path(args.out)))
 
 
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-urls", default="", help="LoRA files (URLs or local paths), separated by '|'")
     p.add_argument("--lora-scales", default="0.5", help="one scale for all LoRAs or one per LoRA, separated by '|'")
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--base-model", default="tiny")
+    p.add_argument("--base-model", help="empty: LORA_STUDIO_DEFAULT_BASE or tiny")
     p.add_argument("--scheduler", default="DPMSolverMultistep")
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance-scale", type=float)
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train a LoRA from a zip of photos (what predict_train.py does)")
     p.add_argument("zip")
     p.add_argument("--task", default="face", choices=["face", "object", "style"])
-    p.add_argument("--base-model", default="tiny")
+    p.add_argument("--base-model", help="empty: LORA_STUDIO_DEFAULT_BASE or tiny")
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int, help="override the task preset's step count")
     p.add_argument("--out", default="outputs/train")
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_build_tiny_base)
 
     p = sub.add_parser("export-single-file", help="write a base as one original-layout .safetensors file")
-    p.add_argument("--base-model", default="tiny")
+    p.add_argument("--base-model", help="empty: LORA_STUDIO_DEFAULT_BASE or tiny")
     p.add_argument("out")
     p.set_defaults(func=_export_single_file)
 

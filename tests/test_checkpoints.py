@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lora_core.base import checkpoints, sampling
+from lora_core.base import checkpoints, placement, sampling
 from lora_core.base.single_file import export_single_file
+from lora_core.env_settings import EnvSettingsError
 
 TINY_DIR = checkpoints.weights_dir() / "tiny-sd"
 
@@ -35,8 +36,9 @@ def single_file_root(tmp_path_factory, tiny_pipe):
     return root
 
 
-def test_registry_names_the_tiny_default_and_the_sd15_family():
-    assert checkpoints.DEFAULT_CHECKPOINT == "tiny"
+def test_registry_names_the_tiny_default_and_the_sd15_family(monkeypatch):
+    monkeypatch.delenv("LORA_STUDIO_DEFAULT_BASE", raising=False)
+    assert placement.default_base() == "tiny"
     for name in ("tiny", "sd-1.5", "realistic-vision-v1.3", "inkpunk", "gta5", "vintedois"):
         assert checkpoints.get_checkpoint(name).family == "sd-1"
     tiny = checkpoints.get_checkpoint("tiny")
@@ -89,11 +91,32 @@ def test_warm_cache_keeps_one_pipeline_and_reloads_on_switch(single_file_root):
 def test_the_device_is_the_gpu_when_there_is_one_or_what_LORA_STUDIO_DEVICE_says(monkeypatch):
     """A Cog image on a GPU host samples and trains on the GPU without any setting; here there is none."""
     monkeypatch.delenv("LORA_STUDIO_DEVICE", raising=False)
-    assert checkpoints.torch_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert placement.device() == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setenv("LORA_STUDIO_DEVICE", "cpu")
-    assert checkpoints.torch_device() == "cpu"
+    assert placement.device() == "cpu"
     assert checkpoints.WarmPipelineCache().get("tiny").unet.device.type == "cpu"
     if not torch.cuda.is_available():
         monkeypatch.setenv("LORA_STUDIO_DEVICE", "cuda")
-        with pytest.raises(checkpoints.CheckpointError, match="sees no CUDA GPU"):
-            checkpoints.torch_device()
+        with pytest.raises(placement.PlacementError, match="sees no CUDA GPU"):
+            placement.device()
+
+
+def test_precision_is_float16_on_gpus_float32_on_cpus_unless_the_deployment_says(monkeypatch):
+    monkeypatch.delenv("LORA_STUDIO_DTYPE", raising=False)
+    assert (placement.dtype("cuda"), placement.dtype("cuda:1"), placement.dtype("cpu")) == (
+        torch.float16,
+        torch.float16,
+        torch.float32,
+    )
+    monkeypatch.setenv("LORA_STUDIO_DTYPE", "bfloat16")
+    assert placement.dtype("cuda") == placement.dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("LORA_STUDIO_DEVICE", "cpu")
+    warm = checkpoints.WarmPipelineCache().get("tiny")
+    assert {p.dtype for c in ("unet", "text_encoder", "vae") for p in getattr(warm, c).parameters()} == {torch.bfloat16}
+    monkeypatch.setenv("LORA_STUDIO_DTYPE", "half")
+    with pytest.raises(EnvSettingsError, match="LORA_STUDIO_DTYPE: .*'float16', 'bfloat16' or 'float32'"):
+        placement.dtype("cpu")
+    monkeypatch.setenv("LORA_STUDIO_DTYPE", "")
+    monkeypatch.setenv("LORA_STUDIO_DEFAULT_BASE", "sd-15")
+    with pytest.raises(EnvSettingsError, match="LORA_STUDIO_DEFAULT_BASE: .*choose one of tiny, sd-1.5"):
+        placement.default_base()

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from lora_core.base import checkpoints
+from lora_core.base import checkpoints, placement
 from lora_core.lora import binding
 from lora_core.net import fetch
 from lora_core.service.auth.signing import Signer, upload_url
@@ -121,7 +121,7 @@ def code_reads(env: dict[str, str]) -> tuple:
         fetch.FetchPolicy.from_env,
         checkpoints.weights_dir,
         lambda: binding.BindingCache.from_env().max_bytes,
-        checkpoints.torch_device,
+        placement.settings,
         lambda: cog_serve.upload_url_from(os.environ),
     )
     seen = []
@@ -334,6 +334,12 @@ def test_cog_configs_build_the_services_models_with_the_pinned_tree():
         assert base.startswith(f"python:{build['python_version']}.")  # one Python for service and workers
         # Cog installs the SDK itself (dropping cog/coglet from the requirements): the same version
         assert build["sdk_version"] == pins["cog"] == pins["coglet"]
+        # a prediction naming no base gets SD 1.5 on the GPU images; the code's own default is the tiny base
+        assert cog["environment"] == ["LORA_STUDIO_DEFAULT_BASE=sd-1.5"]
+        with mock.patch.dict(os.environ, dict(v.split("=", 1) for v in cog["environment"])):
+            assert placement.default_base() == "sd-1.5"
+    with mock.patch.dict(os.environ, {"LORA_STUDIO_DEFAULT_BASE": ""}):
+        assert placement.default_base() == "tiny"
     assert all(re.fullmatch(r"[\w.-]+==[\w.+-]+", f"{k}=={v}") for k, v in pins.items())
 
 
@@ -374,7 +380,7 @@ def test_the_build_script_uses_our_schemas_and_gives_back_the_generation_schema(
     log = tmp_path / "log"
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "LOG": str(log), "IMAGE_TAG": "7"}
 
-    def run(*args: str) -> list[str]:
+    def run(*args: str, ok: bool = True) -> list[str]:
         log.write_text("")
         result = subprocess.run(
             ["bash", tmp_path / "deploy/build-cog-images.sh", *args],
@@ -383,11 +389,17 @@ def test_the_build_script_uses_our_schemas_and_gives_back_the_generation_schema(
             text=True,
             timeout=60,
         )
-        assert result.returncode == 0, result.stderr
-        assert "weights/sd-1.5 is missing" in result.stderr
+        assert (result.returncode == 0) == ok, result.stderr
         assert (tmp_path / ".cog/openapi_schema.json").read_bytes() == (ROOT / ".cog/openapi_schema.json").read_bytes()
-        return log.read_text().splitlines()
+        return log.read_text().splitlines() + result.stderr.splitlines()[-1:] * (not ok)
 
+    # the images load their default base, SD 1.5, at setup: without its weights nothing is built
+    assert run(ok=False) == [
+        "lora-studio schema --check",
+        "error: weights/sd-1.5 is missing; the images load it at setup. Run: lora-studio weights fetch sd-1.5",
+    ]
+    (tmp_path / "weights/sd-1.5").mkdir(parents=True)
+    (tmp_path / "weights/sd-1.5/model_index.json").write_text("{}")
     assert run() == [
         "lora-studio schema --check",
         "cog build -f cog.yaml --openapi-schema .cog/openapi_schema.json -t lora-studio-lora:7",

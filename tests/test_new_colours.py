@@ -92,7 +92,9 @@ def test_the_vae_round_trips_held_out_photos(round_trip_figures):
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=ZIGZAG_NOT_MET)
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["object", "style"])
+# object only while the gap is open: each preset is a full training (3 minutes here), and style measured 0.32 when
+# both ran; put "style" back beside it when the goal is met
+@pytest.mark.parametrize("task", ["object"])
 def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, preset_lora):
     trained = preset_lora(f"zigzag-{task}", concept(), seed=0, task=task)
     pipe = train_predictor.bases.get("tiny")

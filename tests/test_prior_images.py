@@ -28,3 +28,14 @@ def test_another_base_or_size_is_another_set(tiny_pipe, tmp_path):
     b = prior_images.prior_examples(tiny_pipe, small, 64, "base-b", folder=tmp_path)
     c = prior_images.prior_examples(tiny_pipe, small, 32, "base-a", folder=tmp_path)
     assert a is not b and len(list(tmp_path.iterdir())) == 3 and c[0].image.size == (32, 32)
+
+
+@pytest.mark.medium
+def test_a_training_may_ask_for_fewer_images_and_gets_that_many(tiny_pipe, tmp_path):
+    """``prior_images`` (a training input): 3 of the 8 prompts get one image each; 11 gives the first three two."""
+    tiny = checkpoints.get_checkpoint("tiny")
+    three = prior_images.prior_examples(tiny_pipe, tiny, 32, "base-a", count=3, folder=tmp_path)
+    assert [e.caption for e in three] == list(tiny.prior_prompts[:3])
+    eleven = prior_images.prior_examples(tiny_pipe, tiny, 32, "base-a", count=11, folder=tmp_path)
+    assert [e.caption for e in eleven] == [p for i, p in enumerate(tiny.prior_prompts) for _ in range(1 + (i < 3))]
+    assert np.array_equal(np.asarray(three[0].image), np.asarray(eleven[0].image))  # the same seeds: the same images

@@ -36,3 +36,15 @@ def test_sampling_logs_lines_replicate_reads(tiny_pipe):
 
 def test_clock_times_read_as_seconds():
     assert [progress.seconds(t) for t in ("00:19", "1:01:40", "?", None)] == [19, 3700, None, None]
+
+
+def test_drawing_prior_images_logs_lines_replicate_reads(tiny_pipe, tmp_path):
+    """The first minute of a GPU training draws them: its progress shows, named, before the training's own."""
+    from lora_core.training import prior_images
+
+    lines: list[str] = []
+    tiny = checkpoints.get_checkpoint("tiny")
+    prior_images.prior_examples(tiny_pipe, tiny, 16, "progress-test", count=10, folder=tmp_path, log=lines.append)
+    read = [REPLICATE.match(line) for line in lines]
+    assert read and all(read) and all("prior images" in line for line in lines), lines
+    assert read[-1].groups() == ("100", "10", "10")

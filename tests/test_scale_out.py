@@ -40,6 +40,9 @@ def test_two_apis_and_two_agents_per_model_lose_and_repeat_nothing_through_kills
         "LORA_STUDIO_SECRET": "scale-out-secret",
         "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": f"127.0.0.1:{hook_port}",
         "LORA_STUDIO_WEBHOOK_BACKOFF_S": "1",
+        # four agents on two cores: one torch thread each, as each has its own GPU when deployed (alone, an agent
+        # takes every core: four of them would each run twice the threads there are cores)
+        "LORA_STUDIO_WORKER_THREADS": "1",
     }
     engine = db.connect(postgres_url)
     with engine.begin() as c:  # a fresh queue (the cluster is shared by this module's tests)

@@ -96,7 +96,7 @@ def test_sigterm_lets_the_running_prediction_finish_takes_nothing_new_and_exits(
     api = Api(service.url, service.token("alice"))
     slow = api.predict(
         GENERATE,
-        {"prompt": "a blue square", "num_inference_steps": 60, "num_outputs": 2, "width": 256, "height": 256},
+        {"prompt": "a blue square", "num_inference_steps": 30, "num_outputs": 2, "width": 256, "height": 256},
         wait=None,
     )
     api.until_progress(slow["id"])

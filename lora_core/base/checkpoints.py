@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lora_core.base import placement
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -133,28 +135,10 @@ REGISTRY: dict[str, Checkpoint] = {
         ),
     ]
 }
-DEFAULT_CHECKPOINT = "tiny"
 
 
 def weights_dir() -> Path:
     return Path(os.environ.get("LORA_STUDIO_WEIGHTS", DEFAULT_WEIGHTS_DIR))
-
-
-def torch_device() -> str:
-    """Where the warm pipeline runs: ``LORA_STUDIO_DEVICE`` if set (``cpu``, ``cuda``, ``cuda:1``), else the GPU when
-    torch sees one (a Cog image on a GPU host), else the CPU. Nothing else chooses a device: code that makes tensors
-    follows the pipeline's own."""
-    import torch
-
-    wanted = os.environ.get("LORA_STUDIO_DEVICE", "").strip()
-    if not wanted:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(
-            f"LORA_STUDIO_DEVICE={wanted} but torch {torch.__version__} sees no CUDA GPU; run the "
-            "container with GPUs (docker run --gpus all) or unset LORA_STUDIO_DEVICE."
-        )
-    return wanted
 
 
 def get_checkpoint(name: str) -> Checkpoint:
@@ -238,7 +222,9 @@ def weights_hash(checkpoint: Checkpoint, root: Path | None = None) -> str:
 class WarmPipelineCache:
     """The process's one warm base pipeline (the only mutable global state of the predictors).
 
-    Holding one keeps memory bounded; asking for another base drops the current one first.
+    Holding one keeps memory bounded; asking for another base drops the current one first. It runs on
+    ``placement.device()`` in ``placement.dtype()``: float16 on a GPU, float32 on a CPU, unless the deployment says
+    otherwise.
     """
 
     def __init__(self, root: Path | None = None) -> None:
@@ -247,11 +233,14 @@ class WarmPipelineCache:
         self.pipeline: Any = None  # a diffusers pipeline once loaded
         self.base_hash = ""
 
-    def get(self, name: str):
+    def get(self, name: str | None = None):
+        """The warm pipeline of base ``name``; None: the deployment's default (``LORA_STUDIO_DEFAULT_BASE``)."""
+        name = name or placement.default_base()
         checkpoint = get_checkpoint(name)
         if self.name != name:
             self.pipeline, self.name = None, None  # release before loading the next
-            self.pipeline = _on_device(load_pipeline(checkpoint, self.root), torch_device())
+            device = placement.device()
+            self.pipeline = _on_device(load_pipeline(checkpoint, self.root, placement.dtype(device)), device)
             self.base_hash = weights_hash(checkpoint, self.root)
             self.pipeline.set_progress_bar_config(disable=True)
             self.name = name
@@ -259,9 +248,9 @@ class WarmPipelineCache:
 
 
 def _on_device(pipe, device: str):
-    """``pipe`` moved to ``device`` (loading is always on the CPU). On a GPU, fp32 matmuls may use TF32 tensor
-    cores: about twice as fast on Ampere and later (A10G, A100), with a 10-bit mantissa, which sampling and LoRA
-    training tolerate."""
+    """``pipe`` moved to ``device`` (loading is always on the CPU). On a GPU, float32 matmuls (a deployment that
+    chose ``LORA_STUDIO_DTYPE=float32``) may use TF32 tensor cores: about twice as fast on Ampere and later, with a
+    10-bit mantissa, which sampling and LoRA training tolerate."""
     if device == "cpu":
         return pipe
     import torch

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from lora_core.base import checkpoints, sampling
+from lora_core.base import checkpoints, placement, sampling
 from lora_core.lora import binding, lora_file, patching, prompts
 from lora_core.net import fetch
 
@@ -60,12 +60,14 @@ def run_generation(
     prompt: str,
     lora_urls: str,
     lora_scales: str,
-    base_model: str,
+    base_model: str | None,
     log: Callable[[str], None] = print,
     **settings,
 ) -> Generation:
-    """One prediction's images; ``settings`` are ``SamplingRequest`` fields (None = the base's default)."""
+    """One prediction's images; ``settings`` are ``SamplingRequest`` fields (None = the base's default), and no
+    ``base_model`` is the deployment's default base (``LORA_STUDIO_DEFAULT_BASE``)."""
     prompt, urls, scales = prompts.parse_request(prompt, lora_urls, lora_scales)
+    base_model = base_model or placement.default_base()
     checkpoint = checkpoints.get_checkpoint(base_model)
     try:
         request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, **settings)  # validated before fetching
@@ -75,5 +77,8 @@ def run_generation(
     loras = load_adapters(fetcher, cache, bases, urls, log)
     with patching.applied(pipe, loras, scales) as texts:
         expanded = request.model_copy(update={"prompt": prompts.expand(prompt, texts)})
-        log(f"settings: {request.model_dump_json()}; scales: {scales}; expanded prompt: {expanded.prompt!r}")
+        log(
+            f"base model {base_model}; settings: {request.model_dump_json()}; scales: {scales}; "
+            f"expanded prompt: {expanded.prompt!r}"
+        )
         return Generation(sampling.sample(pipe, expanded, log=log), request)

@@ -15,11 +15,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
 from lora_core.base import checkpoints, sampling
+from lora_core.progress import Progress
 from lora_core.training import preprocess
 
 _KEPT_IN_MEMORY = 2
@@ -33,13 +35,22 @@ def cache_dir() -> Path:
 
 
 def prior_examples(
-    pipe, checkpoint: checkpoints.Checkpoint, resolution: int, base_hash: str, folder: Path | None = None
+    pipe,
+    checkpoint: checkpoints.Checkpoint,
+    resolution: int,
+    base_hash: str,
+    count: int | None = None,
+    folder: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> list[preprocess.Example]:
-    """``checkpoint.prior_images`` spread over its prior prompts, at ``resolution``; from the caches when there."""
+    """``count`` images (default ``checkpoint.prior_images``) spread over its prior prompts, at ``resolution``;
+    from the caches when there. Drawing them logs progress lines (a minute or more of a GPU training)."""
     import diffusers
     import torch
 
-    per_prompt = max(1, round(checkpoint.prior_images / len(checkpoint.prior_prompts)))
+    count = checkpoint.prior_images if count is None else count
+    prompts = len(checkpoint.prior_prompts)
+    per_prompt = [count // prompts + (i < count % prompts) for i in range(prompts)]  # the first prompts get the rest
     recipe = {
         "base": base_hash,
         "checkpoint": checkpoint.name,
@@ -56,18 +67,21 @@ def prior_examples(
         _memory[key] = _memory.pop(key)  # most recently used last
         return _memory[key]
     folder = (folder or cache_dir()) / key
-    examples = _read(folder) or _write(folder, recipe, _draw(pipe, checkpoint, resolution, per_prompt))
+    examples = _read(folder) or _write(folder, recipe, _draw(pipe, checkpoint, resolution, per_prompt, log))
     _memory[key] = examples
     while len(_memory) > _KEPT_IN_MEMORY:
         _memory.pop(next(iter(_memory)))
     return examples
 
 
-def _draw(pipe, checkpoint: checkpoints.Checkpoint, resolution: int, per_prompt: int) -> list[preprocess.Example]:
-    examples = []
-    for i, prompt in enumerate(checkpoint.prior_prompts):
-        for first in range(0, per_prompt, sampling.MAX_OUTPUTS):
-            count = min(sampling.MAX_OUTPUTS, per_prompt - first)
+def _draw(
+    pipe, checkpoint: checkpoints.Checkpoint, resolution: int, per_prompt: list[int], log: Callable[[str], None]
+) -> list[preprocess.Example]:
+    examples: list[preprocess.Example] = []
+    progress = Progress(sum(per_prompt), log, what="prior images")
+    for i, (prompt, images) in enumerate(zip(checkpoint.prior_prompts, per_prompt, strict=True)):
+        for first in range(0, images, sampling.MAX_OUTPUTS):
+            count = min(sampling.MAX_OUTPUTS, images - first)
             request = sampling.resolve_request(
                 checkpoint.defaults,
                 prompt=prompt,
@@ -80,6 +94,7 @@ def _draw(pipe, checkpoint: checkpoints.Checkpoint, resolution: int, per_prompt:
                 preprocess.Example(f"prior-{i}-{first + k}", image, None, prompt)
                 for k, image in enumerate(sampling.sample(pipe, request, one_pass=True))
             ]
+            progress.step(len(examples))
     return examples
 
 

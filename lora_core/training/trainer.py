@@ -6,6 +6,11 @@ prompt can later be replaced by them. Reads top to bottom; the config is plain d
 
 The warm base is not altered: the text encoder and tokenizer are trained as copies, and
 the UNet's training adapter is deleted when the loop ends, whatever happens.
+
+Mixed precision, as diffusers' DreamBooth-LoRA and textual-inversion scripts do it: on a half-precision base
+(float16 on GPUs) the trained parameters (the LoRA layers, the text encoder copy with its token table) are float32,
+the forward passes run under autocast, and float16 scales the loss so small gradients survive. A float32 base
+trains in float32 as before.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class TrainingConfig(BaseModel):
     seed: int = Field(ge=0)
     mask_floor: float = Field(1.0, ge=0, le=1)
     prior_weight: float = Field(1.0, ge=0, le=10)  # loss weight of the base's own images (0: none)
+    prior_images: int = Field(0, ge=0, le=200)  # how many the base draws for that (training_job draws them)
     warmup_fraction: float = 0.05
 
     @property
@@ -132,11 +138,12 @@ def train_lora(
     them (weighted ``cfg.prior_weight``), so prompts without the new tokens keep the base's look.
     """
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import cast_training_params
     from peft.utils import get_peft_model_state_dict
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    device = pipe.unet.device
-    tokenizer, text_encoder = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    tokenizer, text_encoder = copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder).to(torch.float32)
     new_ids = _add_tokens(tokenizer, text_encoder, cfg.tokens, cfg.init_word)
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     latents, weights = encode_examples(pipe.vae, examples, cfg.mask_floor)
@@ -163,6 +170,7 @@ def train_lora(
     torch.manual_seed(cfg.seed)
     unet.add_adapter(_lora_config(cfg.rank, targets), adapter_name=ADAPTER)
     try:
+        cast_training_params(unet, dtype=torch.float32)  # the LoRA layers only: the base keeps its dtype
         text_encoder.requires_grad_(False)
         if cfg.train_text_encoder:
             text_encoder.add_adapter(_lora_config(cfg.rank, TEXT_TARGETS), adapter_name=ADAPTER)
@@ -185,6 +193,8 @@ def train_lora(
             )
         peak = [g["lr"] for g in groups]
         opt = torch.optim.AdamW(groups, weight_decay=1e-2)
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
         unet.train(), text_encoder.train()
         start, running = time.perf_counter(), 0.0
@@ -205,13 +215,16 @@ def train_lora(
             x0 = x0.to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x0),), generator=gen).to(device)
-            encoder_states = text_encoder(batch_ids.to(device))[0]
-            pred = unet(noise_schedule.add_noise(x0, noise, t), t, encoder_states).sample
+            with autocast:
+                encoder_states = text_encoder(batch_ids.to(device))[0]
+                pred = unet(noise_schedule.add_noise(x0, noise, t), t, encoder_states).sample
             loss = ((pred.float() - noise.float()) ** 2 * batch_weights.to(device)).mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             with torch.no_grad():
                 table[keep] = original_rows[keep]
             running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from lora_core import image_files
-from lora_core.base import checkpoints, sampling
+from lora_core.base import checkpoints, placement, sampling
 from lora_core.lora import binding, lora_convert, lora_file, patching, prompts
 from lora_core.training import dataset, preprocess, presets, prior_images, trainer
 
@@ -25,7 +26,7 @@ class TrainingRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     task: presets.TaskName = "face"
-    base_model: str = checkpoints.DEFAULT_CHECKPOINT
+    base_model: str = Field(default_factory=placement.default_base)  # LORA_STUDIO_DEFAULT_BASE
     seed: int | None = Field(None, ge=0, le=sampling.MAX_SEED)
     resolution: int | None = Field(None, ge=32, le=1024, multiple_of=8)
     max_train_steps: int | None = Field(None, ge=1, le=20_000)
@@ -35,6 +36,8 @@ class TrainingRequest(BaseModel):
     lora_rank: int | None = Field(None, ge=1, le=128)
     train_text_encoder: bool | None = None
     caption_prefix: str | None = Field(None, max_length=200)
+    prior_images: int | None = Field(None, ge=0, le=200)
+    grid_steps: int | None = Field(None, ge=1, le=150)
 
 
 @dataclass
@@ -73,6 +76,7 @@ def resolve_config(
         seed=sampling.random_seed() if request.seed is None else request.seed,
         mask_floor=preset.mask_floor if preset.mask_loss else 1.0,
         prior_weight=preset.prior_weight,
+        prior_images=pick(request.prior_images, checkpoint.prior_images),
     )
     return cfg, preset
 
@@ -86,7 +90,12 @@ def run_training(
     data = dataset.read_instance_zip(zip_path, log=log)
     examples = preprocess.prepare_examples(data, preset, cfg.resolution, "".join(cfg.tokens), log=log)
     log(f"caption example: {examples[0].caption!r}")
-    prior = prior_images.prior_examples(pipe, checkpoint, cfg.resolution, base_hash) if cfg.prior_weight > 0 else []
+    use_prior = cfg.prior_weight > 0 and cfg.prior_images > 0
+    prior = (
+        prior_images.prior_examples(pipe, checkpoint, cfg.resolution, base_hash, cfg.prior_images, log=log)
+        if use_prior
+        else []
+    )
     if prior:
         log(
             f"{len(prior)} prior images of the base ({len(checkpoint.prior_prompts)} prompts), "
@@ -123,16 +132,33 @@ def run_training(
 
     grid_path = out_dir / "scales.png"
     prompt = preset.caption_template.format(tokens="<1>")
-    scale_grid(pipe, binding.bind(pipe, tensors, metadata), prompt, checkpoint, cfg.seed).save(grid_path)
+    lora = binding.bind(pipe, tensors, metadata)
+    scale_grid(pipe, lora, prompt, checkpoint, cfg.seed, cfg.resolution, request.grid_steps).save(grid_path)
     log(f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}")
     return TrainingResult(lora_path, a1111_path, grid_path, metadata)
 
 
-def scale_grid(pipe, lora: binding.BoundLoRA, prompt: str, checkpoint: checkpoints.Checkpoint, seed: int):
-    """One row, same seed, the LoRA at each of GRID_SCALES: shows which scale to pick."""
+def scale_grid(
+    pipe,
+    lora: binding.BoundLoRA,
+    prompt: str,
+    checkpoint: checkpoints.Checkpoint,
+    seed: int,
+    size: int,
+    steps: int | None = None,
+) -> Image.Image:
+    """One row, same seed, the LoRA at each of GRID_SCALES, at the size it was trained: shows which scale to pick.
+    ``steps``: sampling steps (None: the base's recommended number)."""
     images = []
     for scale in GRID_SCALES:
         with patching.applied(pipe, [lora], [scale]) as texts:
-            request = sampling.resolve_request(checkpoint.defaults, prompt=prompts.expand(prompt, texts), seed=seed)
+            request = sampling.resolve_request(
+                checkpoint.defaults,
+                prompt=prompts.expand(prompt, texts),
+                seed=seed,
+                width=size,
+                height=size,
+                num_inference_steps=steps,
+            )
             images.append(sampling.sample(pipe, request)[0])
     return image_files.grid([images], scale=1 if images[0].width >= 256 else 4)
