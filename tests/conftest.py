@@ -130,7 +130,10 @@ def service(tmp_path_factory):
     from service_harness import ServiceProcess
 
     running = ServiceProcess(
-        tmp_path_factory.mktemp("service"), env={"LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1"}
+        tmp_path_factory.mktemp("service"),
+        # one torch thread per worker on any machine, so a test can draw the same pixels in a process of its own
+        # with OMP_NUM_THREADS=1 (another thread count may round a pixel differently)
+        env={"LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1", "LORA_STUDIO_WORKER_THREADS": "1"},
     ).start()
     yield running
     running.stop()

@@ -156,7 +156,12 @@ def test_run_returns_a_trainings_files_and_the_cli_draws_the_apis_pixels(service
     api_images = [_pixels(str(u)) for u in client.run(GENERATE, input={**settings, "lora_urls": lora_url})]
     local = tmp_path / "mine.safetensors"
     local.write_bytes(requests.get(lora_url, timeout=30).content)
-    env = {**os.environ, "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1", "LORA_STUDIO_CACHE_DIR": str(tmp_path / "c")}
+    env = {
+        **os.environ,
+        "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1",
+        "LORA_STUDIO_CACHE_DIR": str(tmp_path / "c"),
+        "OMP_NUM_THREADS": "1",  # as the service's workers (conftest): the same arithmetic, pixel for pixel
+    }
     for source in (lora_url, str(local)):
         out = subprocess.run(
             [
