@@ -73,7 +73,7 @@ def test_a_300_mb_lora_arrives_intact_and_no_process_holds_it_whole(tmp_path):
         api = Api(service.url, service.token("alice"))
         body = api.predict(TRAINING, {"instance_data": a_zip(), "task": "object"}, wait=60)
         assert body["status"] == "succeeded", (body.get("error"), body.get("logs"), agent.log())
-        assert "uploaded lora (300.0 MB)" in body["logs"]  # the predictor handed it over itself, streamed
+        assert "uploaded lora (314.6 MB)" in body["logs"]  # the predictor handed it over itself, streamed (300 MiB)
 
         got = requests.get(body["output"]["lora"], stream=True, timeout=60)
         assert got.status_code == 200 and int(got.headers["content-length"]) > SIZE

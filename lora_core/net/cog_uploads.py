@@ -72,5 +72,5 @@ def deliver(files: Mapping[str, Path], log: Callable[[str], None] = print) -> di
         for name, path in files.items():
             started, size = time.monotonic(), path.stat().st_size
             out[name] = put_file(endpoint, Path(path), session)
-            log(f"uploaded {name} ({size / 2**20:.1f} MB) in {time.monotonic() - started:.1f} s")
+            log(f"uploaded {name} ({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
     return out
