@@ -12,7 +12,7 @@ from cog import BaseModel, BaseRunner, Input, Path
 from pydantic import ValidationError
 
 from lora_core import output_dirs
-from lora_core.base import checkpoints, placement, sampling
+from lora_core.base import checkpoints, sampling
 from lora_core.net import cog_uploads
 from lora_core.training import training_job
 
@@ -95,7 +95,7 @@ class Predictor(BaseRunner):
         try:
             request = training_job.TrainingRequest(
                 task=task,
-                base_model=base_model or placement.default_base(),
+                base_model=base_model,
                 seed=seed,
                 resolution=resolution,
                 max_train_steps=max_train_steps,

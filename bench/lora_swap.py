@@ -46,11 +46,6 @@ PREDICTION_STEPS = {"tiny": 25, "sd15": 10}
 # --- fixtures: an SD-1.5-sized pipeline and LoRA files ---------------------------------------------------------
 
 
-def sd15_sized_pipeline(dtype=torch.float16):
-    """SD 1.5's UNet, text encoder and VAE shapes with random weights (``tools.sd15_sized``), memory-mapped."""
-    return sd15_sized.load(dtype=dtype)
-
-
 def write_random_loras(pipe, folder: Path, count: int = 4) -> list[Path]:
     """``count`` LoRA files in our layout (r8 on attention and text encoder, two token vectors, fp16)."""
     table = binding.module_table(pipe)
@@ -210,59 +205,55 @@ def prediction_seconds(pipe, files: list[list[Path]], steps: int, repeats: int) 
     load(copies["hotswap"], [0], unet_only)
     copies["hotswap"].set_adapters(names[0], adapter_weights=scales)
 
-    def unload_load(round_: int) -> None:
-        pair = 1 - round_ % 2
+    def unload_load(pair: int) -> None:
         target = copies["unload+load"]
         target.unload_lora_weights()
         load(target, [pair])
         target.set_adapters(names[pair], adapter_weights=scales)
         sampling.sample(target, request)
 
-    def set_adapters(round_: int) -> None:
-        pair = 1 - round_ % 2
+    def set_adapters(pair: int) -> None:
         copies["set_adapters"].set_adapters(names[pair], adapter_weights=scales)
         sampling.sample(copies["set_adapters"], request)
 
-    def fuse(round_: int) -> None:
-        pair = 1 - round_ % 2
+    def fuse(pair: int) -> None:
         target = copies["fuse_lora"]
         target.unfuse_lora()
         target.set_adapters(names[pair], adapter_weights=scales)
         target.fuse_lora(adapter_names=names[pair])
         sampling.sample(target, request)
 
-    def hotswap(round_: int) -> None:
-        pair = 1 - round_ % 2
+    def hotswap(pair: int) -> None:
         target = copies["hotswap"]
         for name, weights in zip(names[0], unet_only[pair], strict=True):  # into the loaded adapters' slots
             target.load_lora_weights(dict(weights), adapter_name=name, hotswap=True)
         sampling.sample(target, request)
 
-    def ours(round_: int) -> None:
-        pair = 1 - round_ % 2
+    def ours(pair: int) -> None:
         with patching.applied(ours_pipe, bound[pair], scales):
             sampling.sample(ours_pipe, request)
 
     ways = {
-        "bare": lambda _round: sampling.sample(ours_pipe, request),
+        "bare": lambda _pair: sampling.sample(ours_pipe, request),
         "ours": ours,
         "diffusers unload+load": unload_load,
         "diffusers set_adapters": set_adapters,
         "diffusers fuse_lora": fuse,
         "diffusers hotswap": hotswap,
     }
-    result = _interleaved(ways, repeats)  # each round switches every way to the other pair
+    result = _interleaved(ways, repeats)
     copies.clear()  # the copies go before the next measurement
     return result
 
 
 def _interleaved(ways: Mapping[str, Callable[[int], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each way, run in interleaved rounds (``way(round)``; round 0 warms up, untimed)."""
+    """Median seconds of each way, run in interleaved rounds (round 0 warms up, untimed). Each is called with the
+    pair of LoRAs to switch to, 1 then 0 then 1…: every round switches to the other pair."""
     times: dict[str, list[float]] = {way: [] for way in ways}
     for round_ in range(repeats + 1):
         for way, run in ways.items():
             start = time.perf_counter()
-            run(round_)
+            run(1 - round_ % 2)
             if round_:
                 times[way].append(time.perf_counter() - start)
     return {way: statistics.median(t) for way, t in times.items()}
@@ -281,11 +272,11 @@ def patch_and_sample_seconds(pipe, bound: list[binding.BoundLoRA], repeats: int)
     defaults = checkpoints.get_checkpoint("tiny").defaults
     request = sampling.resolve_request(defaults, prompt="a photo of a red circle", seed=0, num_inference_steps=25)
 
-    def sample_with(_round: int) -> None:
+    def sample_with(_pair: int) -> None:
         with patching.applied(pipe, bound, [0.5, 0.5]):
             sampling.sample(pipe, request)
 
-    both = _interleaved({"without": lambda _round: sampling.sample(pipe, request), "with": sample_with}, repeats)
+    both = _interleaved({"without": lambda _pair: sampling.sample(pipe, request), "with": sample_with}, repeats)
     return _median_seconds(patch, repeats * 10), both["without"], both["with"]
 
 
@@ -315,8 +306,8 @@ import gc, re
 from pathlib import Path
 from lora_core.lora import binding, lora_file, patching
 from lora_core.base import checkpoints, sampling
-from bench.lora_swap import sd15_sized_pipeline
-pipe = sd15_sized_pipeline(dtype=__import__('torch').float32) if {base!r} == 'sd15' else \\
+from lora_core.tools import sd15_sized
+pipe = sd15_sized.load(dtype=__import__('torch').float32) if {base!r} == 'sd15' else \\
     checkpoints.load_pipeline(checkpoints.get_checkpoint('tiny'))
 pipe.set_progress_bar_config(disable=True)
 gc.collect()
@@ -341,7 +332,7 @@ def measure(repeats: int, quick: bool = False) -> list[Metric]:
         tmp = Path(tmp_name)
         cases = {"tiny": checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))}
         cases["tiny"].set_progress_bar_config(disable=True)
-        cases["sd15"] = sd15_sized_pipeline()
+        cases["sd15"] = sd15_sized.load()
         for name, pipe in cases.items():
             folder = tmp / name
             folder.mkdir()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.lora_swap import _median_seconds, sd15_sized_pipeline
+from bench.lora_swap import _median_seconds
 from bench.results import Metric
 from lora_core.base import checkpoints, sampling
+from lora_core.tools import sd15_sized
 
 
 def _ratio(pipe, request: sampling.SamplingRequest, repeats: int) -> tuple[float, float]:
@@ -40,7 +41,7 @@ def measure(quick: bool) -> list[Metric]:
         )
     ]
     del tiny
-    sd15 = sd15_sized_pipeline(dtype=torch.float32)
+    sd15 = sd15_sized.load(dtype=torch.float32)
     request = sampling.resolve_request(
         defaults, prompt="a photo of a red circle", seed=0, num_outputs=2, num_inference_steps=2
     )

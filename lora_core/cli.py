@@ -50,12 +50,12 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from lora_core.base import checkpoints, placement
+    from lora_core.base import checkpoints
     from lora_core.training import training_job
 
     request = training_job.TrainingRequest(
         task=args.task,
-        base_model=args.base_model or placement.default_base(),
+        base_model=args.base_model,
         seed=args.seed,
         max_train_steps=args.steps,
     )

@@ -81,6 +81,13 @@ def draw(pipe, prompt: str, seeds) -> list:
     ]
 
 
+def pipe_weights(pipe) -> dict[str, torch.Tensor]:
+    """A copy of every parameter of the parts LoRAs patch (``component.name``), to compare bit for bit later."""
+    from lora_core.lora import binding
+
+    return {f"{c}.{n}": p.detach().clone() for c in binding.COMPONENTS for n, p in getattr(pipe, c).named_parameters()}
+
+
 def call_predictor(predictor, **given):
     """Call ``run`` the way Cog does: every input present, defaults taken from their ``Input``."""
     params = inspect.signature(predictor.run).parameters

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pipe_weights
 from lora_core.base import checkpoints, sampling
 from lora_core.lora import binding, patching, prompts, token_slots
 from lora_core.lora.lora_file import LoRAFileError
@@ -39,21 +40,17 @@ def hooked(pipe):
     return sum(len(m._forward_hooks) for c in ("unet", "text_encoder") for m in getattr(pipe, c).modules())
 
 
-def weights(pipe) -> dict[str, torch.Tensor]:
-    return {f"{c}.{n}": p.detach().clone() for c in binding.COMPONENTS for n, p in getattr(pipe, c).named_parameters()}
-
-
 def test_a_failure_inside_the_block_still_restores_the_base_bit_for_bit(pipe):
     adapter = binding.bind(pipe, *random_lora(pipe))
-    base, before = draw(pipe, "a red circle"), weights(pipe)
+    base, before = draw(pipe, "a red circle"), pipe_weights(pipe)
     with pytest.raises(RuntimeError, match="sampling broke"):
         with patching.applied(pipe, [adapter], [1.0]) as texts:
-            inside = weights(pipe)
+            inside = pipe_weights(pipe)
             changed = {name.rsplit(".", 1)[0] for name in before if not torch.equal(before[name], inside[name])}
             assert changed >= set(adapter.layers) and hooked(pipe) == 0  # merged into the weights, no hooks
             assert not np.array_equal(draw(pipe, "a red circle"), base)
             raise RuntimeError("sampling broke")
-    after = weights(pipe)
+    after = pipe_weights(pipe)
     assert all(torch.equal(before[name], after[name]) for name in before if not name.endswith("token_embedding.weight"))
     assert np.array_equal(draw(pipe, "a red circle"), base)
     # the slot rows were zeroed: naming a slot outside a prediction reads nothing of the last one
@@ -65,12 +62,12 @@ def test_a_failure_inside_the_block_still_restores_the_base_bit_for_bit(pipe):
 def test_a_block_that_never_finished_restoring_is_restored_by_the_next(pipe):
     """A cancel can land inside the restore itself: whatever is still merged goes back at the next prediction."""
     adapter = binding.bind(pipe, *random_lora(pipe, seed=3))
-    before = weights(pipe)
+    before = pipe_weights(pipe)
     interrupted = patching.applied(pipe, [adapter], [1.0])
     interrupted.__enter__()  # merged, and its restore never runs
-    assert not all(torch.equal(before[n], w) for n, w in weights(pipe).items())
+    assert not all(torch.equal(before[n], w) for n, w in pipe_weights(pipe).items())
     with patching.applied(pipe, [], []):
-        inside = weights(pipe)
+        inside = pipe_weights(pipe)
     assert all(torch.equal(before[n], inside[n]) for n in before if not n.endswith("token_embedding.weight"))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import purple_stars
+from conftest import pipe_weights, purple_stars
 from lora_core.base import checkpoints, sampling
 from lora_core.lora import binding, patching, prompts
 from lora_core.training import presets, trainer
@@ -19,11 +19,6 @@ def half_pipe():
     pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"), dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def weights(pipe) -> dict[str, torch.Tensor]:
-    parts = {c: pipe.components[c] for c in binding.COMPONENTS}
-    return {f"{c}.{n}": p.detach().clone() for c, model in parts.items() for n, p in model.named_parameters()}
 
 
 def draw(pipe, prompt: str) -> np.ndarray:
@@ -51,7 +46,7 @@ def test_a_bfloat16_base_trains_float32_lora_parameters_and_stays_pristine(half_
         init_word="object",
         seed=0,
     )
-    before = weights(half_pipe)
+    before = pipe_weights(half_pipe)
     trained = trainer.train_lora(half_pipe, examples, cfg, log=lambda _: None)
     tensors = {**trained.unet, **(trained.text_encoder or {})}
     # trained in float32 (the optimiser's updates would vanish in a half-precision parameter), and they moved
@@ -59,7 +54,7 @@ def test_a_bfloat16_base_trains_float32_lora_parameters_and_stays_pristine(half_
     assert all(torch.isfinite(t).all() for t in tensors.values()) and np.isfinite(trained.final_loss)
     assert any(k.endswith("lora_B.weight") and t.abs().sum() > 0 for k, t in trained.unet.items())
     # the warm base: still bfloat16, bit for bit what it was, and no training layers left in it
-    after = weights(half_pipe)
+    after = pipe_weights(half_pipe)
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert {t.dtype for t in after.values()} == {torch.bfloat16}
 
@@ -74,11 +69,11 @@ def test_a_bfloat16_base_samples_with_merged_loras_and_is_restored(half_pipe):
             tensors[f"{path}.lora_B.weight"] = torch.randn(shape[0], 4, generator=gen) * 0.3
     adapter = binding.bind(half_pipe, tensors, {})
     assert {layer.up.dtype for layer in adapter.layers.values()} == {torch.bfloat16}  # merged in the base's dtype
-    before, base = weights(half_pipe), draw(half_pipe, "a red circle")
+    before, base = pipe_weights(half_pipe), draw(half_pipe, "a red circle")
     with patching.applied(half_pipe, [adapter], [1.0]) as texts:
         changed = draw(half_pipe, prompts.expand("a red circle", texts))
     assert np.abs(changed - base).mean() > 2
-    after = weights(half_pipe)
+    after = pipe_weights(half_pipe)
     assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("token_embedding.weight"))
     assert np.array_equal(draw(half_pipe, "a red circle"), base)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lora_core import image_files
 from lora_core.base import checkpoints, placement, sampling
@@ -26,7 +26,7 @@ class TrainingRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     task: presets.TaskName = "face"
-    base_model: str = Field(default_factory=placement.default_base)  # LORA_STUDIO_DEFAULT_BASE
+    base_model: str = Field(default_factory=placement.default_base)  # None too: LORA_STUDIO_DEFAULT_BASE
     seed: int | None = Field(None, ge=0, le=sampling.MAX_SEED)
     resolution: int | None = Field(None, ge=32, le=1024, multiple_of=8)
     max_train_steps: int | None = Field(None, ge=1, le=20_000)
@@ -38,6 +38,12 @@ class TrainingRequest(BaseModel):
     caption_prefix: str | None = Field(None, max_length=200)
     prior_images: int | None = Field(None, ge=0, le=200)
     grid_steps: int | None = Field(None, ge=1, le=150)
+
+    @field_validator("base_model", mode="before")
+    @classmethod
+    def _default_base(cls, name: str | None) -> str:
+        """An empty ``base_model`` (the predictors' and the CLI's) is the deployment's default, resolved here once."""
+        return name or placement.default_base()
 
 
 @dataclass
