@@ -14,6 +14,7 @@
     fraction of one 25-step sampling on the tiny base.
 (d) ``cached_url_resolve``: resolving a URL already in the file cache (time, bytes, requests).
 (e) ``generate_peak_rss``: peak RSS of a process generating with 2 LoRAs vs. the base alone.
+(f) ``rss_after_many_predictions``: RSS after 200 alternating predictions vs after 10 (a leak would grow it).
 """
 
 from __future__ import annotations
@@ -107,17 +108,20 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) -> dict[str, float]:
-    """Median seconds to go from LoRAs (urls[0], urls[1]) to (urls[2], urls[3]) and back, three ways."""
+    """Median seconds to go from LoRAs (urls[0], urls[1]) to (urls[2], urls[3]) and back: ours with the files read
+    and bound each time ("cold") or found bound ("warm"), ours entering the same pair at the same scales again (a
+    user's next batch: "repeat"), diffusers' unload + load; and "copy", copying the weights of the layers the
+    LoRAs touch once (what any merge into a second buffer must at least read and write)."""
     pairs = [urls[:2], urls[2:4]]
     files = [[fetcher.fetch(u).path for u in pair] for pair in pairs]
     scales = [0.5, 0.7]
     cache = binding.BindingCache()
     state = {"turn": 0, "context": None}
 
-    def ours(use_cache: bool):
+    def ours(use_cache: bool, alternate: bool = True):
         def swap():
             pair = pairs[state["turn"] % 2]
-            state["turn"] += 1
+            state["turn"] += alternate
             if state["context"] is not None:
                 state["context"].__exit__(None, None, None)
             if not use_cache:
@@ -154,9 +158,15 @@ def swap_seconds(pipe, fetcher: fetch.Fetcher, urls: list[str], repeats: int) ->
         pipe.set_adapters(names, adapter_weights=scales)
 
     result = {}
-    for name, fn in (("cold", ours(False)), ("warm", ours(True))):
+    for name, fn in (("cold", ours(False)), ("warm", ours(True)), ("repeat", ours(True, alternate=False))):
         result[name] = _median_seconds(fn, repeats)
         close()
+    weights = [
+        getattr(pipe, path.split(".", 1)[0]).get_submodule(path.split(".", 1)[1]).weight
+        for path in binding.bind(pipe, *lora_file.read_lora(files[0][0])).layers
+    ]
+    buffers = [torch.empty_like(w) for w in weights]
+    result["copy"] = _median_seconds(lambda: [b.copy_(w) for b, w in zip(buffers, weights, strict=True)], repeats)
     result["diffusers"] = _median_seconds(diffusers_swap, repeats)
     pipe.unload_lora_weights()
     return result
@@ -326,6 +336,43 @@ print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path('/proc/self/status').read_text(
     return float(out.stdout.strip().splitlines()[-1])
 
 
+RSS_PREDICTIONS = 200
+
+
+def _rss_over_predictions(folder: Path, predictions: int) -> tuple[float, float]:
+    """(RSS in MB after 10 predictions, after ``predictions``) of a fresh process running predictions through
+    ``generation_job.run_generation`` as the predictor does: each URL fetched (from the file cache after the
+    first time) and bound (or found bound), merged, sampled, restored; alternating between the pairs (0, 1) and
+    (2, 3) of ``folder``'s LoRAs, at scales that change every few predictions."""
+    code = f"""
+import re, tempfile
+from pathlib import Path
+from bench.lora_swap import fetcher_for, serve
+from lora_core.base import checkpoints
+from lora_core.lora import binding, generation_job
+root, server = serve(Path({str(folder)!r}))
+bases, cache = checkpoints.WarmPipelineCache(), binding.BindingCache()
+fetcher = fetcher_for(Path(tempfile.mkdtemp()))
+rss = {{}}
+for n in range({predictions}):
+    first = 2 * (n % 2)
+    generation_job.run_generation(
+        bases, fetcher, cache, prompt="a photo of <1> and <2>",
+        lora_urls=f"{{root}}/lora{{first}}.safetensors|{{root}}/lora{{first + 1}}.safetensors",
+        lora_scales=f"{{0.3 + 0.1 * (n // 4 % 5):.1f}}|0.6", base_model="tiny", log=lambda _: None,
+        num_inference_steps=4, seed=n,
+    )
+    if n + 1 in (10, {predictions}):
+        rss[n + 1] = int(re.search(r"VmRSS:\\s+(\\d+) kB", Path('/proc/self/status').read_text())[1]) / 1024
+print(rss[10], rss[{predictions}])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=checkpoints.REPO_ROOT)
+    if out.returncode:
+        raise RuntimeError(f"RSS run failed:\n{out.stderr[-3000:]}")
+    after_10, after_all = out.stdout.strip().splitlines()[-1].split()
+    return float(after_10), float(after_all)
+
+
 def measure(repeats: int, quick: bool = False) -> list[Metric]:
     metrics: list[Metric] = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -370,7 +417,12 @@ def measure(repeats: int, quick: bool = False) -> list[Metric]:
                         note="the same swap, in ms",
                     )
                 )
-            for mode in ("cold", "warm"):
+            modes = {
+                "cold": "read + bind each time",
+                "warm": "adapters already bound",
+                "repeat": "the same pair at the same scales again (a user's next batch): nothing to merge",
+            }
+            for mode, how in modes.items():
                 metrics.append(
                     Metric(
                         f"swap_{mode}_{name}_ms",
@@ -378,10 +430,21 @@ def measure(repeats: int, quick: bool = False) -> list[Metric]:
                         "ms",
                         baseline=s["diffusers"] * 1e3,
                         ratio=s[mode] / s["diffusers"],
-                        note=f"{name}: {what}; "
-                        + ("read + bind each time" if mode == "cold" else "adapters already bound"),
+                        limit=50.0 if name == "sd15" and mode == "repeat" else None,
+                        note=f"{name}: {what}; {how}",
                     )
                 )
+            metrics.append(
+                Metric(
+                    f"swap_vs_copy_{name}",
+                    s["warm"] / s["copy"],
+                    "x",
+                    baseline=s["copy"] * 1e3,
+                    ratio=s["warm"] / s["copy"],
+                    note=f"{name}: a warm swap to a new pair (merging W + up@down into the layers' second buffers) "
+                    "vs only copying the same layers' weights once, the memory traffic any such merge needs",
+                )
+            )
             if name == "tiny":
                 bound = [binding.bind(pipe, *lora_file.read_lora(fetcher.fetch(u).path)) for u in urls[:2]]
                 patch_s, sample_s, sample_with_s = patch_and_sample_seconds(pipe, bound, max(3, repeats // 4))
@@ -453,6 +516,20 @@ def measure(repeats: int, quick: bool = False) -> list[Metric]:
             )
             server.shutdown()
         del cases
+        after_10, after_all = _rss_over_predictions(tmp / "tiny", RSS_PREDICTIONS // (10 if quick else 1))
+        metrics.append(
+            Metric(
+                "rss_after_many_predictions",
+                after_all / after_10,
+                "x",
+                baseline=after_10,
+                ratio=after_all / after_10,
+                limit=1.05,
+                note=f"RSS of a generation process (tiny base, the predictor's fetcher and adapter cache) after "
+                f"{RSS_PREDICTIONS // (10 if quick else 1)} predictions alternating between two pairs of LoRAs at "
+                f"changing scales ({after_all:.0f} MB) vs after 10 ({after_10:.0f} MB)",
+            )
+        )
         for name in ("sd15", "tiny"):
             paths = sorted(str(p) for p in (tmp / name).glob("lora[01].safetensors"))
             base_mb, with_mb = _peak_rss_mb(name, []), _peak_rss_mb(name, paths)

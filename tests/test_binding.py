@@ -71,6 +71,48 @@ def test_a_block_that_never_finished_restoring_is_restored_by_the_next(pipe):
     assert all(torch.equal(before[n], inside[n]) for n in before if not n.endswith("token_embedding.weight"))
 
 
+def test_the_next_batch_with_the_same_loras_and_scales_merges_nothing(pipe, monkeypatch):
+    """A buffer keeps what it holds: only another LoRA, another scale, or a write to the LoRA's tensors or to the
+    buffer since, merges again; the images and the base are the same either way."""
+    a, b = (binding.bind(pipe, *random_lora(pipe, seed)) for seed in (5, 6))
+    merges: list[int] = []
+    merge = patching.merge
+    monkeypatch.setattr(patching, "merge", lambda *args: merges.append(1) or merge(*args))
+
+    def merged_layers(adapters, scales):
+        merges.clear()
+        with patching.applied(pipe, adapters, scales):
+            image = draw(pipe, "a photo of a red circle")
+        return len(merges), image
+
+    before = pipe_weights(pipe)
+    layers = sum(
+        patching.mergeable(
+            getattr(pipe, path.split(".", 1)[0]).get_submodule(path.split(".", 1)[1]), [(x.down, x.up, 1)]
+        )
+        for path, x in a.layers.items()
+    )
+    count, first = merged_layers([a], [0.5])
+    assert count == layers > 0
+    count, again = merged_layers([a], [0.5])
+    assert count == 0 and np.array_equal(again, first)
+    assert merged_layers([a], [0.6])[0] == layers
+    assert merged_layers([a, b], [0.6, 0.5])[0] == len(set(a.layers) | set(b.layers))
+    assert merged_layers([b, a], [0.5, 0.6])[0] > 0  # the order of the sum is part of what a buffer holds
+    assert merged_layers([a], [0.5])[0] == layers
+    path, layer = next(iter(a.layers.items()))
+    layer.up.mul_(1.0)  # an in-place write to a LoRA tensor, even one that changes nothing
+    assert merged_layers([a], [0.5])[0] == 1
+    unet_layer = pipe.unet.get_submodule(next(p for p in a.layers if p.startswith("unet.")).split(".", 1)[1])
+    with patching.applied(pipe, [a], [0.5]), torch.no_grad():
+        unet_layer.weight.add_(0)  # a write through the merged parameter lands in the buffer
+    assert merged_layers([a], [0.5])[0] == 1
+    count, last = merged_layers([a], [0.5])
+    assert count == 0 and np.array_equal(last, first)
+    after = pipe_weights(pipe)
+    assert all(torch.equal(before[n], after[n]) for n in before if not n.endswith("token_embedding.weight"))
+
+
 def test_a_merged_layer_computes_what_the_lora_layer_does():
     """W + s*up@down against PEFT's/kohya's computation (W x + s * up(down(x))), for a linear layer and for a
     convolution (the down-projection with the layer's kernel, stride and padding; a 1x1 up-projection)."""

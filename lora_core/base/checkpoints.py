@@ -240,14 +240,14 @@ class WarmPipelineCache:
         if self.name != name:
             self.pipeline, self.name = None, None  # release before loading the next
             device = placement.device()
-            self.pipeline = _on_device(load_pipeline(checkpoint, self.root, placement.dtype(device)), device)
+            self.pipeline = on_device(load_pipeline(checkpoint, self.root, placement.dtype(device)), device)
             self.base_hash = weights_hash(checkpoint, self.root)
             self.pipeline.set_progress_bar_config(disable=True)
             self.name = name
         return self.pipeline
 
 
-def _on_device(pipe, device: str):
+def on_device(pipe, device: str):
     """``pipe`` moved to ``device`` (loading is always on the CPU). On a GPU, float32 matmuls (a deployment that
     chose ``LORA_STUDIO_DTYPE=float32``) may use TF32 tensor cores: about twice as fast on Ampere and later, with a
     10-bit mantissa, which sampling and LoRA training tolerate."""

@@ -8,9 +8,10 @@ The original weight is never written. Entering writes ``W + delta`` into a secon
 ``addmm`` per layer for all its LoRAs together, reading W once) and points the layer's parameter at it; leaving
 points the parameter back at the original tensor. So the base is the original bit for bit after every prediction,
 whether it succeeded, failed or was cancelled, and restoring costs nothing: no copy, on a CPU or a GPU. The
-buffers cost memory once (the patchable layers only), never a reload. Measured at SD-1.5 size on a 2-core CPU
-(``bench lora``, a swap against diffusers' unload + load in the same run): 0.19-0.25x, where copying back from a
-pristine clone and merging each LoRA in place took 0.27x.
+buffers cost memory once (the patchable layers only), never a reload. A buffer keeps what it holds after the
+block: entering again with the same LoRAs at the same scales (a user's next batch) merges nothing. Measured at
+SD-1.5 size on a 2-core CPU (``bench lora``, a swap against diffusers' unload + load in the same run): 0.19-0.25x,
+where copying back from a pristine clone and merging each LoRA in place took 0.27x.
 
 Hooks remain only where merging cannot give the same computation: a grouped convolution, or a convolution LoRA
 whose up-projection is not 1x1. The token embeddings go into reserved slot rows, zeroed afterwards.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +63,10 @@ def _scaled_embeddings(pipe, adapter: BoundLoRA, embeddings: torch.Tensor, scale
 
 
 @contextlib.contextmanager
-def applied(pipe, adapters: list[BoundLoRA], scales: list[float]):
-    """Within the block, ``pipe`` draws with ``adapters`` at ``scales``; yields the text each ``<k>`` becomes."""
+def applied(pipe, adapters: list[BoundLoRA], scales: list[float], *, merge_layers: bool = True):
+    """Within the block, ``pipe`` draws with ``adapters`` at ``scales``; yields the text each ``<k>`` becomes.
+    ``merge_layers=False`` runs every layer's LoRAs as hooks, the unfused computation of PEFT's layers: the
+    benchmark's baseline for merging."""
     deltas: dict[str, list[Delta]] = {}
     texts: list[str] = []
     vectors: list[torch.Tensor] = []
@@ -90,16 +94,20 @@ def applied(pipe, adapters: list[BoundLoRA], scales: list[float]):
         restore(pipe)  # what an earlier block could not finish restoring (a cancel landing in its finally)
         with torch.no_grad():
             for path, module_deltas in deltas.items():
-                component, module_path = path.split(".", 1)
-                module = models[component].get_submodule(module_path)
-                if not mergeable(module, module_deltas):
+                module = store.module(models, path)
+                if not (merge_layers and mergeable(module, module_deltas)):
                     hook = _conv_hook if isinstance(module, torch.nn.Conv2d) else _linear_hook
                     handles.append(module.register_forward_hook(partial(hook, module_deltas)))
                     continue
-                pristine, buffer = store.buffers_of(path, module.weight)
-                store.merged[path] = module.weight  # listed first: a cancel after the next line still restores
-                merge(buffer, pristine, module_deltas)
-                module.weight.data = buffer
+                weight = cast(torch.nn.Parameter, module.weight)
+                pristine, buffer = store.buffers_of(path, weight)
+                store.merged[path] = weight  # listed first: a cancel after the next line still restores
+                if not store.holds(path, module_deltas):
+                    store.contents.pop(path, None)  # unlisted first: a merge cut short is done again next time
+                    merge(buffer, pristine, module_deltas)
+                    store.contents[path] = (module_deltas, _versions(module_deltas))
+                weight.data = buffer
+                store.pointed[path] = weight._version
         yield texts
     finally:
         restore(pipe)
@@ -125,6 +133,10 @@ def merge(out: torch.Tensor, weight: torch.Tensor, deltas: list[Delta]) -> None:
     """``out = weight + sum(factor * up @ down)`` in the weight's own dtype: the LoRAs' ranks side by side make one
     ``addmm`` for all of them, reading ``weight`` once and writing ``out`` once, with no temporary the size of the
     weight. A convolution's down-projection is its kernel flattened; its up-projection is 1x1 (``mergeable``)."""
+    if len(deltas) == 1:  # the common case: no concatenation, the factor as addmm's alpha
+        down, up, factor = deltas[0]
+        torch.addmm(weight.flatten(1), up.flatten(1), down.flatten(1), alpha=factor, out=out.view(out.shape[0], -1))
+        return
     ups = torch.cat([up.flatten(1) * factor for _, up, factor in deltas], dim=1)
     downs = torch.cat([down.flatten(1) for down, _, _ in deltas], dim=0)
     torch.addmm(weight.flatten(1), ups, downs, out=out.view(out.shape[0], -1))
@@ -132,12 +144,37 @@ def merge(out: torch.Tensor, weight: torch.Tensor, deltas: list[Delta]) -> None:
 
 @dataclass
 class _Store:
-    """Kept with the pipeline, per layer a LoRA has touched: its original weight tensor and a buffer of the same
-    shape for the merged one; and the parameters that point at a merged buffer now."""
+    """Kept with the pipeline, per layer a LoRA has touched: its original weight tensor, a buffer of the same
+    shape for the merged one and what that buffer holds; and the parameters that point at a merged buffer now."""
 
     pristine: dict[str, torch.Tensor] = field(default_factory=dict)
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    contents: dict[str, tuple[list[Delta], tuple[int, ...]]] = field(default_factory=dict)
     merged: dict[str, torch.nn.Parameter] = field(default_factory=dict)
+    pointed: dict[str, int] = field(default_factory=dict)  # a merged parameter's version counter when re-pointed
+    modules: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = field(default_factory=dict)
+
+    def module(self, models: dict[str, torch.nn.Module], path: str) -> torch.nn.Module:
+        """The layer at ``path`` ("unet.down_blocks.0…"), looked up once per component model (a swap touches a
+        few hundred layers; ``get_submodule`` walks each path)."""
+        component, module_path = path.split(".", 1)
+        owner, module = self.modules.get(path, (None, None))
+        if owner is not models[component] or module is None:
+            module = models[component].get_submodule(module_path)
+            self.modules[path] = (models[component], module)
+        return module
+
+    def holds(self, path: str, deltas: list[Delta]) -> bool:
+        """Whether the layer's buffer already holds ``W + deltas``: the same LoRA tensors (the very objects, kept
+        here, unchanged since by their version counters) at the same factors, and no in-place write through the
+        parameter while it pointed at the buffer (``restore`` checks its counter; torch does not count writes
+        through ``.data``). So a prediction with the LoRAs and scales of the one before (a user's next batch)
+        merges nothing."""
+        held = self.contents.get(path)
+        if held is None or len(held[0]) != len(deltas):
+            return False
+        same = all(d is d2 and u is u2 and f == f2 for (d, u, f), (d2, u2, f2) in zip(held[0], deltas, strict=True))
+        return same and held[1] == _versions(deltas)
 
     def buffers_of(self, path: str, weight: torch.nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
         """(the original tensor, the merge buffer) of a layer that is not merged now. A parameter that no longer
@@ -146,7 +183,13 @@ class _Store:
         if pristine is None or not _same_tensor(pristine, weight.data):
             self.pristine[path] = pristine = weight.data
             self.buffers[path] = torch.empty_like(pristine, memory_format=torch.contiguous_format)
+            self.contents.pop(path, None)
         return pristine, self.buffers[path]
+
+
+def _versions(deltas: list[Delta]) -> tuple[int, ...]:
+    """The version counters (bumped by every in-place write) of a layer's LoRA tensors."""
+    return tuple(t._version for down, up, _ in deltas for t in (down, up))
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -166,5 +209,8 @@ def restore(pipe) -> None:
     an interruption here leaves the rest for the next call."""
     store = _store(pipe)
     for path in list(store.merged):
-        store.merged[path].data = store.pristine[path]
+        param = store.merged[path]
+        if param._version != store.pointed.pop(path, None):  # written to in the block, or never re-pointed
+            store.contents.pop(path, None)
+        param.data = store.pristine[path]
         del store.merged[path]
