@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, cast
 
-from cog import BaseRunner, Input, Path
+from cog import BaseRunner, Input, Path, current_scope
 
 from lora_core import image_files, output_dirs
 from lora_core.base import checkpoints
@@ -90,7 +90,7 @@ class Predictor(BaseRunner):
             ge=0,
             le=MAX_SEED,
             description="Random seed. Image i uses seed + i and is exactly the single "
-            "image of the same input with seed + i. Empty: random (shown in the logs).",
+            "image of the same input with seed + i. Empty: random (recorded in the prediction's provenance).",
         ),
         output_format: str = Input(default="png", choices=["png", "webp", "jpg"], description="Image file format."),
     ) -> list[Path]:
@@ -112,6 +112,8 @@ class Predictor(BaseRunner):
             seed=seed,
             log=lambda line: print(line, flush=True),
         )
+        # the seed drawn, the LoRA files by sha256, the base's hash, versions: the service keeps it for re-runs
+        current_scope().record_metric("provenance", generation.provenance.model_dump(mode="json"))
         return [
             Path(p)
             for p in image_files.save_images(

@@ -3,8 +3,10 @@
 import http.server
 import io
 import json
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -13,6 +15,7 @@ from PIL import Image
 from conftest import zip_images
 from lora_core import progress
 from lora_core.service.auth.signing import verify_webhook
+from lora_core.service.auth.tokens import TOKEN_COOKIE
 from lora_core.tiny import tiny_world
 from service_harness import Api, progress_steps
 
@@ -120,6 +123,68 @@ def test_history_pages_newest_first(alice):
     assert len(seen) == len(set(seen)) and set(made) <= set(seen)
     for pid in made:
         assert alice.wait(pid)["status"] == "succeeded"
+
+
+def _random_lora_file(tiny_pipe) -> bytes:
+    """A LoRA for the tiny base that nobody designed: random rank-4 layers on every attention projection."""
+    import tempfile
+
+    import torch
+
+    from lora_core.lora import binding, lora_file
+
+    gen, tensors = torch.Generator().manual_seed(11), {}
+    for path, shape in binding.module_table(tiny_pipe).shapes.items():
+        if path.endswith(("to_q", "to_k", "to_v", "to_out.0")) and len(shape) == 2:
+            tensors[f"{path}.lora_A.weight"] = torch.randn(4, shape[1], generator=gen) * 0.3
+            tensors[f"{path}.lora_B.weight"] = torch.randn(shape[0], 4, generator=gen) * 0.3
+    with tempfile.TemporaryDirectory() as folder:
+        return lora_file.write_lora(
+            Path(folder) / "l.safetensors", tensors, {"lora_studio.init_word": "object"}
+        ).read_bytes()
+
+
+def test_a_fork_reruns_a_random_seed_and_finds_its_lora_by_sha256_when_the_server_is_gone(alice, tiny_pipe):
+    """The parent drew its seed and fetched its LoRA from a server that has since gone: the fork without changes
+    takes the recorded seed and the same bytes from the owner's files (found by sha256), and draws the same image."""
+    data = _random_lora_file(tiny_pipe)
+    upload = alice("POST", "/v1/files", files={"content": ("mine.safetensors", data, "application/octet-stream")})
+    sha256 = upload.json()["checksums"]["sha256"]
+    folder = Path(tempfile.mkdtemp())
+    (folder / "shared.safetensors").write_bytes(data)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/shared.safetensors"
+    parent = alice.predict(GENERATE, {"prompt": "a photo of <1>", "lora_urls": url, "lora_scales": "0.8"})
+    server.shutdown()
+    server.server_close()
+    assert parent["status"] == "succeeded", parent["error"]
+    record = parent["provenance"]
+    assert parent["input"].get("seed") is None and isinstance(record["seed"], int)
+    assert record["loras"] == [{"url": url, "sha256": sha256, "size": len(data), "scale": 0.8}]
+    assert record["base_model"] == "tiny" and len(record["base_hash"]) >= 12 and record["dtype"] == "float32"
+    assert record["settings"]["seed"] == record["seed"] and record["settings"]["num_inference_steps"] > 0
+    assert set(record["versions"]) >= {"lora_studio", "torch", "diffusers"}
+    fork = alice("POST", f"/v1/predictions/{parent['id']}/fork", json={}, headers={"Prefer": "wait=60"}).json()
+    fork = alice.wait(fork["id"])
+    assert fork["status"] == "succeeded", fork["error"]
+    assert fork["input"]["seed"] == record["seed"]
+    assert fork["input"]["lora_urls"] == upload.json()["urls"]["get"]  # the same bytes, from the owner's files
+    assert fork["provenance"]["loras"][0]["sha256"] == sha256
+    assert fork["provenance"]["rerun"] == {"of": parent["id"], "exact": True, "differences": []}
+    page = requests.get(
+        f"{alice.base}/predictions/{fork['id']}",
+        cookies={TOKEN_COOKIE: alice.session.headers["Authorization"].removeprefix("Bearer ")},
+        timeout=30,
+    )
+    assert "an exact re-run (the same seed, LoRA files, base weights and versions)" in page.text
+    assert requests.get(fork["output"][0]).content == requests.get(parent["output"][0]).content
+    redrawn = alice.wait(
+        alice("POST", f"/v1/predictions/{parent['id']}/fork", json={"input": {"seed": None}}).json()["id"]
+    )
+    assert redrawn["provenance"]["seed"] != record["seed"]  # an explicit empty seed draws anew
+    assert redrawn["provenance"]["rerun"]["differences"] == ["other settings or seed"]
 
 
 def test_fork_reruns_the_parent_with_one_change(alice):

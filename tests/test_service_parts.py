@@ -33,7 +33,7 @@ def test_the_migrations_build_exactly_the_declared_tables(engine):
     assert diff == []
     db.migrate(engine)  # a second start changes nothing
     with engine.connect() as c:
-        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0003"
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0004"
 
 
 def _create(engine, owner="alice", model="lora-studio/lora"):

@@ -90,9 +90,10 @@ def test_progress_seed_and_prompt_come_from_the_logs():
 
 def test_a_fork_diff_names_the_changes_and_the_seed_a_random_one_drew():
     parent = {"prompt": "a", "seed": None, "num_outputs": 4}
-    diff = pages.input_diff(parent, {**parent, "seed": 8}, 'settings: {"seed":7}')
+    diff = pages.input_diff(parent, {**parent, "seed": 8}, pages.drawn_seed({"logs": 'settings: {"seed":7}'}))
     assert diff == [pages.Change("seed", None, 8, "drew 7")]
     assert pages.input_diff(parent, dict(parent)) == []
+    assert pages.drawn_seed({"provenance": {"seed": 9}, "logs": 'settings: {"seed":7}'}) == 9  # the record first
 
 
 # ---- in the browser --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from lora_core import provenance
 from lora_core.base import checkpoints, placement, sampling
 from lora_core.lora import binding, lora_file, patching, prompts
 from lora_core.net import fetch
@@ -22,7 +23,7 @@ def load_adapters(
     bases: checkpoints.WarmPipelineCache,
     urls: list[str],
     log: Callable[[str], None],
-) -> list[binding.BoundLoRA]:
+) -> list[tuple[binding.BoundLoRA, fetch.FetchedFile]]:
     """Each URL fetched (or found in the file cache) and bound to the warm base (or found in ``cache``)."""
     pipe, loaded = bases.pipeline, []
     for i, url in enumerate(urls, 1):
@@ -42,7 +43,7 @@ def load_adapters(
             f"{'' if adapter.embeddings is None else f', {len(adapter.embeddings)} token vectors'}"
             f"{', bound now' if cache.misses > misses else ', already bound'}"
         )
-        loaded.append(adapter)
+        loaded.append((adapter, fetched))
     return loaded
 
 
@@ -50,6 +51,7 @@ def load_adapters(
 class Generation:
     images: list  # PIL images, output i drawn with seed + i
     settings: sampling.SamplingRequest  # as resolved (the seed it drew included), with the prompt as the user wrote it
+    provenance: provenance.Provenance  # what decided the pixels: to re-make them, or say why that cannot be exact
 
 
 def run_generation(
@@ -74,11 +76,24 @@ def run_generation(
     except ValidationError as e:
         raise sampling.SettingsError.of(e) from None
     pipe = bases.get(base_model)
-    loras = load_adapters(fetcher, cache, bases, urls, log)
-    with patching.applied(pipe, loras, scales) as texts:
+    loaded = load_adapters(fetcher, cache, bases, urls, log)
+    record = provenance.Provenance(
+        seed=request.seed,
+        base_model=base_model,
+        base_hash=bases.base_hash,
+        loras=[
+            provenance.LoRAUse(url=url, sha256=fetched.sha256, size=fetched.size, scale=scale)
+            for url, (_, fetched), scale in zip(urls, loaded, scales, strict=True)
+        ],
+        settings=request.model_dump(mode="json"),
+        versions=provenance.versions(),
+        device=str(pipe.device),
+        dtype=str(pipe.unet.dtype).removeprefix("torch."),
+    )
+    with patching.applied(pipe, [adapter for adapter, _ in loaded], scales) as texts:
         expanded = request.model_copy(update={"prompt": prompts.expand(prompt, texts)})
         log(
             f"base model {base_model}; settings: {request.model_dump_json()}; scales: {scales}; "
             f"expanded prompt: {expanded.prompt!r}"
         )
-        return Generation(sampling.sample(pipe, expanded, log=log), request)
+        return Generation(sampling.sample(pipe, expanded, log=log), request, record)

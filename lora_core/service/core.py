@@ -119,6 +119,28 @@ class Service:
             raise ApiError(404, "Not found", f"No {kind or 'prediction'} {prediction_id!r} found.")
         return row
 
+    def fork_input(self, parent: dict, changes: dict[str, Any]) -> dict[str, Any]:
+        """The parent's input with ``changes``, and what the parent drew or fetched kept unless changed, so that a
+        fork without changes re-runs it exactly: the seed it drew (its seed was empty; ``"seed": null`` draws
+        anew), and each LoRA file found by sha256 among the owner's files (its signed URL expired, its server
+        gone, its bytes changed since). A LoRA found nowhere keeps its URL."""
+        merged = {**parent["input"], **changes}
+        record = parent.get("provenance") or {}
+        if "seed" not in changes and parent["input"].get("seed") is None and record.get("seed") is not None:
+            merged["seed"] = record["seed"]
+        loras, value = record.get("loras") or [], merged.get("lora_urls")
+        if "lora_urls" in changes or not loras or not isinstance(value, str):
+            return merged
+        urls = [url.strip() for url in value.split("|")]
+        if len(urls) != len(loras):  # not the list the record was made from
+            return merged
+        for i, lora in enumerate(loras):
+            row = files.by_sha256(self.engine, parent["owner"], lora["sha256"])
+            if row is not None and row["id"] not in self.urls.own_file_ids(urls[i]):
+                urls[i] = self.urls.file_api(row)
+        merged["lora_urls"] = "|".join(urls)
+        return merged
+
     def file(self, file_id: str, owner: str) -> dict:
         row = files.get(self.engine, file_id, owner)
         if row is None:

@@ -32,6 +32,7 @@ def prediction(row: dict, urls: Urls, file_rows: list[dict]) -> dict[str, Any]:
         "started_at": timestamp(row["started_at"]),
         "completed_at": timestamp(row["completed_at"]),
         "metrics": row["metrics"] or {},
+        "provenance": row.get("provenance"),  # not Replicate's: what a generation used, for exact re-runs
         "urls": urls.prediction(row),
         "forked_from": row["forked_from"],
     }

@@ -240,7 +240,7 @@ async def fork_prediction(
     body: ForkRequest = body_of(ForkRequest),
 ):
     parent = await run_in_threadpool(svc.prediction, prediction_id, who)
-    merged = {**parent["input"], **body.input}
+    merged = await run_in_threadpool(svc.fork_input, parent, body.input)
     fork = ModelPredictionRequest(input=merged, webhook=body.webhook, webhook_events_filter=body.webhook_events_filter)
     return await _create(request, svc, who, svc.model(parent["model"]), fork, forked_from=parent["id"])
 

@@ -58,6 +58,7 @@ def create(
         error=None,
         logs="",
         metrics=None,
+        provenance=None,
         webhook=webhook,
         webhook_events_filter=webhook_events_filter,
         forked_from=forked_from,
@@ -243,11 +244,14 @@ def finish(
     error: str | None = None,
     logs: str | None = None,
     metrics: dict | None = None,
+    provenance: dict | None = None,
 ) -> Row | None:
     """The final state, once (None if it already had one, or belongs to another worker)."""
     assert status in TERMINAL
     now = utcnow()
     values: dict[str, Any] = {"status": status, "completed_at": now, "error": error}
+    if provenance is not None:
+        values["provenance"] = provenance
     if output is not None:
         values["output"] = output
     if logs is not None:

@@ -40,6 +40,7 @@ predictions = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("logs", sa.Text, nullable=False, default=""),
     sa.Column("metrics", sa.JSON),
+    sa.Column("provenance", sa.JSON),  # a generation's record for exact re-runs (lora_core.provenance)
     sa.Column("webhook", sa.Text),
     sa.Column("webhook_events_filter", sa.JSON),
     sa.Column("forked_from", sa.String(32)),

@@ -143,6 +143,19 @@ def get(engine: Engine, file_id: str, owner: str | None = None) -> Row | None:
     return row_by_id(engine, F, file_id, owner)
 
 
+def by_sha256(engine: Engine, owner: str, sha256: str) -> Row | None:
+    """The owner's newest file with these bytes (an upload or an output), if any."""
+    with engine.connect() as c:
+        row = (
+            c.execute(
+                sa.select(F).where(F.c.owner == owner, F.c.sha256 == sha256).order_by(F.c.created_at.desc()).limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else None
+
+
 def of_prediction(engine: Engine, prediction_id: str) -> list[Row]:
     with engine.connect() as c:
         return [

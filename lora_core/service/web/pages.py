@@ -168,6 +168,12 @@ def resolved_seed(logs: str) -> int | None:
     return int(match[1]) if match else None
 
 
+def drawn_seed(row: dict) -> int | None:
+    """The seed a run used: a generation's provenance records it; a training's logs say it."""
+    seed = (row.get("provenance") or {}).get("seed")
+    return seed if isinstance(seed, int) else resolved_seed(row.get("logs") or "")
+
+
 def lora_prompt(logs: str, default: str = "a photo of <1>") -> str:
     """The prompt the training drew its scales grid with: the natural first prompt for its LoRA."""
     match = re.search(r"""sample grid: (['"])(.*?<1>.*?)\1""", logs or "")
@@ -191,10 +197,9 @@ class Change:
     before_note: str = ""  # e.g. the seed an empty (random) seed drew
 
 
-def input_diff(parent: dict, child: dict, parent_logs: str = "") -> list[Change]:
-    """The inputs the fork changed, in the child's order."""
+def input_diff(parent: dict, child: dict, drawn: int | None = None) -> list[Change]:
+    """The inputs the fork changed, in the child's order; ``drawn``: the seed the parent's empty seed drew."""
     names = list(child) + [k for k in parent if k not in child]
-    drawn = resolved_seed(parent_logs)
     return [
         Change(
             k,

@@ -169,7 +169,7 @@ async def model_form(request: Request, model_owner: str, name: str, fork: str | 
         if parent["model"] != model.full_name:
             return await _message(request, 404, "Not found", f"{fork} is a prediction of {parent['model']}.", viewer)
         given = dict(parent["input"])
-        if given.get("seed") is None and (seed := pages.resolved_seed(parent["logs"] or "")) is not None:
+        if given.get("seed") is None and (seed := pages.drawn_seed(parent)) is not None:
             given["seed"] = seed  # the seed it drew, so a tweak changes only what the user changes
         sources.append(given)
     sources.append({k: v for k, v in request.query_params.items() if k != "fork"})
@@ -270,7 +270,7 @@ def _prediction_context(svc: Service, row: dict, owner: str) -> dict[str, Any]:
     file_rows = files.of_prediction(svc.engine, row["id"]) if row["output"] is not None else []
     items = pages.output_items(row["output"], file_rows, svc.urls.file)
     parent = predictions.get(svc.engine, row["forked_from"], owner) if row["forked_from"] else None
-    diff = pages.input_diff(parent["input"], row["input"], parent["logs"] or "") if parent else []
+    diff = pages.input_diff(parent["input"], row["input"], pages.drawn_seed(parent)) if parent else []
     model = svc.models.get(row["model"])
     return {
         "p": svc.render(row),
@@ -295,7 +295,7 @@ def _image_seeds(row: dict, items: list[pages.OutputItem]) -> list[int]:
     by the same input with that seed and one output (``sampling`` draws every output in its own pass)."""
     seed = row["input"].get("seed")
     if seed is None:
-        seed = pages.resolved_seed(row["logs"] or "")
+        seed = pages.drawn_seed(row)
     images = [i for i in items if i.is_image and i.url]
     if row["kind"] != "prediction" or seed is None or len(images) < 2:
         return []

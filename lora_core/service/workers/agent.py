@@ -24,7 +24,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+from pydantic import ValidationError
 
+from lora_core import provenance
 from lora_core.net import cog_uploads
 from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy
 from lora_core.service.auth.signing import Signer, upload_url
@@ -395,9 +397,18 @@ class Agent:
                 status, error = "failed", problem + detail
         elif status == "failed" and detail and error and detail not in error:
             error += detail  # Cog's server says only "upload returned status 507": say what the store said
+        record = _provenance((metrics or {}).get("provenance"), row, self.engine)
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
         done = predictions.finish(
-            self.engine, pid, status, worker=worker.name, output=output, error=error, logs=logs, metrics=metrics
+            self.engine,
+            pid,
+            status,
+            worker=worker.name,
+            output=output,
+            error=error,
+            logs=logs,
+            metrics=metrics,
+            provenance=record,
         )
         worker.finished.set()
         if done:
@@ -471,6 +482,23 @@ def _cog_error(response: requests.Response) -> str:
     if isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[2:])}: {d.get('msg')}" for d in detail)
     return f"the worker refused the input (HTTP {response.status_code}): {detail}"
+
+
+def _provenance(value: Any, row: dict, engine) -> dict | None:
+    """The generation's record from the predictor's metrics, checked against its model (a worker's payload is
+    bounded, not trusted for shape); None when absent or malformed (logged: the prediction itself stands). A
+    fork's says whether it re-ran its parent exactly, and if not, what differs."""
+    if value is None:
+        return None
+    try:
+        record = provenance.Provenance.model_validate({**value, "rerun": None})
+    except (ValidationError, TypeError) as e:
+        log.warning("ignored a malformed provenance record: %s", e)
+        return None
+    parent = predictions.get(engine, row["forked_from"]) if row.get("forked_from") else None
+    if parent and parent.get("provenance"):
+        record = provenance.compared(provenance.Provenance.model_validate(parent["provenance"]), record, parent["id"])
+    return record.model_dump(mode="json")
 
 
 def _worker_error(error: str | None) -> str | None:

@@ -1,0 +1,92 @@
+"""What a generation used, recorded with it so that it can be made again bit for bit, and told when it cannot.
+
+A prediction's inputs do not say what ran: an empty seed is drawn, empty settings come from the base's defaults,
+a LoRA URL can point at other bytes tomorrow (or expire), and the base's weights, the libraries and the precision
+decide the last bits of every pixel. The predictor records all of it (Cog's prediction metrics carry it to the
+service, which returns it as the prediction's ``provenance``); a fork without changes re-runs with the recorded seed,
+and ``differences`` says what would keep a re-run from being exact.
+
+Torch-free on purpose: the service reads and compares these without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+import lora_core
+
+LIBRARIES = ("torch", "diffusers", "transformers", "peft")
+MAX_LORAS = 8
+
+
+class LoRAUse(BaseModel):
+    url: str = Field(max_length=16384)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    scale: float
+
+
+class Rerun(BaseModel):
+    """A fork's record against its parent's, added by the service: exact, or what differs."""
+
+    of: str = Field(max_length=64)
+    exact: bool
+    differences: list[str]
+
+
+class Provenance(BaseModel):
+    """Everything that decides a generation's pixels beside its inputs as written."""
+
+    seed: int = Field(ge=0)
+    base_model: str = Field(max_length=128)
+    base_hash: str = Field(max_length=128)
+    loras: list[LoRAUse] = Field(max_length=MAX_LORAS)
+    settings: dict[str, Any]  # the resolved SamplingRequest: every default filled in, the seed drawn
+    versions: dict[str, str]
+    device: str = Field(max_length=64)
+    dtype: str = Field(max_length=32)
+    rerun: Rerun | None = None  # a fork's: set by the service, not the predictor
+
+
+def versions() -> dict[str, str]:
+    """The project's version and the libraries that compute the pixels (read from their metadata: no import)."""
+    found = {"lora_studio": lora_core.__version__}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def compared(parent: Provenance, fork: Provenance, parent_id: str) -> Provenance:
+    """``fork`` with its ``rerun`` against ``parent``."""
+    found = differences(parent, fork)
+    return fork.model_copy(update={"rerun": Rerun(of=parent_id, exact=not found, differences=found)})
+
+
+def differences(parent: Provenance, rerun: Provenance) -> list[str]:
+    """What keeps ``rerun`` from being a bit-exact re-run of ``parent``, one sentence each (none: it is exact, on the
+    same machine type)."""
+    found = []
+    if rerun.base_hash != parent.base_hash:
+        found.append(
+            f"the base model's weights differ ({parent.base_model} {parent.base_hash[:12]} then, "
+            f"{rerun.base_model} {rerun.base_hash[:12]} now)"
+        )
+    for name in sorted(set(parent.versions) | set(rerun.versions)):
+        then, now = parent.versions.get(name, "absent"), rerun.versions.get(name, "absent")
+        if then != now:
+            found.append(f"{name} {then} then, {now} now")
+    if (parent.device, parent.dtype) != (rerun.device, rerun.dtype):
+        found.append(f"ran on {parent.device} in {parent.dtype} then, on {rerun.device} in {rerun.dtype} now")
+    then_loras = [(lora.sha256, lora.scale) for lora in parent.loras]
+    now_loras = [(lora.sha256, lora.scale) for lora in rerun.loras]
+    if then_loras != now_loras:
+        found.append("other LoRA files or scales (by sha256)")
+    if {**parent.settings, "seed": parent.seed} != {**rerun.settings, "seed": rerun.seed}:
+        found.append("other settings or seed")
+    return found
