@@ -273,17 +273,20 @@ def _interleaved(ways: Mapping[str, Callable[[int], object]], repeats: int) -> d
 
 
 def patch_and_sample_seconds(pipe, bound: list[binding.BoundLoRA], repeats: int) -> tuple[float, float, float]:
-    """(enter+leave ``applied`` with 2 LoRAs, one 25-step sampling without, the same with them)."""
+    """(enter+leave ``applied`` with 2 LoRAs, one 25-step sampling without, the same with them). The scales
+    alternate, so that every entry merges afresh (the same LoRAs at the same scales merge nothing)."""
+    turn = [0]
 
     def patch():
-        with patching.applied(pipe, bound, [0.5, 0.5]):
+        turn[0] += 1
+        with patching.applied(pipe, bound, [0.5 + 0.1 * (turn[0] % 2)] * 2):
             pass
 
     defaults = checkpoints.get_checkpoint("tiny").defaults
     request = sampling.resolve_request(defaults, prompt="a photo of a red circle", seed=0, num_inference_steps=25)
 
-    def sample_with(_pair: int) -> None:
-        with patching.applied(pipe, bound, [0.5, 0.5]):
+    def sample_with(pair: int) -> None:
+        with patching.applied(pipe, bound, [0.5 + 0.1 * pair] * 2):
             sampling.sample(pipe, request)
 
     both = _interleaved({"without": lambda _pair: sampling.sample(pipe, request), "with": sample_with}, repeats)
