@@ -10,8 +10,9 @@ import requests
 from PIL import Image
 
 from conftest import zip_images
+from lora_core.service.auth.tokens import TOKEN_COOKIE
 from lora_core.tiny import tiny_eval, tiny_world
-from service_harness import progress_steps
+from service_harness import Api, progress_steps
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
 
@@ -59,3 +60,35 @@ def test_train_then_generate_with_the_official_client(service, tmp_path):
 
     page = client.predictions.list()
     assert {p.model for p in page.results} >= {"lora-studio/lora", "lora-studio/lora-training"}
+
+    # the training's destination named its LoRA: carol/stars draws what the URL draws, bit for bit
+    assert "published as carol/stars:1" in training.logs
+    named = client.run("lora-studio/lora", input={**inputs, "lora_scales": "1", "lora_urls": "carol/stars:1"})
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(_images(named), tuned_images, strict=True))
+    _names_are_private_until_made_public(service, lora_url)
+
+
+def _names_are_private_until_made_public(service, lora_url: str) -> None:
+    carol, dave = (Api(service.url, service.token(who)) for who in ("carol", "dave"))
+    listing = carol("GET", "/v1/loras").json()["results"]
+    assert [(x["ref"], x["visibility"], x["latest_version"]) for x in listing] == [("carol/stars", "private", 1)]
+    version = listing[0]["versions"][0]
+    page = requests.get(f"{service.url}/loras", cookies={TOKEN_COOKIE: service.token("carol")}, timeout=30).text
+    assert 'data-lora="carol/stars"' in page and "lora_urls=carol%2Fstars" in page  # "Use" fills the form
+    assert requests.get(version["urls"]["download"], timeout=30).content == requests.get(lora_url, timeout=30).content
+    # another owner: a private name reads exactly as a missing one, in the catalog and in lora_urls
+    missing, private = dave("GET", "/v1/loras/carol/nothing"), dave("GET", "/v1/loras/carol/stars")
+    assert missing.status_code == private.status_code == 404
+    assert missing.json()["detail"].replace("nothing", "X") == private.json()["detail"].replace("stars", "X")
+    refused = dave(
+        "POST", "/v1/models/lora-studio/lora/predictions", json={"input": {"prompt": "<1>", "lora_urls": "carol/stars"}}
+    )
+    assert refused.status_code == 422 and "no LoRA named 'carol/stars'" in refused.json()["detail"]
+    assert dave("PATCH", "/v1/loras/carol/stars", json={"visibility": "public"}).status_code == 404
+    # a destination of another owner's is refused before anything runs
+    r = dave("POST", "/v1/trainings", json={"destination": "carol/stars", "input": {"instance_data": lora_url}})
+    assert r.status_code == 422 and "dave/<name>" in r.json()["detail"]
+    assert carol("PATCH", "/v1/loras/carol/stars", json={"visibility": "public"}).json()["visibility"] == "public"
+    used = dave.predict("lora-studio/lora", {"prompt": "a photo of <1>", "lora_urls": "carol/stars", "seed": 1})
+    assert used["status"] == "succeeded" and used["provenance"]["loras"][0]["sha256"] == version["sha256"]
+    assert used["provenance"]["loras"][0]["url"] == "carol/stars"  # as dave wrote it, not the signed URL

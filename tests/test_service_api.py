@@ -187,6 +187,25 @@ def test_a_fork_reruns_a_random_seed_and_finds_its_lora_by_sha256_when_the_serve
     assert redrawn["provenance"]["rerun"]["differences"] == ["other settings or seed"]
 
 
+def test_a_deleted_prediction_keeps_its_row_and_its_files_answer_404(alice, bob):
+    done = alice.predict(GENERATE, {"prompt": "a photo of a red circle", "seed": 3})
+    image = done["output"][0]
+    assert requests.get(image, timeout=10).status_code == 200
+    assert bob("DELETE", f"/v1/predictions/{done['id']}").status_code == 404  # not bob's: not found
+    slow = alice.predict(GENERATE, {"prompt": "a blue square", "num_inference_steps": 150, "num_outputs": 4}, wait=None)
+    r = alice("DELETE", f"/v1/predictions/{slow['id']}")
+    assert r.status_code == 409 and "cancel it" in r.json()["detail"], r.text
+    alice("POST", f"/v1/predictions/{slow['id']}/cancel")
+    assert alice("DELETE", f"/v1/predictions/{done['id']}").status_code == 204
+    gone = alice("GET", f"/v1/predictions/{done['id']}").json()
+    assert gone["data_removed"] is True and gone["output"] is None and gone["input"] == {} and gone["logs"] == ""
+    assert gone["status"] == "succeeded" and gone["provenance"] is None
+    assert requests.get(image, timeout=10).status_code == 404  # the signed URL too
+    r = alice("POST", f"/v1/predictions/{done['id']}/fork", json={})
+    assert r.status_code == 409 and "removed" in r.json()["detail"]
+    assert alice.wait(slow["id"])["status"] == "canceled"
+
+
 def test_fork_reruns_the_parent_with_one_change(alice):
     parent = alice.predict(GENERATE, {"prompt": "a photo of a yellow circle", "seed": 5})
     r = alice(

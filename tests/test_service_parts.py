@@ -1,6 +1,7 @@
 """The service's parts without a running server: schema, queue, paging, validation, signing, URLs, storage."""
 
 import base64
+import datetime
 import io
 import os
 
@@ -128,6 +129,29 @@ def test_cancel_finish_and_interrupted(engine):
     row = predictions.get(engine, left_running["id"])
     assert row["status"] == "failed" and "interrupted" in row["error"]
     assert predictions.get(engine, still_queued["id"])["status"] == "starting"
+
+
+def test_retention_removes_what_ended_long_enough_ago_and_nothing_else(engine, tmp_path):
+    store = file_store.LocalFileStore(tmp_path / "files")
+    old, recent, running = _create(engine), _create(engine), _create(engine)
+    for _ in (old, recent, running):  # all three claimed (running), in order
+        predictions.claim_next(engine, "lora-studio/lora", "w1", "inst-a")
+    for row in (old, recent):
+        output = files.save(
+            engine, store, owner="alice", name="out.png", stream=io.BytesIO(b"png"), limit=10, prediction_id=row["id"]
+        )
+        predictions.finish(engine, row["id"], "succeeded", output=[{"file": output["id"]}], logs="step 1")
+    with engine.begin() as c:  # the first ended two days ago
+        two_days = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(days=2)
+        c.execute(db.predictions.update().where(db.predictions.c.id == old["id"]).values(completed_at=two_days))
+    assert predictions.remove_expired(engine, store, datetime.timedelta(days=1)) == [old["id"]]
+    gone = predictions.get(engine, old["id"])
+    assert gone["data_removed"] and gone["input"] == {} and gone["output"] is None and gone["logs"] == ""
+    assert files.of_prediction(engine, old["id"]) == [] and len(list((tmp_path / "files").rglob("*.*"))) == 1
+    kept = predictions.get(engine, recent["id"])
+    assert not kept["data_removed"] and kept["input"] == {"prompt": "x"} and files.of_prediction(engine, recent["id"])
+    assert predictions.remove_data(engine, store, running["id"]) is None  # running: nothing removed
+    assert predictions.remove_expired(engine, store, datetime.timedelta(days=1)) == []  # removed once
 
 
 def test_tokens_are_stored_hashed_and_resolve_to_their_owner(engine):

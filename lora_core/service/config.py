@@ -63,6 +63,7 @@ class ServiceConfig(BaseModel):
     metrics_token: str | None = None  # GET /metrics asks for it as a bearer token when set (open when not)
     worker_start_timeout_s: float = 300.0
     worker_threads: int | None = None  # torch threads of each local Cog server; None: the machine's cores split evenly
+    retention_days: float | None = None  # an ended prediction's input, output files and logs go after this; None: kept
 
     @classmethod
     def from_env(
@@ -170,6 +171,7 @@ class ServiceEnv(BaseSettings):
     owner_running: int | None = Field(None, ge=0, validation_alias="LORA_STUDIO_OWNER_MAX_RUNNING")
     owner_upload_bytes: int | None = Field(None, ge=0)
     worker_threads: int | None = Field(None, ge=1)
+    retention_days: float | None = Field(None, gt=0)
 
 
 def _stored_secret(data_dir: Path) -> str:

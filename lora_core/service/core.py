@@ -12,13 +12,14 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import Engine
 
 from lora_core.net.fetch import FetchError, checked_url_address
+from lora_core.service import views
 from lora_core.service.auth import tokens
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import InputError, InvalidField, Model
 from lora_core.service.queue import limits, outputs, predictions
 from lora_core.service.queue.webhooks import check_url
 from lora_core.service.runtime import Runtime
-from lora_core.service.storage import file_store, files
+from lora_core.service.storage import file_store, files, loras
 from lora_core.service.workers.pool import WorkerPool
 
 log = logging.getLogger("lora_studio.service")
@@ -122,24 +123,55 @@ class Service:
     def fork_input(self, parent: dict, changes: dict[str, Any]) -> dict[str, Any]:
         """The parent's input with ``changes``, and what the parent drew or fetched kept unless changed, so that a
         fork without changes re-runs it exactly: the seed it drew (its seed was empty; ``"seed": null`` draws
-        anew), and each LoRA file found by sha256 among the owner's files (its signed URL expired, its server
-        gone, its bytes changed since). A LoRA found nowhere keeps its URL."""
+        anew), and each LoRA by the sha256 of the file it used, where an entry no longer names those bytes (a
+        signed URL expired, a server gone, a name with a newer version): the named version that has them (as
+        ``owner/name:N``), else the owner's file. A LoRA found nowhere keeps its entry."""
+        if parent.get("data_removed"):
+            raise ApiError(409, "Conflict", f"{parent['id']}'s input and output were removed: nothing to fork.")
         merged = {**parent["input"], **changes}
         record = parent.get("provenance") or {}
         if "seed" not in changes and parent["input"].get("seed") is None and record.get("seed") is not None:
             merged["seed"] = record["seed"]
-        loras, value = record.get("loras") or [], merged.get("lora_urls")
-        if "lora_urls" in changes or not loras or not isinstance(value, str):
+        record_loras, value = record.get("loras") or [], merged.get("lora_urls")
+        if "lora_urls" in changes or not record_loras or not isinstance(value, str):
             return merged
         urls = [url.strip() for url in value.split("|")]
-        if len(urls) != len(loras):  # not the list the record was made from
+        if len(urls) != len(record_loras):  # not the list the record was made from
             return merged
-        for i, lora in enumerate(loras):
-            row = files.by_sha256(self.engine, parent["owner"], lora["sha256"])
-            if row is not None and row["id"] not in self.urls.own_file_ids(urls[i]):
+        owner = parent["owner"]
+        for i, lora in enumerate(record_loras):
+            if self._names_bytes(urls[i], owner) == lora["sha256"]:
+                continue
+            if named := loras.by_sha256(self.engine, lora["sha256"], owner):
+                urls[i] = f"{named['owner']}/{named['name']}:{named['version']}"  # that version, not the newest
+            elif row := files.by_sha256(self.engine, owner, lora["sha256"]):
                 urls[i] = self.urls.file_api(row)
         merged["lora_urls"] = "|".join(urls)
         return merged
+
+    # ---- named LoRAs ----------------------------------------------------------------------------------------
+    def lora(self, lora_owner: str, name: str, viewer: str) -> dict:
+        """``owner/name`` as the API shows it, if the viewer may see it (another owner's private one: 404)."""
+        versions = loras.versions(self.engine, lora_owner, name, viewer)
+        if not versions:
+            raise ApiError(404, "Not found", f"No LoRA {lora_owner}/{name} found.")
+        return views.lora(versions, self.urls)
+
+    def loras_of(self, owner: str) -> list[dict]:
+        return [views.lora(versions, self.urls) for versions in loras.of_owner(self.engine, owner)]
+
+    def set_lora_visibility(self, lora_owner: str, name: str, viewer: str, visibility: str) -> dict:
+        if lora_owner != viewer or not loras.set_visibility(self.engine, lora_owner, name, visibility):
+            raise ApiError(404, "Not found", f"No LoRA {lora_owner}/{name} of yours found.")
+        return self.lora(lora_owner, name, viewer)
+
+    def remove_data(self, prediction_id: str, owner: str, kind: str | None = None) -> None:
+        """``DELETE``: an ended prediction's files, input, output and logs removed (``data_removed``)."""
+        row = self.prediction(prediction_id, owner, kind)
+        if predictions.remove_data(self.engine, self.store, row["id"]) is None:
+            raise ApiError(
+                409, "Conflict", f"{row['id']} is {row['status']}: cancel it, then delete it once it has ended."
+            )
 
     def file(self, file_id: str, owner: str) -> dict:
         row = files.get(self.engine, file_id, owner)
@@ -157,11 +189,21 @@ class Service:
         events: Sequence[str] | None,
         forked_from: str | None = None,
         source: str = "api",
+        destination: str | None = None,
     ) -> dict:
         try:
             clean = model.validate(input)
         except InputError as e:
             raise invalid_input(e) from None
+        if model.kind == "training" and destination is not None:
+            self._check_destination(owner, destination)
+        unknown = [ref for ref in _lora_refs(clean.get("lora_urls")) if not loras.resolve(self.engine, ref, owner)]
+        if unknown:
+            message = (
+                f"no LoRA named {unknown[0]!r}: a name is one of yours (owner/name for the newest version, "
+                "owner/name:N for one) or another owner's public one"
+            )
+            raise invalid_input(InputError([InvalidField("input.lora_urls", "not_found", message)]))
         try:
             limits.check_create(self.engine, owner, self.config.owner_limits)
         except limits.LimitReached as e:
@@ -189,9 +231,29 @@ class Service:
             webhook=webhook,
             webhook_events_filter=list(events) if events is not None else None,
             forked_from=forked_from,
+            destination=destination if model.kind == "training" else None,
         )
         self.wakeups.prediction_queued()
         return row
+
+    def _names_bytes(self, entry: str, owner: str) -> str | None:
+        """The sha256 of the file a ``lora_urls`` entry names here (a LoRA name, or a file of the owner's), if any:
+        an outside URL's bytes are known only by fetching them."""
+        if named := loras.resolve(self.engine, entry, owner):
+            return named["sha256"]
+        ids = self.urls.own_file_ids(entry)
+        row = files.get(self.engine, ids[0], owner) if len(ids) == 1 else None
+        return row["sha256"] if row else None
+
+    @staticmethod
+    def _check_destination(owner: str, destination: str) -> None:
+        parsed = loras.parse(destination)
+        if parsed is None or parsed[2] is not None or parsed[0] != owner:
+            detail = (
+                f"destination must be a name of yours, {owner}/<name> (lowercase letters, digits, '.', '_' and '-'; "
+                f"no version): the training's LoRA becomes its next version. Got {destination!r}."
+            )
+            raise ApiError(422, "Invalid destination", detail, [InvalidField("destination", "invalid", detail)])
 
     def _file_input(self, owner: str, name: str, value: Any) -> tuple[str, str] | InvalidField:
         """A file input made safe to hand to a worker: (name, value), or why it cannot be."""
@@ -289,3 +351,10 @@ def _extension(content_type: str) -> str:
         "image/jpeg": ".jpg",
         "image/webp": ".webp",
     }.get(content_type, "")
+
+
+def _lora_refs(value: Any) -> list[str]:
+    """The LoRA names (``owner/name[:N]``) among a ``lora_urls`` value's entries."""
+    if not isinstance(value, str):
+        return []
+    return [entry.strip() for entry in value.split("|") if loras.parse(entry)]

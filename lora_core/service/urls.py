@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from lora_core.service.auth.signing import Signer
 from lora_core.service.config import ServiceConfig
-from lora_core.service.storage import files
+from lora_core.service.storage import files, loras
 
 
 class Urls:
@@ -44,6 +44,17 @@ class Urls:
     def own_file_ids(self, text: str) -> list[str]:
         """Ids of this service's files that ``text`` links to."""
         return [m["api"] or m["served"] for m in self._own_file.finditer(text)]
+
+    def names_for_worker(self, value: str, viewer: str, engine: Engine) -> str:
+        """A ``lora_urls`` value with each LoRA name (``owner/name[:N]``) the viewer may use replaced by a URL of
+        its version's file the worker can fetch (a name found nowhere stays: the predictor then says it is no URL).
+        """
+        entries = []
+        for entry in value.split("|"):
+            named = loras.resolve(engine, entry, viewer)
+            file_row = files.get(engine, named["file_id"]) if named else None
+            entries.append(self.file(file_row, base=self.config.internal_url) if file_row else entry)
+        return "|".join(entries)
 
     def for_worker(self, value: str, owner: str, engine: Engine) -> str:
         """``value`` with each of the owner's files at this service replaced by a URL the worker can fetch.

@@ -27,7 +27,7 @@ def prediction(row: dict, urls: Urls, file_rows: list[dict]) -> dict[str, Any]:
         "error": row["error"],
         "status": row["status"],
         "source": row["source"],
-        "data_removed": False,
+        "data_removed": bool(row.get("data_removed")),
         "created_at": timestamp(row["created_at"]),
         "started_at": timestamp(row["started_at"]),
         "completed_at": timestamp(row["completed_at"]),
@@ -37,8 +37,34 @@ def prediction(row: dict, urls: Urls, file_rows: list[dict]) -> dict[str, Any]:
         "forked_from": row["forked_from"],
     }
     if row["kind"] == "training":
-        body["destination"] = None
+        body["destination"] = row.get("destination")
     return body
+
+
+def lora(versions: list[dict], urls: Urls) -> dict[str, Any]:
+    """A named LoRA (not Replicate's): its versions newest first, each its training's LoRA file."""
+    newest = versions[0]
+    ref = f"{newest['owner']}/{newest['name']}"
+    return {
+        "ref": ref,
+        "owner": newest["owner"],
+        "name": newest["name"],
+        "visibility": newest["visibility"],
+        "latest_version": newest["version"],
+        "metadata": newest["metadata"] or {},  # the newest file's: base, task, tokens
+        "versions": [
+            {
+                "version": v["version"],
+                "ref": f"{ref}:{v['version']}",
+                "sha256": v["sha256"],
+                "size": v["size"],
+                "training": v["prediction_id"],
+                "created_at": timestamp(v["created_at"]),
+                "urls": {"download": urls.file({"id": v["file_id"], "name": v["file_name"]})},
+            }
+            for v in versions
+        ],
+    }
 
 
 def file(row: dict, urls: Urls) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class PredictionRequest(ModelPredictionRequest):
 
 
 class TrainingRequest(ModelPredictionRequest):
-    destination: str | None = Field(None, max_length=200)  # Replicate's trainings push to a model; ours return a file
+    destination: str | None = Field(None, max_length=200)  # "owner/name": the LoRA is published as its next version
     model: str | None = Field(None, max_length=200)
 
 
@@ -149,8 +149,17 @@ async def _create(
 ) -> JSONResponse:
     arrived = time.monotonic()
     wait = prefer_wait(request)
+    destination = body.destination if isinstance(body, TrainingRequest) else None
     row = await run_in_threadpool(
-        svc.create_prediction, who, model, body.input, body.webhook, body.webhook_events_filter, forked_from, source
+        svc.create_prediction,
+        who,
+        model,
+        body.input,
+        body.webhook,
+        body.webhook_events_filter,
+        forked_from,
+        source,
+        destination,
     )
     if wait:
         row = await _wait(svc, row["id"], arrived + wait)
@@ -231,6 +240,14 @@ async def cancel_prediction(prediction_id: str, svc: Service = Depends(service),
     return await run_in_threadpool(svc.render, row)
 
 
+@router.delete("/v1/predictions/{prediction_id}", status_code=204)
+async def delete_prediction(prediction_id: str, svc: Service = Depends(service), who: str = Depends(owner)):
+    """Not Replicate's (it removes API predictions' data after an hour): the owner removes an ended prediction's
+    input, output files and logs now; the row stays with ``data_removed: true``."""
+    await run_in_threadpool(svc.remove_data, prediction_id, who)
+    return Response(status_code=204)
+
+
 @router.post("/v1/predictions/{prediction_id}/fork", status_code=201)
 async def fork_prediction(
     prediction_id: str,
@@ -290,6 +307,42 @@ async def cancel_training(training_id: str, svc: Service = Depends(service), who
     svc.prediction(training_id, who, kind="training")
     row = await run_in_threadpool(svc.cancel, training_id, who)
     return await run_in_threadpool(svc.render, row)
+
+
+@router.delete("/v1/trainings/{training_id}", status_code=204)
+async def delete_training(training_id: str, svc: Service = Depends(service), who: str = Depends(owner)):
+    await run_in_threadpool(svc.remove_data, training_id, who, "training")
+    return Response(status_code=204)
+
+
+# ---- named LoRAs (not Replicate's: its trainings push model versions; ours publish LoRA files) --------------------
+
+
+class VisibilityRequest(BaseModel):
+    visibility: Literal["private", "public"]
+
+
+@router.get("/v1/loras")
+async def list_loras(svc: Service = Depends(service), who: str = Depends(owner)):
+    """The caller's named LoRAs, each with its versions, the most recently published first."""
+    return {"next": None, "previous": None, "results": await run_in_threadpool(svc.loras_of, who)}
+
+
+@router.get("/v1/loras/{lora_owner}/{name}")
+async def get_lora(lora_owner: str, name: str, svc: Service = Depends(service), who: str = Depends(owner)):
+    return await run_in_threadpool(svc.lora, lora_owner, name, who)
+
+
+@router.patch("/v1/loras/{lora_owner}/{name}")
+async def update_lora(
+    lora_owner: str,
+    name: str,
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+    body: VisibilityRequest = body_of(VisibilityRequest),
+):
+    """``{"visibility": "public"}`` lets every owner use it by name; ``"private"`` (the default) only its owner."""
+    return await run_in_threadpool(svc.set_lora_visibility, lora_owner, name, who, body.visibility)
 
 
 # ---- files --------------------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from lora_core.service.storage import files
 from lora_core.service.storage.db import instances, predictions as P, row_by_id, utcnow
+from lora_core.service.storage.file_store import FileStore
 
 TERMINAL = ("succeeded", "failed", "canceled")
 INTERRUPTED = (
@@ -44,6 +46,7 @@ def create(
     webhook: str | None = None,
     webhook_events_filter: list[str] | None = None,
     forked_from: str | None = None,
+    destination: str | None = None,
 ) -> Row:
     row = dict(
         id=new_id(),
@@ -59,6 +62,8 @@ def create(
         logs="",
         metrics=None,
         provenance=None,
+        data_removed=False,
+        destination=destination,
         webhook=webhook,
         webhook_events_filter=webhook_events_filter,
         forked_from=forked_from,
@@ -269,6 +274,47 @@ def finish(
             query = query.where(P.c.worker == worker)
         done = c.execute(query.values(**values, metrics=merged).returning(*P.c)).mappings().first()
     return dict(done) if done else None
+
+
+def append_log(engine: Engine, prediction_id: str, line: str) -> Row | None:
+    """The service's own line at the end of an ended prediction's logs (e.g. where its LoRA was published)."""
+    with engine.begin() as c:
+        logs = c.execute(sa.select(P.c.logs).where(P.c.id == prediction_id)).scalar()
+        if logs is None:
+            return None
+        joined = f"{logs}\n{line}\n" if logs and not logs.endswith("\n") else f"{logs}{line}\n"
+        c.execute(P.update().where(P.c.id == prediction_id).values(logs=joined))
+    return get(engine, prediction_id)
+
+
+def remove_data(engine: Engine, store: FileStore, prediction_id: str) -> Row | None:
+    """An ended prediction's output files deleted from the store (their signed URLs answer 404 from then on) and its
+    input, output, logs and provenance emptied, ``data_removed`` set; the row stays, for history and accounting.
+    None if it has not ended: a running one would upload again."""
+    row = get(engine, prediction_id)
+    if row is None or row["status"] not in TERMINAL:
+        return None
+    for file_row in files.of_prediction(engine, prediction_id):
+        files.delete(engine, store, file_row)
+    cleared: dict[str, Any] = {"input": {}, "output": None, "logs": "", "provenance": None, "data_removed": True}
+    with engine.begin() as c:
+        c.execute(P.update().where(P.c.id == prediction_id).values(**cleared))
+    return get(engine, prediction_id)
+
+
+def remove_expired(engine: Engine, store: FileStore, older_than: datetime.timedelta, limit: int = 100) -> list[str]:
+    """The data of up to ``limit`` predictions that ended more than ``older_than`` ago removed (oldest first)."""
+    cutoff = utcnow() - older_than
+    with engine.connect() as c:
+        ids = list(
+            c.execute(
+                sa.select(P.c.id)
+                .where(P.c.status.in_(TERMINAL), P.c.completed_at < cutoff, P.c.data_removed.is_(False))
+                .order_by(P.c.completed_at)
+                .limit(limit)
+            ).scalars()
+        )
+    return [pid for pid in ids if remove_data(engine, store, pid) is not None]
 
 
 def cancel(engine: Engine, prediction_id: str) -> str:

@@ -41,6 +41,8 @@ predictions = sa.Table(
     sa.Column("logs", sa.Text, nullable=False, default=""),
     sa.Column("metrics", sa.JSON),
     sa.Column("provenance", sa.JSON),  # a generation's record for exact re-runs (lora_core.provenance)
+    sa.Column("data_removed", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("destination", sa.String(200)),  # a training's "owner/name": its LoRA is published there
     sa.Column("webhook", sa.Text),
     sa.Column("webhook_events_filter", sa.JSON),
     sa.Column("forked_from", sa.String(32)),
@@ -91,6 +93,20 @@ webhook_deliveries = sa.Table(
     sa.Column("claimed_by", sa.String(128)),  # the process posting it now, until claimed_until
     sa.Column("claimed_until", sa.DateTime),
     sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+)
+
+loras = sa.Table(  # named LoRAs: each training with a destination adds a version (storage/loras.py)
+    "loras",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("file_id", sa.String(40), nullable=False),
+    sa.Column("prediction_id", sa.String(32), nullable=False),
+    sa.Column("visibility", sa.String(16), nullable=False),  # "private" | "public"
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("owner", "name", "version", name="uq_loras_owner_name_version"),
 )
 
 instances = sa.Table(

@@ -246,6 +246,23 @@ def _history(svc: Service, owner: str, model: str | None, cursor: str | None, li
     return {"items": items, "older": link(older) if older else None, "newer": link(newer) if newer else None}
 
 
+@router.get("/loras", response_class=HTMLResponse)
+async def lora_catalog(request: Request) -> HTMLResponse:
+    """The viewer's named LoRAs (trainings with a destination): versions, base, task, tokens, and "Use"."""
+    viewer = await _viewer(request)
+    if viewer[0] is None:
+        return await _message(
+            request, 401, "Sign in to see your LoRAs", "Your LoRAs are private: paste your API token below.", viewer
+        )
+    svc = _service(request)
+    named = await run_in_threadpool(svc.loras_of, viewer[0])
+    generator = _generation_model(svc)
+    for lora in named:
+        query = {"lora_urls": lora["ref"], "prompt": "a photo of <1>"}
+        lora["use"] = f"/models/{generator.full_name}?{urlencode(query)}" if generator else None
+    return await _page(request, "loras.html", viewer=viewer, loras=named)
+
+
 @router.get("/predictions/{prediction_id}", response_class=HTMLResponse)
 async def prediction_page(request: Request, prediction_id: str) -> HTMLResponse:
     viewer = await _viewer(request)

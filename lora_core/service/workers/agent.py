@@ -34,7 +34,7 @@ from lora_core.service.config import ServiceConfig
 from lora_core.service.models import Model
 from lora_core.service.queue import outputs, predictions
 from lora_core.service.runtime import Runtime
-from lora_core.service.storage import files
+from lora_core.service.storage import files, loras
 from lora_core.service.storage.file_store import StorageFull
 from lora_core.service.workers.cog_process import CogProcess
 
@@ -231,6 +231,8 @@ class Agent:
                     value = self.import_file(row, name, value)
                 else:
                     value = self.runtime.urls.for_worker(value, row["owner"], self.engine)
+                if name == "lora_urls":
+                    value = self.runtime.urls.names_for_worker(value, row["owner"], self.engine)
             if value is not None:
                 out[name] = value
         return out
@@ -411,9 +413,21 @@ class Agent:
             provenance=record,
         )
         worker.finished.set()
+        if done and done["status"] == "succeeded" and done.get("destination"):
+            done = self._publish(done)
         if done:
             self.runtime.on_event(done, "completed")
             self.runtime.wakeups.prediction_changed(pid)
+
+    def _publish(self, row: dict) -> dict:
+        """A training's LoRA as the next version of its destination, said at the end of its logs."""
+        owner, name, _ = loras.parse(row["destination"]) or (row["owner"], "", None)
+        file_ref = (row["output"] or {}).get("lora") if isinstance(row["output"], dict) else None
+        if not name or not isinstance(file_ref, dict) or "$file" not in file_ref:
+            return row
+        version = loras.publish(self.engine, owner, name, file_ref["$file"], row["id"])
+        line = f"published as {owner}/{name}:{version['version']} (lora_urls: {owner}/{name} is its newest version)"
+        return predictions.append_log(self.engine, row["id"], line) or row
 
     # ---- supervision --------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -495,6 +509,10 @@ def _provenance(value: Any, row: dict, engine) -> dict | None:
     except (ValidationError, TypeError) as e:
         log.warning("ignored a malformed provenance record: %s", e)
         return None
+    entries = row["input"].get("lora_urls")
+    entries = [e.strip() for e in entries.split("|")] if isinstance(entries, str) else []
+    if len(entries) == len(record.loras):  # as the user wrote them, not the signed URLs the worker was handed
+        record.loras = [lora.model_copy(update={"url": e}) for lora, e in zip(record.loras, entries, strict=True)]
     parent = predictions.get(engine, row["forked_from"]) if row.get("forked_from") else None
     if parent and parent.get("provenance"):
         record = provenance.compared(provenance.Provenance.model_validate(parent["provenance"]), record, parent["id"])

@@ -7,6 +7,7 @@ database, and fails the predictions of processes whose heartbeat stopped (their 
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -93,6 +94,10 @@ def supervise(runtime: Runtime, agents: list[Agent]) -> None:
                     if row:
                         runtime.on_event(row, "completed")
                         runtime.wakeups.prediction_changed(pid)
+                if config.retention_days:
+                    expired = datetime.timedelta(days=config.retention_days)
+                    for pid in predictions.remove_expired(engine, runtime.store, expired):
+                        log.info("prediction %s: data removed after %g days", pid, config.retention_days)
                 last_sweep = now
         except Exception:
             log.exception("heartbeat failed")
