@@ -15,7 +15,7 @@ from lora_core.service.config import parse_workers
 from lora_core.service.models import InputError, load_models
 from lora_core.service.queue import outputs, predictions
 from lora_core.service.queue.limits import OwnerLimits
-from lora_core.service.storage import content_types, db, file_store, files
+from lora_core.service.storage import content_types, db, file_store, files, loras
 from lora_core.service.urls import Urls
 from service_harness import config_from, race_claimers
 
@@ -133,25 +133,30 @@ def test_cancel_finish_and_interrupted(engine):
 
 def test_retention_removes_what_ended_long_enough_ago_and_nothing_else(engine, tmp_path):
     store = file_store.LocalFileStore(tmp_path / "files")
-    old, recent, running = _create(engine), _create(engine), _create(engine)
-    for _ in (old, recent, running):  # all three claimed (running), in order
+    old, recent, running, published = _create(engine), _create(engine), _create(engine), _create(engine)
+    for _ in (old, recent, running, published):  # all claimed (running), in order
         predictions.claim_next(engine, "lora-studio/lora", "w1", "inst-a")
-    for row in (old, recent):
+    for row in (old, recent, published):
         output = files.save(
             engine, store, owner="alice", name="out.png", stream=io.BytesIO(b"png"), limit=10, prediction_id=row["id"]
         )
         predictions.finish(engine, row["id"], "succeeded", output=[{"file": output["id"]}], logs="step 1")
-    with engine.begin() as c:  # the first ended two days ago
+    loras.publish(engine, "alice", "face", output["id"], published["id"])
+    with engine.begin() as c:  # the first and the published one ended two days ago
         two_days = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(days=2)
-        c.execute(db.predictions.update().where(db.predictions.c.id == old["id"]).values(completed_at=two_days))
-    assert predictions.remove_expired(engine, store, datetime.timedelta(days=1)) == [old["id"]]
+        for row in (old, published):
+            c.execute(db.predictions.update().where(db.predictions.c.id == row["id"]).values(completed_at=two_days))
+    assert predictions.remove_expired(engine, store, datetime.timedelta(days=1)) == [old["id"]]  # names stay
+    assert loras.resolve(engine, "alice/face", "alice")["prediction_id"] == published["id"]
     gone = predictions.get(engine, old["id"])
     assert gone["data_removed"] and gone["input"] == {} and gone["output"] is None and gone["logs"] == ""
-    assert files.of_prediction(engine, old["id"]) == [] and len(list((tmp_path / "files").rglob("*.*"))) == 1
+    assert files.of_prediction(engine, old["id"]) == [] and len(list((tmp_path / "files").rglob("*.*"))) == 2
     kept = predictions.get(engine, recent["id"])
     assert not kept["data_removed"] and kept["input"] == {"prompt": "x"} and files.of_prediction(engine, recent["id"])
     assert predictions.remove_data(engine, store, running["id"]) is None  # running: nothing removed
     assert predictions.remove_expired(engine, store, datetime.timedelta(days=1)) == []  # removed once
+    predictions.remove_data(engine, store, published["id"])  # its owner deletes it: the version goes with its file
+    assert loras.resolve(engine, "alice/face", "alice") is None and not files.of_prediction(engine, published["id"])
 
 
 def test_tokens_are_stored_hashed_and_resolve_to_their_owner(engine):

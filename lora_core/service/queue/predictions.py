@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from lora_core.service.storage import files
-from lora_core.service.storage.db import instances, predictions as P, row_by_id, utcnow
+from lora_core.service.storage.db import instances, loras, predictions as P, row_by_id, utcnow
 from lora_core.service.storage.file_store import FileStore
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -289,11 +289,14 @@ def append_log(engine: Engine, prediction_id: str, line: str) -> Row | None:
 
 def remove_data(engine: Engine, store: FileStore, prediction_id: str) -> Row | None:
     """An ended prediction's output files deleted from the store (their signed URLs answer 404 from then on) and its
-    input, output, logs and provenance emptied, ``data_removed`` set; the row stays, for history and accounting.
-    None if it has not ended: a running one would upload again."""
+    input, output, logs and provenance emptied, ``data_removed`` set; the row stays, for history and accounting. A
+    training's published LoRA versions go with its file (the name's newest is then the version before). None if it
+    has not ended: a running one would upload again."""
     row = get(engine, prediction_id)
     if row is None or row["status"] not in TERMINAL:
         return None
+    with engine.begin() as c:
+        c.execute(loras.delete().where(loras.c.prediction_id == prediction_id))
     for file_row in files.of_prediction(engine, prediction_id):
         files.delete(engine, store, file_row)
     cleared: dict[str, Any] = {"input": {}, "output": None, "logs": "", "provenance": None, "data_removed": True}
@@ -303,13 +306,16 @@ def remove_data(engine: Engine, store: FileStore, prediction_id: str) -> Row | N
 
 
 def remove_expired(engine: Engine, store: FileStore, older_than: datetime.timedelta, limit: int = 100) -> list[str]:
-    """The data of up to ``limit`` predictions that ended more than ``older_than`` ago removed (oldest first)."""
+    """The data of up to ``limit`` predictions that ended more than ``older_than`` ago removed (oldest first). A
+    training whose LoRA is published under a name is kept: names do not expire (its owner can delete it)."""
     cutoff = utcnow() - older_than
+    published = sa.select(loras.c.prediction_id)
     with engine.connect() as c:
         ids = list(
             c.execute(
                 sa.select(P.c.id)
                 .where(P.c.status.in_(TERMINAL), P.c.completed_at < cutoff, P.c.data_removed.is_(False))
+                .where(P.c.id.not_in(published))
                 .order_by(P.c.completed_at)
                 .limit(limit)
             ).scalars()
