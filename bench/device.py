@@ -15,7 +15,9 @@ runs (bfloat16 as the half type) so that the GPU run is not its first: ``--base 
 
 from __future__ import annotations
 
+import gc
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,6 +62,20 @@ def _median(fn: Callable[[], object], device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _libraries() -> str:
+    """The versions this machine resolved (its own packages first, then .build/device-site's)."""
+    import importlib.metadata
+
+    names = ("torch", "diffusers", "transformers", "peft", "huggingface_hub", "safetensors", "pydantic")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} absent")
+    return ", ".join(found)
+
+
 def _pipeline(base: str, dtype: torch.dtype, device: str):
     if base == "sd15":
         pipe = sd15_sized.load(dtype=dtype)
@@ -78,8 +94,11 @@ def _sampling(pipe, base: str, device: str, size: int, steps: int, repeats: int,
     bound = [binding.bind(pipe, *lora_file.read_lora(path)) for path in loras]
 
     def with_loras(merge_layers: bool) -> Callable[[], object]:
-        def run():
-            with patching.applied(pipe, bound, [0.5, 0.7], merge_layers=merge_layers):
+        turn = [0]
+
+        def run():  # the scales alternate: every run merges afresh (the same ones again would merge nothing)
+            turn[0] += 1
+            with patching.applied(pipe, bound, [0.5 + 0.1 * (turn[0] % 2), 0.7], merge_layers=merge_layers):
                 sampling.sample(pipe, request)
 
         return run
@@ -123,6 +142,7 @@ def _training(pipe, device: str, size: int, steps: int) -> dict:
 def measure(device: str, quick: bool = False, base: str = "sd15") -> list[Metric]:
     """Every figure above, on ``device``; ``quick``: 64 px, 2 steps, 1 repeat (what it checks is that it runs)."""
     size, steps, repeats = (64, 2, 1) if quick else (512, 25, 3)
+    print(f"bench --device {device}: {_libraries()}", file=sys.stderr, flush=True)  # first thing a GPU run shows
     half = torch.float16 if device.startswith("cuda") else torch.bfloat16
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
     where = f"{base}_{device.split(':')[0]}"
@@ -137,6 +157,9 @@ def measure(device: str, quick: bool = False, base: str = "sd15") -> list[Metric
             if dtype is half:
                 runs[dtype]["training"] = _training(pipe, device, size, 2 if quick else 10)
             del pipe
+            gc.collect()  # the float32 pipeline gone before the half one loads: its memory is not the half's peak
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
     full, low = runs[torch.float32], runs[half]
     h = names[half]
     return [

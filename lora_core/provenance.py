@@ -11,7 +11,10 @@ Torch-free on purpose: the service reads and compares these without importing to
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -47,13 +50,16 @@ class Provenance(BaseModel):
     settings: dict[str, Any]  # the resolved SamplingRequest: every default filled in, the seed drawn
     versions: dict[str, str]
     device: str = Field(max_length=64)
+    machine: str = Field(max_length=200)  # the GPU's name or the CPU's model: another one may round differently
     dtype: str = Field(max_length=32)
     rerun: Rerun | None = None  # a fork's: set by the service, not the predictor
 
 
+@functools.cache
 def versions() -> dict[str, str]:
-    """The project's version and the libraries that compute the pixels (read from their metadata: no import)."""
-    found = {"lora_studio": lora_core.__version__}
+    """The project's version and its code's hash (the version number does not move with every change), and the
+    libraries that compute the pixels (read from their metadata: no import)."""
+    found = {"lora_studio": lora_core.__version__, "lora_studio_code": _code_hash()}
     for name in LIBRARIES:
         try:
             found[name] = importlib.metadata.version(name)
@@ -66,6 +72,15 @@ def compared(parent: Provenance, fork: Provenance, parent_id: str) -> Provenance
     """``fork`` with its ``rerun`` against ``parent``."""
     found = differences(parent, fork)
     return fork.model_copy(update={"rerun": Rerun(of=parent_id, exact=not found, differences=found)})
+
+
+def _code_hash() -> str:
+    """The first 12 hex digits of a sha256 over lora_core's Python files (paths and bytes), once per process."""
+    root = Path(lora_core.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def differences(parent: Provenance, rerun: Provenance) -> list[str]:
@@ -81,8 +96,11 @@ def differences(parent: Provenance, rerun: Provenance) -> list[str]:
         then, now = parent.versions.get(name, "absent"), rerun.versions.get(name, "absent")
         if then != now:
             found.append(f"{name} {then} then, {now} now")
-    if (parent.device, parent.dtype) != (rerun.device, rerun.dtype):
-        found.append(f"ran on {parent.device} in {parent.dtype} then, on {rerun.device} in {rerun.dtype} now")
+    if (parent.device, parent.machine, parent.dtype) != (rerun.device, rerun.machine, rerun.dtype):
+        found.append(
+            f"ran on {parent.device} ({parent.machine}) in {parent.dtype} then, "
+            f"on {rerun.device} ({rerun.machine}) in {rerun.dtype} now"
+        )
     then_loras = [(lora.sha256, lora.scale) for lora in parent.loras]
     now_loras = [(lora.sha256, lora.scale) for lora in rerun.loras]
     if then_loras != now_loras:

@@ -107,6 +107,9 @@ def test_the_next_batch_with_the_same_loras_and_scales_merges_nothing(pipe, monk
     with patching.applied(pipe, [a], [0.5]), torch.no_grad():
         unet_layer.weight.add_(0)  # a write through the merged parameter lands in the buffer
     assert merged_layers([a], [0.5])[0] == 1
+    with torch.no_grad():
+        unet_layer.weight.add_(0)  # a write to the original weight between predictions: merged again from it
+    assert merged_layers([a], [0.5])[0] == 1
     count, last = merged_layers([a], [0.5])
     assert count == 0 and np.array_equal(last, first)
     after = pipe_weights(pipe)

@@ -17,6 +17,7 @@ def record(**changes) -> provenance.Provenance:
         "settings": {"num_inference_steps": 25, "seed": 7},
         "versions": {"lora_studio": "0.1.0", "torch": "2.13.0", "diffusers": "0.42.1"},
         "device": "cuda:0",
+        "machine": "NVIDIA H200",
         "dtype": "float16",
     }
     return provenance.Provenance.model_validate({**base, **changes})
@@ -34,6 +35,7 @@ def test_each_thing_that_changes_pixels_is_named():
         base_hash="fedcba9876543210",
         versions={"lora_studio": "0.1.0", "torch": "2.14.0", "diffusers": "0.42.1"},
         device="cpu",
+        machine="Intel(R) Xeon(R) Processor",
         dtype="float32",
         loras=[],
         seed=8,
@@ -41,7 +43,7 @@ def test_each_thing_that_changes_pixels_is_named():
     assert provenance.differences(record(), fork) == [
         "the base model's weights differ (sd-1.5 0123456789ab then, sd-1.5 fedcba987654 now)",
         "torch 2.13.0 then, 2.14.0 now",
-        "ran on cuda:0 in float16 then, on cpu in float32 now",
+        "ran on cuda:0 (NVIDIA H200) in float16 then, on cpu (Intel(R) Xeon(R) Processor) in float32 now",
         "other LoRA files or scales (by sha256)",
         "other settings or seed",
     ]
@@ -57,3 +59,4 @@ def test_a_malformed_record_is_refused():
 def test_versions_are_read_without_importing_the_libraries():
     found = provenance.versions()
     assert found["lora_studio"] and set(provenance.LIBRARIES) <= set(found)
+    assert len(found["lora_studio_code"]) == 12  # moves with every change of the code, unlike the version number

@@ -82,3 +82,19 @@ def dtype(on: str) -> torch.dtype:
 
 def default_base() -> str:
     return settings().default_base
+
+
+def machine(on: str) -> str:
+    """What computes on device ``on``, as a re-run must match it to give the same bits: the GPU's name, or the CPU's
+    model (two CPU makes rounded a pixel differently here)."""
+    if on.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(on))
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()

@@ -88,6 +88,7 @@ def run_generation(
         settings=request.model_dump(mode="json"),
         versions=provenance.versions(),
         device=str(pipe.device),
+        machine=placement.machine(str(pipe.device)),
         dtype=str(pipe.unet.dtype).removeprefix("torch."),
     )
     with patching.applied(pipe, [adapter for adapter, _ in loaded], scales) as texts:

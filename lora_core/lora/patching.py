@@ -102,7 +102,7 @@ def applied(pipe, adapters: list[BoundLoRA], scales: list[float], *, merge_layer
                 weight = cast(torch.nn.Parameter, module.weight)
                 pristine, buffer = store.buffers_of(path, weight)
                 store.merged[path] = weight  # listed first: a cancel after the next line still restores
-                if not store.holds(path, module_deltas):
+                if not store.holds(path, module_deltas, weight):
                     store.contents.pop(path, None)  # unlisted first: a merge cut short is done again next time
                     merge(buffer, pristine, module_deltas)
                     store.contents[path] = (module_deltas, _versions(module_deltas))
@@ -152,6 +152,7 @@ class _Store:
     contents: dict[str, tuple[list[Delta], tuple[int, ...]]] = field(default_factory=dict)
     merged: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     pointed: dict[str, int] = field(default_factory=dict)  # a merged parameter's version counter when re-pointed
+    restored: dict[str, int] = field(default_factory=dict)  # and when pointed back at its original
     modules: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = field(default_factory=dict)
 
     def module(self, models: dict[str, torch.nn.Module], path: str) -> torch.nn.Module:
@@ -164,27 +165,28 @@ class _Store:
             self.modules[path] = (models[component], module)
         return module
 
-    def holds(self, path: str, deltas: list[Delta]) -> bool:
+    def holds(self, path: str, deltas: list[Delta], weight: torch.nn.Parameter) -> bool:
         """Whether the layer's buffer already holds ``W + deltas``: the same LoRA tensors (the very objects, kept
         here, unchanged since by their version counters) at the same factors, and no in-place write through the
-        parameter while it pointed at the buffer (``restore`` checks its counter; torch does not count writes
-        through ``.data``). So a prediction with the LoRAs and scales of the one before (a user's next batch)
-        merges nothing."""
+        parameter since the merge, to the buffer (``restore`` checks) or to the original weight (its counter then
+        differs from the one ``restore`` left; torch does not count writes through ``.data``). So a prediction
+        with the LoRAs and scales of the one before (a user's next batch) merges nothing."""
         held = self.contents.get(path)
         if held is None or len(held[0]) != len(deltas):
             return False
         same = all(d is d2 and u is u2 and f == f2 for (d, u, f), (d2, u2, f2) in zip(held[0], deltas, strict=True))
-        return same and held[1] == _versions(deltas)
+        return same and held[1] == _versions(deltas) and weight._version == self.restored.get(path)
 
     def buffers_of(self, path: str, weight: torch.nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
         """(the original tensor, the merge buffer) of a layer that is not merged now. A parameter that no longer
         holds the tensor kept (the pipeline was moved to another device or dtype since) starts over."""
         pristine = self.pristine.get(path)
         if pristine is None or not _same_tensor(pristine, weight.data):
-            self.pristine[path] = pristine = weight.data
-            self.buffers[path] = torch.empty_like(pristine, memory_format=torch.contiguous_format)
             self.contents.pop(path, None)
-        return pristine, self.buffers[path]
+            # allocated first: one that fails (out of memory, a cancel) leaves no original without its buffer
+            buffer = torch.empty_like(weight.data, memory_format=torch.contiguous_format)
+            self.pristine[path], self.buffers[path] = weight.data, buffer
+        return self.pristine[path], self.buffers[path]
 
 
 def _versions(deltas: list[Delta]) -> tuple[int, ...]:
@@ -213,4 +215,5 @@ def restore(pipe) -> None:
         if param._version != store.pointed.pop(path, None):  # written to in the block, or never re-pointed
             store.contents.pop(path, None)
         param.data = store.pristine[path]
+        store.restored[path] = param._version
         del store.merged[path]

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from lora_core.service.storage import files
-from lora_core.service.storage.db import instances, loras, predictions as P, row_by_id, utcnow
+from lora_core.service.storage.db import instances, loras, predictions as P, row_by_id, utcnow, webhook_deliveries as W
 from lora_core.service.storage.file_store import FileStore
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -279,8 +279,8 @@ def finish(
 def append_log(engine: Engine, prediction_id: str, line: str) -> Row | None:
     """The service's own line at the end of an ended prediction's logs (e.g. where its LoRA was published)."""
     with engine.begin() as c:
-        logs = c.execute(sa.select(P.c.logs).where(P.c.id == prediction_id)).scalar()
-        if logs is None:
+        logs = c.execute(sa.select(P.c.logs).where(P.c.id == prediction_id, P.c.data_removed.is_(False))).scalar()
+        if logs is None:  # gone, or its data removed since
             return None
         joined = f"{logs}\n{line}\n" if logs and not logs.endswith("\n") else f"{logs}{line}\n"
         c.execute(P.update().where(P.c.id == prediction_id).values(logs=joined))
@@ -292,17 +292,27 @@ def remove_data(engine: Engine, store: FileStore, prediction_id: str) -> Row | N
     input, output, logs and provenance emptied, ``data_removed`` set; the row stays, for history and accounting. A
     training's published LoRA versions go with its file (the name's newest is then the version before). None if it
     has not ended: a running one would upload again."""
+    cleared: dict[str, Any] = {"input": {}, "output": None, "logs": "", "provenance": None, "data_removed": True}
+    cleared |= {"error": None, "webhook": None}  # an error can quote the input; the webhook is the owner's URL
+    with engine.begin() as c:  # marked first, at once: of two processes removing it, one deletes the files
+        marked = c.execute(
+            P.update()
+            .where(P.c.id == prediction_id, P.c.status.in_(TERMINAL), P.c.data_removed.is_(False))
+            .values(**cleared)
+        ).rowcount
+        if marked:
+            c.execute(loras.delete().where(loras.c.prediction_id == prediction_id))
+            unsent = W.update().where(W.c.prediction_id == prediction_id, W.c.status == "pending")
+            c.execute(
+                unsent.values(status="failed", completed_at=utcnow(), last_error="not sent: its data was removed")
+            )
+            c.execute(W.update().where(W.c.prediction_id == prediction_id).values(body=None))  # the events' JSON
     row = get(engine, prediction_id)
-    if row is None or row["status"] not in TERMINAL:
-        return None
-    with engine.begin() as c:
-        c.execute(loras.delete().where(loras.c.prediction_id == prediction_id))
+    if row is None or not row["data_removed"]:
+        return None  # not ended: a running prediction would upload again
     for file_row in files.of_prediction(engine, prediction_id):
         files.delete(engine, store, file_row)
-    cleared: dict[str, Any] = {"input": {}, "output": None, "logs": "", "provenance": None, "data_removed": True}
-    with engine.begin() as c:
-        c.execute(P.update().where(P.c.id == prediction_id).values(**cleared))
-    return get(engine, prediction_id)
+    return row
 
 
 def remove_expired(engine: Engine, store: FileStore, older_than: datetime.timedelta, limit: int = 100) -> list[str]:

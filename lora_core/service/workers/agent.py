@@ -414,7 +414,10 @@ class Agent:
         )
         worker.finished.set()
         if done and done["status"] == "succeeded" and done.get("destination"):
-            done = self._publish(done)
+            try:
+                done = self._publish(done)
+            except Exception:  # the prediction stands; its webhook and waiting clients must still hear of it
+                log.exception("publishing %s's LoRA as %s failed", pid, done["destination"])
         if done:
             self.runtime.on_event(done, "completed")
             self.runtime.wakeups.prediction_changed(pid)
@@ -515,7 +518,11 @@ def _provenance(value: Any, row: dict, engine) -> dict | None:
         record.loras = [lora.model_copy(update={"url": e}) for lora, e in zip(record.loras, entries, strict=True)]
     parent = predictions.get(engine, row["forked_from"]) if row.get("forked_from") else None
     if parent and parent.get("provenance"):
-        record = provenance.compared(provenance.Provenance.model_validate(parent["provenance"]), record, parent["id"])
+        try:
+            then = provenance.Provenance.model_validate(parent["provenance"])
+        except ValidationError:  # a record of an older shape: no comparison, the fork's own record stands
+            return record.model_dump(mode="json")
+        record = provenance.compared(then, record, parent["id"])
     return record.model_dump(mode="json")
 
 

@@ -43,6 +43,10 @@ class WorkerPool:
         thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         thread.start()
         self.threads.append(thread)
+        if self.runtime.config.retention_days:  # apart from the heartbeat: deleting files can take a while
+            thread = threading.Thread(target=sweep_retention, args=(self.runtime,), name="retention", daemon=True)
+            thread.start()
+            self.threads.append(thread)
 
     def stop(self) -> None:
         self.runtime.stopping.set()
@@ -70,6 +74,20 @@ class WorkerPool:
         supervise(self.runtime, list(self.agents.values()))
 
 
+def sweep_retention(runtime: Runtime, every_s: float = 60.0) -> None:
+    """Until ``runtime.stopping``: remove the data of predictions that ended ``retention_days`` ago, a hundred at a
+    time (each row is marked before its files go, so processes sweeping together delete each file once)."""
+    days = runtime.config.retention_days or 0
+    while True:
+        try:
+            for pid in predictions.remove_expired(runtime.engine, runtime.store, datetime.timedelta(days=days)):
+                log.info("prediction %s: data removed after %g days", pid, days)
+        except Exception:
+            log.exception("the retention sweep failed")
+        if runtime.stopping.wait(every_s):
+            return
+
+
 def supervise(runtime: Runtime, agents: list[Agent]) -> None:
     """Until ``runtime.stopping``: check each agent's Cog server twice a second, beat this process's heartbeat, and
     fail what processes silent for six beats were running (they died: their lease lapsed)."""
@@ -94,10 +112,6 @@ def supervise(runtime: Runtime, agents: list[Agent]) -> None:
                     if row:
                         runtime.on_event(row, "completed")
                         runtime.wakeups.prediction_changed(pid)
-                if config.retention_days:
-                    expired = datetime.timedelta(days=config.retention_days)
-                    for pid in predictions.remove_expired(engine, runtime.store, expired):
-                        log.info("prediction %s: data removed after %g days", pid, config.retention_days)
                 last_sweep = now
         except Exception:
             log.exception("heartbeat failed")
