@@ -23,9 +23,11 @@ MAX_SEED = 4294967295
 
 
 class Output(BaseModel):
-    lora: Path  # use this with the generation model (diffusers/PEFT names, tokens, metadata)
+    lora: Path  # the recommended checkpoint: use it with the generation model (diffusers/PEFT names, tokens, metadata)
     lora_a1111: Path  # the same LoRA named for A1111 / ComfyUI / Civitai (trigger: its embedding name)
-    scales_grid: Path  # "a photo of <1>" at scales 0, 0.25, 0.5, 0.75, 1 on one seed
+    scales_grid: Path  # "a photo of <1>" at scales 0, 0.25, 0.5, 0.75, 1 on one seed, a row per checkpoint
+    checkpoints: list[Path]  # every checkpoint in step order (each file's metadata holds its fidelity and bleed)
+    report: Path  # report.json: each checkpoint's fidelity and bleed, and why the recommended one
 
 
 class Predictor(BaseRunner):
@@ -89,7 +91,16 @@ class Predictor(BaseRunner):
             default=None,
             ge=1,
             le=150,
-            description="Expert: sampling steps of the scales grid. Empty: the base's recommended number.",
+            description="Expert: sampling steps of the scales grid and the report. Empty: the base's recommended "
+            "number.",
+        ),
+        checkpoints: int = Input(
+            default=4,
+            ge=1,
+            le=10,
+            description="How many checkpoints to keep, evenly spaced, the last at the final step (1: only the last). "
+            "Each is scored for fidelity to your photos and bleed into prompts without <1>; the lora output is the "
+            "most faithful one that does not bleed, and every checkpoint stays downloadable.",
         ),
     ) -> Output:
         try:
@@ -107,6 +118,7 @@ class Predictor(BaseRunner):
                 caption_prefix=caption_prefix,
                 prior_images=prior_images,
                 grid_steps=grid_steps,
+                checkpoints=checkpoints,
             )
         except ValidationError as e:  # e.g. a resolution that is not a multiple of 8: one line, not pydantic's page
             raise sampling.SettingsError.of(e) from None
@@ -124,6 +136,12 @@ class Predictor(BaseRunner):
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed training leaves nothing behind
             raise
-        files = {"lora": Path(result.lora), "lora_a1111": Path(result.lora_a1111), "scales_grid": Path(result.grid)}
+        files = {
+            "lora": Path(result.lora),
+            "lora_a1111": Path(result.lora_a1111),
+            "scales_grid": Path(result.grid),
+            "checkpoints": [Path(p) for p in result.checkpoints],
+            "report": Path(result.report),
+        }
         # uploaded here, streamed: Cog's server would put an object's files into its JSON as base64 (cog_uploads)
         return Output(**cog_uploads.deliver(files, log=lambda line: print(line, flush=True)))

@@ -58,6 +58,7 @@ def _train(args: argparse.Namespace) -> None:
         base_model=args.base_model,
         seed=args.seed,
         max_train_steps=args.steps,
+        checkpoints=args.checkpoints,
     )
     cache = checkpoints.WarmPipelineCache()
     pipe = cache.get(request.base_model)
@@ -66,7 +67,14 @@ def _train(args: argparse.Namespace) -> None:
     )
     print(
         json.dumps(
-            {"lora": str(result.lora), "lora_a1111": str(result.lora_a1111), "scales_grid": str(result.grid)}, indent=1
+            {
+                "lora": str(result.lora),
+                "lora_a1111": str(result.lora_a1111),
+                "scales_grid": str(result.grid),
+                "checkpoints": [str(p) for p in result.checkpoints],
+                "report": str(result.report),
+            },
+            indent=1,
         )
     )
 
@@ -259,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model", help="empty: LORA_STUDIO_DEFAULT_BASE or tiny")
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int, help="override the task preset's step count")
+    p.add_argument("--checkpoints", type=int, default=4, help="checkpoints kept and scored (1: only the last)")
     p.add_argument("--out", default="outputs/train")
     p.set_defaults(func=_train)
 

@@ -29,25 +29,33 @@ def train_predictor():
 
 @pytest.fixture(scope="session")
 def preset_lora(train_predictor, tmp_path_factory):
-    """``preset_lora(name, images, seed, task="object")``: a preset's full training through predict_train.py,
-    once per session for each ``name`` (the slowest fixture: the training and the generation tests share it).
+    """``preset_lora(name, images, seed, task="object", checkpoints=1)``: a preset's full training through
+    predict_train.py, once per session for each ``name`` (the slowest fixture: the training and the generation
+    tests share it). One checkpoint unless asked: ``lora`` is then the last step's, which the quality suites were
+    measured on.
     Returns the output files, copied out of the predictor's folders (it keeps only its latest few)."""
     import shutil
     from types import SimpleNamespace
 
     made: dict = {}
 
-    def train(name: str, images, seed: int, task: str = "object"):
+    def train(name: str, images, seed: int, task: str = "object", checkpoints: int = 1):
         if name not in made:
             folder = tmp_path_factory.mktemp(f"preset-{name}")
             out = call_predictor(
-                train_predictor, instance_data=zip_images(folder / "in.zip", images), task=task, seed=seed
+                train_predictor,
+                instance_data=zip_images(folder / "in.zip", images),
+                task=task,
+                seed=seed,
+                checkpoints=checkpoints,
             )
+
+            def kept(path) -> Path:
+                return Path(shutil.copy(path, folder / Path(path).name))
+
             made[name] = SimpleNamespace(
-                **{
-                    key: Path(shutil.copy(getattr(out, key), folder / Path(getattr(out, key)).name))
-                    for key in ("lora", "lora_a1111", "scales_grid")
-                }
+                **{key: kept(getattr(out, key)) for key in ("lora", "lora_a1111", "scales_grid", "report")},
+                checkpoints=[kept(p) for p in out.checkpoints],
             )
         return made[name]
 

@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 
 from conftest import draw
+from lora_core import image_measures
 from lora_core.base import checkpoints
 from lora_core.lora import binding, lora_file, patching, prompts
-from lora_core.tiny import tiny_eval, tiny_report, tiny_vae_data, tiny_world
+from lora_core.tiny import tiny_report, tiny_vae_data, tiny_world
 
 TEAL, PINK, LIME = (0, 170, 170), (240, 60, 170), (150, 220, 30)
 SEEDS, OTHER_SEEDS = range(8), range(8, 16)
@@ -107,15 +108,15 @@ def test_each_preset_learns_a_concept_in_new_colours(task, train_predictor, pres
 
     at = {scale: with_lora(scale, prompt) for scale in (0.0, 1.0)}
     base = draw(pipe, prompt.replace("<1>", lora.init_word), SEEDS)  # scale 0 is the base with the init word
-    d0, d1 = (tiny_eval.rgb_histogram_distance(at[s], target) for s in (0.0, 1.0))
+    d0, d1 = (image_measures.rgb_histogram_distance(at[s], target) for s in (0.0, 1.0))
     pictures = np.stack([np.asarray(im) for im in target])
     copies = [Image.fromarray(a) for a in tiny_report.vae_round_trip(pipe.vae, pictures)]
-    vae_copy = tiny_eval.rgb_histogram_distance(copies, target)  # the best any LoRA on this VAE can do
+    vae_copy = image_measures.rgb_histogram_distance(copies, target)  # the best any LoRA on this VAE can do
     others = {p: draw(pipe, p, SEEDS) for p in OTHER_PROMPTS}
     seed_change = np.mean(
-        [tiny_eval.mean_abs_pixel_change(others[p], draw(pipe, p, OTHER_SEEDS)) for p in OTHER_PROMPTS]
+        [image_measures.mean_abs_pixel_change(others[p], draw(pipe, p, OTHER_SEEDS)) for p in OTHER_PROMPTS]
     )
-    lora_change = np.mean([tiny_eval.mean_abs_pixel_change(others[p], with_lora(1.0, p)) for p in OTHER_PROMPTS])
+    lora_change = np.mean([image_measures.mean_abs_pixel_change(others[p], with_lora(1.0, p)) for p in OTHER_PROMPTS])
     result = {
         "task": task,
         "d_scale0": round(d0, 3),

@@ -11,9 +11,11 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import call_predictor, draw, purple_stars, zip_images
+from lora_core import image_measures
 from lora_core.base import checkpoints
 from lora_core.lora import binding, lora_file, patching, prompts
 from lora_core.tiny import tiny_eval
+from lora_core.training import checkpoint_report, trainer
 from predict_train import Predictor
 
 pytestmark = pytest.mark.slow  # not in the quick tier (./dev test -m 'not slow')
@@ -31,7 +33,7 @@ def predictor(train_predictor):
 
 @pytest.fixture(scope="module")
 def trained(preset_lora):
-    return preset_lora("stars", purple_stars(), seed=1)
+    return preset_lora("stars", purple_stars(), seed=1, checkpoints=4)  # the product's default
 
 
 def test_output_is_one_safetensors_file_with_metadata_and_a_scale_grid(trained):
@@ -44,8 +46,27 @@ def test_output_is_one_safetensors_file_with_metadata_and_a_scale_grid(trained):
     assert len(meta["lora_studio.base_hash"]) == 12
     assert "emb_params" in keys and any(k.startswith("unet.") and "lora_A" in k for k in keys)
     assert any(k.startswith("text_encoder.") for k in keys)
-    grid = Image.open(trained.scales_grid)
-    assert grid.width == 5 * grid.height
+    grid, cell = Image.open(trained.scales_grid), 64 * 4  # 64 px images, drawn 4x
+    assert grid.size == (270 + 5 * cell, 4 * cell)  # a labelled row per checkpoint, a column per scale
+
+
+def test_the_report_scores_every_checkpoint_and_recommends_one_by_its_rule(trained):
+    """Fidelity to the photos rises from the base, bleed into other prompts rises with training, and the
+    recommended checkpoint is the rule's pick: the lora output is that file, and every checkpoint file loads."""
+    report = checkpoint_report.TrainingReport.model_validate_json(trained.report.read_text())
+    scores = report.checkpoints
+    assert [s.step for s in scores] == list(trainer.checkpoint_steps(scores[-1].step, 4))
+    assert all(s.fidelity > report.base.fidelity for s in scores), (report.base, scores)
+    assert scores[-1].bleed > scores[0].bleed and report.base.bleed == 0, scores
+    assert (report.recommended_step, report.reason) == checkpoint_report.recommend(scores, report.bleed_bound)
+    with safe_open(trained.lora, "pt") as f:
+        meta = f.metadata()
+    assert meta["lora_studio.steps"] == str(report.recommended_step) and meta["lora_studio.recommended"] == "true"
+    assert trained.lora.read_bytes() == next(p for p in trained.checkpoints if p.name == trained.lora.name).read_bytes()
+    for path, score in zip(trained.checkpoints, scores, strict=True):
+        with safe_open(path, "pt") as f:
+            assert f.metadata()["lora_studio.fidelity"] == f"{score.fidelity:.3f}"
+        _plain_diffusers_images(path, ["<s0>", "<s1>"])  # diffusers' own loader takes each checkpoint
 
 
 def _generate(pipe, lora, scale, prompt="a photo of <1>"):
@@ -121,8 +142,8 @@ def test_prompts_without_the_token_keep_the_bases_look(predictor, trained):
     reseeded = {p: draw(pipe, p, range(100, 100 + len(SEEDS))) for p in OTHER_PROMPTS}
     with patching.applied(pipe, [lora], [1.0]):
         with_lora = {p: draw(pipe, p, SEEDS) for p in OTHER_PROMPTS}
-    change = np.mean([tiny_eval.mean_abs_pixel_change(base[p], with_lora[p]) for p in OTHER_PROMPTS])
-    seed_change = np.mean([tiny_eval.mean_abs_pixel_change(base[p], reseeded[p]) for p in OTHER_PROMPTS])
+    change = np.mean([image_measures.mean_abs_pixel_change(base[p], with_lora[p]) for p in OTHER_PROMPTS])
+    seed_change = np.mean([image_measures.mean_abs_pixel_change(base[p], reseeded[p]) for p in OTHER_PROMPTS])
     colour_change = np.mean([tiny_eval.palette_distance(base[p], with_lora[p]) for p in OTHER_PROMPTS])
     print(
         f"other prompts: pixel change {change:.1f} vs a change of seed {seed_change:.1f}; colours {colour_change:.3f}"
@@ -133,16 +154,17 @@ def test_prompts_without_the_token_keep_the_bases_look(predictor, trained):
 
 
 def test_same_seed_same_lora_whatever_the_process_did_before(predictor, trained, tmp_path):
-    """The shared predictor has trained and drawn grids already; a fresh one has done nothing."""
+    """The shared predictor has trained and drawn grids already; a fresh one has done nothing. Keeping
+    checkpoints copies tensors and changes nothing in the training: the last of 3 is the file of a training
+    that kept one."""
     from safetensors.torch import load_file
 
     fresh = Predictor()
     fresh.setup()
     zip_path = zip_images(tmp_path / "few.zip", instance_images(4))
-    a, b = (
-        load_file(call_predictor(p, instance_data=zip_path, task="object", seed=3, max_train_steps=10).lora)
-        for p in (predictor, fresh)
-    )
+    given = {"instance_data": zip_path, "task": "object", "seed": 3, "max_train_steps": 10}
+    a = load_file(call_predictor(predictor, **given, checkpoints=3).checkpoints[-1])
+    b = load_file(call_predictor(fresh, **given, checkpoints=1).lora)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

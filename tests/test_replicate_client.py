@@ -1,6 +1,7 @@
 """The official ``replicate`` client against the service: train from a zip, then generate with the LoRA it made."""
 
 import io
+import re
 import time
 
 import numpy as np
@@ -45,7 +46,10 @@ def test_train_then_generate_with_the_official_client(service, tmp_path):
     assert (100, 300, 300) in progress_steps(training.logs)
     assert "uploaded lora (0." in training.logs  # handed to the worker's upload URL, not inlined in a webhook
     lora_url = training.output["lora"]
-    assert "/lora-object-0.safetensors?" in lora_url  # the file's own name: task and seed
+    assert re.search(r"/lora-object-0-step\d{5}\.safetensors\?", lora_url)  # its own name: task, seed, step
+    assert len(training.output["checkpoints"]) == 4 and lora_url.split("?")[0].rsplit("/", 1)[1] in {
+        c.split("?")[0].rsplit("/", 1)[1] for c in training.output["checkpoints"]
+    }  # the recommended checkpoint is one of them
 
     # scale 0 is the base; at 1 the LoRA draws purple stars (the concept the base has never seen)
     inputs = {"prompt": "a photo of <1>", "lora_urls": lora_url, "seed": 1, "num_outputs": 4}
@@ -65,6 +69,11 @@ def test_train_then_generate_with_the_official_client(service, tmp_path):
     assert "published as carol/stars:1" in training.logs
     named = client.run("lora-studio/lora", input={**inputs, "lora_scales": "1", "lora_urls": "carol/stars:1"})
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(_images(named), tuned_images, strict=True))
+    # A1111's tag with the name applies it alone, as in A1111: the same pixels again, the tag out of the prompt
+    tagged = client.run(
+        "lora-studio/lora", input={**inputs, "prompt": "a photo of <1> <lora:carol/stars:1:1>", "lora_urls": ""}
+    )
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(_images(tagged), tuned_images, strict=True))
     _names_are_private_until_made_public(service, lora_url)
 
 
@@ -84,6 +93,8 @@ def _names_are_private_until_made_public(service, lora_url: str) -> None:
         "POST", "/v1/models/lora-studio/lora/predictions", json={"input": {"prompt": "<1>", "lora_urls": "carol/stars"}}
     )
     assert refused.status_code == 422 and "no LoRA named 'carol/stars'" in refused.json()["detail"]
+    tag = dave("POST", "/v1/models/lora-studio/lora/predictions", json={"input": {"prompt": "<lora:carol/stars:1>"}})
+    assert tag.status_code == 422 and "input.prompt" in tag.text and "no LoRA named 'carol/stars'" in tag.text
     assert dave("PATCH", "/v1/loras/carol/stars", json={"visibility": "public"}).status_code == 404
     # a destination of another owner's is refused before anything runs
     r = dave("POST", "/v1/trainings", json={"destination": "carol/stars", "input": {"instance_data": lora_url}})
@@ -92,3 +103,7 @@ def _names_are_private_until_made_public(service, lora_url: str) -> None:
     used = dave.predict("lora-studio/lora", {"prompt": "a photo of <1>", "lora_urls": "carol/stars", "seed": 1})
     assert used["status"] == "succeeded" and used["provenance"]["loras"][0]["sha256"] == version["sha256"]
     assert used["provenance"]["loras"][0]["url"] == "carol/stars"  # as dave wrote it, not the signed URL
+    by_tag = dave.predict("lora-studio/lora", {"prompt": "a photo of <1> <lora:carol/stars:0.5>", "seed": 1})
+    assert by_tag["status"] == "succeeded", by_tag["error"]
+    assert by_tag["input"]["prompt"] == "a photo of <1> <lora:carol/stars:0.5>"  # stored as dave wrote it
+    assert [(x["url"], x["scale"]) for x in by_tag["provenance"]["loras"]] == [("carol/stars", 0.5)]

@@ -24,6 +24,7 @@ def _training_input(tmp_path, steps: int) -> dict:
         "instance_data": "data:application/zip;base64," + base64.b64encode(zip_path.read_bytes()).decode(),
         "task": "object",
         "max_train_steps": steps,
+        "checkpoints": 1,
         "seed": 0,
     }
 

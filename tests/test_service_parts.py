@@ -220,7 +220,9 @@ def test_model_versions_are_stable_and_distinct():
 def test_an_incomplete_output_is_not_success():
     train = MODELS["lora-studio/lora-training"]
     assert train.output_problem({}, {"lora": {"$file": "a"}, "lora_a1111": {"$file": "b"}, "scales_grid": None})
-    assert train.output_problem({}, {"lora": 1, "lora_a1111": 1, "scales_grid": 1}) is None
+    assert train.output_problem({}, {"lora": 1, "lora_a1111": 1, "scales_grid": 1})  # no checkpoints nor report
+    done = {"lora": 1, "lora_a1111": 1, "scales_grid": 1, "checkpoints": [1, 2], "report": 1}
+    assert train.output_problem({}, done) is None
     assert GENERATE.output_problem({"num_outputs": 2}, [{"$file": "a"}])
     assert GENERATE.output_problem({"num_outputs": 2}, [{"$file": "a"}, {"$file": "b"}]) is None
 
@@ -441,3 +443,41 @@ def test_local_workers_split_the_cores_unless_told(tmp_path):
     assert threads(three) == {str(max(1, cores // 3))}
     assert threads({**three, "LORA_STUDIO_WORKER_THREADS": "5"}) == {"5"}
     assert threads({"LORA_STUDIO_WORKERS": "lora-studio/lora=1;lora-studio/lora-training=0"}) == {str(cores)}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"prompt": "a photo of <1>", "lora_urls": "alice/face"}, None),  # no tag: the input as it was
+        (
+            {"prompt": "a photo of <1> <lora:carol/stars:0.8>"},
+            {"prompt": "a photo of <1> <lora:1:0.8>", "lora_urls": "carol/stars"},
+        ),
+        (  # a listed name: the tag takes its position; a new one is appended after the given entries
+            {
+                "prompt": "<lora:carol/stars:2:0.5> <1> and <2>, <lora:bob/style:1>",
+                "lora_urls": "http://x/a.safetensors|carol/stars:2",
+            },
+            {
+                "prompt": "<lora:2:0.5> <1> and <2>, <lora:3:1>",
+                "lora_urls": "http://x/a.safetensors|carol/stars:2|bob/style",
+            },
+        ),
+        (  # one scale per entry: the appended entry brings its tag's weight, so the counts agree
+            {"prompt": "<1> <lora:bob/style:0.3>", "lora_urls": "a|b", "lora_scales": "0.5|0.6"},
+            {"prompt": "<1> <lora:3:0.3>", "lora_urls": "a|b|bob/style", "lora_scales": "0.5|0.6|0.3"},
+        ),
+        (  # a file-name tag (A1111's own kind) is the predictor's to read
+            {"prompt": "<lora:my_lora:0.5> <1>", "lora_urls": "http://x/my_lora.safetensors"},
+            None,
+        ),
+    ],
+)
+def test_catalog_name_tags_become_entries_the_predictor_reads(given, expected):
+    assert loras.tags_as_entries(given) == ({**given, **expected} if expected else given)
+
+
+def test_the_names_a_prompts_tags_use_are_what_the_api_checks():
+    prompt = "<lora:carol/stars:2:0.5> <1>, <lora:bob/style:1> <lora:file_name:0.3> <lora:1:0.4>"
+    assert loras.tag_refs(prompt) == ["carol/stars:2", "bob/style"]
+    assert loras.tag_refs(None) == [] and loras.tag_refs("a photo of <1>") == []

@@ -30,6 +30,7 @@ from conftest import zip_images
 from lora_core.service.models import load_models
 from lora_core.service.web import pages
 from lora_core.tiny import tiny_world
+from lora_core.training import trainer
 from service_harness import ROOT, Api
 
 GENERATE = "lora-studio/lora"
@@ -218,6 +219,7 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     fill(css(d, "input[name='seed']"), "0")
     css(d, "details.expert summary").click()
     fill(css(d, "input[name='max_train_steps']"), "250")
+    fill(css(d, "[data-destination]"), "web-stars")  # published under a name (Replicate's trainings API)
     shoot(d, shots, "train-form")
     css(d, "[data-submit]").click()
     wait(d, lambda d: re.search(r"/predictions/[a-z0-9]{26}$", d.current_url))
@@ -239,6 +241,7 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     assert wait_final(d, 600) == "succeeded", css(d, "[data-logs]").text[-2000:]
     marks["training succeeded"] = time.monotonic() - started
     assert css(d, "[data-progress-percent]").text == "100%"
+    assert f"published as {OWNER}/web-stars:1" in css(d, "[data-logs]").get_attribute("textContent")
     lora_card = css(d, "[data-output-file='lora']")
     assert ".safetensors" in lora_card.text and "KB" in lora_card.text
     facts = dict(
@@ -252,6 +255,15 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
     grid = css(d, "[data-output-image]")
     assert wait(d, lambda d: d.execute_script("return arguments[0].naturalWidth", grid) > 64)
     assert requests.get(css(d, "[data-output-file='lora'] a").get_attribute("href"), timeout=30).status_code == 200
+    # its checkpoints: a row each with its scores, the recommended one marked and used by "Use this LoRA"
+    rows = d.find_elements(By.CSS_SELECTOR, "[data-checkpoint]")
+    assert [int(r.get_attribute("data-checkpoint")) for r in rows] == list(trainer.checkpoint_steps(250, 4))
+    recommended = d.find_elements(By.CSS_SELECTOR, "[data-checkpoint].recommended")
+    assert len(recommended) == 1 and "(recommended)" in recommended[0].text
+    assert all(re.search(r"\b0\.\d{3}\b", r.text) for r in rows)  # a fidelity figure in every row
+    use = recommended[0].find_element(By.CSS_SELECTOR, "[data-use-checkpoint]").get_attribute("href")
+    assert use == css(d, "[data-use-lora]").get_attribute("href")
+    assert facts["steps"] == recommended[0].get_attribute("data-checkpoint") and "bleed" in facts
     shoot(d, shots, "training-succeeded")
 
     # use this LoRA: the generation form, with the LoRA and a prompt naming it <1>

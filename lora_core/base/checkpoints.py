@@ -64,6 +64,11 @@ class Checkpoint(BaseModel):
         ),
         description="what the base draws before training is mixed into training, so other prompts keep it",
     )
+    bleed_prompts: tuple[str, ...] = Field(
+        ("a photo of a man in a park", "a house by a lake", "a cat sleeping on a sofa"),
+        description="prompts without the concept, none of them a prior prompt, that a training's report draws "
+        "with each checkpoint to measure how far the LoRA leaks into them",
+    )
 
 
 _SD15 = SamplingDefaults(width=512, height=512, num_inference_steps=30, guidance_scale=7.5)
@@ -90,6 +95,11 @@ REGISTRY: dict[str, Checkpoint] = {
                 "a purple square on a gray background",
                 "a red and white striped pattern",
                 "a blue circle and a yellow triangle",
+            ),
+            bleed_prompts=(
+                "a green square",
+                "an orange triangle on a black background",
+                "a yellow circle on a blue striped background",
             ),
         ),
         Checkpoint(

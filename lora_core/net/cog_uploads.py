@@ -62,15 +62,26 @@ def put_file(endpoint: str, path: Path, session: requests.Session | None = None)
     return urlunsplit(urlsplit(r.headers["Location"])._replace(query=""))
 
 
-def deliver(files: Mapping[str, Path], log: Callable[[str], None] = print) -> dict[str, Path | str]:
-    """Each named file as its uploaded URL when an upload URL is set, else as the path (Cog inlines it)."""
+def deliver(
+    files: Mapping[str, Path | list[Path]], log: Callable[[str], None] = print
+) -> dict[str, Path | str | list[Path] | list[str]]:
+    """Each named file (or list of files) as its uploaded URL when an upload URL is set, else as the path (Cog
+    inlines it)."""
     endpoint = upload_url()
     if endpoint is None:
         return dict(files)
-    out: dict[str, Path | str] = {}
+    out: dict[str, Path | str | list[Path] | list[str]] = {}
     with requests.Session() as session:
-        for name, path in files.items():
+
+        def one(name: str, path: Path) -> str:
             started, size = time.monotonic(), path.stat().st_size
-            out[name] = put_file(endpoint, Path(path), session)
+            url = put_file(endpoint, Path(path), session)
             log(f"uploaded {name} ({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
+            return url
+
+        for name, value in files.items():
+            if isinstance(value, list):
+                out[name] = [one(f"{name}[{i}]", p) for i, p in enumerate(value)]
+            else:
+                out[name] = one(name, value)
     return out

@@ -197,13 +197,17 @@ class Service:
             raise invalid_input(e) from None
         if model.kind == "training" and destination is not None:
             self._check_destination(owner, destination)
-        unknown = [ref for ref in _lora_refs(clean.get("lora_urls")) if not loras.resolve(self.engine, ref, owner)]
-        if unknown:
-            message = (
-                f"no LoRA named {unknown[0]!r}: a name is one of yours (owner/name for the newest version, "
-                "owner/name:N for one) or another owner's public one"
-            )
-            raise invalid_input(InputError([InvalidField("input.lora_urls", "not_found", message)]))
+        for field, refs in (
+            ("lora_urls", _lora_refs(clean.get("lora_urls"))),
+            ("prompt", loras.tag_refs(clean.get("prompt"))),
+        ):
+            unknown = [ref for ref in refs if not loras.resolve(self.engine, ref, owner)]
+            if unknown:
+                message = (
+                    f"no LoRA named {unknown[0]!r}: a name is one of yours (owner/name for the newest version, "
+                    "owner/name:N for one) or another owner's public one"
+                )
+                raise invalid_input(InputError([InvalidField(f"input.{field}", "not_found", message)]))
         try:
             limits.check_create(self.engine, owner, self.config.owner_limits)
         except limits.LimitReached as e:

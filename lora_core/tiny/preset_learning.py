@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from lora_core import image_measures
 from lora_core.base import checkpoints, sampling
 from lora_core.lora import binding, lora_file, patching, prompts
-from lora_core.tiny import tiny_eval, tiny_vae_data
+from lora_core.tiny import tiny_vae_data
 from lora_core.training import dataset, preprocess, presets, training_job
 
 # (photo, how many augmented copies, their seed) per preset: the zips tests/test_tasks_on_photos.py trains on.
@@ -63,14 +64,6 @@ def write_zip(path: Path, images: list[Image.Image]) -> Path:
     return path
 
 
-def _nearest_mae(images: list[Image.Image], targets: list[Image.Image]) -> float:
-    """Mean over images of the mean absolute pixel error (0-255) to the closest target."""
-    t = np.stack([np.asarray(im.convert("RGB"), np.float32) for im in targets])
-    return float(
-        np.mean([np.abs(t - np.asarray(im.convert("RGB"), np.float32)).mean(axis=(1, 2, 3)).min() for im in images])
-    )
-
-
 def _draw(pipe, prompt: str, defaults) -> list[Image.Image]:
     seeds = list(SEEDS)
     per = sampling.MAX_OUTPUTS
@@ -104,8 +97,8 @@ def measure_preset(pipe, base_hash: str, task: str, work_dir: Path, log: Callabl
     for scale in (0.0, 1.0):
         with patching.applied(pipe, [lora], [scale]) as texts:
             drawn[scale] = _draw(pipe, prompts.expand(prompt, texts), checkpoint.defaults)
-    colour = [tiny_eval.rgb_histogram_distance(drawn[s], targets) for s in (0.0, 1.0)]
-    nearest = [_nearest_mae(drawn[s], targets) for s in (0.0, 1.0)]
+    colour = [image_measures.rgb_histogram_distance(drawn[s], targets) for s in (0.0, 1.0)]
+    nearest = [image_measures.nearest_mae(drawn[s], targets) for s in (0.0, 1.0)]
     return {
         "task": task,
         "photos": [name for name, _, _ in PRESET_PHOTOS[task]],

@@ -88,15 +88,6 @@ def classify_shape(image: Image.Image, prototypes: dict[str, np.ndarray]) -> str
     return min(prototypes, key=lambda s: float(np.sum((prototypes[s] - feats) ** 2)))
 
 
-def mean_abs_pixel_change(a: list[Image.Image], b: list[Image.Image]) -> float:
-    """Mean |difference| in 0..255 between paired images."""
-    return float(
-        np.mean(
-            [np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean() for x, y in zip(a, b, strict=True)]
-        )
-    )
-
-
 def mean_abs_error(originals: np.ndarray, copies: np.ndarray) -> float:
     """Mean |difference| per channel in 0..255 between two uint8 (N, H, W, 3) stacks."""
     return float(np.abs(originals.astype(np.float32) - copies.astype(np.float32)).mean())
@@ -112,28 +103,3 @@ def hue_errors_deg(originals: np.ndarray, copies: np.ndarray) -> np.ndarray:
 
     d = np.abs(hues(originals) - hues(copies))
     return np.minimum(d, 1 - d) * 360
-
-
-def rgb_histogram(images: list[Image.Image], bins: int = 4) -> np.ndarray:
-    """Share of all pixels in each of ``bins``³ RGB cells: any colour counts, not only the world's palette.
-
-    Each pixel is shared between the eight cells around it (linear in each channel, between cell centres), so a
-    colour one step either side of a cell edge counts as nearly the same colour; with hard cells a pink whose
-    green is 60 and its copy at 68 were as different as pink and blue."""
-    centre = (np.arange(bins) + 0.5) * 256 / bins
-    counts = np.zeros((bins,) * 3)
-    for im in images:
-        rgb = np.asarray(im.convert("RGB"), np.float32).reshape(-1, 3)
-        pos = np.clip((rgb - centre[0]) / (256 / bins), 0, bins - 1)  # 0 at the first centre, bins-1 at the last
-        low = np.minimum(pos.astype(np.int64), bins - 2) if bins > 1 else np.zeros_like(pos, np.int64)
-        frac = pos - low
-        for corner in range(8):
-            up = [(corner >> c) & 1 for c in range(3)]
-            weight = np.prod([frac[:, c] if up[c] else 1 - frac[:, c] for c in range(3)], axis=0)
-            np.add.at(counts, tuple(low[:, c] + up[c] for c in range(3)), weight)
-    return (counts / counts.sum()).ravel()
-
-
-def rgb_histogram_distance(a: list[Image.Image], b: list[Image.Image], bins: int = 4) -> float:
-    """Total-variation distance of two sets' RGB histograms: 0 same colours, 1 disjoint."""
-    return 0.5 * float(np.abs(rgb_histogram(a, bins) - rgb_histogram(b, bins)).sum())

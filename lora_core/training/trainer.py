@@ -68,8 +68,14 @@ class TrainedLoRA:
     text_encoder: dict[str, torch.Tensor] | None  # PEFT names, relative to the text encoder
     embeddings: torch.Tensor  # (num_tokens, hidden) for config.tokens, in order
     config: TrainingConfig
-    final_loss: float
-    seconds: float
+    final_loss: float  # the running loss at ``step``
+    seconds: float  # of training, up to ``step``
+    step: int
+
+
+def checkpoint_steps(steps: int, count: int) -> tuple[int, ...]:
+    """``count`` steps spread evenly over a training of ``steps``, ending on the last (fewer when steps < count)."""
+    return tuple(sorted({max(1, round(steps * k / count)) for k in range(1, count + 1)}))
 
 
 Log = Callable[[str], None]
@@ -129,17 +135,51 @@ def _remove_peft_layers(*models) -> None:
         model._hf_peft_config_loaded = False
 
 
+def _snapshot(unet, text_encoder, embeddings, cfg, running: float, start: float, step: int) -> TrainedLoRA:
+    """A copy of the LoRA's tensors as they are now (CPU, contiguous)."""
+    from peft.utils import get_peft_model_state_dict
+
+    def copied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+    return TrainedLoRA(
+        unet=copied(get_peft_model_state_dict(unet, adapter_name=ADAPTER)),
+        text_encoder=copied(get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER, save_embedding_layers=False))
+        if cfg.train_text_encoder
+        else None,
+        embeddings=embeddings.detach().cpu().clone(),
+        config=cfg,
+        final_loss=float(running),
+        seconds=time.perf_counter() - start,
+        step=step,
+    )
+
+
 def train_lora(
     pipe, examples: list[Example], cfg: TrainingConfig, log: Log = print, prior: Sequence[Example] = ()
 ) -> TrainedLoRA:
-    """Train on ``examples`` with the warm ``pipe``'s weights; returns the LoRA tensors.
+    """The LoRA after the last step (``train_checkpoints`` with one checkpoint)."""
+    return train_checkpoints(pipe, examples, cfg, (cfg.steps,), log=log, prior=prior)[-1]
+
+
+def train_checkpoints(
+    pipe,
+    examples: list[Example],
+    cfg: TrainingConfig,
+    save_at: Sequence[int],
+    log: Log = print,
+    prior: Sequence[Example] = (),
+) -> list[TrainedLoRA]:
+    """Train on ``examples`` with the warm ``pipe``'s weights; the LoRA tensors as they were after each step of
+    ``save_at`` (the last step is always among them), in order. Saving a checkpoint copies the LoRA's tensors and
+    nothing else: the training itself is the same with one checkpoint or ten, so the last is the same file.
 
     ``prior``: images the base drew for other prompts. Each batch also holds half a batch of
     them (weighted ``cfg.prior_weight``), so prompts without the new tokens keep the base's look.
     """
+    kept_steps = sorted({s for s in save_at if 1 <= s < cfg.steps} | {cfg.steps})
     from diffusers import DDPMScheduler
     from diffusers.training_utils import cast_training_params
-    from peft.utils import get_peft_model_state_dict
 
     gen = torch.Generator().manual_seed(cfg.seed)
     device, dtype = pipe.unet.device, pipe.unet.dtype
@@ -198,6 +238,7 @@ def train_lora(
         warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
         unet.train(), text_encoder.train()
         start, running = time.perf_counter(), 0.0
+        saved: list[TrainedLoRA] = []
         progress = Progress(cfg.steps, log)  # a line at least every 5%
         log(
             f"training {cfg.steps} steps, batch {cfg.batch_size}, rank {cfg.rank}, {len(examples)} images, "
@@ -229,23 +270,12 @@ def train_lora(
                 table[keep] = original_rows[keep]
             running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
             progress.step(step, loss=running)
+            if step in kept_steps:
+                saved.append(_snapshot(unet, text_encoder, table[new_ids], cfg, running, start, step))
+                if step < cfg.steps:
+                    log(f"checkpoint {len(saved)} of {len(kept_steps)} kept at step {step}")
         unet.eval(), text_encoder.eval()
-        unet_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-        text_state = (
-            get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER, save_embedding_layers=False)
-            if cfg.train_text_encoder
-            else None
-        )
-        return TrainedLoRA(
-            unet={k: v.detach().cpu().clone().contiguous() for k, v in unet_state.items()},
-            text_encoder=None
-            if text_state is None
-            else {k: v.detach().cpu().clone().contiguous() for k, v in text_state.items()},
-            embeddings=table[new_ids].detach().cpu().clone(),
-            config=cfg,
-            final_loss=float(running),
-            seconds=time.perf_counter() - start,
-        )
+        return saved
     finally:
         _remove_peft_layers(unet, text_encoder)
         unet.eval()

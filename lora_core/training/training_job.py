@@ -1,4 +1,4 @@
-"""One training prediction, start to finish: zip -> examples -> LoRA file -> scale grid.
+"""One training prediction, start to finish: zip -> examples -> checkpoints -> report -> LoRA files -> grid.
 
 The predictor only declares inputs; this module resolves them against the task preset
 and the base checkpoint, runs the steps in order and says what it did in the log.
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lora_core import image_files
 from lora_core.base import checkpoints, placement, sampling
 from lora_core.lora import binding, lora_convert, lora_file, patching, prompts
-from lora_core.training import dataset, preprocess, presets, prior_images, trainer
+from lora_core.training import checkpoint_report, dataset, preprocess, presets, prior_images, trainer
 
 GRID_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -38,6 +38,7 @@ class TrainingRequest(BaseModel):
     caption_prefix: str | None = Field(None, max_length=200)
     prior_images: int | None = Field(None, ge=0, le=200)
     grid_steps: int | None = Field(None, ge=1, le=150)
+    checkpoints: int = Field(4, ge=1, le=10)
 
     @field_validator("base_model", mode="before")
     @classmethod
@@ -48,10 +49,12 @@ class TrainingRequest(BaseModel):
 
 @dataclass
 class TrainingResult:
-    lora: Path  # our file: diffusers/PEFT names + embeddings + metadata
+    lora: Path  # the recommended checkpoint, our file: diffusers/PEFT names + embeddings + metadata
     lora_a1111: Path  # the same LoRA under kohya/A1111 names, for A1111, ComfyUI, Civitai
-    grid: Path
+    grid: Path  # checkpoints (rows) x scales (columns)
     metadata: dict[str, str]
+    checkpoints: list[Path]  # every checkpoint, in step order (our files, each with its scores)
+    report: Path  # checkpoint_report.TrainingReport as JSON
 
 
 def resolve_config(
@@ -107,8 +110,11 @@ def run_training(
             f"{len(prior)} prior images of the base ({len(checkpoint.prior_prompts)} prompts), "
             "so that prompts without the new tokens keep the base's look"
         )
-    trained = trainer.train_lora(pipe, examples, cfg, log=log, prior=prior)
+    save_at = trainer.checkpoint_steps(cfg.steps, request.checkpoints)
+    trained = trainer.train_checkpoints(pipe, examples, cfg, save_at, log=log, prior=prior)
+    log(f"trained {cfg.steps} steps in {trained[-1].seconds:.0f}s")
 
+    prompt = preset.caption_template.format(tokens="<1>")
     metadata = lora_file.lora_metadata(
         base_model=checkpoint.name,
         base_family=checkpoint.family,
@@ -126,45 +132,102 @@ def run_training(
             "lora_studio.training_config": cfg.model_dump_json(),
         },
     )
-    tensors = lora_file.pack_trained(trained.unet, trained.text_encoder, trained.embeddings)
-    lora_path = lora_file.write_lora(out_dir / f"lora-{preset.name}-{cfg.seed}.safetensors", tensors, metadata)
-    log(f"wrote {lora_path.name} ({lora_path.stat().st_size / 1e6:.2f} MB) after {trained.seconds:.0f}s of training")
+    packed = [lora_file.pack_trained(t.unet, t.text_encoder, t.embeddings) for t in trained]
+    candidates = [
+        checkpoint_report.Candidate(t.step, binding.bind(pipe, tensors, metadata), t.final_loss)
+        for t, tensors in zip(trained, packed, strict=True)
+    ]
+    report = checkpoint_report.evaluate(
+        pipe,
+        checkpoint,
+        candidates,
+        [e.image for e in examples],
+        prompt,
+        cfg.seed,
+        cfg.resolution,
+        request.grid_steps,
+        log=log,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_path = out_dir / "report.json"
+    report_path.write_text(report.model_dump_json(indent=1))
+
+    files = []
+    for score, tensors in zip(report.checkpoints, packed, strict=True):
+        recommended = score.step == report.recommended_step
+        meta = {
+            **metadata,
+            "lora_studio.steps": str(score.step),
+            "lora_studio.checkpoint": f"{report.checkpoints.index(score) + 1} of {len(report.checkpoints)}",
+            "lora_studio.fidelity": f"{score.fidelity:.3f}",
+            "lora_studio.bleed": f"{score.bleed:.2f}",
+            "lora_studio.recommended": "true" if recommended else "false",
+            "lora_studio.bleed_bound": str(report.bleed_bound),
+            "lora_studio.base_fidelity": f"{report.base.fidelity:.3f}",
+        }
+        name = f"lora-{preset.name}-{cfg.seed}-step{score.step:05d}.safetensors"
+        files.append(lora_file.write_lora(out_dir / name, tensors, meta))
+        if recommended:
+            chosen, chosen_meta, chosen_tensors = files[-1], meta, tensors
+    log(
+        f"wrote {len(files)} checkpoint(s) ({files[-1].stat().st_size / 1e6:.2f} MB each); the lora output is "
+        f"the one at step {report.recommended_step}"
+    )
     embedding_name = f"{preset.name}{cfg.seed}"
     a1111_path = lora_file.write_lora(
         out_dir / f"lora-{preset.name}-{cfg.seed}-a1111.safetensors",
-        lora_convert.to_kohya(tensors, embedding_name),
-        {**metadata, "lora_studio.key_format": "kohya", "modelspec.trigger_phrase": embedding_name},
+        lora_convert.to_kohya(chosen_tensors, embedding_name),
+        {**chosen_meta, "lora_studio.key_format": "kohya", "modelspec.trigger_phrase": embedding_name},
     )
 
     grid_path = out_dir / "scales.png"
-    prompt = preset.caption_template.format(tokens="<1>")
-    lora = binding.bind(pipe, tensors, metadata)
-    scale_grid(pipe, lora, prompt, checkpoint, cfg.seed, cfg.resolution, request.grid_steps).save(grid_path)
-    log(f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}")
-    return TrainingResult(lora_path, a1111_path, grid_path, metadata)
+    labels = [f"step {c.step}" + (" (recommended)" if c.step == report.recommended_step else "") for c in candidates]
+    grid = scale_grid(
+        pipe, [c.lora for c in candidates], prompt, checkpoint, cfg.seed, cfg.resolution, request.grid_steps, labels
+    )
+    grid.save(grid_path)
+    log(
+        f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}; one row per "
+        f"checkpoint (steps {', '.join(str(c.step) for c in candidates)})"
+    )
+    return TrainingResult(chosen, a1111_path, grid_path, chosen_meta, files, report_path)
 
 
 def scale_grid(
     pipe,
-    lora: binding.BoundLoRA,
+    loras: list[binding.BoundLoRA],
     prompt: str,
     checkpoint: checkpoints.Checkpoint,
     seed: int,
     size: int,
     steps: int | None = None,
+    labels: list[str] | None = None,
 ) -> Image.Image:
-    """One row, same seed, the LoRA at each of GRID_SCALES, at the size it was trained: shows which scale to pick.
-    ``steps``: sampling steps (None: the base's recommended number)."""
-    images = []
-    for scale in GRID_SCALES:
-        with patching.applied(pipe, [lora], [scale]) as texts:
-            request = sampling.resolve_request(
-                checkpoint.defaults,
-                prompt=prompts.expand(prompt, texts),
-                seed=seed,
-                width=size,
-                height=size,
-                num_inference_steps=steps,
-            )
-            images.append(sampling.sample(pipe, request)[0])
-    return image_files.grid([images], scale=1 if images[0].width >= 256 else 4)
+    """A row per LoRA (a training's checkpoints), same seed, each at GRID_SCALES, at the size it trained: shows
+    which checkpoint and scale to pick. Scale 0 is the base whatever the LoRA, so it is drawn once.
+    ``steps``: sampling steps (None: the base's recommended number); ``labels``: one per row, when more than one.
+    """
+    base: Image.Image | None = None
+    rows = []
+    for lora in loras:
+        row = []
+        for scale in GRID_SCALES:
+            if scale == 0 and base is not None:
+                row.append(base)
+                continue
+            with patching.applied(pipe, [lora], [scale]) as texts:
+                request = sampling.resolve_request(
+                    checkpoint.defaults,
+                    prompt=prompts.expand(prompt, texts),
+                    seed=seed,
+                    width=size,
+                    height=size,
+                    num_inference_steps=steps,
+                )
+                row.append(sampling.sample(pipe, request)[0])
+            if scale == 0:
+                base = row[-1]
+        rows.append(row)
+    return image_files.grid(
+        rows, scale=1 if rows[0][0].width >= 256 else 4, labels=labels if labels and len(rows) > 1 else None
+    )

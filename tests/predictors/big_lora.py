@@ -28,8 +28,13 @@ def write_big_outputs(pipe, base_hash, instance_data, request, out_dir, log):
     a1111, grid = Path(out_dir) / "lora_a1111.safetensors", Path(out_dir) / "scales_grid.png"
     a1111.write_bytes(b"".join(payload.blocks(3 * payload.BLOCK + 5, seed + 1)))
     grid.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    report, checkpoint = Path(out_dir) / "report.json", Path(out_dir) / "checkpoint.safetensors"
+    report.write_text("{}")
+    checkpoint.write_bytes(b"".join(payload.blocks(2 * payload.BLOCK + 7, seed + 2)))  # the big one is `lora`
     log(f"wrote {size} bytes")
-    return training_job.TrainingResult(lora=lora, lora_a1111=a1111, grid=grid, metadata={})
+    return training_job.TrainingResult(
+        lora=lora, lora_a1111=a1111, grid=grid, metadata={}, checkpoints=[checkpoint], report=report
+    )
 
 
 class _NoBase:

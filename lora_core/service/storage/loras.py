@@ -24,6 +24,10 @@ REF = re.compile(
     r"^(?P<owner>[a-z0-9][a-z0-9_-]{0,63})/(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>[1-9][0-9]{0,8}))?$"
 )
 VISIBILITIES = ("private", "public")
+# A1111's ``<lora:NAME:weight>`` whose NAME is a catalog name (``owner/name`` or ``owner/name:N``)
+TAG = re.compile(
+    r"<lora:\s*(?P<ref>[a-z0-9][a-z0-9_-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}(?::[1-9][0-9]{0,8})?)\s*:(?P<weight>[^:<>]+)>"
+)
 
 
 def parse(ref: str) -> tuple[str, str, int | None] | None:
@@ -32,6 +36,39 @@ def parse(ref: str) -> tuple[str, str, int | None] | None:
     if not match:
         return None
     return match["owner"], match["name"], int(match["version"]) if match["version"] else None
+
+
+def tag_refs(prompt: Any) -> list[str]:
+    """The catalog names that ``<lora:owner/name[:N]:w>`` tags in a prompt use."""
+    return [m["ref"] for m in TAG.finditer(prompt)] if isinstance(prompt, str) else []
+
+
+def tags_as_entries(values: dict[str, Any]) -> dict[str, Any]:
+    """A generation's input with each ``<lora:owner/name[:N]:w>`` tag turned into what the predictor reads: the
+    name among the ``lora_urls`` entries (appended unless listed) and the tag ``<lora:K:w>`` with its position K,
+    which sets its scale. As in A1111, a tag alone is enough to apply a LoRA. A ``lora_scales`` with one value per
+    entry gets ``w`` for each appended entry, so the counts still agree; a single value still applies to all."""
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not tag_refs(prompt):
+        return values
+    given = values.get("lora_urls")
+    entries = [e.strip() for e in given.split("|")] if isinstance(given, str) and given.strip() else []
+    scales_given = values.get("lora_scales")
+    scales = [s.strip() for s in scales_given.split("|")] if isinstance(scales_given, str) else []
+    per_entry = len(scales) > 1
+
+    def replace(match: re.Match) -> str:
+        ref, weight = match["ref"], match["weight"].strip()
+        if ref not in entries:
+            entries.append(ref)
+            if per_entry:
+                scales.append(weight)
+        return f"<lora:{entries.index(ref) + 1}:{weight}>"
+
+    out = {**values, "prompt": TAG.sub(replace, prompt), "lora_urls": "|".join(entries)}
+    if per_entry:
+        out["lora_scales"] = "|".join(scales)
+    return out
 
 
 def publish(engine: Engine, owner: str, name: str, file_id: str, prediction_id: str) -> Row:

@@ -249,6 +249,8 @@ class OutputItem:
             "lora_studio.rank": "rank",
             "lora_studio.steps": "steps",
             "lora_studio.seed": "seed",
+            "lora_studio.fidelity": "fidelity",
+            "lora_studio.bleed": "bleed",
             "modelspec.trigger_phrase": "trigger",
         }
         out = []
@@ -262,6 +264,40 @@ class OutputItem:
                     pass
                 out.append((label, value))
         return out
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    """One checkpoint of a training, as its file's metadata scores it (``training.checkpoint_report``)."""
+
+    item: OutputItem
+    step: int | None
+    fidelity: str
+    bleed: str
+    recommended: bool
+
+
+def is_checkpoint(item: OutputItem) -> bool:
+    return item.key.startswith("checkpoints[")
+
+
+def checkpoint_rows(items: list[OutputItem]) -> list[CheckpointRow]:
+    """A training's checkpoints in step order, for the page's table."""
+    rows = []
+    for item in items:
+        if is_checkpoint(item) and item.url:
+            meta = item.metadata
+            step = meta.get("lora_studio.steps", "")
+            rows.append(
+                CheckpointRow(
+                    item,
+                    int(step) if step.isdigit() else None,
+                    meta.get("lora_studio.fidelity", "—"),
+                    meta.get("lora_studio.bleed", "—"),
+                    meta.get("lora_studio.recommended") == "true",
+                )
+            )
+    return rows
 
 
 def output_items(stored: Any, file_rows: list[dict], url_of: Callable[[dict], str]) -> list[OutputItem]:

@@ -296,12 +296,17 @@ def _prediction_context(svc: Service, row: dict, owner: str) -> dict[str, Any]:
         "items": items,
         "images": [i for i in items if i.is_image and i.url],
         "image_seeds": _image_seeds(row, items),
-        "others": [i for i in items if not (i.is_image and i.url)],
+        "others": [i for i in items if not (i.is_image and i.url) and not pages.is_checkpoint(i)],
+        "checkpoints": [(c, _use_lora_link(svc, row, c.item)) for c in pages.checkpoint_rows(items)],
+        "grid_prompt": pages.lora_prompt(row["logs"] or ""),
+        "bleed_bound": next(
+            (i.metadata["lora_studio.bleed_bound"] for i in items if "lora_studio.bleed_bound" in i.metadata), "—"
+        ),
         "progress": pages.progress(row["logs"] or ""),
         "grid_caption": pages.grid_caption(row["logs"] or ""),
         "parent": parent,
         "diff": diff,
-        "use_lora": _use_lora_link(svc, row, items),
+        "use_lora": _use_lora_link(svc, row, _main_lora(items)),
         "input_files": _own_files(svc, row["owner"], row["input"]),
         "terminal": row["status"] in predictions.TERMINAL,
     }
@@ -330,14 +335,18 @@ def _own_files(svc: Service, owner: str, values: dict[str, Any]) -> dict[str, di
     return out
 
 
-def _use_lora_link(svc: Service, row: dict, items: list[pages.OutputItem]) -> str | None:
-    """The generation form pre-filled with a finished training's LoRA (by its API URL, which does not expire)
-    and a prompt naming it ``<1>``."""
-    if row["kind"] != "training" or row["status"] != "succeeded":
-        return None
-    lora = next((i for i in items if i.key == "lora" and i.is_lora), None) or next(
+def _main_lora(items: list[pages.OutputItem]) -> pages.OutputItem | None:
+    """A training's ``lora`` output (its recommended checkpoint), else its first LoRA file."""
+    return next((i for i in items if i.key == "lora" and i.is_lora), None) or next(
         (i for i in items if i.is_lora), None
     )
+
+
+def _use_lora_link(svc: Service, row: dict, lora: pages.OutputItem | None) -> str | None:
+    """The generation form pre-filled with a finished training's LoRA file (by its API URL, which does not
+    expire) and a prompt naming it ``<1>``."""
+    if row["kind"] != "training" or row["status"] != "succeeded":
+        return None
     generator = _generation_model(svc)
     if lora is None or lora.file_id is None or generator is None:
         return None

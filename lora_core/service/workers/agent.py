@@ -225,7 +225,7 @@ class Agent:
         outside URLs fetched here first (``import_file``), and no nulls (an empty optional input is left out:
         Cog's server rejects ``null``)."""
         out = {}
-        for name, value in row["input"].items():
+        for name, value in loras.tags_as_entries(row["input"]).items():
             if isinstance(value, str):
                 if name in model.file_inputs and not self.runtime.urls.own_file_ids(value):
                     value = self.import_file(row, name, value)
@@ -512,8 +512,8 @@ def _provenance(value: Any, row: dict, engine) -> dict | None:
     except (ValidationError, TypeError) as e:
         log.warning("ignored a malformed provenance record: %s", e)
         return None
-    entries = row["input"].get("lora_urls")
-    entries = [e.strip() for e in entries.split("|")] if isinstance(entries, str) else []
+    entries = loras.tags_as_entries(row["input"]).get("lora_urls")  # as the worker was given them, unsigned
+    entries = [e.strip() for e in entries.split("|")] if isinstance(entries, str) and entries.strip() else []
     if len(entries) == len(record.loras):  # as the user wrote them, not the signed URLs the worker was handed
         record.loras = [lora.model_copy(update={"url": e}) for lora, e in zip(record.loras, entries, strict=True)]
     parent = predictions.get(engine, row["forked_from"]) if row.get("forked_from") else None

@@ -227,11 +227,17 @@
       const button = form.querySelector("[data-submit]");
       button.disabled = true;
       const fork = form.dataset.fork;
-      const path = fork ? `/v1/predictions/${encodeURIComponent(fork)}/fork`
+      const named = form.querySelector("[data-destination]");
+      let path = fork ? `/v1/predictions/${encodeURIComponent(fork)}/fork`
         : `/v1/models/${form.dataset.model}/predictions`;
+      let body = { input: collect(form) };
+      if (!fork && named && named.value.trim()) { // a training published under a name: Replicate's trainings API
+        path = "/v1/trainings";
+        body = { ...body, model: form.dataset.model, destination: `${named.dataset.owner}/${named.value.trim()}` };
+      }
       let response;
       try {
-        response = await api("POST", path, { input: collect(form) });
+        response = await api("POST", path, body);
       } catch (error) {
         response = { status: 0, data: { detail: "The server could not be reached; try again." } };
       }
