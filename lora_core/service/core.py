@@ -160,6 +160,21 @@ class Service:
     def loras_of(self, owner: str) -> list[dict]:
         return [views.lora(versions, self.urls) for versions in loras.of_owner(self.engine, owner)]
 
+    # ---- the owner's API tokens --------------------------------------------------------------------------------
+    def tokens_of(self, owner: str) -> list[dict]:
+        """The owner's tokens as a listing shows them: id, first characters, creation time; never a token."""
+        return [_token_view(t) for t in tokens.listing(self.engine, owner)]
+
+    def new_token(self, owner: str) -> dict:
+        """A new token for the owner, shown this once (only its hash is kept)."""
+        made = tokens.issue(self.engine, owner)
+        return {**_token_view(made), "token": made["token"]}
+
+    def revoke_token(self, owner: str, token_id: str) -> None:
+        """Revoked at once, on every process; another owner's token id is answered as a missing one."""
+        if not tokens.revoke_own(self.engine, owner, token_id):
+            raise ApiError(404, "Not found", "No such token of yours.")
+
     def set_lora_visibility(self, lora_owner: str, name: str, viewer: str, visibility: str) -> dict:
         if lora_owner != viewer or not loras.set_visibility(self.engine, lora_owner, name, visibility):
             raise ApiError(404, "Not found", f"No LoRA {lora_owner}/{name} of yours found.")
@@ -362,3 +377,7 @@ def _lora_refs(value: Any) -> list[str]:
     if not isinstance(value, str):
         return []
     return [entry.strip() for entry in value.split("|") if loras.parse(entry)]
+
+
+def _token_view(row: dict) -> dict:
+    return {"id": row["id"], "hint": row["hint"] + "…", "created_at": views.timestamp(row["created_at"])}

@@ -10,6 +10,8 @@ import re
 import pytest
 import requests
 
+from service_harness import Api
+
 from . import zips
 from .conftest import GENERATE, TRAIN, data_uri, still_serves, timed
 
@@ -35,6 +37,9 @@ ENDPOINTS = [
     ("GET", "/v1/files/{file}"),
     ("DELETE", "/v1/files/{file}"),
     ("GET", "/v1/webhooks/default/secret"),
+    ("GET", "/v1/tokens"),
+    ("POST", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/{token_id}"),
 ]
 BAD_TOKENS = {
     "none": {},
@@ -59,6 +64,7 @@ def alices(hardened, alice):
         "file": upload["id"],
         "upload": upload,
         "output": prediction["output"][0],
+        "token_id": alice("GET", "/v1/tokens").json()["results"][0]["id"],
     }
 
 
@@ -91,6 +97,7 @@ def test_no_token_or_a_wrong_one_is_401_everywhere(hardened, alices, token):
         ("GET", "/v1/predictions/{training}"),
         ("GET", "/v1/files/{file}"),
         ("DELETE", "/v1/files/{file}"),
+        ("DELETE", "/v1/tokens/{token_id}"),
     ],
 )
 def test_another_owners_things_are_404_to_bob(alice, bob, alices, method, path):
@@ -109,6 +116,21 @@ def test_another_owners_things_are_404_to_bob(alice, bob, alices, method, path):
     # and nothing changed for Alice
     assert alice("GET", f"/v1/files/{alices['file']}").status_code == 200
     assert alice("GET", f"/v1/predictions/{alices['id']}").json()["status"] == "succeeded"
+
+
+def test_an_owner_lists_makes_and_revokes_their_own_tokens(hardened, alice, bob, alices):
+    """One token per machine, each revocable alone: a listing never shows a token, only its first characters."""
+    made = alice("POST", "/v1/tokens")
+    assert made.status_code == 201 and made.json()["token"].startswith(made.json()["hint"].rstrip("…"))
+    second = Api(hardened.url, made.json()["token"])
+    listing = second("GET", "/v1/tokens").json()["results"]
+    assert made.json()["id"] in {t["id"] for t in listing} and alices["token_id"] in {t["id"] for t in listing}
+    assert made.json()["token"] not in second("GET", "/v1/tokens").text
+    assert alices["token_id"] not in bob("GET", "/v1/tokens").text  # nor does another owner's listing hold them
+    assert alice("DELETE", f"/v1/tokens/{made.json()['id']}").status_code == 204
+    assert second("GET", "/v1/predictions").status_code == 401  # revoked at once
+    assert alice("GET", "/v1/predictions").status_code == 200  # the other token stands
+    assert alice("DELETE", f"/v1/tokens/{made.json()['id']}").status_code == 404
 
 
 def test_bob_cannot_list_or_download_alices_files(hardened, alice, bob, alices):

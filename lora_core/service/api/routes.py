@@ -345,6 +345,28 @@ async def update_lora(
     return await run_in_threadpool(svc.set_lora_visibility, lora_owner, name, who, body.visibility)
 
 
+# ---- the caller's API tokens (not Replicate's API: its tokens are managed on its website) ---------------------------
+
+
+@router.get("/v1/tokens")
+async def list_tokens(svc: Service = Depends(service), who: str = Depends(owner)):
+    """The caller's tokens: id, first characters and creation time, never a token itself."""
+    return {"next": None, "previous": None, "results": await run_in_threadpool(svc.tokens_of, who)}
+
+
+@router.post("/v1/tokens", status_code=201)
+async def create_token(svc: Service = Depends(service), who: str = Depends(owner)):
+    """A new token for the caller, in the answer this once (e.g. one per machine, each revocable on its own)."""
+    return await run_in_threadpool(svc.new_token, who)
+
+
+@router.delete("/v1/tokens/{token_id}", status_code=204)
+async def revoke_token(token_id: str, svc: Service = Depends(service), who: str = Depends(owner)):
+    """Revoked at once on every process of the service; the caller's own current token too, if named."""
+    await run_in_threadpool(svc.revoke_token, who, token_id)
+    return Response(status_code=204)
+
+
 # ---- files --------------------------------------------------------------------------------------------------------
 
 

@@ -24,22 +24,20 @@ def _digest(token: str) -> str:
 
 def create(engine: Engine, owner: str) -> str:
     """A new token for ``owner`` (lowercase letters, digits, ``-`` and ``_``); only its hash is kept."""
+    return issue(engine, owner)["token"]
+
+
+def issue(engine: Engine, owner: str) -> dict:
+    """``create``, with the row a listing shows (id, owner, created_at, hint) beside the token."""
     if not OWNER.match(owner):
         raise ValueError(
             f"owner {owner!r}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
         )
     token = PREFIX + secrets.token_urlsafe(30)
+    row = {"id": secrets.token_hex(8), "owner": owner, "created_at": utcnow(), "hint": token[:HINT]}
     with engine.begin() as c:
-        c.execute(
-            tokens.insert().values(
-                id=secrets.token_hex(8),
-                owner=owner,
-                token_sha256=_digest(token),
-                created_at=utcnow(),
-                hint=token[:HINT],
-            )
-        )
-    return token
+        c.execute(tokens.insert().values(**row, token_sha256=_digest(token)))
+    return {**row, "token": token}
 
 
 HINT = 7  # "ls_" and 4 random characters: enough to recognise a token, far too few to guess one
@@ -67,6 +65,12 @@ def revoke(engine: Engine, *, token_id: str | None = None, token: str | None = N
     )
     with engine.begin() as c:
         return c.execute(tokens.delete().where(where)).rowcount
+
+
+def revoke_own(engine: Engine, owner: str, token_id: str) -> bool:
+    """Deletes ``owner``'s token with this id (another owner's reads as missing); whether one went."""
+    with engine.begin() as c:
+        return bool(c.execute(tokens.delete().where(tokens.c.id == token_id, tokens.c.owner == owner)).rowcount)
 
 
 def owner_of(engine: Engine, token: str) -> str | None:
