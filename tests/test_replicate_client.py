@@ -84,6 +84,7 @@ def _names_are_private_until_made_public(service, lora_url: str) -> None:
     version = listing[0]["versions"][0]
     page = requests.get(f"{service.url}/loras", cookies={TOKEN_COOKIE: service.token("carol")}, timeout=30).text
     assert 'data-lora="carol/stars"' in page and "lora_urls=carol%2Fstars" in page  # "Use" fills the form
+    assert re.search(r"data-lora-scores>0\.\d{3} · \d\.\d{2}<", page)  # its report's fidelity and bleed
     assert requests.get(version["urls"]["download"], timeout=30).content == requests.get(lora_url, timeout=30).content
     # another owner: a private name reads exactly as a missing one, in the catalog and in lora_urls
     missing, private = dave("GET", "/v1/loras/carol/nothing"), dave("GET", "/v1/loras/carol/stars")
