@@ -31,15 +31,18 @@ def train_predictor():
 def preset_lora(train_predictor, tmp_path_factory):
     """``preset_lora(name, images, seed, task="object", checkpoints=1)``: a preset's full training through
     predict_train.py, once per session for each ``name`` (the slowest fixture: the training and the generation
-    tests share it). One checkpoint unless asked: ``lora`` is then the last step's, which the quality suites were
-    measured on.
+    tests share it, so each ``name`` is always asked with the same arguments). One checkpoint unless asked:
+    ``lora`` is then the last step's, which the quality suites were measured on.
     Returns the output files, copied out of the predictor's folders (it keeps only its latest few)."""
     import shutil
     from types import SimpleNamespace
 
     made: dict = {}
+    asked: dict = {}
 
     def train(name: str, images, seed: int, task: str = "object", checkpoints: int = 1):
+        settings = (seed, task, checkpoints)
+        assert asked.setdefault(name, settings) == settings, f"{name!r} was trained with {asked[name]}, not {settings}"
         if name not in made:
             folder = tmp_path_factory.mktemp(f"preset-{name}")
             out = call_predictor(
