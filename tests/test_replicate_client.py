@@ -108,3 +108,8 @@ def _names_are_private_until_made_public(service, lora_url: str) -> None:
     assert by_tag["status"] == "succeeded", by_tag["error"]
     assert by_tag["input"]["prompt"] == "a photo of <1> <lora:carol/stars:0.5>"  # stored as dave wrote it
     assert [(x["url"], x["scale"]) for x in by_tag["provenance"]["loras"]] == [("carol/stars", 0.5)]
+    forked = dave("POST", f"/v1/predictions/{by_tag['id']}/fork", json={})
+    assert forked.status_code == 201, forked.text
+    again = dave.wait(forked.json()["id"])  # the tag's LoRA once only, pinned to the bytes it used: exact
+    assert again["provenance"]["rerun"]["exact"] is True, again["provenance"]["rerun"]
+    assert len(again["provenance"]["loras"]) == 1

@@ -125,28 +125,45 @@ class Service:
         fork without changes re-runs it exactly: the seed it drew (its seed was empty; ``"seed": null`` draws
         anew), and each LoRA by the sha256 of the file it used, where an entry no longer names those bytes (a
         signed URL expired, a server gone, a name with a newer version): the named version that has them (as
-        ``owner/name:N``), else the owner's file. A LoRA found nowhere keeps its entry."""
+        ``owner/name:N``), else the owner's file. A LoRA a ``<lora:owner/name:w>`` tag applied is pinned in its
+        tag (``owner/name:N``). A LoRA found nowhere keeps its entry."""
         if parent.get("data_removed"):
             raise ApiError(409, "Conflict", f"{parent['id']}'s input and output were removed: nothing to fork.")
         merged = {**parent["input"], **changes}
         record = parent.get("provenance") or {}
         if "seed" not in changes and parent["input"].get("seed") is None and record.get("seed") is not None:
             merged["seed"] = record["seed"]
-        record_loras, value = record.get("loras") or [], merged.get("lora_urls")
-        if "lora_urls" in changes or not record_loras or not isinstance(value, str):
+        record_loras = record.get("loras") or []
+        if "lora_urls" in changes or not record_loras:
             return merged
-        urls = [url.strip() for url in value.split("|")]
-        if len(urls) != len(record_loras):  # not the list the record was made from
+        value = merged.get("lora_urls")
+        urls = [url.strip() for url in value.split("|")] if isinstance(value, str) and value.strip() else []
+        applied = loras.tags_as_entries(parent["input"]).get("lora_urls") or ""  # what the parent's worker got
+        entries = [e.strip() for e in applied.split("|")] if applied.strip() else []
+        if len(entries) != len(record_loras) or entries[: len(urls)] != urls:  # not what the record was made from
             return merged
-        owner = parent["owner"]
+        if "prompt" in changes:  # its tags may name other LoRAs now: only the lora_urls entries are kept
+            record_loras = record_loras[: len(urls)]
+        owner, pinned_tags = parent["owner"], {}
         for i, lora in enumerate(record_loras):
-            if self._names_bytes(urls[i], owner) == lora["sha256"]:
+            if self._names_bytes(entries[i], owner) == lora["sha256"]:
                 continue
             if named := loras.by_sha256(self.engine, lora["sha256"], owner):
-                urls[i] = f"{named['owner']}/{named['name']}:{named['version']}"  # that version, not the newest
-            elif row := files.by_sha256(self.engine, owner, lora["sha256"]):
-                urls[i] = self.urls.file_api(row)
-        merged["lora_urls"] = "|".join(urls)
+                pinned = f"{named['owner']}/{named['name']}:{named['version']}"  # that version, not the newest
+            elif i < len(urls) and (row := files.by_sha256(self.engine, owner, lora["sha256"])):
+                pinned = self.urls.file_api(row)
+            else:
+                continue
+            if i < len(urls):
+                urls[i] = pinned
+            else:  # applied by a tag in the prompt
+                pinned_tags[entries[i]] = pinned
+        if urls:
+            merged["lora_urls"] = "|".join(urls)
+        if pinned_tags:
+            merged["prompt"] = loras.TAG.sub(
+                lambda m: f"<lora:{pinned_tags.get(m['ref'], m['ref'])}:{m['weight']}>", merged["prompt"]
+            )
         return merged
 
     # ---- named LoRAs ----------------------------------------------------------------------------------------
