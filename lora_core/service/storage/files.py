@@ -133,6 +133,11 @@ def describe(name: str, head: bytes) -> dict:
         "lora_studio.rank",
         "lora_studio.steps",
         "lora_studio.seed",
+        "lora_studio.checkpoint",  # a training's checkpoint: its place and scores (training/checkpoint_report.py)
+        "lora_studio.fidelity",
+        "lora_studio.bleed",
+        "lora_studio.bleed_bound",
+        "lora_studio.recommended",
         "modelspec.trigger_phrase",
         "ss_base_model_version",
     )
