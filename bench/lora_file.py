@@ -20,8 +20,8 @@ EXAMPLE = checkpoints.REPO_ROOT / "examples" / "purple-stars.zip"
 def measure(quick: bool) -> list[Metric]:
     cache = checkpoints.WarmPipelineCache()
     pipe = cache.get("tiny")
-    request = training_job.TrainingRequest(
-        task="object", base_model="tiny", seed=0, max_train_steps=20 if quick else None
+    request = training_job.TrainingRequest(  # quick: a smoke run, its report and grid sampled in 2 steps
+        task="object", base_model="tiny", seed=0, max_train_steps=20 if quick else None, grid_steps=2 if quick else None
     )
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         start = time.perf_counter()

@@ -53,9 +53,16 @@ def _seconds_per_step(logs: str) -> float:
 def _train(session: requests.Session, base: str, zip_uri: str, steps: int) -> float:
     body = session.post(
         f"{base}/v1/models/lora-studio/lora-training/predictions",
-        # one checkpoint: what is measured is the training's step rate, not the report after it
+        # what is measured is the training's step rate: one checkpoint, its report and grid sampled in 2 steps
         json={
-            "input": {"instance_data": zip_uri, "task": "object", "seed": 0, "max_train_steps": steps, "checkpoints": 1}
+            "input": {
+                "instance_data": zip_uri,
+                "task": "object",
+                "seed": 0,
+                "max_train_steps": steps,
+                "checkpoints": 1,
+                "grid_steps": 2,
+            }
         },
         headers={"Prefer": "wait=60"},
         timeout=90,
