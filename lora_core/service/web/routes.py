@@ -336,9 +336,13 @@ def _own_files(svc: Service, owner: str, values: dict[str, Any]) -> dict[str, di
 
 
 def _main_lora(items: list[pages.OutputItem]) -> pages.OutputItem | None:
-    """A training's ``lora`` output (its recommended checkpoint), else its first LoRA file."""
-    return next((i for i in items if i.key == "lora" and i.is_lora), None) or next(
-        (i for i in items if i.is_lora), None
+    """A training's recommended checkpoint (the same bytes as its ``lora`` output, stored as its own file: one link
+    for both buttons), else its ``lora`` output, else its first LoRA file."""
+    recommended = next((c.item for c in pages.checkpoint_rows(items) if c.recommended), None)
+    return (
+        recommended
+        or next((i for i in items if i.key == "lora" and i.is_lora), None)
+        or next((i for i in items if i.is_lora), None)
     )
 
 
