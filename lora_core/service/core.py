@@ -136,10 +136,8 @@ class Service:
         record_loras = record.get("loras") or []
         if "lora_urls" in changes or not record_loras:
             return merged
-        value = merged.get("lora_urls")
-        urls = [url.strip() for url in value.split("|")] if isinstance(value, str) and value.strip() else []
-        applied = loras.tags_as_entries(parent["input"]).get("lora_urls") or ""  # what the parent's worker got
-        entries = [e.strip() for e in applied.split("|")] if applied.strip() else []
+        urls = loras.entries(merged.get("lora_urls"))
+        entries = loras.entries(loras.tags_as_entries(parent["input"]).get("lora_urls"))  # what its worker got
         if len(entries) != len(record_loras) or entries[: len(urls)] != urls:  # not what the record was made from
             return merged
         if "prompt" in changes:  # its tags may name other LoRAs now: only the lora_urls entries are kept

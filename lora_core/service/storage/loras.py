@@ -20,14 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from lora_core.service.storage.db import files as F, loras as L, utcnow
 
 Row = dict[str, Any]
-REF = re.compile(
-    r"^(?P<owner>[a-z0-9][a-z0-9_-]{0,63})/(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>[1-9][0-9]{0,8}))?$"
-)
+_NAME = r"(?P<owner>[a-z0-9][a-z0-9_-]{0,63})/(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>[1-9][0-9]{0,8}))?"
+REF = re.compile(rf"^{_NAME}$")
 VISIBILITIES = ("private", "public")
 # A1111's ``<lora:NAME:weight>`` whose NAME is a catalog name (``owner/name`` or ``owner/name:N``)
-TAG = re.compile(
-    r"<lora:\s*(?P<ref>[a-z0-9][a-z0-9_-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}(?::[1-9][0-9]{0,8})?)\s*:(?P<weight>[^:<>]+)>"
-)
+TAG = re.compile(rf"<lora:\s*(?P<ref>{_NAME})\s*:(?P<weight>[^:<>]+)>")
 
 
 def parse(ref: str) -> tuple[str, str, int | None] | None:
@@ -36,6 +33,11 @@ def parse(ref: str) -> tuple[str, str, int | None] | None:
     if not match:
         return None
     return match["owner"], match["name"], int(match["version"]) if match["version"] else None
+
+
+def entries(value: Any) -> list[str]:
+    """A ``lora_urls`` value's entries, stripped; none for an empty or missing value."""
+    return [e.strip() for e in value.split("|")] if isinstance(value, str) and value.strip() else []
 
 
 def tag_refs(prompt: Any) -> list[str]:
@@ -51,21 +53,20 @@ def tags_as_entries(values: dict[str, Any]) -> dict[str, Any]:
     prompt = values.get("prompt")
     if not isinstance(prompt, str) or not tag_refs(prompt):
         return values
-    given = values.get("lora_urls")
-    entries = [e.strip() for e in given.split("|")] if isinstance(given, str) and given.strip() else []
+    listed = entries(values.get("lora_urls"))
     scales_given = values.get("lora_scales")
     scales = [s.strip() for s in scales_given.split("|")] if isinstance(scales_given, str) else []
     per_entry = len(scales) > 1
 
     def replace(match: re.Match) -> str:
         ref, weight = match["ref"], match["weight"].strip()
-        if ref not in entries:
-            entries.append(ref)
+        if ref not in listed:
+            listed.append(ref)
             if per_entry:
                 scales.append(weight)
-        return f"<lora:{entries.index(ref) + 1}:{weight}>"
+        return f"<lora:{listed.index(ref) + 1}:{weight}>"
 
-    out = {**values, "prompt": TAG.sub(replace, prompt), "lora_urls": "|".join(entries)}
+    out = {**values, "prompt": TAG.sub(replace, prompt), "lora_urls": "|".join(listed)}
     if per_entry:
         out["lora_scales"] = "|".join(scales)
     return out

@@ -512,8 +512,7 @@ def _provenance(value: Any, row: dict, engine) -> dict | None:
     except (ValidationError, TypeError) as e:
         log.warning("ignored a malformed provenance record: %s", e)
         return None
-    entries = loras.tags_as_entries(row["input"]).get("lora_urls")  # as the worker was given them, unsigned
-    entries = [e.strip() for e in entries.split("|")] if isinstance(entries, str) and entries.strip() else []
+    entries = loras.entries(loras.tags_as_entries(row["input"]).get("lora_urls"))  # as the worker got them, unsigned
     if len(entries) == len(record.loras):  # as the user wrote them, not the signed URLs the worker was handed
         record.loras = [lora.model_copy(update={"url": e}) for lora, e in zip(record.loras, entries, strict=True)]
     parent = predictions.get(engine, row["forked_from"]) if row.get("forked_from") else None
