@@ -136,7 +136,7 @@ def test_run_returns_a_trainings_files_and_the_cli_draws_the_apis_pixels(service
     token = service.token("gil")
     client = replicate.Client(api_token=token, base_url=service.url)
     zip_path = zip_images(tmp_path / "stars.zip", tiny_world.concept_images("star", "purple", 5, first_seed=0))
-    inputs = {"task": "object", "seed": 0, "max_train_steps": 10, "checkpoints": 1}
+    inputs = {"task": "object", "seed": 0, "max_train_steps": 10, "checkpoints": 1, "grid_steps": 2}
 
     async def two_trainings():  # the second waits in the queue behind the first: both outlast the 1 s wait
         with zip_path.open("rb") as a, zip_path.open("rb") as b:

@@ -59,6 +59,7 @@ def test_the_training_model_validates_and_runs(tmp_path):
                     "seed": 2,
                     "max_train_steps": 5,
                     "checkpoints": 1,
+                    "grid_steps": 2,
                 }
             },
         )

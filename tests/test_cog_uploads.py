@@ -56,6 +56,19 @@ def test_files_go_to_the_upload_url_and_come_back_as_its_locations(store, tmp_pa
     assert lines[0].startswith("uploaded lora (0.1 MB) in ")
 
 
+def test_a_file_named_twice_is_uploaded_once_and_both_name_its_url(store, tmp_path, monkeypatch):
+    url, received = store
+    first, second = tmp_path / "step400.safetensors", tmp_path / "step800.safetensors"
+    first.write_bytes(b"a" * 10)
+    second.write_bytes(b"b" * 10)
+    monkeypatch.setenv(cog_uploads.ENV, f"{url}/uploads/key/")
+    lines: list[str] = []
+    out = cog_uploads.deliver({"lora": second, "checkpoints": [first, second]}, log=lines.append)
+    assert out["checkpoints"][1] == out["lora"] != out["checkpoints"][0]
+    assert sorted(received) == ["/uploads/key/step400.safetensors", "/uploads/key/step800.safetensors"]
+    assert len(lines) == 2  # two uploads, not three
+
+
 def test_without_an_upload_url_the_paths_stay_for_cog_to_inline(tmp_path, monkeypatch):
     monkeypatch.delenv(cog_uploads.ENV, raising=False)
     lora = tmp_path / "lora.safetensors"

@@ -162,7 +162,7 @@ def test_same_seed_same_lora_whatever_the_process_did_before(predictor, trained,
     fresh = Predictor()
     fresh.setup()
     zip_path = zip_images(tmp_path / "few.zip", instance_images(4))
-    given = {"instance_data": zip_path, "task": "object", "seed": 3, "max_train_steps": 10}
+    given = {"instance_data": zip_path, "task": "object", "seed": 3, "max_train_steps": 10, "grid_steps": 2}
     a = load_file(call_predictor(predictor, **given, checkpoints=3).checkpoints[-1])
     b = load_file(call_predictor(fresh, **given, checkpoints=1).lora)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

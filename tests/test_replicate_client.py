@@ -74,10 +74,10 @@ def test_train_then_generate_with_the_official_client(service, tmp_path):
         "lora-studio/lora", input={**inputs, "prompt": "a photo of <1> <lora:carol/stars:1:1>", "lora_urls": ""}
     )
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(_images(tagged), tuned_images, strict=True))
-    _names_are_private_until_made_public(service, lora_url)
+    _names_are_private_until_made_public(service, lora_url, training.output["scales_grid"])
 
 
-def _names_are_private_until_made_public(service, lora_url: str) -> None:
+def _names_are_private_until_made_public(service, lora_url: str, grid_url: str) -> None:
     carol, dave = (Api(service.url, service.token(who)) for who in ("carol", "dave"))
     listing = carol("GET", "/v1/loras").json()["results"]
     assert [(x["ref"], x["visibility"], x["latest_version"]) for x in listing] == [("carol/stars", "private", 1)]
@@ -85,6 +85,9 @@ def _names_are_private_until_made_public(service, lora_url: str) -> None:
     page = requests.get(f"{service.url}/loras", cookies={TOKEN_COOKIE: service.token("carol")}, timeout=30).text
     assert 'data-lora="carol/stars"' in page and "lora_urls=carol%2Fstars" in page  # "Use" fills the form
     assert re.search(r"data-lora-scores>0\.\d{3} · \d\.\d{2}<", page)  # its report's fidelity and bleed
+    sample = re.search(r'<img class="lora-sample" src="([^"]+)"[^>]*data-lora-sample>', page)  # the newest's grid
+    assert sample and sample.group(1).split("?")[0] == grid_url.split("?")[0], page  # signed when drawn
+    assert requests.get(sample.group(1).replace("&amp;", "&"), timeout=30).content[:8] == b"\x89PNG\r\n\x1a\n"
     assert requests.get(version["urls"]["download"], timeout=30).content == requests.get(lora_url, timeout=30).content
     # another owner: a private name reads exactly as a missing one, in the catalog and in lora_urls
     missing, private = dave("GET", "/v1/loras/carol/nothing"), dave("GET", "/v1/loras/carol/stars")
@@ -113,3 +116,11 @@ def _names_are_private_until_made_public(service, lora_url: str) -> None:
     again = dave.wait(forked.json()["id"])  # the tag's LoRA once only, pinned to the bytes it used: exact
     assert again["provenance"]["rerun"]["exact"] is True, again["provenance"]["rerun"]
     assert len(again["provenance"]["loras"]) == 1
+    # deleted: only by its owner; its file goes, and carol/stars:1 is refused from then on (never other bytes)
+    assert dave("DELETE", "/v1/loras/carol/stars/versions/1").status_code == 404  # public, but not dave's
+    assert carol("DELETE", "/v1/loras/carol/stars/versions/1").status_code == 204
+    assert carol("GET", "/v1/loras/carol/stars").status_code == 404
+    assert requests.get(version["urls"]["download"], timeout=30).status_code == 404
+    tagged_1 = {"input": {"prompt": "<lora:carol/stars:1:1>"}}
+    gone = carol("POST", "/v1/models/lora-studio/lora/predictions", json=tagged_1)
+    assert gone.status_code == 422 and "no LoRA named 'carol/stars:1'" in gone.json()["detail"], gone.text

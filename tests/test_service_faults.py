@@ -25,6 +25,7 @@ def _training_input(tmp_path, steps: int) -> dict:
         "task": "object",
         "max_train_steps": steps,
         "checkpoints": 1,
+        "grid_steps": 2,  # its report and grid: what these tests watch is the service, not the LoRA
         "seed": 0,
     }
 

@@ -27,14 +27,20 @@ def engine(tmp_path):
 
 def test_the_migrations_build_exactly_the_declared_tables(engine):
     from alembic.autogenerate import compare_metadata
+    from alembic.config import Config
     from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     with engine.connect() as c:
         diff = compare_metadata(MigrationContext.configure(c), db.metadata)
     assert diff == []
     db.migrate(engine)  # a second start changes nothing
-    with engine.connect() as c:
-        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0004"
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS))
+    with engine.connect() as c:  # at the newest migration
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == (
+            ScriptDirectory.from_config(config).get_current_head()
+        )
 
 
 def _create(engine, owner="alice", model="lora-studio/lora"):
@@ -157,6 +163,49 @@ def test_retention_removes_what_ended_long_enough_ago_and_nothing_else(engine, t
     assert predictions.remove_expired(engine, store, datetime.timedelta(days=1)) == []  # removed once
     predictions.remove_data(engine, store, published["id"])  # its owner deletes it: the version goes with its file
     assert loras.resolve(engine, "alice/face", "alice") is None and not files.of_prediction(engine, published["id"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_deleted_version_loses_its_file_and_its_number_is_never_given_again(backend, request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = db.connect(url)
+    store = file_store.LocalFileStore(tmp_path / "files")
+    trainings = [_create(engine) for _ in range(4)]
+    outputs = []
+    for row in trainings:
+        predictions.claim_next(engine, "lora-studio/lora", "w1", "inst-a")
+        output = files.save(
+            engine,
+            store,
+            owner="alice",
+            name="lora.safetensors",
+            stream=io.BytesIO(row["id"].encode()),
+            limit=99,
+            prediction_id=row["id"],
+        )
+        predictions.finish(engine, row["id"], "succeeded", output={"lora": {"file": output["id"]}}, logs="step 1")
+        outputs.append(output)
+    for row, output in zip(trainings[:2], outputs[:2], strict=True):
+        loras.publish(engine, "alice", "face", output["id"], row["id"])
+    stored = lambda: len([f for f in (tmp_path / "files").rglob("*") if f.is_file()])  # noqa: E731
+    assert stored() == 4
+    assert not loras.remove(engine, store, "bob", "face", 2)  # not bob's
+    assert loras.remove(engine, store, "alice", "face", 2)
+    assert not loras.remove(engine, store, "alice", "face", 2)  # removed once
+    assert files.get(engine, outputs[1]["id"]) is None and stored() == 3
+    assert loras.resolve(engine, "alice/face", "alice")["version"] == 1  # the newest is the version before
+    assert loras.resolve(engine, "alice/face:2", "alice") is None
+    assert [v["version"] for v in loras.versions(engine, "alice", "face", "alice")] == [1]
+    assert loras.by_sha256(engine, outputs[1]["sha256"], "alice") is None
+    # the next training of the name is version 3: alice/face:2, pinned somewhere, never names other bytes
+    assert loras.publish(engine, "alice", "face", outputs[2]["id"], trainings[2]["id"])["version"] == 3
+    # the training's data removed: its version goes the same way, and its number stays taken
+    predictions.remove_data(engine, store, trainings[2]["id"])
+    assert loras.publish(engine, "alice", "face", outputs[3]["id"], trainings[3]["id"])["version"] == 4
+    assert [v["version"] for v in loras.versions(engine, "alice", "face", "alice")] == [4, 1]
+    loras.remove(engine, store, "alice", "face", 4)
+    loras.remove(engine, store, "alice", "face", 1)
+    assert loras.of_owner(engine, "alice") == []  # a name with no version left is not listed
 
 
 def test_tokens_are_stored_hashed_and_resolve_to_their_owner(engine):

@@ -77,6 +77,7 @@ def test_each_task_trains_end_to_end_on_photos(predictor, tmp_path, task, capsys
         seed=0,
         max_train_steps=20,
         checkpoints=1,
+        grid_steps=2,
     )
     assert out.lora.stat().st_size > 0 and out.lora_a1111.stat().st_size > 0
     logs = capsys.readouterr().out

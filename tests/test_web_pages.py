@@ -343,7 +343,7 @@ def a_prediction(service, token) -> dict:
 @needs_chromium
 def test_without_a_token_nothing_private_shows(service, browser, token, a_prediction):
     d, base, pid = browser, service.url, a_prediction["id"]
-    for path in ("/", "/predictions", f"/predictions/{pid}", f"/models/{GENERATE}?fork={pid}"):
+    for path in ("/", "/predictions", f"/predictions/{pid}", f"/models/{GENERATE}?fork={pid}", "/tokens"):
         r = requests.get(base + path, timeout=30)
         assert pid not in r.text and "circle" not in r.text and OWNER not in r.text, path
         assert 'id="signin"' in r.text, path
@@ -372,6 +372,33 @@ def test_without_a_token_nothing_private_shows(service, browser, token, a_predic
     sign_in_cookie(d, base, "ls_revoked-or-wrong")
     d.get(base + "/")
     assert "no longer valid" in css(d, ".notice.warn").text and not d.find_elements(By.CSS_SELECTOR, ".who")
+
+
+@needs_chromium
+def test_the_tokens_page_makes_a_token_shown_once_and_revokes_it(service, browser, token, shots):
+    d, base = browser, service.url
+    sign_in_cookie(d, base, token)
+    d.get(base + "/tokens")
+    assert len(d.find_elements(By.CSS_SELECTOR, "[data-this-browser]")) == 1  # the token this browser signed in with
+    before = len(d.find_elements(By.CSS_SELECTOR, "[data-token]"))
+    css(d, "[data-new-token]").click()
+    made = wait(d, lambda d: css(d, "[data-token-shown]").text.strip())
+    assert made.startswith("ls_") and css(d, "[data-token-made]").is_displayed()
+    shoot(d, shots, "tokens")
+    as_new = {"Authorization": f"Bearer {made}"}
+    assert requests.get(base + "/v1/predictions", headers=as_new, timeout=30).status_code == 200  # it works
+    d.get(base + "/tokens")  # listed, by its first characters only: shown once
+    rows = d.find_elements(By.CSS_SELECTOR, "[data-token]")
+    assert len(rows) == before + 1 and made not in d.page_source
+    (row,) = [r for r in rows if r.find_element(By.CSS_SELECTOR, "code").text == made[:7] + "…"]
+    revoked_id = row.get_attribute("data-token")
+    row.find_element(By.CSS_SELECTOR, "[data-revoke-token]").click()
+    wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, f"[data-token='{revoked_id}']"))
+    assert requests.get(base + "/v1/predictions", headers=as_new, timeout=30).status_code == 401  # at once
+    mine = {"Authorization": f"Bearer {token}"}
+    assert requests.get(base + "/v1/predictions", headers=mine, timeout=30).status_code == 200  # the rest stay
+    d.get(base + "/tokens")
+    assert len(d.find_elements(By.CSS_SELECTOR, "[data-token]")) == before and css(d, ".who").text == OWNER
 
 
 @needs_chromium
@@ -419,6 +446,7 @@ def test_phone_width_has_no_sideways_scrolling(service, browser, token, a_predic
         "prediction": f"/predictions/{a_prediction['id']}",
         "history": "/predictions",
         "tweak-form": f"/models/{GENERATE}?fork={a_prediction['id']}",
+        "tokens": "/tokens",
     }
     try:
         for name, path in pages.items():

@@ -66,18 +66,22 @@ def deliver(
     files: Mapping[str, Path | list[Path]], log: Callable[[str], None] = print
 ) -> dict[str, Path | str | list[Path] | list[str]]:
     """Each named file (or list of files) as its uploaded URL when an upload URL is set, else as the path (Cog
-    inlines it)."""
+    inlines it). A file named twice (a training's ``lora`` is also one of its ``checkpoints``) is uploaded once and
+    both name the same URL: stored once, removed once."""
     endpoint = upload_url()
     if endpoint is None:
         return dict(files)
     out: dict[str, Path | str | list[Path] | list[str]] = {}
+    uploaded: dict[Path, str] = {}
     with requests.Session() as session:
 
         def one(name: str, path: Path) -> str:
-            started, size = time.monotonic(), path.stat().st_size
-            url = put_file(endpoint, Path(path), session)
-            log(f"uploaded {name} ({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
-            return url
+            key = Path(path).resolve()
+            if key not in uploaded:
+                started, size = time.monotonic(), path.stat().st_size
+                uploaded[key] = put_file(endpoint, Path(path), session)
+                log(f"uploaded {name} ({size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
+            return uploaded[key]
 
         for name, value in files.items():
             if isinstance(value, list):

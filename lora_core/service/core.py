@@ -195,6 +195,11 @@ class Service:
             raise ApiError(404, "Not found", f"No LoRA {lora_owner}/{name} of yours found.")
         return self.lora(lora_owner, name, viewer)
 
+    def remove_lora_version(self, lora_owner: str, name: str, version: int, viewer: str) -> None:
+        """``DELETE``: one version of the viewer's own name, its file removed; its number is never given again."""
+        if lora_owner != viewer or not loras.remove(self.engine, self.store, lora_owner, name, version):
+            raise ApiError(404, "Not found", f"No LoRA {lora_owner}/{name}:{version} of yours found.")
+
     def remove_data(self, prediction_id: str, owner: str, kind: str | None = None) -> None:
         """``DELETE``: an ended prediction's files, input, output and logs removed (``data_removed``)."""
         row = self.prediction(prediction_id, owner, kind)

@@ -32,6 +32,7 @@ ENDPOINTS = [
     ("GET", "/v1/loras"),
     ("GET", "/v1/loras/alice/face"),
     ("PATCH", "/v1/loras/alice/face"),
+    ("DELETE", "/v1/loras/alice/face/versions/1"),
     ("GET", "/v1/files"),
     ("POST", "/v1/files"),
     ("GET", "/v1/files/{file}"),

@@ -12,7 +12,7 @@ import re
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -343,6 +343,20 @@ async def update_lora(
 ):
     """``{"visibility": "public"}`` lets every owner use it by name; ``"private"`` (the default) only its owner."""
     return await run_in_threadpool(svc.set_lora_visibility, lora_owner, name, who, body.visibility)
+
+
+@router.delete("/v1/loras/{lora_owner}/{name}/versions/{version}", status_code=204)
+async def delete_lora_version(
+    lora_owner: str,
+    name: str,
+    version: int = Path(ge=1, le=999_999_999),  # a version as a name writes it (storage/loras.py)
+    svc: Service = Depends(service),
+    who: str = Depends(owner),
+):
+    """As Replicate's ``DELETE /v1/models/{owner}/{name}/versions/{id}``: the version and its file go; the name's
+    newest is then the version before. The training keeps its other outputs (its checkpoints)."""
+    await run_in_threadpool(svc.remove_lora_version, lora_owner, name, version, who)
+    return Response(status_code=204)
 
 
 # ---- the caller's API tokens (not Replicate's API: its tokens are managed on its website) ---------------------------

@@ -73,6 +73,14 @@ def revoke_own(engine: Engine, owner: str, token_id: str) -> bool:
         return bool(c.execute(tokens.delete().where(tokens.c.id == token_id, tokens.c.owner == owner)).rowcount)
 
 
+def id_of(engine: Engine, token: str) -> str | None:
+    """The id of this token (the tokens page marks the one its browser signed in with)."""
+    if not token or len(token) > 200:
+        return None
+    with engine.connect() as c:
+        return c.execute(sa.select(tokens.c.id).where(tokens.c.token_sha256 == _digest(token))).scalar()
+
+
 def owner_of(engine: Engine, token: str) -> str | None:
     if not token or len(token) > 200:
         return None

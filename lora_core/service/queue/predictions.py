@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from lora_core.service.storage import files
-from lora_core.service.storage.db import instances, loras, predictions as P, row_by_id, utcnow, webhook_deliveries as W
+from lora_core.service.storage import files, loras
+from lora_core.service.storage.db import instances, predictions as P, row_by_id, utcnow, webhook_deliveries as W
 from lora_core.service.storage.file_store import FileStore
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -290,8 +290,8 @@ def append_log(engine: Engine, prediction_id: str, line: str) -> Row | None:
 def remove_data(engine: Engine, store: FileStore, prediction_id: str) -> Row | None:
     """An ended prediction's output files deleted from the store (their signed URLs answer 404 from then on) and its
     input, output, logs and provenance emptied, ``data_removed`` set; the row stays, for history and accounting. A
-    training's published LoRA versions go with its file (the name's newest is then the version before). None if it
-    has not ended: a running one would upload again."""
+    training's published LoRA versions go with its file (the name's newest is then the version before; their numbers
+    are never given again). None if it has not ended: a running one would upload again."""
     cleared: dict[str, Any] = {"input": {}, "output": None, "logs": "", "provenance": None, "data_removed": True}
     cleared |= {"error": None, "webhook": None}  # an error can quote the input; the webhook is the owner's URL
     with engine.begin() as c:  # marked first, at once: of two processes removing it, one deletes the files
@@ -301,7 +301,7 @@ def remove_data(engine: Engine, store: FileStore, prediction_id: str) -> Row | N
             .values(**cleared)
         ).rowcount
         if marked:
-            c.execute(loras.delete().where(loras.c.prediction_id == prediction_id))
+            loras.unpublish(c, prediction_id)
             unsent = W.update().where(W.c.prediction_id == prediction_id, W.c.status == "pending")
             c.execute(
                 unsent.values(status="failed", completed_at=utcnow(), last_error="not sent: its data was removed")
@@ -319,7 +319,7 @@ def remove_expired(engine: Engine, store: FileStore, older_than: datetime.timede
     """The data of up to ``limit`` predictions that ended more than ``older_than`` ago removed (oldest first). A
     training whose LoRA is published under a name is kept: names do not expire (its owner can delete it)."""
     cutoff = utcnow() - older_than
-    published = sa.select(loras.c.prediction_id)
+    published = loras.published_trainings()
     with engine.connect() as c:
         ids = list(
             c.execute(

@@ -106,6 +106,8 @@ loras = sa.Table(  # named LoRAs: each training with a destination adds a versio
     sa.Column("prediction_id", sa.String(32), nullable=False),
     sa.Column("visibility", sa.String(16), nullable=False),  # "private" | "public"
     sa.Column("created_at", sa.DateTime, nullable=False),
+    # set when its owner deleted it (or its training's data): the row stays so that its number is never given again
+    sa.Column("removed_at", sa.DateTime),
     sa.UniqueConstraint("owner", "name", "version", name="uq_loras_owner_name_version"),
 )
 

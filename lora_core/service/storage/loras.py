@@ -4,7 +4,8 @@ expires in a day or two.
 
 A name is the owner's own or another owner's public one; another owner's private LoRA reads exactly as a missing
 one (the same answer, so a name's existence does not leak). A version is the training's LoRA file itself (the file
-record keeps its sha256), never a copy.
+record keeps its sha256), never a copy. A deleted version loses its file but keeps its row (``removed_at``): its
+number is never given again, so a pinned ``owner/name:N`` can stop working but never names other bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from lora_core.service.storage import files
 from lora_core.service.storage.db import files as F, loras as L, utcnow
+from lora_core.service.storage.file_store import FileStore
 
 Row = dict[str, Any]
 _NAME = r"(?P<owner>[a-z0-9][a-z0-9_-]{0,63})/(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>[1-9][0-9]{0,8}))?"
@@ -102,7 +105,7 @@ def publish(engine: Engine, owner: str, name: str, file_id: str, prediction_id: 
 
 
 def _visible(viewer: str):
-    return sa.or_(L.c.owner == viewer, L.c.visibility == "public")
+    return sa.and_(L.c.removed_at.is_(None), sa.or_(L.c.owner == viewer, L.c.visibility == "public"))
 
 
 def resolve(engine: Engine, ref: str, viewer: str) -> Row | None:
@@ -138,9 +141,39 @@ def versions(engine: Engine, owner: str, name: str, viewer: str) -> list[Row]:
 def of_owner(engine: Engine, owner: str) -> list[list[Row]]:
     """The owner's names, each as its versions (newest first), the most recently published name first."""
     with engine.connect() as c:
-        names = list(c.execute(sa.select(L.c.name).where(L.c.owner == owner).distinct()).scalars())
+        names = list(c.execute(sa.select(L.c.name).where(L.c.owner == owner, _visible(owner)).distinct()).scalars())
     found = [versions(engine, owner, name, owner) for name in names]
     return sorted(found, key=lambda every: every[0]["created_at"], reverse=True)
+
+
+def remove(engine: Engine, store: FileStore, owner: str, name: str, version: int) -> bool:
+    """The owner's version deleted: its row marked (first, at once: of two processes removing it, one deletes the
+    file) and its file removed from the store. False if the owner has no such version (left)."""
+    with engine.begin() as c:
+        file_id = c.execute(
+            L.update()
+            .where(L.c.owner == owner, L.c.name == name, L.c.version == version, L.c.removed_at.is_(None))
+            .values(removed_at=utcnow())
+            .returning(L.c.file_id)
+        ).scalar()
+    if file_id is None:
+        return False
+    row = files.get(engine, file_id)
+    if row is not None:
+        files.delete(engine, store, row)
+    return True
+
+
+def unpublish(connection: sa.Connection, prediction_id: str) -> None:
+    """A training's versions marked deleted (its data is being removed; its files go with it)."""
+    connection.execute(
+        L.update().where(L.c.prediction_id == prediction_id, L.c.removed_at.is_(None)).values(removed_at=utcnow())
+    )
+
+
+def published_trainings() -> sa.Select:
+    """The ids of trainings with a version that is not deleted (names do not expire)."""
+    return sa.select(L.c.prediction_id).where(L.c.removed_at.is_(None))
 
 
 def set_visibility(engine: Engine, owner: str, name: str, visibility: str) -> int:

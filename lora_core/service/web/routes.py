@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
 from lora_core.service import views
+from lora_core.service.auth import tokens
 from lora_core.service.auth.tokens import PAGE_HEADER, TOKEN_COOKIE
 from lora_core.service.core import ApiError, Service
 from lora_core.service.models import Model
@@ -260,7 +261,30 @@ async def lora_catalog(request: Request) -> HTMLResponse:
     for lora in named:
         query = {"lora_urls": lora["ref"], "prompt": "a photo of <1>"}
         lora["use"] = f"/models/{generator.full_name}?{urlencode(query)}" if generator else None
+        lora["sample"] = await run_in_threadpool(_sample_grid, svc, lora["versions"][0]["training"], viewer[0])
     return await _page(request, "loras.html", viewer=viewer, loras=named)
+
+
+def _sample_grid(svc: Service, training_id: str, owner: str) -> str | None:
+    """The URL of the training's checkpoint × scale grid, the newest version's picture (None once removed)."""
+    row = predictions.get(svc.engine, training_id, owner)
+    output = svc.render(row)["output"] if row else None
+    grid = output.get("scales_grid") if isinstance(output, dict) else None
+    return grid if isinstance(grid, str) else None
+
+
+@router.get("/tokens", response_class=HTMLResponse)
+async def token_page(request: Request) -> HTMLResponse:
+    """The viewer's API tokens: make one (shown once), revoke any; the one this browser uses is marked."""
+    viewer = await _viewer(request)
+    if viewer[0] is None:
+        return await _message(
+            request, 401, "Sign in to manage your tokens", "Paste one of your API tokens below.", viewer
+        )
+    svc = _service(request)
+    listed = await run_in_threadpool(svc.tokens_of, viewer[0])
+    this = await run_in_threadpool(tokens.id_of, svc.engine, request.cookies.get(TOKEN_COOKIE, "").strip())
+    return await _page(request, "tokens.html", viewer=viewer, tokens=listed, this_browser=this)
 
 
 @router.get("/predictions/{prediction_id}", response_class=HTMLResponse)

@@ -319,8 +319,42 @@
     setTimeout(poll, 500);
   }
 
+  // ---- API tokens: a new one is shown once; revoking this browser's own signs it out ----
+  function initTokens() {
+    const error = document.querySelector("[data-token-error]");
+    document.querySelectorAll("[data-new-token]").forEach((button) => {
+      button.addEventListener("click", async () => {
+        const response = await api("POST", "/v1/tokens");
+        if (!response.ok) {
+          error.textContent = `The server answered ${response.status}; try again.`;
+          return;
+        }
+        document.querySelector("[data-token-shown]").textContent = response.data.token;
+        document.querySelector("[data-token-made]").hidden = false;
+      });
+    });
+    document.querySelectorAll("[data-revoke-token]").forEach((button) => {
+      button.addEventListener("click", async () => {
+        const own = button.hasAttribute("data-signs-out");
+        if (own && !confirm("This browser is signed in with this token: revoking it signs you out. Revoke it?")) return;
+        const response = await api("DELETE", `/v1/tokens/${encodeURIComponent(button.dataset.revokeToken)}`);
+        if (!response.ok && response.status !== 404) {
+          error.textContent = `The server answered ${response.status}; the token was not revoked.`;
+          return;
+        }
+        if (own) {
+          await api("POST", "/session/end");
+          location.href = "/";
+        } else {
+          button.closest("tr").remove();
+        }
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     initSignin();
+    initTokens();
     localTimes(document);
     document.querySelectorAll("[data-model-form]").forEach(initForm);
     const head = document.querySelector("[data-prediction]");
