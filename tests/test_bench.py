@@ -46,7 +46,7 @@ def test_quick_bench_writes_every_metric(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,  # a guard against a hang, not a speed check
+        timeout=2400,  # a guard against a hang, not a speed check (about 10 minutes here on 2026-12-04)
     )
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(out.read_text())
