@@ -60,6 +60,7 @@ def test_an_sd15_sized_face_lora_is_trained_and_used_through_the_service(tmp_pat
                 "train_text_encoder": True,
                 "prior_images": 0,  # a CPU draws each at SD-1.5 size for a minute; the tiny base's tests cover them
                 "grid_steps": 2,
+                "checkpoints": 1,  # one 70 MB file (and its twin), scored once: the size is what this test is about
                 "seed": 5,
             },
             wait=60,

@@ -22,6 +22,7 @@ import requests
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -314,6 +315,16 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
         e.get_attribute("data-prediction-row") for e in d.find_elements(By.CSS_SELECTOR, "[data-prediction-row]")
     ] == [training_id]
 
+    # the catalog: the name with its sample grid; deleting its only version empties it
+    d.get(base + "/loras")
+    row = css(d, f"[data-lora='{OWNER}/web-stars']")
+    sample = row.find_element(By.CSS_SELECTOR, "[data-lora-sample]")
+    assert wait(d, lambda d: d.execute_script("return arguments[0].naturalWidth", sample) > 64)
+    shoot(d, shots, "loras")
+    row.find_element(By.CSS_SELECTOR, f"[data-delete-version='{OWNER}/web-stars:1']").click()
+    WebDriverWait(d, 10).until(expected_conditions.alert_is_present()).accept()  # "Delete webuser/web-stars:1? …"
+    wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-lora]"), 30, "the version was not deleted")
+    assert "No named LoRAs yet" in css(d, "main").text
     marks["total"] = time.monotonic() - started
     (shots / "click-through-seconds.json").write_text(json.dumps({k: round(v, 1) for k, v in marks.items()}, indent=1))
     print(f"\nclick-through: {json.dumps({k: round(v, 1) for k, v in marks.items()})}; screenshots in {shots}")

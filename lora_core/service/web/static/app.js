@@ -352,9 +352,27 @@
     });
   }
 
+  // ---- named LoRAs: deleting a version (its number is never given again) ----
+  function initLoraDelete() {
+    document.querySelectorAll("[data-delete-version]").forEach((button) => {
+      button.addEventListener("click", async () => {
+        const ref = button.dataset.deleteVersion;
+        if (!confirm(`Delete ${ref}? Its file is removed, and ${ref} stops working (it never names other bytes).`)) return;
+        const response = await api("DELETE", button.dataset.path);
+        if (response.ok) {
+          location.reload();
+        } else {
+          document.querySelector("[data-lora-error]").textContent =
+            `The server answered ${response.status}; ${ref} was not deleted.`;
+        }
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     initSignin();
     initTokens();
+    initLoraDelete();
     localTimes(document);
     document.querySelectorAll("[data-model-form]").forEach(initForm);
     const head = document.querySelector("[data-prediction]");
