@@ -73,16 +73,18 @@ def revoke_own(engine: Engine, owner: str, token_id: str) -> bool:
         return bool(c.execute(tokens.delete().where(tokens.c.id == token_id, tokens.c.owner == owner)).rowcount)
 
 
-def id_of(engine: Engine, token: str) -> str | None:
-    """The id of this token (the tokens page marks the one its browser signed in with)."""
+def _field_of(engine: Engine, token: str, column: sa.Column) -> str | None:
+    """``column`` of this token's row; None for no such token (or no token, or one far too long to be one)."""
     if not token or len(token) > 200:
         return None
     with engine.connect() as c:
-        return c.execute(sa.select(tokens.c.id).where(tokens.c.token_sha256 == _digest(token))).scalar()
+        return c.execute(sa.select(column).where(tokens.c.token_sha256 == _digest(token))).scalar()
+
+
+def id_of(engine: Engine, token: str) -> str | None:
+    """The id of this token (the tokens page marks the one its browser signed in with)."""
+    return _field_of(engine, token, tokens.c.id)
 
 
 def owner_of(engine: Engine, token: str) -> str | None:
-    if not token or len(token) > 200:
-        return None
-    with engine.connect() as c:
-        return c.execute(sa.select(tokens.c.owner).where(tokens.c.token_sha256 == _digest(token))).scalar()
+    return _field_of(engine, token, tokens.c.owner)
