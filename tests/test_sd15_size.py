@@ -6,6 +6,7 @@ the path is the one users pay for."""
 
 import base64
 import io
+import os
 
 import numpy as np
 import pytest
@@ -40,11 +41,12 @@ def test_an_sd15_sized_face_lora_is_trained_and_used_through_the_service(tmp_pat
     weights = sd15_sized.weights_root()
     service = ServiceProcess(
         tmp_path / "svc",
-        # both workers on both cores: the test runs one prediction at a time
+        # both workers on this test process's cores (all of them, or its share under ./dev test's processes):
+        # the test runs one prediction at a time
         env={
             "LORA_STUDIO_WEIGHTS": str(weights),
             "LORA_STUDIO_DEFAULT_BASE": "sd-1.5",
-            "LORA_STUDIO_WORKER_THREADS": "2",
+            "LORA_STUDIO_WORKER_THREADS": os.environ.get("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)))),
         },
     ).start(timeout=900)
     try:

@@ -472,9 +472,9 @@ def test_the_body_deadline_ends_with_the_body_and_never_cuts_a_slow_download():
         assert answer.status_code == 200 and answer.content == b"".join(bytes([i]) * 1000 for i in range(6)), method
 
 
-def test_local_workers_split_the_cores_unless_told(tmp_path):
+def test_local_workers_split_the_cores_unless_told(tmp_path, monkeypatch):
     """Two torch processes each using every core slow each other down tenfold: each local Cog server gets its
-    share (``LORA_STUDIO_WORKER_THREADS`` overrides it)."""
+    share (``LORA_STUDIO_WORKER_THREADS`` overrides it; an ``OMP_NUM_THREADS`` the service was given bounds it)."""
     from lora_core.service.runtime import Runtime
     from lora_core.service.workers.pool import WorkerPool
 
@@ -487,11 +487,16 @@ def test_local_workers_split_the_cores_unless_told(tmp_path):
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
         }
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # ./dev test's processes each have their share
     cores = len(os.sched_getaffinity(0))
     three = {"LORA_STUDIO_WORKERS": "lora-studio/lora=2;lora-studio/lora-training=1"}
     assert threads(three) == {str(max(1, cores // 3))}
     assert threads({**three, "LORA_STUDIO_WORKER_THREADS": "5"}) == {"5"}
-    assert threads({"LORA_STUDIO_WORKERS": "lora-studio/lora=1;lora-studio/lora-training=0"}) == {str(cores)}
+    one = {"LORA_STUDIO_WORKERS": "lora-studio/lora=1;lora-studio/lora-training=0"}
+    assert threads(one) == {str(cores)}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads(one) == {"1"}
+    assert threads({**one, "LORA_STUDIO_WORKER_THREADS": "2"}) == {"2"}
 
 
 @pytest.mark.parametrize(

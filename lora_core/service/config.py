@@ -100,10 +100,15 @@ class ServiceConfig(BaseModel):
 
     def threads_per_worker(self, local_workers: int) -> int:
         """Each local Cog server's share of the cores: torch processes that each use every core slow one another
-        down by an order of magnitude (a training's step went from 0.25 s to 6.3 s beside one busy process)."""
+        down by an order of magnitude (a training's step went from 0.25 s to 6.3 s beside one busy process).
+        An ``OMP_NUM_THREADS`` the service itself was given (a container's CPU limit, a test process's share of a
+        machine running others) bounds the cores shared out, as it would bound torch in this process."""
         if self.worker_threads:
             return self.worker_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+        given = os.environ.get("OMP_NUM_THREADS", "")
+        if given.isdigit() and int(given) > 0:
+            cores = min(cores, int(given))
         return max(1, cores // max(1, local_workers))
 
 

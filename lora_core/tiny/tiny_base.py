@@ -83,8 +83,10 @@ class BuildConfig:
 
     @classmethod
     def quick(cls) -> BuildConfig:
-        """A few steps of everything: keeps the script working in CI, not a usable model."""
+        """A few steps of everything: keeps the script working in CI, not a usable model. On the calling
+        process's torch threads (a test process's share of the machine)."""
         return cls(
+            threads=torch.get_num_threads(),
             n_images=96,
             vae_crop_steps=3,
             vae_whole_steps=2,
@@ -469,11 +471,20 @@ def build_tiny_base(
     out_dir: Path, work_dir: Path, cfg: BuildConfig = BuildConfig(), log: Log = print, world_base: Path | None = None
 ) -> Path:
     """Trains every component and writes a ``StableDiffusionPipeline`` folder at ``out_dir``; with ``world_base``
-    (a folder stages 1-3 of this configuration built), only stage 4 runs."""
+    (a folder stages 1-3 of this configuration built), only stage 4 runs. Torch uses ``cfg.threads`` meanwhile;
+    the process's own count comes back after (a build in a test process leaves its share as it was)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _build(out_dir, work_dir, cfg, log, world_base)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build(out_dir: Path, work_dir: Path, cfg: BuildConfig, log: Log, world_base: Path | None) -> Path:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     config_file = work_dir / "config.json"
