@@ -1,5 +1,6 @@
 """The running service through its HTTP API: auth, validation, predictions, files, fork, cancel, webhooks."""
 
+import hashlib
 import http.server
 import io
 import json
@@ -144,12 +145,12 @@ def _random_lora_file(tiny_pipe) -> bytes:
         ).read_bytes()
 
 
-def test_a_fork_reruns_a_random_seed_and_finds_its_lora_by_sha256_when_the_server_is_gone(alice, tiny_pipe):
-    """The parent drew its seed and fetched its LoRA from a server that has since gone: the fork without changes
-    takes the recorded seed and the same bytes from the owner's files (found by sha256), and draws the same image."""
+def test_a_fork_reruns_a_random_seed_with_the_same_lora_bytes_after_their_server_has_gone(alice, tiny_pipe):
+    """The parent drew its seed and used a LoRA at an outside URL, one the owner never uploaded: the service fetched
+    it and kept it as the owner's file (once, however many predictions use it). Once that server has gone, a fork
+    without changes takes the recorded seed and the same bytes (found by sha256), and draws the same image."""
     data = _random_lora_file(tiny_pipe)
-    upload = alice("POST", "/v1/files", files={"content": ("mine.safetensors", data, "application/octet-stream")})
-    sha256 = upload.json()["checksums"]["sha256"]
+    sha256 = hashlib.sha256(data).hexdigest()
     folder = Path(tempfile.mkdtemp())
     (folder / "shared.safetensors").write_bytes(data)
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa: E731
@@ -157,29 +158,35 @@ def test_a_fork_reruns_a_random_seed_and_finds_its_lora_by_sha256_when_the_serve
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/shared.safetensors"
     parent = alice.predict(GENERATE, {"prompt": "a photo of <1>", "lora_urls": url, "lora_scales": "0.8"})
-    server.shutdown()
-    server.server_close()
     assert parent["status"] == "succeeded", parent["error"]
+    again = alice.predict(GENERATE, {"prompt": "a photo of <1>", "lora_urls": url, "lora_scales": "0.8", "seed": 1})
+    assert again["status"] == "succeeded", again["error"]
+    kept = [f for f in alice("GET", "/v1/files").json()["results"] if f["checksums"]["sha256"] == sha256]
+    assert len(kept) == 1 and kept[0]["name"] == "shared.safetensors" and kept[0]["size"] == len(data), kept
     record = parent["provenance"]
+    assert parent["input"]["lora_urls"] == url  # as sent: the kept file is for its forks
     assert parent["input"].get("seed") is None and isinstance(record["seed"], int)
     assert record["loras"] == [{"url": url, "sha256": sha256, "size": len(data), "scale": 0.8}]
     assert record["base_model"] == "tiny" and len(record["base_hash"]) >= 12 and record["dtype"] == "float32"
     assert record["settings"]["seed"] == record["seed"] and record["settings"]["num_inference_steps"] > 0
     assert set(record["versions"]) >= {"lora_studio", "torch", "diffusers"}
+
+    server.shutdown()
+    server.server_close()
     fork = alice("POST", f"/v1/predictions/{parent['id']}/fork", json={}, headers={"Prefer": "wait=60"}).json()
     fork = alice.wait(fork["id"])
     assert fork["status"] == "succeeded", fork["error"]
     assert fork["input"]["seed"] == record["seed"]
-    assert fork["input"]["lora_urls"] == upload.json()["urls"]["get"]  # the same bytes, from the owner's files
+    assert fork["input"]["lora_urls"] == kept[0]["urls"]["get"]  # the same bytes, from the owner's files
     assert fork["provenance"]["loras"][0]["sha256"] == sha256
     assert fork["provenance"]["rerun"] == {"of": parent["id"], "exact": True, "differences": []}
+    assert requests.get(fork["output"][0]).content == requests.get(parent["output"][0]).content
     page = requests.get(
         f"{alice.base}/predictions/{fork['id']}",
         cookies={TOKEN_COOKIE: alice.session.headers["Authorization"].removeprefix("Bearer ")},
         timeout=30,
     )
     assert "an exact re-run (the same seed, LoRA files, base weights and versions)" in page.text
-    assert requests.get(fork["output"][0]).content == requests.get(parent["output"][0]).content
     redrawn = alice.wait(
         alice("POST", f"/v1/predictions/{parent['id']}/fork", json={"input": {"seed": None}}).json()["id"]
     )

@@ -23,6 +23,9 @@ def _stored_bytes(hardened) -> int:
 
 def test_a_full_file_store_fails_the_prediction_cleanly_and_the_service_keeps_serving(hardened, alice, bob):
     earlier = still_serves(alice, hardened.files)
+    # its LoRA at an outside URL is kept among alice's files for exact re-runs, once the prediction has ended
+    kept = lambda: [f for f in alice("GET", "/v1/files").json()["results"] if f["name"] == "good.safetensors"]  # noqa: E731
+    wait_for(kept, 30, "the LoRA kept for exact re-runs")
     room = QUOTA - _stored_bytes(hardened)
     filler = alice(
         "POST", "/v1/files", files={"content": ("filler.bin", b"\0" * (room - 64), "application/octet-stream")}

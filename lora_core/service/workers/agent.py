@@ -32,7 +32,7 @@ from lora_core.net.fetch import Fetcher, FetchError, FetchPolicy
 from lora_core.service.auth.signing import Signer, upload_url
 from lora_core.service.config import ServiceConfig
 from lora_core.service.models import Model
-from lora_core.service.queue import outputs, predictions
+from lora_core.service.queue import limits, outputs, predictions
 from lora_core.service.runtime import Runtime
 from lora_core.service.storage import files, loras
 from lora_core.service.storage.file_store import StorageFull
@@ -98,6 +98,12 @@ class Agent:
         self.session = requests.Session()  # the dispatch thread's alone, to its Cog server (not for sharing)
         self.draining = threading.Event()  # take no more work; the current prediction finishes
         self._thread: threading.Thread | None = None
+        # LoRAs at outside URLs kept (pin_loras): the workers' limits (a bad LORA_STUDIO_* value stops the service at
+        # start), the local workers' disk cache (worker_env), never file:// and only the service's private hosts
+        lora_policy = {**FetchPolicy.from_env().model_dump(), "allow_file_urls": False}
+        lora_policy.update(cache_dir=self.config.data_dir / "cache" / "loras")
+        lora_policy.update(allowed_private_hosts=self.config.allowed_private_hosts)
+        self.lora_fetcher = Fetcher(FetchPolicy(**lora_policy), log=lambda _: None)
 
     @property
     def output_prefix(self) -> str:
@@ -219,6 +225,10 @@ class Agent:
             if not cancel_sent and predictions.cancel_requested(self.engine, pid):
                 self.cancel(pid)
                 cancel_sent = True
+        try:
+            self.pin_loras(pid)
+        except Exception:  # the prediction has ended as it did: this is only its re-runs' insurance
+            log.exception("keeping %s's LoRAs for exact re-runs failed", pid)
 
     def worker_input(self, row: dict, model: Model) -> dict:
         """The input as the worker must see it: this service's file URLs signed for it to fetch, file inputs at
@@ -253,19 +263,45 @@ class Agent:
                 fetched = Fetcher(policy, log=lambda _: None).fetch(url)
             except FetchError as e:
                 raise FetchError(f"input {name}: {e}") from None
-            with fetched.path.open("rb") as stream:
-                try:
-                    saved = files.save(
-                        self.engine,
-                        self.store,
-                        owner=row["owner"],
-                        stream=stream,
-                        name=PurePosixPath(urlsplit(url).path).name or name,
-                        limit=self.config.max_upload_bytes,
-                    )
-                except StorageFull:
-                    raise StorageFull(28, f"input {name} could not be stored: the file store is full") from None
+            filename = PurePosixPath(urlsplit(url).path).name or name
+            saved = self._keep(row, fetched.path, filename, self.config.max_upload_bytes, f"input {name}")
         return self.runtime.urls.file(saved, base=self.config.internal_url)
+
+    def pin_loras(self, pid: str) -> None:
+        """A generation's LoRAs at outside URLs kept as the owner's files, once per distinct bytes, so that a fork
+        re-runs with the same bytes after the URL has changed or its server has gone (``Service.fork_input`` finds
+        them by sha256). Done after the prediction ended, by what the worker recorded: its checks and its errors
+        stay first. The bytes come from the local workers' disk cache (``worker_env``), else from the URL again;
+        kept only when their sha256 is the one recorded and the owner's upload quota has room (outside URLs must
+        not store more than uploads could). Never fails the prediction: a LoRA not kept is logged."""
+        row = predictions.get(self.engine, pid)
+        if row is None or row["status"] != "succeeded" or not row.get("provenance"):
+            return
+        for use in row["provenance"].get("loras") or []:
+            url, sha256 = str(use.get("url") or ""), use.get("sha256")
+            if urlsplit(url).scheme.lower() not in ("http", "https") or self.runtime.urls.own_file_ids(url):
+                continue  # this service's files and names are kept already; data: URLs are in the input
+            if files.by_sha256(self.engine, row["owner"], sha256):
+                continue
+            try:
+                fetched = self.lora_fetcher.fetch(url)
+                if fetched.sha256 != sha256:
+                    raise FetchError(f"{url[:100]} names other bytes now")
+                room = limits.upload_room(self.engine, row["owner"], self.config.owner_limits)  # kept as uploads
+                if room is not None and fetched.size > room:
+                    raise limits.LimitReached(f"{fetched.size / 2**20:.0f} MB, more than the owner's quota has left")
+                name = PurePosixPath(urlsplit(url).path).name or f"lora-{sha256[:12]}.safetensors"
+                self._keep(row, fetched.path, name, fetched.size, f"{pid}'s LoRA")
+            except (FetchError, OSError, limits.LimitReached) as e:
+                log.warning("%s's LoRA at %s is not kept for exact re-runs: %s", pid, url[:100], e)
+
+    def _keep(self, row: dict, path: Path, name: str, limit: int, what: str) -> dict:
+        """A fetched file stored as the owner's upload; a full store says which input it was."""
+        with path.open("rb") as stream:
+            try:
+                return files.save(self.engine, self.store, owner=row["owner"], stream=stream, name=name, limit=limit)
+            except StorageFull:
+                raise StorageFull(28, f"{what} could not be stored: the file store is full") from None
 
     def cancel(self, prediction_id: str) -> None:
         try:
