@@ -315,14 +315,38 @@ def test_train_use_generate_tweak_in_the_browser(service, browser, token, shots,
         e.get_attribute("data-prediction-row") for e in d.find_elements(By.CSS_SELECTOR, "[data-prediction-row]")
     ] == [training_id]
 
-    # the catalog: the name with its sample grid; deleting its only version empties it
+    # a second version of the name, a short training through the API
+    api = Api(base, token)
+    upload = api("POST", "/v1/files", files={"content": (zip_path.name, zip_path.read_bytes(), "application/zip")})
+    zip_url = upload.json()["urls"]["get"]
+    second = api(
+        "POST",
+        "/v1/trainings",
+        json={
+            "destination": f"{OWNER}/web-stars",
+            "input": {"instance_data": zip_url, "task": "object", "max_train_steps": 10, "checkpoints": 1},
+        },
+    )
+    assert second.status_code == 201, second.text
+    assert api.wait(second.json()["id"])["status"] == "succeeded"
+
+    # the catalog: the name with its sample grid and its older version; deleting the older one keeps the name,
+    # deleting its last version empties it
     d.get(base + "/loras")
     row = css(d, f"[data-lora='{OWNER}/web-stars']")
     sample = row.find_element(By.CSS_SELECTOR, "[data-lora-sample]")
     assert wait(d, lambda d: d.execute_script("return arguments[0].naturalWidth", sample) > 64)
+    row.find_element(By.CSS_SELECTOR, "[data-older-versions] summary").click()
     shoot(d, shots, "loras")
-    row.find_element(By.CSS_SELECTOR, f"[data-delete-version='{OWNER}/web-stars:1']").click()
+    older = row.find_element(By.CSS_SELECTOR, f"[data-version='{OWNER}/web-stars:1']")
+    assert requests.get(older.find_element(By.CSS_SELECTOR, "a[download]").get_attribute("href"), timeout=30).ok
+    older.find_element(By.CSS_SELECTOR, f"[data-delete-version='{OWNER}/web-stars:1']").click()
     WebDriverWait(d, 10).until(expected_conditions.alert_is_present()).accept()  # "Delete webuser/web-stars:1? …"
+    wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-older-versions]"), 30, "the older one stayed")
+    assert api("GET", f"/v1/loras/{OWNER}/web-stars").json()["versions"][0]["version"] == 2
+    row = css(d, f"[data-lora='{OWNER}/web-stars']")
+    row.find_element(By.CSS_SELECTOR, f"[data-delete-version='{OWNER}/web-stars:2']").click()
+    WebDriverWait(d, 10).until(expected_conditions.alert_is_present()).accept()
     wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-lora]"), 30, "the version was not deleted")
     assert "No named LoRAs yet" in css(d, "main").text
     marks["total"] = time.monotonic() - started
