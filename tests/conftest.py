@@ -9,8 +9,6 @@ import torch
 
 from lora_core.base import checkpoints
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="session")
 def tiny_pipe():

@@ -73,8 +73,13 @@ def worker_env(config: ServiceConfig, signer: Signer) -> dict[str, str]:
         "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": ",".join(
             sorted({f"{service.hostname}:{service.port or 80}", *config.allowed_private_hosts})
         ),
-        "LORA_STUDIO_CACHE_DIR": str(config.data_dir / "cache" / "loras"),
+        "LORA_STUDIO_CACHE_DIR": str(lora_cache_dir(config)),
     }
+
+
+def lora_cache_dir(config: ServiceConfig) -> Path:
+    """The LoRA download cache the local workers share with their agents (``Agent.pin_loras`` reads it)."""
+    return config.data_dir / "cache" / "loras"
 
 
 def local_worker(runtime: Runtime, model: Model, name: str, listen_url: str, threads: int) -> Worker:
@@ -99,11 +104,14 @@ class Agent:
         self.draining = threading.Event()  # take no more work; the current prediction finishes
         self._thread: threading.Thread | None = None
         # LoRAs at outside URLs kept (pin_loras): the workers' limits (a bad LORA_STUDIO_* value stops the service at
-        # start), the local workers' disk cache (worker_env), never file:// and only the service's private hosts
-        lora_policy = {**FetchPolicy.from_env().model_dump(), "allow_file_urls": False}
-        lora_policy.update(cache_dir=self.config.data_dir / "cache" / "loras")
-        lora_policy.update(allowed_private_hosts=self.config.allowed_private_hosts)
-        self.lora_fetcher = Fetcher(FetchPolicy(**lora_policy), log=lambda _: None)
+        # start), the local workers' disk cache, never file:// and only the service's private hosts
+        policy = FetchPolicy.from_env().model_dump()
+        policy.update(
+            cache_dir=lora_cache_dir(self.config),
+            allow_file_urls=False,
+            allowed_private_hosts=self.config.allowed_private_hosts,
+        )
+        self.lora_fetcher = Fetcher(FetchPolicy(**policy), log=lambda _: None)
 
     @property
     def output_prefix(self) -> str:
@@ -271,7 +279,7 @@ class Agent:
         """A generation's LoRAs at outside URLs kept as the owner's files, once per distinct bytes, so that a fork
         re-runs with the same bytes after the URL has changed or its server has gone (``Service.fork_input`` finds
         them by sha256). Done after the prediction ended, by what the worker recorded: its checks and its errors
-        stay first. The bytes come from the local workers' disk cache (``worker_env``), else from the URL again;
+        stay first. The bytes come from the local workers' disk cache (``lora_cache_dir``), else from the URL again;
         kept only when their sha256 is the one recorded and the owner's upload quota has room (outside URLs must
         not store more than uploads could). Never fails the prediction: a LoRA not kept is logged."""
         row = predictions.get(self.engine, pid)
