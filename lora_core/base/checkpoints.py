@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lora_core.base import placement
+from lora_core.base import families, placement
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
@@ -39,7 +39,7 @@ class Checkpoint(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
     description: str
-    family: Literal["sd-1"] = "sd-1"
+    family: Literal["sd-1"] = "sd-1"  # a key of families.FAMILIES; SDXL joins with issue 20
     layout: Literal["diffusers", "single_file"]
     path: str
     config: str | None = Field(None, description="single_file only: a local diffusers folder with the configs")
@@ -197,29 +197,34 @@ def resolve(checkpoint: Checkpoint, root: Path | None = None) -> tuple[Path, Pat
 
 
 def load_pipeline(checkpoint: Checkpoint, root: Path | None = None, dtype=None):
-    """A ``StableDiffusionPipeline`` for ``checkpoint``, offline, safetensors only."""
+    """The family's pipeline (``StableDiffusionPipeline`` for SD 1.x) for ``checkpoint``, offline, safetensors only."""
+    import diffusers
     import torch
-    from diffusers import StableDiffusionPipeline
 
+    family = families.FAMILIES[checkpoint.family]
+    pipeline_class = getattr(diffusers, family.pipeline_class)
     path, config = resolve(checkpoint, root)
-    dtype = dtype or torch.float32
-    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    common = dict(dtype=dtype or torch.float32, **family.pipeline_kwargs)
     if config is not None:
-        return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True, **common)
-    return StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, local_files_only=True, **common)
+        return pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True, **common)
+    return pipeline_class.from_pretrained(path, use_safetensors=True, local_files_only=True, **common)
 
 
 def weights_hash(checkpoint: Checkpoint, root: Path | None = None) -> str:
-    """First 12 hex digits of the SHA-256 of the base's weights (a single file, or a folder's UNet, text encoder and
-    VAE files in that order): names the exact base a LoRA was made on, and keys what is cached per base (prior
-    images are decoded by the VAE, so a new VAE alone is a new base)."""
+    """First 12 hex digits of the SHA-256 of the base's weights (a single file, or the files of a folder's
+    ``Family.hashed_parts`` in that order: UNet, text encoder, VAE for SD 1.x): names the exact base a LoRA was made
+    on, and keys what is cached per base (prior images are decoded by the VAE, so a new VAE alone is a new base)."""
     import hashlib
 
     path, _ = resolve(checkpoint, root)
     targets = (
         [path]
         if path.is_file()
-        else [f for part in ("unet", "text_encoder", "vae") for f in sorted((path / part).glob("*.safetensors"))]
+        else [
+            f
+            for part in families.FAMILIES[checkpoint.family].hashed_parts
+            for f in sorted((path / part).glob("*.safetensors"))
+        ]
     )
     digest = hashlib.sha256()
     for target in targets:

@@ -3,8 +3,9 @@ checkpoint needs, and the hub's failures as sentences.
 
 - The listing is one ``HfApi.model_info(files_metadata=True)`` call: the commit the revision points at and every file
   with its size, git blob sha1 and LFS sha256, which is what the downloaded bytes are checked against.
-- Only what ``StableDiffusionPipeline.from_pretrained(..., use_safetensors=True)`` reads is chosen: a hub repo of
-  SD-1.5 also holds pickles, fp16/EMA twins, ONNX and Flax copies, several times the size of what is used.
+- Only what the family's pipeline (``StableDiffusionPipeline`` for SD 1.x) reads with ``use_safetensors=True`` is
+  chosen (``families.Family.hub_folders``): a hub repo of SD-1.5 also holds pickles, fp16/EMA twins, ONNX and Flax
+  copies, several times the size of what is used.
 - Every listed path is checked when the listing arrives, before anything is written (kept by hand for that reason:
   huggingface_hub refuses ``..`` and absolute names too, but only file by file as it downloads them, after the others
   were written). Where a file finally goes is checked again by ``inside``, which resolves symlinked folders.
@@ -34,11 +35,9 @@ from huggingface_hub.errors import (
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lora_core import __version__
-from lora_core.base import checkpoints
+from lora_core.base import checkpoints, families
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-#: the folders ``StableDiffusionPipeline`` loads (the safety checker is never loaded here)
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor")
 WANTED_SUFFIXES = (".json", ".txt", ".safetensors")
 _SIMPLE_VARIANT = re.compile(r"(?P<stem>[^.]+)\.(?P<variant>\w+)\.safetensors")
 _SHARDED_VARIANT = re.compile(
@@ -237,7 +236,7 @@ def _variant_twin(name: str) -> tuple[str, str] | None:
     return (f"{m['stem']}.safetensors", m["variant"]) if m else None
 
 
-def _unneeded(path: str, variant: str | None, replaced: set[str]) -> str | None:
+def _unneeded(path: str, variant: str | None, replaced: set[str], folders: tuple[str, ...]) -> str | None:
     """Why a diffusers-repo file is not fetched, or None when the pipeline loads it."""
     parts = PurePosixPath(path).parts
     if parts == ("model_index.json",):
@@ -247,7 +246,7 @@ def _unneeded(path: str, variant: str | None, replaced: set[str]) -> str | None:
         return "pickle"
     if len(parts) == 1:
         return "single-file copy" if suffix == ".safetensors" else "not loaded by the pipeline"
-    if parts[0] not in COMPONENTS:
+    if parts[0] not in folders:
         return f"{parts[0]} (not loaded)" if parts[0] == "safety_checker" else "not loaded by the pipeline"
     if len(parts) != 2 or suffix not in WANTED_SUFFIXES or ".bin.index" in parts[1]:
         return "other format"
@@ -262,8 +261,11 @@ def _unneeded(path: str, variant: str | None, replaced: set[str]) -> str | None:
     return None
 
 
-def select_diffusers(entries: list[RepoEntry], variant: str | None) -> tuple[dict[str, RepoEntry], dict[str, str]]:
-    """The files a diffusers folder needs, keyed by where they go, and the others with the reason they are not.
+def select_diffusers(
+    entries: list[RepoEntry], variant: str | None, family: families.Family
+) -> tuple[dict[str, RepoEntry], dict[str, str]]:
+    """The files a diffusers folder of ``family`` needs, keyed by where they go, and the others with the reason they
+    are not.
 
     A chosen variant (``unet/diffusion_pytorch_model.fp16.safetensors``) is saved under the plain name, because
     ``checkpoints.load_pipeline`` asks for no variant."""
@@ -274,7 +276,7 @@ def select_diffusers(entries: list[RepoEntry], variant: str | None) -> tuple[dic
             replaced.add(str(PurePosixPath(e.path).parent / twin[0]))
     needed, skipped = {}, {}
     for e in entries:
-        reason = _unneeded(e.path, variant, replaced)
+        reason = _unneeded(e.path, variant, replaced, family.hub_folders)
         if reason:
             skipped[e.path] = reason
             continue

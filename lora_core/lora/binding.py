@@ -16,11 +16,12 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
+from lora_core.base import families
 from lora_core.env_settings import PREFIXED, read_env
 from lora_core.lora.lora_file import LoRAFileError, family_of
 from lora_core.lora.lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents
 
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = families.SD1.lora_components  # per pipeline family with SDXL (issue 20)
 
 
 @dataclass

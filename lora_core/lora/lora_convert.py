@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from lora_core.base import families
 from lora_core.lora.lora_file import EMBEDDINGS_KEY
 
 _PEFT_SUFFIX = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
@@ -18,7 +19,7 @@ _PEFT_SUFFIX = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_
 def _kohya_module(prefix: str, module: str) -> str:
     if prefix == "text_encoder" and not module.startswith("text_model."):
         module = "text_model." + module  # transformers 5 dropped this level; A1111 expects it
-    return ("lora_unet_" if prefix == "unet" else "lora_te_") + module.replace(".", "_")
+    return families.SD1.kohya_prefixes[prefix] + module.replace(".", "_")
 
 
 def to_kohya(tensors: dict[str, torch.Tensor], embedding_name: str | None = None) -> dict[str, torch.Tensor]:
@@ -31,7 +32,7 @@ def to_kohya(tensors: dict[str, torch.Tensor], embedding_name: str | None = None
             continue
         prefix, rest = key.split(".", 1)
         suffix = next((s for s in _PEFT_SUFFIX if rest.endswith(s)), None)
-        if prefix not in ("unet", "text_encoder") or suffix is None:
+        if prefix not in families.SD1.lora_components or suffix is None:
             raise ValueError(f"unexpected tensor {key!r} in a LoRA file")
         module = _kohya_module(prefix, rest[: -len(suffix)])
         out[module + _PEFT_SUFFIX[suffix]] = value

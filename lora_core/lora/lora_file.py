@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lora_core import __version__
+from lora_core.base import families
 
 FORMAT_VERSION = "1"
 EMBEDDINGS_KEY = "emb_params"
@@ -37,7 +38,9 @@ def lora_metadata(
     seed: int,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """String -> string metadata: what a person (or a tool) needs to use and re-make the LoRA."""
+    """String -> string metadata: what a person (or a tool) needs to use and re-make the LoRA. ``base_family`` is a
+    key of ``families.FAMILIES``: kohya's and the model-spec's names for it come from there."""
+    family = families.FAMILIES[base_family]
     trigger = "".join(tokens)
     meta = {
         "lora_studio.format_version": FORMAT_VERSION,
@@ -56,13 +59,13 @@ def lora_metadata(
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": family.kohya_version,
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_max_train_steps": str(steps),
         "ss_seed": str(seed),
         "ss_sd_model_name": base_model,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": family.modelspec_architecture,
         "modelspec.implementation": "diffusers",
         "modelspec.title": f"{task} LoRA",
         "modelspec.trigger_phrase": trigger,
@@ -182,6 +185,4 @@ def read_lora(path: Path, name: str = "") -> tuple[dict[str, torch.Tensor], dict
 def family_of(metadata: dict[str, str]) -> str:
     """The base family a file says it was made for, in words a person knows."""
     family = metadata.get("lora_studio.base_family") or metadata.get("ss_base_model_version") or ""
-    return {"sd-1": "SD 1.x", "sd_v1": "SD 1.x", "sd_v2": "SD 2.x", "sdxl_base_v1-0": "SDXL"}.get(
-        family, family or "an unknown base"
-    )
+    return families.title_of(family)

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import torch
 
+from lora_core.base import families
 from lora_core.lora.lora_file import EMBEDDINGS_KEY
 
 CLONEOFSIMO_EMBED_FLAG = "<embed>"
@@ -173,7 +174,7 @@ def _diffusers_alphas(metadata: dict[str, str]) -> dict[str, float]:
     alphas = {}
     for key, value in meta.items():
         component, _, name = key.rpartition(".")
-        if name == "lora_alpha" and isinstance(value, (int, float)) and component in ("unet", "text_encoder"):
+        if name == "lora_alpha" and isinstance(value, (int, float)) and component in families.SD1.lora_components:
             alphas[component] = float(value)
     return alphas
 
@@ -220,15 +221,13 @@ def _diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table
 
 def _kohya_names(table: ModuleTable) -> dict[str, str]:
     """``lora_unet_down_blocks_0_…`` / ``lora_te_text_model_encoder_…`` -> module path."""
+    prefixes = families.SD1.kohya_prefixes
     names = {}
     for path in table.shapes:
         component, module = path.split(".", 1)
-        if component == "unet":
-            names["lora_unet_" + module.replace(".", "_")] = path
-        else:
-            names["lora_te_" + module.replace(".", "_")] = path
-            if not module.startswith("text_model."):
-                names["lora_te_text_model_" + module.replace(".", "_")] = path
+        names[prefixes[component] + module.replace(".", "_")] = path
+        if component != "unet" and not module.startswith("text_model."):  # transformers 5 dropped this level
+            names[prefixes[component] + "text_model_" + module.replace(".", "_")] = path
     return names
 
 
@@ -313,7 +312,7 @@ def _targets_in_order(table: ModuleTable, component: str, ancestors: set[str], l
 def _cloneofsimo(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table: ModuleTable) -> dict[str, Layer]:
     layers: dict[str, Layer] = {}
     used: set[str] = set()
-    for component in ("unet", "text_encoder"):
+    for component in families.SD1.lora_components:
         count = sum(1 for k in tensors if k.startswith(component + ":") and k.endswith(":up"))
         if not count:
             continue

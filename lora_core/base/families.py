@@ -1,0 +1,78 @@
+"""Model families as data: what SD 1.x and SDXL differ in, for every module that has to know (issue 20).
+
+One source of truth per fact, no torch: the pipeline class a folder loads with, the models a LoRA patches, the
+(tokenizer, text encoder) pairs a concept's token lives in, the folders a hub download keeps, the files a base's hash
+covers, and the names kohya and the model-spec give the family in a LoRA's metadata. Conditioning code (how a prompt
+becomes the UNet's inputs) is not data and lives with the pipelines that use it.
+
+SDXL's entry is its published layout (diffusers' ``StableDiffusionXLPipeline``, kohya's ``sdxl_base_v1-0``); until
+issue 20's later steps, no registry checkpoint is of that family and ``Checkpoint.family`` admits SD 1.x only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+FamilyName = Literal["sd-1", "sdxl"]
+
+
+class Family(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: FamilyName
+    title: str  # in words a person knows
+    pipeline_class: str  # a diffusers pipeline class name
+    pipeline_kwargs: dict[str, Any]  # what loading adds: no safety checker, no watermark
+    lora_components: tuple[str, ...]  # the pipeline's models a LoRA patches
+    text_pairs: tuple[tuple[str, str], ...]  # (tokenizer, text encoder) pairs a prompt goes through
+    hub_folders: tuple[str, ...]  # the folders of a hub repo the pipeline loads
+    hashed_parts: tuple[str, ...]  # the folders whose weights name the base (``checkpoints.weights_hash``)
+    kohya_prefixes: dict[str, str]  # component -> kohya's name prefix (``lora_unet_``, ``lora_te_``)
+    kohya_version: str  # kohya's ``ss_base_model_version``
+    modelspec_architecture: str  # the model-spec's ``modelspec.architecture`` of a LoRA
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family(
+            name="sd-1",
+            title="SD 1.x",
+            pipeline_class="StableDiffusionPipeline",
+            pipeline_kwargs={"safety_checker": None, "requires_safety_checker": False},
+            lora_components=("unet", "text_encoder"),
+            text_pairs=(("tokenizer", "text_encoder"),),
+            # the safety checker is never loaded here
+            hub_folders=("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor"),
+            hashed_parts=("unet", "text_encoder", "vae"),
+            kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"},
+            kohya_version="sd_v1",
+            modelspec_architecture="stable-diffusion-v1/lora",
+        ),
+        Family(
+            name="sdxl",
+            title="SDXL",
+            pipeline_class="StableDiffusionXLPipeline",
+            pipeline_kwargs={"add_watermarker": False},
+            lora_components=("unet", "text_encoder", "text_encoder_2"),
+            text_pairs=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+            hub_folders=("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+            hashed_parts=("unet", "text_encoder", "text_encoder_2", "vae"),
+            kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+            kohya_version="sdxl_base_v1-0",
+            modelspec_architecture="stable-diffusion-xl-v1-base/lora",
+        ),
+    ]
+}
+SD1 = FAMILIES["sd-1"]
+#: names other tools write for families this project has no entry for
+_OTHER_TITLES = {"sd_v2": "SD 2.x", "sd_v2_768_v": "SD 2.x"}
+
+
+def title_of(name: str) -> str:
+    """A family in words, from our name or kohya's (``sd-1``, ``sd_v1``, ``sdxl_base_v1-0``); unknown: as given."""
+    for family in FAMILIES.values():
+        if name in (family.name, family.kohya_version):
+            return family.title
+    return _OTHER_TITLES.get(name, name or "an unknown base")
