@@ -70,6 +70,11 @@ class Checkpoint(BaseModel):
         "with each checkpoint to measure how far the LoRA leaks into them",
     )
 
+    @property
+    def family_spec(self) -> families.Family:
+        """What the family's pipelines are made of (``families.FAMILIES``)."""
+        return families.FAMILIES[self.family]
+
 
 _SD15 = SamplingDefaults(width=512, height=512, num_inference_steps=30, guidance_scale=7.5)
 
@@ -201,7 +206,7 @@ def load_pipeline(checkpoint: Checkpoint, root: Path | None = None, dtype=None):
     import diffusers
     import torch
 
-    family = families.FAMILIES[checkpoint.family]
+    family = checkpoint.family_spec
     pipeline_class = getattr(diffusers, family.pipeline_class)
     path, config = resolve(checkpoint, root)
     common = dict(dtype=dtype or torch.float32, **family.pipeline_kwargs)
@@ -220,11 +225,7 @@ def weights_hash(checkpoint: Checkpoint, root: Path | None = None) -> str:
     targets = (
         [path]
         if path.is_file()
-        else [
-            f
-            for part in families.FAMILIES[checkpoint.family].hashed_parts
-            for f in sorted((path / part).glob("*.safetensors"))
-        ]
+        else [f for part in checkpoint.family_spec.hashed_parts for f in sorted((path / part).glob("*.safetensors"))]
     )
     digest = hashlib.sha256()
     for target in targets:

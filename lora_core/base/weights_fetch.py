@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from lora_core.base import checkpoints, families
+from lora_core.base import checkpoints
 from lora_core.base.hub_download import MB, Download, check_kind, download_all, size_text, verify
 from lora_core.base.hub_listing import (
     HubError,
@@ -161,7 +161,7 @@ def _fetch_files(
         needed = {target.name: entry}
         folder = target.parent
     else:
-        needed, skipped = select_diffusers(listing.files, options.variant, families.FAMILIES[checkpoint.family])
+        needed, skipped = select_diffusers(listing.files, options.variant, checkpoint.family_spec)
         folder = target
     if skipped:
         log(f"not fetching {len(skipped)} files the pipeline does not load: {', '.join(sorted(skipped))}")
