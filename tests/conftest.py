@@ -95,9 +95,10 @@ def draw(pipe, prompt: str, seeds) -> list:
 
 def pipe_weights(pipe) -> dict[str, torch.Tensor]:
     """A copy of every parameter of the parts LoRAs patch (``component.name``), to compare bit for bit later."""
-    from lora_core.lora import binding
+    from lora_core.base import families
 
-    return {f"{c}.{n}": p.detach().clone() for c in binding.COMPONENTS for n, p in getattr(pipe, c).named_parameters()}
+    components = families.of_pipeline(pipe).lora_components
+    return {f"{c}.{n}": p.detach().clone() for c in components for n, p in getattr(pipe, c).named_parameters()}
 
 
 def call_predictor(predictor, **given):

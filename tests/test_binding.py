@@ -55,7 +55,7 @@ def test_a_failure_inside_the_block_still_restores_the_base_bit_for_bit(pipe):
     assert np.array_equal(draw(pipe, "a red circle"), base)
     # the slot rows were zeroed: naming a slot outside a prediction reads nothing of the last one
     _, ids = token_slots.reserve(pipe, 2)
-    assert not pipe.text_encoder.get_input_embeddings().weight[ids].any()
+    assert not pipe.text_encoder.get_input_embeddings().weight[ids["text_encoder"]].any()
     assert texts == [token_slots.SLOT.format(0) + token_slots.SLOT.format(1)]
 
 
@@ -187,7 +187,7 @@ def test_a_lora_for_another_base_names_both(pipe):
     with pytest.raises(
         LoRAFileError,
         match=r"made for SD 1.x \(trained on sd-1.5\), and the base is base model "
-        r"'tiny' \(SD-1.x layout, UNet channels \(32, 64, 64\)",
+        r"'tiny' \(SD 1.x, UNet channels \(32, 64, 64\), text width 64\)",
     ):
         binding.bind(pipe, tensors, meta, base_label="base model 'tiny'")
 

@@ -27,6 +27,10 @@ def test_a_family_names_what_its_diffusers_pipeline_takes(name):
     needed = {p for p in takes if parameters[p].default is inspect.Parameter.empty} - set(family.pipeline_kwargs)
     assert needed <= set(family.hub_folders), needed - set(family.hub_folders)
     assert set(family.kohya_prefixes) == set(family.lora_components)
+    assert set(family.embedding_keys) == set(family.text_encoders) and set(family.text_encoders) <= takes
+    call = inspect.signature(pipeline_class.__call__).parameters
+    encode = inspect.signature(pipeline_class.encode_prompt).parameters
+    assert set(family.prompt_outputs) <= set(call) & set(encode)  # what encode_prompt returns, the call takes
 
 
 def test_every_registry_checkpoint_has_a_family_and_loads_with_its_class():

@@ -26,6 +26,23 @@ def test_a_valid_file_passes(tmp_path):
     assert "a.lora_A.weight" in check_safetensors(path)
 
 
+def test_a_header_length_that_begins_like_a_pickle_is_still_safetensors(tmp_path):
+    """The length's first byte is a pickle's ``\\x80`` in one file of 256 (a LoRA checkpoint of a real training hit
+    it): the JSON that follows decides, for LoRA files and single-file checkpoints alike."""
+    from lora_core.base import checkpoints
+
+    header = dict(GOOD_HEADER)
+    pad = next(n for n in range(256) if len(json.dumps({**header, "__metadata__": {"p": "x" * n}})) % 256 == 0x80)
+    header["__metadata__"] = {"p": "x" * pad}
+    content = safetensors_bytes(header, b"\0" * 24)
+    assert content[:1] == b"\x80"
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(content)
+    assert "a.lora_A.weight" in check_safetensors(path)
+    checkpoints.refuse_pickle(path)  # no error
+    assert checkpoints.holds_pickle(pickle.dumps({"a": 1}, protocol=2)[:9])
+
+
 @pytest.mark.parametrize(
     "case,content,message",
     [

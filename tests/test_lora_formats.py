@@ -51,7 +51,7 @@ def test_our_layout_binds_every_layer(table):
     assert contents.layout == "diffusers/PEFT"
     assert len(contents.layers) == (len(tensors) - 1) // 2 > 40
     assert any(p.startswith("text_encoder.") for p in contents.layers)
-    assert contents.tokens == ["<s0>", "<s1>"] and contents.embeddings.shape == (2, 64)
+    assert contents.tokens == ["<s0>", "<s1>"] and contents.embeddings["text_encoder"].shape == (2, 64)
     assert all(layer.alpha == RANK for layer in contents.layers.values())  # alpha = rank when the file is silent
 
 
@@ -62,7 +62,7 @@ def test_kohya_a1111_layout_reads_the_same(table):
     for key in [k for k in kohya if k.endswith(".alpha")]:
         kohya[key] = torch.tensor(2.0)  # alpha 2 of rank 4: half the effect
     contents = read_contents(kohya, {}, table)
-    assert contents.layout == "kohya/A1111" and contents.embeddings.shape == (2, 64)
+    assert contents.layout == "kohya/A1111" and contents.embeddings["text_encoder"].shape == (2, 64)
     assert same_layers(reference, contents, alpha_ratio=0.5)
 
 
@@ -170,7 +170,7 @@ def test_cloneofsimo_layout_reads_the_same(tiny_pipe, table, legacy):
     weights, metadata, reference = cloneofsimo_file(tiny_pipe, legacy=legacy)
     contents = read_contents(weights, metadata, table)
     assert contents.layout == "cloneofsimo/lora"
-    assert contents.tokens == ["<s1>", "<s2>"] and contents.embeddings.shape == (2, 64)
+    assert contents.tokens == ["<s1>", "<s2>"] and contents.embeddings["text_encoder"].shape == (2, 64)
     assert any(p.endswith("ff.net.0.proj") for p in contents.layers)  # GEGLU layers are where they belong
     assert same_layers(read_contents(reference, {}, table), contents)
 

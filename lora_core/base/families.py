@@ -29,8 +29,17 @@ class Family(BaseModel):
     hub_folders: tuple[str, ...]  # the folders of a hub repo the pipeline loads
     hashed_parts: tuple[str, ...]  # the folders whose weights name the base (``checkpoints.weights_hash``)
     kohya_prefixes: dict[str, str]  # component -> kohya's name prefix (``lora_unet_``, ``lora_te_``)
+    embedding_keys: dict[str, str]  # text encoder -> the key its token vectors are stored under (ours and kohya's)
+    prompt_outputs: tuple[str, ...]  # what ``encode_prompt`` returns, as the pipeline call's keywords, in order
     kohya_version: str  # kohya's ``ss_base_model_version``
     modelspec_architecture: str  # the model-spec's ``modelspec.architecture`` of a LoRA
+
+    @property
+    def text_encoders(self) -> tuple[str, ...]:
+        return tuple(encoder for _, encoder in self.text_pairs)
+
+    def tokenizer_of(self, text_encoder: str) -> str:
+        return next(tokenizer for tokenizer, encoder in self.text_pairs if encoder == text_encoder)
 
 
 FAMILIES: dict[str, Family] = {
@@ -47,6 +56,8 @@ FAMILIES: dict[str, Family] = {
             hub_folders=("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor"),
             hashed_parts=("unet", "text_encoder", "vae"),
             kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"},
+            embedding_keys={"text_encoder": "emb_params"},  # diffusers' textual inversion and A1111's
+            prompt_outputs=("prompt_embeds", "negative_prompt_embeds"),
             kohya_version="sd_v1",
             modelspec_architecture="stable-diffusion-v1/lora",
         ),
@@ -60,6 +71,13 @@ FAMILIES: dict[str, Family] = {
             hub_folders=("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
             hashed_parts=("unet", "text_encoder", "text_encoder_2", "vae"),
             kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+            embedding_keys={"text_encoder": "clip_l", "text_encoder_2": "clip_g"},  # kohya's SDXL embeddings
+            prompt_outputs=(
+                "prompt_embeds",
+                "negative_prompt_embeds",
+                "pooled_prompt_embeds",
+                "negative_pooled_prompt_embeds",
+            ),
             kohya_version="sdxl_base_v1-0",
             modelspec_architecture="stable-diffusion-xl-v1-base/lora",
         ),
@@ -68,6 +86,16 @@ FAMILIES: dict[str, Family] = {
 SD1 = FAMILIES["sd-1"]
 #: names other tools write for families this project has no entry for
 _OTHER_TITLES = {"sd_v2": "SD 2.x", "sd_v2_768_v": "SD 2.x"}
+
+
+def of_pipeline(pipe) -> Family:
+    """The family of a loaded pipeline: of those whose LoRA components it has, the one with the most (an SDXL
+    pipeline has SD 1.x's ``unet`` and ``text_encoder`` too). Read from the models present, not the class name, so
+    any pipeline class of the family (text-to-image, image-to-image) is known."""
+    fitting = [f for f in FAMILIES.values() if all(getattr(pipe, c, None) is not None for c in f.lora_components)]
+    if not fitting:
+        raise ValueError(f"{type(pipe).__name__} has none of the known families' models ({', '.join(FAMILIES)})")
+    return max(fitting, key=lambda f: len(f.lora_components))
 
 
 def title_of(name: str) -> str:

@@ -9,12 +9,14 @@ What that costs against one batched pass is measured in ``lora-studio bench`` (`
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
 from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
+from lora_core.base import families
 from lora_core.progress import Progress
 
 SchedulerName = Literal["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
@@ -90,29 +92,41 @@ def sample(
 
         pipe_kwargs.setdefault("callback_on_step_end", on_step_end)
 
+    family = families.of_pipeline(pipe)
+    init = inspect.signature(type(pipe).__init__).parameters
+    # the pipeline's own settings (SD 1.x ``requires_safety_checker``, SDXL ``force_zeros_for_empty_prompt``), and
+    # what loading adds (no watermark)
+    settings = {
+        **{k: v for k, v in family.pipeline_kwargs.items() if k not in pipe.components},
+        **{k: pipe.config[k] for k in init if k in pipe.config and k not in pipe.components},
+    }
+
     def view():
         """Every component shared but a fresh scheduler: the warm pipeline is never mutated, and no scheduler
         state carries from one pass to the next."""
         v = type(pipe)(
-            **{**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)},
-            requires_safety_checker=False,
+            **{**pipe.components, "scheduler": make_scheduler(request.scheduler, pipe.scheduler.config)}, **settings
         )
         v.set_progress_bar_config(disable=True)
         return v
 
     # The prompt is encoded once, as the pipeline would for one image (prompt and negative each alone at batch 1),
-    # and reused by every pass: the same tensors, without re-running the text encoder per output.
+    # and reused by every pass: the same tensors, without re-running the text encoders per output.
     first = view()
     guided = request.guidance_scale > 1 and first.unet.config.time_cond_proj_dim is None
     with torch.no_grad():
-        embeds, negative_embeds = first.encode_prompt(
-            request.prompt, first._execution_device, 1, guided, request.negative_prompt or None
+        encoded = first.encode_prompt(
+            prompt=request.prompt,
+            device=first._execution_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=guided,
+            negative_prompt=request.negative_prompt or None,
         )
+    prompt_inputs = dict(zip(family.prompt_outputs, encoded, strict=True))
     images = []
     for seed, count in passes:
         images += view()(
-            prompt_embeds=embeds,
-            negative_prompt_embeds=negative_embeds,
+            **prompt_inputs,
             width=request.width,
             height=request.height,
             num_inference_steps=request.num_inference_steps,

@@ -21,15 +21,13 @@ from lora_core.env_settings import PREFIXED, read_env
 from lora_core.lora.lora_file import LoRAFileError, family_of
 from lora_core.lora.lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents
 
-COMPONENTS = families.SD1.lora_components  # per pipeline family with SDXL (issue 20)
-
 
 @dataclass
 class BoundLoRA:
     """One LoRA, ready for ``patching.applied`` on the base it was bound to."""
 
     layers: dict[str, Layer]  # "unet.<module>" / "text_encoder.<module>" -> weights on the base's device
-    embeddings: torch.Tensor | None  # (tokens, hidden) on the base's device, or None
+    embeddings: dict[str, torch.Tensor]  # text encoder -> (tokens, its hidden) on the base's device; {}: none
     init_word: str  # what ``<k>`` reads as at scale 0 (and where the embeddings start from)
     trigger: str  # trigger words from the metadata, for files without embeddings
     name: str
@@ -38,27 +36,35 @@ class BoundLoRA:
     @property
     def nbytes(self) -> int:
         tensors = [t for layer in self.layers.values() for t in (layer.down, layer.up)]
-        tensors += [self.embeddings] if self.embeddings is not None else []
+        tensors += list(self.embeddings.values())
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def token_count(self) -> int:
+        """How many tokens ``<k>`` stands for (0: a file without embeddings)."""
+        return len(next(iter(self.embeddings.values()))) if self.embeddings else 0
 
 
 def module_table(pipe) -> ModuleTable:
-    """The pipe's UNet and text-encoder modules as plain data, for ``lora_formats``."""
+    """The modules of the pipe's family's LoRA components as plain data, for ``lora_formats``."""
+    family = families.of_pipeline(pipe)
     classes, shapes = {}, {}
-    for component in COMPONENTS:
+    for component in family.lora_components:
         for path, module in getattr(pipe, component).named_modules():
             key = f"{component}.{path}"
             classes[key] = type(module).__name__
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 shapes[key] = tuple(module.weight.shape)
-    return ModuleTable(classes, shapes)
+    return ModuleTable(classes, shapes, family.name)
 
 
 def describe_base(pipe, label: str) -> str:
-    """``label`` with the sizes that decide which LoRAs fit."""
+    """``label`` with the family and the sizes that decide which LoRAs fit."""
+    family = families.of_pipeline(pipe)
+    widths = " and ".join(str(getattr(pipe, e).config.hidden_size) for e in family.text_encoders)
     return (
-        f"{label} (SD-1.x layout, UNet channels {tuple(pipe.unet.config.block_out_channels)}, "
-        f"text width {pipe.text_encoder.config.hidden_size})"
+        f"{label} ({family.title}, UNet channels {tuple(pipe.unet.config.block_out_channels)}, "
+        f"text width{'s' if len(family.text_encoders) > 1 else ''} {widths})"
     )
 
 
@@ -81,28 +87,46 @@ def bind(
             f"{_made_on(metadata)}, and the base is {describe_base(pipe, base_label)}; {e}. "
             "Use it with a base of its own family."
         ) from None
-    hidden = pipe.text_encoder.get_input_embeddings().weight
-    if contents.embeddings is not None and contents.embeddings.shape[-1] != hidden.shape[-1]:
-        raise LoRAFileError(
-            f"{name} does not fit this base model: its token embeddings are "
-            f"{contents.embeddings.shape[-1]} wide, the base's text encoder {hidden.shape[-1]}; it was "
-            f"made for {family_of(metadata)}{_made_on(metadata)}."
-        )
+    family = families.of_pipeline(pipe)
+    _check_embeddings(pipe, family, contents.embeddings, name, metadata)
     # diffusers' ``model.device``/``.dtype`` walk every module (~3 ms on SD-1.5's UNet): ask once per component
-    placement = {c: (w.device, w.dtype) for c in COMPONENTS for w in [next(getattr(pipe, c).parameters())]}
+    placement = {c: (w.device, w.dtype) for c in family.lora_components for w in [next(getattr(pipe, c).parameters())]}
     layers = {}
     for path, layer in contents.layers.items():
         device, dtype = placement[path.split(".", 1)[0]]
         layers[path] = Layer(layer.down.to(device, dtype), layer.up.to(device, dtype), layer.alpha)
-    embeddings = None if contents.embeddings is None else contents.embeddings.to(hidden.device, hidden.dtype)
+    embeddings = {encoder: rows.to(*placement[encoder]) for encoder, rows in contents.embeddings.items()}
     return BoundLoRA(
         layers,
         embeddings,
         metadata.get("lora_studio.init_word", ""),
-        metadata.get("modelspec.trigger_phrase", "") if embeddings is None else "",
+        "" if embeddings else metadata.get("modelspec.trigger_phrase", ""),
         name,
         contents.layout,
     )
+
+
+def _check_embeddings(
+    pipe, family: families.Family, embeddings: dict[str, torch.Tensor], name: str, metadata: dict[str, str]
+) -> None:
+    """Token vectors for exactly the base's text encoders, each as wide as its table; else one sentence."""
+    if not embeddings:
+        return
+    made = f"it was made for {family_of(metadata)}{_made_on(metadata)}"
+    if set(embeddings) != set(family.text_encoders):
+        count = len(embeddings)
+        raise LoRAFileError(
+            f"{name} does not fit this base model: its token embeddings are for {count} text encoder"
+            f"{'s' if count > 1 else ''}, and the base ({family.title}) has {len(family.text_encoders)}; {made}."
+        )
+    for encoder, rows in embeddings.items():
+        width = getattr(pipe, encoder).get_input_embeddings().weight.shape[-1]
+        if rows.shape[-1] != width:
+            which = "" if len(embeddings) == 1 else f" for {encoder}"
+            raise LoRAFileError(
+                f"{name} does not fit this base model: its token embeddings{which} are {rows.shape[-1]} wide, "
+                f"the base's text encoder {width}; {made}."
+            )
 
 
 def _made_on(metadata: dict[str, str]) -> str:

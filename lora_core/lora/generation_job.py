@@ -40,7 +40,7 @@ def load_adapters(
         log(
             f"<{i}> = {label}: {fetched.size / 1e6:.2f} MB, file from {source}, sha256 {fetched.sha256[:12]}, "
             f"{adapter.layout} layout, {len(adapter.layers)} layers"
-            f"{'' if adapter.embeddings is None else f', {len(adapter.embeddings)} token vectors'}"
+            f"{f', {adapter.token_count} token vectors' if adapter.token_count else ''}"
             f"{', bound now' if cache.misses > misses else ', already bound'}"
         )
         loaded.append((adapter, fetched))

@@ -16,10 +16,17 @@ from pathlib import Path
 import torch
 
 from lora_core import __version__
-from lora_core.base import families
+from lora_core.base import checkpoints, families
 
 FORMAT_VERSION = "1"
-EMBEDDINGS_KEY = "emb_params"
+EMBEDDINGS_KEY = families.SD1.embedding_keys["text_encoder"]
+# the keys token vectors are stored under -> the text encoder they are for: ours and kohya's per family (SD 1.x
+# ``emb_params``, SDXL ``clip_l``/``clip_g``), and cog-sdxl's ``embeddings.safetensors``
+EMBEDDING_ENCODER = {
+    **{key: encoder for f in families.FAMILIES.values() for encoder, key in f.embedding_keys.items()},
+    "text_encoders_0": "text_encoder",
+    "text_encoders_1": "text_encoder_2",
+}
 SOFTWARE = f"lora_core {__version__}"
 
 
@@ -114,7 +121,7 @@ _DTYPE_BYTES = {
 }
 MAX_HEADER_BYTES = 16 * 2**20
 # names a LoRA's tensors have in any layout ``lora_formats`` reads (cloneofsimo's embeddings are flagged in metadata)
-_LORA_KEY = re.compile(rf"lora|^{EMBEDDINGS_KEY}$|^bundle_emb\.|:\d+:(up|down)$")
+_LORA_KEY = re.compile(rf"lora|^({'|'.join(EMBEDDING_ENCODER)})$|^bundle_emb\.|:\d+:(up|down)$")
 
 
 def check_safetensors(path: Path, name: str = "") -> dict:
@@ -127,12 +134,14 @@ def check_safetensors(path: Path, name: str = "") -> dict:
     name = name or path.name
     size = path.stat().st_size
     with path.open("rb") as f:
-        head = f.read(8)
-        if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = f.read(9)
+        if checkpoints.holds_pickle(head):
             raise LoRAFileError(
                 f"{name} is a pickle (.ckpt/.pt/.bin), which can run code when loaded; only "
                 ".safetensors LoRAs are accepted. Convert it to safetensors first."
             )
+        head = head[:8]
+        f.seek(8)
         if len(head) < 8:
             raise LoRAFileError(f"{name} is too short to be a safetensors file ({size} bytes).")
         header_len = int.from_bytes(head, "little")

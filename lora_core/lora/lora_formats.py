@@ -5,11 +5,15 @@ module names and weight shapes):
 - diffusers / PEFT: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (ours), ``….lora.down.weight``,
   ``base_model.model.<module>…`` (PEFT ``save_pretrained``) and the old attention-processor names
   (``…attn1.processor.to_q_lora.down.weight``);
-- kohya / A1111 / Civitai: ``lora_unet_<module_with_underscores>.lora_down.weight`` + ``.alpha``, with
-  A1111 bundled embeddings ``bundle_emb.<name>.string_to_param.*``; the UNet's blocks named as diffusers does
-  (``down_blocks_1_attentions_0``) or as the original LDM code did (``input_blocks_4_1``, via diffusers' mapping);
+- kohya / A1111 / Civitai: ``lora_unet_<module_with_underscores>.lora_down.weight`` + ``.alpha`` (SDXL's text
+  encoders ``lora_te1_``/``lora_te2_``), with A1111 bundled embeddings ``bundle_emb.<name>.string_to_param.*``
+  (SDXL: ``bundle_emb.<name>.clip_l``/``clip_g``); the UNet's blocks named as diffusers does
+  (``down_blocks_1_attentions_0``) or as the original LDM/SGM code did (``input_blocks_4_1``, via diffusers' mapping);
 - cloneofsimo/lora (Replicate's first LoRA models): ``unet:<i>:up`` / ``:down`` numbered in module
   order, the targeted block classes in the metadata, embeddings stored under their token names.
+
+Token embeddings are per text encoder: SD 1.x has one, SDXL two (``emb_params`` / ``clip_l``+``clip_g``, and
+cog-sdxl's ``text_encoders_0``/``_1``).
 
 Anything else (LoHa, LoKr, DoRA, full diffs) is refused by name rather than half-applied.
 """
@@ -24,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from lora_core.base import families
-from lora_core.lora.lora_file import EMBEDDINGS_KEY
+from lora_core.lora.lora_file import EMBEDDING_ENCODER
 
 CLONEOFSIMO_EMBED_FLAG = "<embed>"
 _CLONEOFSIMO_KEY = re.compile(r"^(unet|text_encoder):(\d+):(up|down)$")
@@ -41,10 +45,15 @@ _UNSUPPORTED = {
 @dataclass(frozen=True)
 class ModuleTable:
     """The base's modules, as data: ``component.path`` -> class name in model order, weight shapes of
-    every Linear (2-D) and Conv2d (4-D). Components are ``unet`` and ``text_encoder``."""
+    every Linear (2-D) and Conv2d (4-D). Components are its family's ``lora_components``."""
 
     classes: dict[str, str]
     shapes: dict[str, tuple[int, ...]]
+    family: families.FamilyName = "sd-1"
+
+    @property
+    def family_spec(self) -> families.Family:
+        return families.FAMILIES[self.family]
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class Contents:
     """What a LoRA file holds, bound to module paths of one base."""
 
     layers: dict[str, Layer]
-    embeddings: torch.Tensor | None = None  # (tokens, hidden)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # text encoder -> (tokens, its hidden)
     tokens: list[str] = field(default_factory=list)
     layout: str = ""
 
@@ -106,21 +115,29 @@ def _natural(token: str) -> list:
 
 def _pop_embeddings(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-) -> tuple[torch.Tensor | None, list[str]]:
-    """Removes the embedding tensors from ``tensors``; returns them as rows with one token name per row."""
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Removes the embedding tensors from ``tensors``; returns them per text encoder as rows (all with the same
+    number of rows), and one token name per row."""
     tokens = json.loads(metadata.get("lora_studio.tokens", "[]"))
-    if EMBEDDINGS_KEY in tensors:  # ours and diffusers' textual inversion
-        keys = [EMBEDDINGS_KEY]
-    elif bundled := [k for k in tensors if k.startswith("bundle_emb.")]:  # A1111 bundled embeddings
-        keys = bundled
-    else:  # cloneofsimo: one vector per token, stored under the token
+    parts: dict[str, list[torch.Tensor]] = {}
+    for key in [k for k in tensors if k in EMBEDDING_ENCODER]:  # ours, diffusers', kohya's, cog-sdxl's
+        parts.setdefault(EMBEDDING_ENCODER[key], []).append(tensors.pop(key))
+    for key in [k for k in tensors if k.startswith("bundle_emb.")]:  # A1111's bundled embeddings, in file order
+        vec = key.rpartition(".")[2]  # ``clip_l``/``clip_g`` (SDXL); SD 1.x: ``string_to_param.*``
+        parts.setdefault(EMBEDDING_ENCODER.get(vec, "text_encoder"), []).append(tensors.pop(key))
+    if not parts:  # cloneofsimo: one vector per token, stored under the token
         keys = tokens = sorted((k for k in tensors if metadata.get(k) == CLONEOFSIMO_EMBED_FLAG), key=_natural)
-    if not keys:
-        return None, []
-    parts = [tensors.pop(k) for k in keys]
-    embeddings = torch.cat([part.reshape(-1, part.shape[-1]) for part in parts])
-    if len(tokens) != len(embeddings):
-        tokens = [f"<t{i}>" for i in range(len(embeddings))]
+        if keys:
+            parts["text_encoder"] = [tensors.pop(k) for k in keys]
+    embeddings = {
+        encoder: torch.cat([part.reshape(-1, part.shape[-1]) for part in rows]) for encoder, rows in parts.items()
+    }
+    counts = {encoder: len(rows) for encoder, rows in embeddings.items()}
+    if len(set(counts.values())) > 1:
+        raise UnsupportedLayout(f"its token embeddings have different numbers of tokens per text encoder ({counts})")
+    rows = next(iter(counts.values()), 0)
+    if len(tokens) != rows:
+        tokens = [f"<t{i}>" for i in range(rows)]
     return embeddings, tokens
 
 
@@ -165,7 +182,7 @@ _DIFFUSERS_PAIRS = (
 _PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")  # diffusers' old attention-processor files
 
 
-def _diffusers_alphas(metadata: dict[str, str]) -> dict[str, float]:
+def _diffusers_alphas(metadata: dict[str, str], components: tuple[str, ...]) -> dict[str, float]:
     """``lora_alpha`` per component from diffusers' ``lora_adapter_metadata`` (absent: alpha = rank)."""
     try:
         meta = json.loads(metadata.get("lora_adapter_metadata", "{}"))
@@ -174,28 +191,27 @@ def _diffusers_alphas(metadata: dict[str, str]) -> dict[str, float]:
     alphas = {}
     for key, value in meta.items():
         component, _, name = key.rpartition(".")
-        if name == "lora_alpha" and isinstance(value, (int, float)) and component in families.SD1.lora_components:
+        if name == "lora_alpha" and isinstance(value, (int, float)) and component in components:
             alphas[component] = float(value)
     return alphas
 
 
 def _module_path(stem: str, table: ModuleTable) -> str:
-    """``unet.<module>`` / ``text_encoder.<module>`` for a file's module name, whatever its prefix."""
+    """``<component>.<module>`` for a file's module name, whatever its prefix (none: whichever component has it)."""
     stem = _PROCESSOR.sub(lambda m: "." + {"to_out": "to_out.0"}.get(m.group(1), m.group(1)), stem)
-    prefix, component = next(
-        (p, c)
-        for p, c in (("unet.", "unet"), ("text_encoder.", "text_encoder"), ("base_model.model.", ""), ("", ""))
-        if stem.startswith(p)
-    )
+    components = table.family_spec.lora_components
+    # longest first: ``text_encoder_2.`` before ``text_encoder.``
+    prefixes = [(f"{c}.", c) for c in sorted(components, key=len, reverse=True)] + [("base_model.model.", "")]
+    prefix, component = next(((p, c) for p, c in prefixes if stem.startswith(p)), ("", ""))
     rest = stem[len(prefix) :]
-    candidates = [f"{component}.{rest}"] if component else [f"unet.{rest}", f"text_encoder.{rest}"]
-    if component == "text_encoder" or not component:  # transformers 5 dropped the ``text_model.`` level
-        candidates += [c.replace("text_encoder.text_model.", "text_encoder.", 1) for c in candidates]
+    candidates = [f"{component}.{rest}"] if component else [f"{c}.{rest}" for c in components]
+    # transformers 5 dropped the ``text_model.`` level of ``CLIPTextModel`` (not of ``CLIPTextModelWithProjection``)
+    candidates += [c.replace(".text_model.", ".", 1) for c in candidates if not c.startswith("unet.")]
     return next((c for c in candidates if c in table.shapes), candidates[0])
 
 
 def _diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table: ModuleTable) -> dict[str, Layer]:
-    alphas = _diffusers_alphas(metadata)
+    alphas = _diffusers_alphas(metadata, table.family_spec.lora_components)
     layers: dict[str, Layer] = {}
     used: set[str] = set()
     for key in tensors:
@@ -220,8 +236,9 @@ def _diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table
 
 
 def _kohya_names(table: ModuleTable) -> dict[str, str]:
-    """``lora_unet_down_blocks_0_…`` / ``lora_te_text_model_encoder_…`` -> module path."""
-    prefixes = families.SD1.kohya_prefixes
+    """``lora_unet_down_blocks_0_…`` / ``lora_te_text_model_encoder_…`` (SDXL ``lora_te1_``, ``lora_te2_``) ->
+    module path."""
+    prefixes = table.family_spec.kohya_prefixes
     names = {}
     for path in table.shapes:
         component, module = path.split(".", 1)
@@ -312,7 +329,7 @@ def _targets_in_order(table: ModuleTable, component: str, ancestors: set[str], l
 def _cloneofsimo(tensors: dict[str, torch.Tensor], metadata: dict[str, str], table: ModuleTable) -> dict[str, Layer]:
     layers: dict[str, Layer] = {}
     used: set[str] = set()
-    for component in families.SD1.lora_components:
+    for component in table.family_spec.lora_components:
         count = sum(1 for k in tensors if k.startswith(component + ":") and k.endswith(":up"))
         if not count:
             continue

@@ -31,8 +31,9 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from lora_core.base import families
 from lora_core.lora import token_slots
-from lora_core.lora.binding import COMPONENTS, BoundLoRA
+from lora_core.lora.binding import BoundLoRA
 
 Delta = tuple[torch.Tensor, torch.Tensor, float]  # down, up, scale * alpha / rank
 
@@ -52,12 +53,15 @@ def _conv_hook(deltas: list[Delta], module, args, output):
     return output
 
 
-def _scaled_embeddings(pipe, adapter: BoundLoRA, embeddings: torch.Tensor, scale: float) -> torch.Tensor:
-    """init + scale * (trained - init), init being the init word's mean embedding (files without one: full)."""
+def _scaled_embeddings(
+    pipe, family: families.Family, adapter: BoundLoRA, encoder: str, embeddings: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """init + scale * (trained - init), init being the init word's mean embedding in ``encoder``'s table (files
+    without an init word: the trained vectors in full)."""
     if not adapter.init_word:
         return embeddings
-    ids = pipe.tokenizer(adapter.init_word, add_special_tokens=False).input_ids
-    table = pipe.text_encoder.get_input_embeddings().weight
+    ids = getattr(pipe, family.tokenizer_of(encoder))(adapter.init_word, add_special_tokens=False).input_ids
+    table = getattr(pipe, encoder).get_input_embeddings().weight
     init = table[ids].detach().mean(dim=0).to(embeddings.dtype)
     return init + scale * (embeddings - init)
 
@@ -67,29 +71,32 @@ def applied(pipe, adapters: list[BoundLoRA], scales: list[float], *, merge_layer
     """Within the block, ``pipe`` draws with ``adapters`` at ``scales``; yields the text each ``<k>`` becomes.
     ``merge_layers=False`` runs every layer's LoRAs as hooks, the unfused computation of PEFT's layers: the
     benchmark's baseline for merging."""
+    family = families.of_pipeline(pipe)
     deltas: dict[str, list[Delta]] = {}
     texts: list[str] = []
-    vectors: list[torch.Tensor] = []
+    vectors: dict[str, list[torch.Tensor]] = {}  # per text encoder, in slot order
+    slots = 0
     for adapter, scale in zip(adapters, scales, strict=True):
         if scale == 0:
             texts.append(adapter.init_word or adapter.trigger)
             continue
         for path, layer in adapter.layers.items():
             deltas.setdefault(path, []).append((layer.down, layer.up, scale * layer.alpha / layer.rank))
-        if adapter.embeddings is None:
+        if not adapter.embeddings:
             texts.append(adapter.trigger)
             continue
-        first = sum(len(v) for v in vectors)
-        vectors.append(_scaled_embeddings(pipe, adapter, adapter.embeddings, scale))
-        texts.append("".join(token_slots.SLOT.format(first + i) for i in range(len(vectors[-1]))))
+        for encoder, rows in adapter.embeddings.items():
+            vectors.setdefault(encoder, []).append(_scaled_embeddings(pipe, family, adapter, encoder, rows, scale))
+        texts.append("".join(token_slots.SLOT.format(slots + i) for i in range(adapter.token_count)))
+        slots += adapter.token_count
 
     handles: list = []
-    slot_ids: list[int] = []
+    slot_ids: token_slots.SlotIds = {}
     try:
-        if vectors:
-            _, slot_ids = token_slots.reserve(pipe, sum(len(v) for v in vectors))
-            token_slots.fill(pipe, slot_ids, torch.cat(vectors))
-        models = {component: getattr(pipe, component) for component in COMPONENTS}
+        if slots:
+            _, slot_ids = token_slots.reserve(pipe, slots)
+            token_slots.fill(pipe, slot_ids, {encoder: torch.cat(rows) for encoder, rows in vectors.items()})
+        models = {component: getattr(pipe, component) for component in family.lora_components}
         store = _store(pipe)
         restore(pipe)  # what an earlier block could not finish restoring (a cancel landing in its finally)
         with torch.no_grad():

@@ -1,0 +1,233 @@
+"""SDXL LoRAs read, bound and applied on a random tiny SDXL pipeline (issue 20, step 2).
+
+The pipeline is diffusers' own ``StableDiffusionXLPipeline`` (two text encoders, ``text_time`` conditioning) with
+random weights, so what is checked here is names, shapes and the computation, compared with diffusers' own loader;
+learning needs a trained base (a later step).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import pipe_weights
+from lora_core.base import checkpoints, families, sampling
+from lora_core.base.single_file import UNET_PREFIX, unet_to_original
+from lora_core.lora import binding, lora_formats, patching, prompts, token_slots
+from lora_core.lora.lora_file import LoRAFileError
+from lora_core.tiny import tiny_sdxl
+
+XL_META = {"ss_base_model_version": "sdxl_base_v1-0", "lora_studio.init_word": "circle"}
+
+
+@pytest.fixture(scope="module")
+def xl():
+    pipe = tiny_sdxl.random_pipeline(checkpoints.weights_dir() / "tiny-sd", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    """Its own tiny SD pipeline: binding may add slot tokens, which the session's shared pipe must not see."""
+    pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def random_lora(pipe, seed=0, rank=4, tokens=2, scale=0.3):
+    """diffusers/PEFT names on every attention projection the LoRA classics target, on each of the pipe's
+    family's models, and token vectors for each of its text encoders under our (and kohya's) keys."""
+    family = families.of_pipeline(pipe)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for path, shape in binding.module_table(pipe).shapes.items():
+        if path.endswith(("to_q", "to_v", "to_out.0", "q_proj", "v_proj")):
+            tensors[f"{path}.lora_A.weight"] = torch.randn(rank, shape[1], generator=gen) * scale
+            tensors[f"{path}.lora_B.weight"] = torch.randn(shape[0], rank, generator=gen) * scale
+    for encoder, key in family.embedding_keys.items():
+        width = getattr(pipe, encoder).config.hidden_size
+        tensors[key] = torch.randn(tokens, width, generator=gen)
+    return tensors
+
+
+def draw(pipe, prompt, seed=0, negative=""):
+    """One 64-pixel picture through ``sampling.sample`` (the prompt encoded once, a fresh scheduler per pass)."""
+    request = sampling.SamplingRequest(
+        prompt=prompt, negative_prompt=negative, width=64, height=64, num_inference_steps=4, guidance_scale=5, seed=seed
+    )
+    return np.asarray(sampling.sample(pipe, request)[0], np.int16)
+
+
+def layers_only(tensors):
+    return {k: v for k, v in tensors.items() if "lora_" in k}
+
+
+def test_the_pipeline_is_known_by_its_models(xl, sd1):
+    assert families.of_pipeline(xl).name == "sdxl" and families.of_pipeline(sd1).name == "sd-1"
+    table = binding.module_table(xl)
+    assert table.family == "sdxl"
+    assert {path.split(".", 1)[0] for path in table.shapes} == {"unet", "text_encoder", "text_encoder_2"}
+    assert binding.describe_base(xl, "base model 'x'") == (
+        "base model 'x' (SDXL, UNet channels (32, 64, 64), text widths 32 and 32)"
+    )
+
+
+def test_sampling_an_sdxl_base_draws_what_its_pipeline_draws(xl):
+    """``sampling.sample`` encodes the prompt once (both encoders, the pooled prompt) and calls the pipeline with
+    the embeddings: the picture of diffusers' own call with the prompt, negative prompt and seed."""
+    for negative in ("", "blue"):
+        ours = draw(xl, "a red circle", seed=3, negative=negative)
+        out = xl(
+            "a red circle",
+            negative_prompt=negative or None,
+            height=64,
+            width=64,
+            num_inference_steps=4,
+            guidance_scale=5,
+            generator=torch.Generator().manual_seed(3),
+            output_type="pil",
+        )
+        assert np.array_equal(ours, np.asarray(out.images[0], np.int16)), negative
+
+
+def test_a_diffusers_sdxl_lora_draws_what_diffusers_own_loader_draws(xl):
+    """Our merged patching against ``load_lora_weights`` (PEFT layers, unmerged) on UNet and both text encoders,
+    on an identical pipeline: pixels within 1/255; and the base is bit for bit itself afterwards."""
+    tensors = layers_only(random_lora(xl, seed=1))
+    assert any(k.startswith("text_encoder_2.") for k in tensors) and any(k.startswith("text_encoder.") for k in tensors)
+    before, base = pipe_weights(xl), draw(xl, "a red circle")
+    adapter = binding.bind(xl, tensors, {})
+    assert adapter.layout == "diffusers/PEFT" and len(adapter.layers) == len(tensors) // 2
+    with patching.applied(xl, [adapter], [0.8]):
+        ours = draw(xl, "a red circle")
+
+    reference = tiny_sdxl.random_pipeline(checkpoints.weights_dir() / "tiny-sd", seed=0)
+    reference.set_progress_bar_config(disable=True)
+    assert np.array_equal(draw(reference, "a red circle"), base)
+    reference.load_lora_weights(dict(tensors), adapter_name="x")
+    reference.set_adapters(["x"], adapter_weights=[0.8])
+    assert all("x" in getattr(reference, c).peft_config for c in ("unet", "text_encoder", "text_encoder_2"))
+    theirs = draw(reference, "a red circle")
+
+    assert np.abs(ours - base).max() > 10  # the LoRA changes the picture
+    assert np.abs(ours - theirs).max() <= 1
+    after = pipe_weights(xl)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert np.array_equal(draw(xl, "a red circle"), base)
+
+
+def kohya_names(xl, tensors, sgm: bool):
+    """Our diffusers names as kohya writes them for SDXL: ``lora_te1_text_model_…``, ``lora_te2_text_model_…``, and
+    the UNet under the original SGM block names (``input_blocks_4_1_…``, what kohya trains on) or diffusers'."""
+    unet_paths = [p for p in binding.module_table(xl).shapes if p.startswith("unet.")]
+    originals = unet_to_original({p.removeprefix("unet.") + ".weight": p for p in unet_paths}, dict(xl.unet.config))
+    sgm_of = {path: key.removeprefix(UNET_PREFIX).removesuffix(".weight") for key, path in originals.items()}
+    out = {}
+    for key, value in tensors.items():
+        path, _, rest = key.partition(".lora_")
+        part = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[rest]
+        component, module = path.split(".", 1)
+        if component == "unet":
+            name = "lora_unet_" + (sgm_of[path] if sgm else module)
+        elif component == "text_encoder":
+            name = "lora_te1_text_model_" + module
+        else:
+            name = "lora_te2_" + module
+        out[f"{name.replace('.', '_')}.{part}"] = value
+        out[f"{name.replace('.', '_')}.alpha"] = torch.tensor(4.0)
+    return out
+
+
+@pytest.mark.parametrize("sgm", [True, False], ids=["sgm-block-names", "diffusers-block-names"])
+def test_kohya_sdxl_files_read_as_the_diffusers_file(xl, sgm):
+    """kohya's SDXL names (``lora_te1_``/``lora_te2_``, the UNet in SGM's ``input_blocks``/``middle_block``/
+    ``output_blocks`` or in diffusers' block names) resolve to exactly the layers of the diffusers file."""
+    tensors = layers_only(random_lora(xl, seed=2))
+    table = binding.module_table(xl)
+    ours = lora_formats.read_contents(tensors, {}, table)
+    kohya = kohya_names(xl, tensors, sgm)
+    if sgm:
+        assert any("_input_blocks_" in k for k in kohya) and any("_output_blocks_" in k for k in kohya)
+    theirs = lora_formats.read_contents(kohya, XL_META, table)
+    assert theirs.layout == "kohya/A1111" and set(theirs.layers) == set(ours.layers)
+    for path, layer in ours.layers.items():
+        assert torch.equal(theirs.layers[path].down, layer.down) and torch.equal(theirs.layers[path].up, layer.up)
+        assert theirs.layers[path].alpha == 4.0
+
+
+def test_sdxl_token_embeddings_read_per_text_encoder_in_every_layout(xl):
+    """Ours and kohya's (``clip_l``/``clip_g``), A1111's bundled ones (``bundle_emb.<name>.clip_l``/``clip_g``, in
+    file order) and cog-sdxl's ``embeddings.pti`` (``text_encoders_0``/``_1``): each encoder gets its own rows."""
+    table = binding.module_table(xl)
+    gen = torch.Generator().manual_seed(3)
+    first, second = torch.randn(3, 32, generator=gen), torch.randn(3, 32, generator=gen)
+    layouts = {
+        "kohya": {"clip_l": first, "clip_g": second},
+        "a1111 bundle": {
+            "bundle_emb.first.clip_l": first[:2],
+            "bundle_emb.first.clip_g": second[:2],
+            "bundle_emb.second.clip_l": first[2:],
+            "bundle_emb.second.clip_g": second[2:],
+        },
+        "cog-sdxl": {"text_encoders_0": first, "text_encoders_1": second},
+    }
+    for layout, tensors in layouts.items():
+        contents = lora_formats.read_contents(tensors, {}, table)
+        assert set(contents.embeddings) == {"text_encoder", "text_encoder_2"}, layout
+        assert torch.equal(contents.embeddings["text_encoder"], first), layout
+        assert torch.equal(contents.embeddings["text_encoder_2"], second), layout
+        assert contents.tokens == ["<t0>", "<t1>", "<t2>"] and contents.layers == {}, layout
+
+
+def test_cog_sdxl_lora_file_reads_as_unet_layers(xl):
+    """cog-sdxl's ``lora.safetensors``: unprefixed attention-processor names, no alpha (alpha = rank)."""
+    tensors = {}
+    for key, value in layers_only(random_lora(xl, seed=4)).items():
+        if key.startswith("unet.") and ".attn" in key:
+            module, _, rest = key[len("unet.") :].rpartition(".lora_")
+            block, _, proj = module.rpartition(".")
+            proj = "to_out" if module.endswith("to_out.0") else proj
+            block = block.removesuffix(".to_out") if proj == "to_out" else block
+            tensors[f"{block}.processor.{proj}_lora.{'down' if rest == 'A.weight' else 'up'}.weight"] = value
+    contents = lora_formats.read_contents(tensors, {}, binding.module_table(xl))
+    assert contents.layout == "diffusers/PEFT" and len(contents.layers) == len(tensors) // 2
+    assert all(p.startswith("unet.") and layer.alpha == 4 for p, layer in contents.layers.items())
+
+
+def test_concept_tokens_reach_both_text_encoders_and_leave_no_trace(xl):
+    """``<1>`` becomes slot tokens in both tokenizers, their rows in both tables hold the scaled vectors during the
+    block and zeros after; scale 0 is the init word and the base bit for bit."""
+    tensors = random_lora(xl, seed=5)
+    adapter = binding.bind(xl, tensors, XL_META)
+    assert adapter.token_count == 2 and set(adapter.embeddings) == {"text_encoder", "text_encoder_2"}
+    before, base = pipe_weights(xl), draw(xl, "a red circle")
+    with patching.applied(xl, [adapter], [1.0]) as texts:
+        _, ids = token_slots.reserve(xl, 2)
+        for encoder, key in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
+            rows = getattr(xl, encoder).get_input_embeddings().weight[ids[encoder]]
+            assert torch.allclose(rows, tensors[key]), encoder
+        with_token = draw(xl, prompts.expand("a red <1>", texts))
+    assert texts == [token_slots.SLOT.format(0) + token_slots.SLOT.format(1)]
+    with patching.applied(xl, [adapter], [0.0]) as texts:
+        assert texts == ["circle"]
+        assert np.array_equal(draw(xl, prompts.expand("a red <1>", texts)), base)
+    assert not np.array_equal(with_token, base)
+    for encoder in ("text_encoder", "text_encoder_2"):
+        assert not getattr(xl, encoder).get_input_embeddings().weight[ids[encoder]].any()
+    after = pipe_weights(xl)
+    assert all(torch.equal(before[n], after[n]) for n in before if not n.endswith("token_embedding.weight"))
+
+
+def test_a_lora_of_the_other_family_fails_with_both_families_named(xl, sd1):
+    """An SD 1.x LoRA on SDXL and an SDXL LoRA on SD 1.x: one sentence naming both; the next LoRA binds."""
+    sd1_lora = random_lora(sd1, seed=6)
+    with pytest.raises(LoRAFileError, match=r"made for SD 1\.x \(trained on tiny\).*\(SDXL, UNet channels"):
+        binding.bind(xl, sd1_lora, {"lora_studio.base_family": "sd-1", "lora_studio.base_model": "tiny"}, "<1>")
+    with pytest.raises(LoRAFileError, match=r"made for SDXL.*\(SD 1\.x, UNet channels"):
+        binding.bind(sd1, random_lora(xl, seed=7), XL_META, "<1>")
+    # a textual inversion of one family on the other: the count of text encoders tells
+    with pytest.raises(LoRAFileError, match=r"for 1 text encoder, and the base \(SDXL\) has 2; it was made for SD 1"):
+        binding.bind(xl, {"emb_params": torch.zeros(1, 32)}, {"ss_base_model_version": "sd_v1"}, "<1>")
+    with pytest.raises(LoRAFileError, match=r"for 2 text encoders, and the base \(SD 1\.x\) has 1; it was made for"):
+        binding.bind(sd1, {"clip_l": torch.zeros(1, 64), "clip_g": torch.zeros(1, 64)}, XL_META, "<1>")
+    assert binding.bind(xl, random_lora(xl, seed=8), XL_META).token_count == 2
