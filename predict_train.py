@@ -25,6 +25,7 @@ MAX_SEED = 4294967295
 class Output(BaseModel):
     lora: Path  # the recommended checkpoint: use it with the generation model (diffusers/PEFT names, tokens, metadata)
     lora_a1111: Path  # the same LoRA named for A1111 / ComfyUI / Civitai (trigger: its embedding name)
+    embedding: Path  # the new tokens alone, <name>.safetensors: ComfyUI's embedding:<name>, A1111's textual inversion
     scales_grid: Path  # "a photo of <1>" at scales 0, 0.25, 0.5, 0.75, 1 on one seed, a row per checkpoint
     checkpoints: list[Path]  # every checkpoint in step order (each file's metadata holds its fidelity and bleed)
     report: Path  # report.json: each checkpoint's fidelity and bleed, and why the recommended one
@@ -139,6 +140,7 @@ class Predictor(BaseRunner):
         files = {
             "lora": Path(result.lora),
             "lora_a1111": Path(result.lora_a1111),
+            "embedding": Path(result.embedding),
             "scales_grid": Path(result.grid),
             "checkpoints": [Path(p) for p in result.checkpoints],
             "report": Path(result.report),

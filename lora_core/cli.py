@@ -70,6 +70,7 @@ def _train(args: argparse.Namespace) -> None:
             {
                 "lora": str(result.lora),
                 "lora_a1111": str(result.lora_a1111),
+                "embedding": str(result.embedding),
                 "scales_grid": str(result.grid),
                 "checkpoints": [str(p) for p in result.checkpoints],
                 "report": str(result.report),

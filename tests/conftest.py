@@ -58,7 +58,9 @@ def preset_lora(train_predictor, tmp_path_factory):
                 return Path(shutil.copy(path, folder / Path(path).name))
 
             made[name] = SimpleNamespace(
-                **{key: kept(getattr(out, key)) for key in ("lora", "lora_a1111", "scales_grid", "report")},
+                **{
+                    key: kept(getattr(out, key)) for key in ("lora", "lora_a1111", "embedding", "scales_grid", "report")
+                },
                 checkpoints=[kept(p) for p in out.checkpoints],
             )
         return made[name]

@@ -671,7 +671,7 @@ def test_training_predictor_signature():
     assert schemas["base_model"]["enum"] == list(checkpoints.REGISTRY)  # the literal list in predict_train.py
     assert props["seed"]["maximum"] == sampling.MAX_SEED
     assert [p["x-order"] for p in props.values()] == list(range(len(props)))
-    assert schemas["Output"]["required"] == ["lora", "lora_a1111", "scales_grid", "checkpoints", "report"]
+    assert schemas["Output"]["required"] == ["lora", "lora_a1111", "embedding", "scales_grid", "checkpoints", "report"]
     assert schemas["Output"]["properties"]["checkpoints"]["items"] == {"format": "uri", "type": "string"}
     assert all(p.get("items", p)["format"] == "uri" for p in schemas["Output"]["properties"].values())
 

@@ -48,9 +48,9 @@ def test_a_bfloat16_base_trains_float32_lora_parameters_and_stays_pristine(half_
     )
     before = pipe_weights(half_pipe)
     trained = trainer.train_lora(half_pipe, examples, cfg, log=lambda _: None)
-    tensors = {**trained.unet, **(trained.text_encoder or {})}
+    tensors = {**trained.unet, **{k: v for state in trained.text_encoders.values() for k, v in state.items()}}
     # trained in float32 (the optimiser's updates would vanish in a half-precision parameter), and they moved
-    assert {t.dtype for t in tensors.values()} | {trained.embeddings.dtype} == {torch.float32}
+    assert {t.dtype for t in tensors.values()} | {t.dtype for t in trained.embeddings.values()} == {torch.float32}
     assert all(torch.isfinite(t).all() for t in tensors.values()) and np.isfinite(trained.final_loss)
     assert any(k.endswith("lora_B.weight") and t.abs().sum() > 0 for k, t in trained.unet.items())
     # the warm base: still bfloat16, bit for bit what it was, and no training layers left in it

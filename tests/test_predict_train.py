@@ -91,8 +91,9 @@ def test_the_lora_moves_images_towards_the_instance_photos_and_scale_0_is_the_ba
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(after, base, strict=True))
 
 
-def _plain_diffusers_images(lora_path, tokens):
-    """What a diffusers user gets with the few lines in the README (a fresh pipeline, no lora_core)."""
+def _plain_diffusers_images(lora_path, tokens, embedding_path=None):
+    """What a diffusers user gets with the few lines in the README (a fresh pipeline, no lora_core); the tokens from
+    the LoRA file, or from the standalone ``embedding`` output when given (``load_textual_inversion`` on its path)."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
@@ -116,17 +117,23 @@ def _plain_diffusers_images(lora_path, tokens):
     tensors = load_file(lora_path)
     embeddings = {k: v for k, v in tensors.items() if k == "emb_params" or k.startswith("bundle_emb.")}
     pipe.load_lora_weights({k: v for k, v in tensors.items() if k not in embeddings})
-    pipe.load_textual_inversion(
-        next(iter(embeddings.values())), token=tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder
-    )
+    vectors = str(embedding_path) if embedding_path else next(iter(embeddings.values()))
+    pipe.load_textual_inversion(vectors, token=tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
     return base, draw(f"a photo of {''.join(tokens)}")
 
 
 def test_plain_diffusers_loads_both_files_and_they_draw_the_same(trained):
+    """Ours, the A1111 twin, and the twin's layers with the standalone embedding file (what ComfyUI users load, as
+    it ignores bundled embeddings): the same weights under three namings, so float noise only."""
+    assert trained.embedding.name == "object1.safetensors"  # task and seed: ComfyUI's ``embedding:object1``
+    vectors, meta = lora_file.read_lora(trained.embedding)
+    assert set(vectors) == {"emb_params"} and meta["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
     base, ours = _plain_diffusers_images(trained.lora, ["<s0>", "<s1>"])
     _, a1111 = _plain_diffusers_images(trained.lora_a1111, ["<s0>", "<s1>"])
-    for a, b in zip(ours, a1111, strict=True):  # same weights under two namings: float noise only
+    _, separate = _plain_diffusers_images(trained.lora_a1111, ["<s0>", "<s1>"], embedding_path=trained.embedding)
+    for a, b, c in zip(ours, a1111, separate, strict=True):
         assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 3
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(c, np.int16)).max() <= 3
     target = instance_images()
     assert tiny_eval.palette_distance(ours, target) < tiny_eval.palette_distance(base, target)
 

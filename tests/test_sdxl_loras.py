@@ -11,8 +11,7 @@ import torch
 
 from conftest import pipe_weights
 from lora_core.base import checkpoints, families, sampling
-from lora_core.base.single_file import UNET_PREFIX, unet_to_original
-from lora_core.lora import binding, lora_formats, patching, prompts, token_slots
+from lora_core.lora import binding, lora_convert, lora_file, lora_formats, patching, prompts, token_slots
 from lora_core.lora.lora_file import LoRAFileError
 from lora_core.tiny import tiny_sdxl
 
@@ -34,6 +33,10 @@ def sd1():
     return pipe
 
 
+# the attention projections kohya's and diffusers' trainers target in the UNet and in CLIP
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
+
+
 def random_lora(pipe, seed=0, rank=4, tokens=2, scale=0.3):
     """diffusers/PEFT names on every attention projection the LoRA classics target, on each of the pipe's
     family's models, and token vectors for each of its text encoders under our (and kohya's) keys."""
@@ -41,7 +44,7 @@ def random_lora(pipe, seed=0, rank=4, tokens=2, scale=0.3):
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     for path, shape in binding.module_table(pipe).shapes.items():
-        if path.endswith(("to_q", "to_v", "to_out.0", "q_proj", "v_proj")):
+        if path.endswith(ATTENTION):
             tensors[f"{path}.lora_A.weight"] = torch.randn(rank, shape[1], generator=gen) * scale
             tensors[f"{path}.lora_B.weight"] = torch.randn(shape[0], rank, generator=gen) * scale
     for encoder, key in family.embedding_keys.items():
@@ -116,43 +119,48 @@ def test_a_diffusers_sdxl_lora_draws_what_diffusers_own_loader_draws(xl):
     assert np.array_equal(draw(xl, "a red circle"), base)
 
 
-def kohya_names(xl, tensors, sgm: bool):
-    """Our diffusers names as kohya writes them for SDXL: ``lora_te1_text_model_…``, ``lora_te2_text_model_…``, and
-    the UNet under the original SGM block names (``input_blocks_4_1_…``, what kohya trains on) or diffusers'."""
-    unet_paths = [p for p in binding.module_table(xl).shapes if p.startswith("unet.")]
-    originals = unet_to_original({p.removeprefix("unet.") + ".weight": p for p in unet_paths}, dict(xl.unet.config))
-    sgm_of = {path: key.removeprefix(UNET_PREFIX).removesuffix(".weight") for key, path in originals.items()}
-    out = {}
-    for key, value in tensors.items():
-        path, _, rest = key.partition(".lora_")
-        part = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[rest]
-        component, module = path.split(".", 1)
-        if component == "unet":
-            name = "lora_unet_" + (sgm_of[path] if sgm else module)
-        elif component == "text_encoder":
-            name = "lora_te1_text_model_" + module
-        else:
-            name = "lora_te2_" + module
-        out[f"{name.replace('.', '_')}.{part}"] = value
-        out[f"{name.replace('.', '_')}.alpha"] = torch.tensor(4.0)
-    return out
+def kohya_twin(xl, tensors, sgm: bool = True, embedding_name=None):
+    """What kohya writes for SDXL: ``lora_te1_text_model_…``, ``lora_te2_text_model_…``, the UNet under the original
+    SGM block names (``input_blocks_4_1_…``, what kohya trains on) or, as some converters write, diffusers' ones."""
+    family = families.FAMILIES["sdxl"]
+    if not sgm:
+        family = family.model_copy(update={"kohya_unet_names": "diffusers"})
+    return lora_convert.to_kohya(tensors, embedding_name, family, dict(xl.unet.config))
 
 
 @pytest.mark.parametrize("sgm", [True, False], ids=["sgm-block-names", "diffusers-block-names"])
 def test_kohya_sdxl_files_read_as_the_diffusers_file(xl, sgm):
     """kohya's SDXL names (``lora_te1_``/``lora_te2_``, the UNet in SGM's ``input_blocks``/``middle_block``/
-    ``output_blocks`` or in diffusers' block names) resolve to exactly the layers of the diffusers file."""
-    tensors = layers_only(random_lora(xl, seed=2))
+    ``output_blocks`` or in diffusers' block names) resolve to exactly the layers of the diffusers file, and the
+    bundled vectors to each text encoder's rows."""
+    tensors = random_lora(xl, seed=2)
     table = binding.module_table(xl)
     ours = lora_formats.read_contents(tensors, {}, table)
-    kohya = kohya_names(xl, tensors, sgm)
-    if sgm:
-        assert any("_input_blocks_" in k for k in kohya) and any("_output_blocks_" in k for k in kohya)
+    kohya = kohya_twin(xl, tensors, sgm, embedding_name="thing")
+    assert {"bundle_emb.thing.clip_l", "bundle_emb.thing.clip_g"} <= set(kohya)
+    assert any(k.startswith("lora_te1_text_model_encoder_") for k in kohya)
+    assert any(k.startswith("lora_te2_text_model_encoder_") for k in kohya)
+    blocks = ("_input_blocks_", "_middle_block_", "_output_blocks_")
+    assert all(any(b in k for k in kohya) for b in blocks) == sgm
     theirs = lora_formats.read_contents(kohya, XL_META, table)
     assert theirs.layout == "kohya/A1111" and set(theirs.layers) == set(ours.layers)
     for path, layer in ours.layers.items():
         assert torch.equal(theirs.layers[path].down, layer.down) and torch.equal(theirs.layers[path].up, layer.up)
         assert theirs.layers[path].alpha == 4.0
+    assert all(torch.equal(theirs.embeddings[e], ours.embeddings[e]) for e in ("text_encoder", "text_encoder_2"))
+
+
+def test_the_kohya_twin_of_an_sdxl_lora_draws_in_diffusers_what_ours_draws(xl):
+    """The SGM-named twin, loaded by diffusers' own kohya conversion (``load_lora_weights``), draws the picture our
+    patching draws from the diffusers-named file: the names are the ones kohya's readers expect."""
+    tensors = layers_only(random_lora(xl, seed=9))
+    with patching.applied(xl, [binding.bind(xl, tensors, {})], [1.0]):
+        ours = draw(xl, "a blue square")
+    reference = tiny_sdxl.random_pipeline(checkpoints.weights_dir() / "tiny-sd", seed=0)
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(kohya_twin(xl, tensors), adapter_name="kohya")
+    assert all("kohya" in getattr(reference, c).peft_config for c in ("unet", "text_encoder", "text_encoder_2"))
+    assert np.abs(draw(reference, "a blue square") - ours).max() <= 1
 
 
 def test_sdxl_token_embeddings_read_per_text_encoder_in_every_layout(xl):
@@ -231,3 +239,135 @@ def test_a_lora_of_the_other_family_fails_with_both_families_named(xl, sd1):
     with pytest.raises(LoRAFileError, match=r"for 2 text encoders, and the base \(SD 1\.x\) has 1; it was made for"):
         binding.bind(sd1, {"clip_l": torch.zeros(1, 64), "clip_g": torch.zeros(1, 64)}, XL_META, "<1>")
     assert binding.bind(xl, random_lora(xl, seed=8), XL_META).token_count == 2
+
+
+def test_a_trained_sdxl_lora_is_packed_with_both_encoders_and_reads_back(xl, tmp_path):
+    """``pack_trained`` for SDXL: both text encoders' LoRAs under diffusers' prefixes, the token vectors under kohya's
+    ``clip_l``/``clip_g``; written and read back, it binds to the same layers and rows."""
+    tensors = random_lora(xl, seed=10)
+    by_component: dict = {}
+    for key, value in layers_only(tensors).items():
+        component, rest = key.split(".", 1)
+        by_component.setdefault(component, {})[rest] = value
+    unet = by_component.pop("unet")
+    rows = {"text_encoder": tensors["clip_l"], "text_encoder_2": tensors["clip_g"]}
+    packed = lora_file.pack_trained(unet, by_component, rows, families.FAMILIES["sdxl"])
+    assert set(packed) == set(tensors)
+    path = lora_file.write_lora(tmp_path / "xl.safetensors", packed, XL_META)
+    adapter = binding.bind(xl, *lora_file.read_lora(path))
+    assert len(adapter.layers) == len(layers_only(tensors)) // 2
+    assert all(torch.equal(adapter.embeddings[e], rows[e]) for e in rows)
+
+
+def test_training_an_sdxl_lora_learns_both_encoders_tokens_and_leaves_the_base(xl):
+    """The trainer on SDXL: new tokens in both tokenizers' copies, LoRAs on the UNet and both text encoders, the UNet
+    conditioned as diffusers' SDXL pipeline conditions it (penultimate states side by side, pooled prompt, sizes).
+    Learning, against the step-1 LoRA of the same run: the denoising loss on the training pictures falls. The warm
+    base is bit for bit what it was, and the file packed from it binds."""
+    from diffusers import DDPMScheduler
+
+    from conftest import purple_stars
+    from lora_core.training import conditioning, trainer
+    from lora_core.training.preprocess import Example
+
+    examples = [
+        Example(f"s{i}", im.resize((64, 64)), None, "a photo of <s0><s1>") for i, im in enumerate(purple_stars(4))
+    ]
+    cfg = trainer.TrainingConfig(
+        steps=120,
+        batch_size=4,
+        resolution=64,
+        rank=4,
+        learning_rate=5e-3,
+        learning_rate_text=1e-3,
+        learning_rate_embeddings=3e-3,
+        train_text_encoder=True,
+        train_resnets=True,
+        tokens=("<s0>", "<s1>"),
+        init_word="circle",
+        seed=0,
+    )
+    before = pipe_weights(xl)
+    first, last = trainer.train_checkpoints(xl, examples, cfg, (1, 120), log=lambda _: None)
+    after = pipe_weights(xl)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert set(last.text_encoders) == set(last.embeddings) == {"text_encoder", "text_encoder_2"}
+    assert last.embeddings["text_encoder_2"].shape == (2, 32) and last.text_encoders["text_encoder_2"]
+
+    family = families.FAMILIES["sdxl"]
+    latents, _ = trainer.encode_examples(xl.vae, examples, 1.0)
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(100, 900, (len(latents),), generator=gen)
+
+    schedule = DDPMScheduler.from_config(xl.scheduler.config)
+    noisy = schedule.add_noise(latents, noise, t)
+
+    def loss(trained) -> float:
+        packed = lora_file.pack_trained(trained.unet, trained.text_encoders, trained.embeddings, family)
+        with patching.applied(xl, [binding.bind(xl, packed, XL_META)], [1.0]) as texts, torch.no_grad():
+            prompt = prompts.expand("a photo of <1>", texts)
+            ids = {}
+            for tokenizer_name, encoder in family.text_pairs:
+                tokenizer = getattr(xl, tokenizer_name)
+                ids[encoder] = tokenizer(
+                    [prompt] * len(latents),
+                    padding="max_length",
+                    max_length=tokenizer.model_max_length,
+                    return_tensors="pt",
+                ).input_ids
+            encoders = {e: getattr(xl, e) for e in family.text_encoders}
+            states, added = conditioning.encode(family, encoders, ids, 64)
+            pred = xl.unet(noisy, t, states, added_cond_kwargs=added).sample
+        return float(((pred - noise) ** 2).mean())
+
+    before_training, trained = loss(first), loss(last)
+    assert trained < 0.8 * before_training, (before_training, trained)
+
+
+def test_a_training_on_an_sdxl_base_writes_files_that_draw_alike(xl, tmp_path, monkeypatch):
+    """A whole training prediction (``training_job``) on an SDXL checkpoint: our file holds both encoders' LoRAs
+    and ``clip_l``/``clip_g`` and says SDXL as kohya and the model-spec do; its kohya twin is in SGM names with the
+    bundled vectors; both draw the same picture with ``<1>``, and the report and grid come out."""
+    from conftest import purple_stars, zip_images
+    from lora_core.training import training_job
+
+    checkpoint = checkpoints.Checkpoint(
+        name="xl-random",
+        description="a random tiny SDXL (tests only)",
+        family="sdxl",
+        layout="diffusers",
+        path="unused",
+        defaults=checkpoints.SamplingDefaults(width=64, height=64, num_inference_steps=4, guidance_scale=5.0),
+        train_lr_scale=10.0,
+        train_batch_size=4,
+        prior_images=0,
+    )
+    monkeypatch.setitem(checkpoints.REGISTRY, checkpoint.name, checkpoint)
+    request = training_job.TrainingRequest(
+        task="object", base_model=checkpoint.name, seed=0, max_train_steps=20, checkpoints=2, grid_steps=2
+    )
+    zip_path = zip_images(tmp_path / "in.zip", purple_stars(5))
+    result = training_job.run_training(xl, "0" * 12, zip_path, request, tmp_path / "out", log=lambda _: None)
+
+    tensors, meta = lora_file.read_lora(result.lora)
+    assert {"clip_l", "clip_g"} <= set(tensors) and any(k.startswith("text_encoder_2.") for k in tensors)
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == (
+        "sdxl_base_v1-0",
+        "stable-diffusion-xl-v1-base/lora",
+    )
+    kohya, _ = lora_file.read_lora(result.lora_a1111)
+    assert {"bundle_emb.object0.clip_l", "bundle_emb.object0.clip_g"} <= set(kohya)
+    assert any("_input_blocks_" in k for k in kohya) and any(k.startswith("lora_te2_") for k in kohya)
+    assert len(result.checkpoints) == 2 and result.grid.stat().st_size > 0 and result.report.stat().st_size > 0
+    vectors, embedding_meta = lora_file.read_lora(result.embedding)  # ComfyUI's and A1111's SDXL embedding keys
+    assert set(vectors) == {"clip_l", "clip_g"} and result.embedding.name == "object0.safetensors"
+    assert embedding_meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/textual-inversion"
+
+    pictures = []
+    for path in (result.lora, result.lora_a1111):
+        adapter = binding.bind(xl, *lora_file.read_lora(path))
+        with patching.applied(xl, [adapter], [1.0]) as texts:
+            pictures.append(draw(xl, prompts.expand("a photo of <1>", texts)))
+    assert np.abs(pictures[0] - pictures[1]).max() <= 1
+    assert not np.array_equal(pictures[0], draw(xl, "a photo of object"))

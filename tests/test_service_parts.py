@@ -270,7 +270,7 @@ def test_an_incomplete_output_is_not_success():
     train = MODELS["lora-studio/lora-training"]
     assert train.output_problem({}, {"lora": {"$file": "a"}, "lora_a1111": {"$file": "b"}, "scales_grid": None})
     assert train.output_problem({}, {"lora": 1, "lora_a1111": 1, "scales_grid": 1})  # no checkpoints nor report
-    done = {"lora": 1, "lora_a1111": 1, "scales_grid": 1, "checkpoints": [1, 2], "report": 1}
+    done = {"lora": 1, "lora_a1111": 1, "embedding": 1, "scales_grid": 1, "checkpoints": [1, 2], "report": 1}
     assert train.output_problem({}, done) is None
     assert GENERATE.output_problem({"num_outputs": 2}, [{"$file": "a"}])
     assert GENERATE.output_problem({"num_outputs": 2}, [{"$file": "a"}, {"$file": "b"}]) is None

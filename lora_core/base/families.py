@@ -5,8 +5,9 @@ One source of truth per fact, no torch: the pipeline class a folder loads with, 
 covers, and the names kohya and the model-spec give the family in a LoRA's metadata. Conditioning code (how a prompt
 becomes the UNet's inputs) is not data and lives with the pipelines that use it.
 
-SDXL's entry is its published layout (diffusers' ``StableDiffusionXLPipeline``, kohya's ``sdxl_base_v1-0``); until
-issue 20's later steps, no registry checkpoint is of that family and ``Checkpoint.family`` admits SD 1.x only.
+SDXL's entry is its published layout (diffusers' ``StableDiffusionXLPipeline``, kohya's ``sdxl_base_v1-0``). LoRAs
+of both families are read, bound, trained and written; no registry checkpoint is SDXL yet (issue 20's later steps:
+a trained tiny SDXL base, then SDXL 1.0 and its fine-tunes).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class Family(BaseModel):
     kohya_prefixes: dict[str, str]  # component -> kohya's name prefix (``lora_unet_``, ``lora_te_``)
     embedding_keys: dict[str, str]  # text encoder -> the key its token vectors are stored under (ours and kohya's)
     prompt_outputs: tuple[str, ...]  # what ``encode_prompt`` returns, as the pipeline call's keywords, in order
+    kohya_unet_names: Literal["diffusers", "sgm"]  # kohya's UNet module names: diffusers' or the original SGM ones
+    bundle_vectors: dict[str, str]  # text encoder -> its vector's name in A1111's ``bundle_emb.<name>.<vector>``
     kohya_version: str  # kohya's ``ss_base_model_version``
-    modelspec_architecture: str  # the model-spec's ``modelspec.architecture`` of a LoRA
+    modelspec_architecture: str  # the model-spec's base architecture (a LoRA's is ``<it>/lora``)
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
@@ -58,8 +61,10 @@ FAMILIES: dict[str, Family] = {
             kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"},
             embedding_keys={"text_encoder": "emb_params"},  # diffusers' textual inversion and A1111's
             prompt_outputs=("prompt_embeds", "negative_prompt_embeds"),
+            kohya_unet_names="diffusers",  # kohya trains SD 1.x on a copy of diffusers' UNet
+            bundle_vectors={"text_encoder": "string_to_param.*"},
             kohya_version="sd_v1",
-            modelspec_architecture="stable-diffusion-v1/lora",
+            modelspec_architecture="stable-diffusion-v1",
         ),
         Family(
             name="sdxl",
@@ -78,8 +83,10 @@ FAMILIES: dict[str, Family] = {
                 "pooled_prompt_embeds",
                 "negative_pooled_prompt_embeds",
             ),
+            kohya_unet_names="sgm",  # kohya trains SDXL on its own SGM UNet (``input_blocks``, ``output_blocks``)
+            bundle_vectors={"text_encoder": "clip_l", "text_encoder_2": "clip_g"},
             kohya_version="sdxl_base_v1-0",
-            modelspec_architecture="stable-diffusion-xl-v1-base/lora",
+            modelspec_architecture="stable-diffusion-xl-v1-base",
         ),
     ]
 }

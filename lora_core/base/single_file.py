@@ -34,12 +34,8 @@ _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _VAE_ATTENTION = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
 
 
-def _has(keys: set[str], prefix: str) -> bool:
-    return any(k.startswith(prefix) for k in keys)
-
-
-def _unet_prefix_map(config: dict, keys: set[str]) -> list[tuple[str, str]]:
-    """(diffusers prefix, original prefix) pairs for this UNet's block layout."""
+def _unet_prefix_map(config: dict) -> list[tuple[str, str]]:
+    """(diffusers prefix, original prefix) pairs for this UNet's block layout (SD 1.x's and SDXL's alike)."""
     per = config["layers_per_block"]
     n = len(config["block_out_channels"])
     pairs = list(_UNET_FIXED.items())
@@ -55,7 +51,7 @@ def _unet_prefix_map(config: dict, keys: set[str]) -> list[tuple[str, str]]:
             pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{block}.0."))
             pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{block}.1."))
         if i < n - 1:
-            slot = 2 if _has(keys, f"up_blocks.{i}.attentions.") else 1
+            slot = 2 if "CrossAttn" in config["up_block_types"][i] else 1  # after the attention, when there is one
             pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per + 1) * i + per}.{slot}."))
     pairs.append(("mid_block.attentions.0.", "middle_block.1."))
     pairs += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
@@ -93,7 +89,8 @@ def _rename(key: str, prefixes: list[tuple[str, str]], inner: dict[str, str]) ->
 
 
 def unet_to_original(state: dict, config: dict) -> dict:
-    prefixes = _unet_prefix_map(config, set(state))
+    """diffusers UNet keys -> the original layout's (``model.diffusion_model.input_blocks.4.1.…``)."""
+    prefixes = _unet_prefix_map(config)
     out = {}
     for key, value in state.items():
         inner = _UNET_RESNET if ".resnets." in key else {}

@@ -1,9 +1,11 @@
 """The LoRA ``.safetensors`` file: one portable file with the LoRA, its tokens and metadata.
 
-Layout (readable by plain diffusers after splitting off ``emb_params``):
+Layout (readable by plain diffusers after splitting off the embeddings):
 - ``unet.<module>.lora_A.weight`` / ``lora_B.weight``: PEFT/diffusers names, alpha = rank;
-- ``text_encoder.<module>.lora_A.weight`` / ``lora_B.weight``: when the text encoder trained;
-- ``emb_params``: (num_tokens, hidden) embeddings of the new tokens, diffusers' textual-inversion key;
+- ``text_encoder.<module>.lora_A.weight`` / ``lora_B.weight`` (SDXL: ``text_encoder_2.`` too): when the text
+  encoders trained;
+- the new tokens' (num_tokens, hidden) embeddings per text encoder: ``emb_params`` (SD 1.x, diffusers'
+  textual-inversion key) or ``clip_l`` and ``clip_g`` (SDXL, kohya's and diffusers' advanced script's);
 - string metadata: ``lora_studio.*`` (ours), ``ss_*`` (kohya) and ``modelspec.*`` (shown by A1111/Civitai).
 """
 
@@ -72,7 +74,7 @@ def lora_metadata(
         "ss_seed": str(seed),
         "ss_sd_model_name": base_model,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.architecture": f"{family.modelspec_architecture}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": f"{task} LoRA",
         "modelspec.trigger_phrase": trigger,
@@ -82,13 +84,39 @@ def lora_metadata(
 
 
 def pack_trained(
-    unet: dict[str, torch.Tensor], text_encoder: dict[str, torch.Tensor] | None, embeddings: torch.Tensor
+    unet: dict[str, torch.Tensor],
+    text_encoders: dict[str, dict[str, torch.Tensor]],
+    embeddings: dict[str, torch.Tensor],
+    family: families.Family = families.SD1,
 ) -> dict[str, torch.Tensor]:
-    """The tensors of one file, from a training run's PEFT state dicts."""
+    """The tensors of one file, from a training run's PEFT state dicts (per text encoder that trained a LoRA) and
+    token vectors per text encoder, stored under the family's keys (SD 1.x ``emb_params``, SDXL ``clip_l``/``clip_g``:
+    what diffusers' and kohya's embedding loaders read)."""
     tensors = {f"unet.{k}": v for k, v in unet.items()}
-    tensors.update({f"text_encoder.{k}": v for k, v in (text_encoder or {}).items()})
-    tensors[EMBEDDINGS_KEY] = embeddings
+    for encoder, state in text_encoders.items():
+        tensors.update({f"{encoder}.{k}": v for k, v in state.items()})
+    for encoder, rows in embeddings.items():
+        tensors[family.embedding_keys[encoder]] = rows
     return {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}
+
+
+def embedding_file(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], family: families.Family, name: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The new tokens alone, as a textual-inversion file (tensors, metadata): ComfyUI ignores the embeddings bundled
+    in a LoRA file (``bundle_emb.*``: "lora key not loaded"), so its users load this one as ``embedding:<name>``;
+    A1111 reads it as a textual inversion. Keys per family (``emb_params``; SDXL ``clip_l``/``clip_g``), as both
+    tools read them."""
+    vectors = {key: tensors[key] for key in family.embedding_keys.values()}
+    kept = {k: v for k, v in metadata.items() if k.startswith("lora_studio.")}
+    return vectors, {
+        **kept,
+        "lora_studio.key_format": "textual-inversion",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{family.modelspec_architecture}/textual-inversion",
+        "modelspec.title": name,
+        "modelspec.trigger_phrase": name,
+    }
 
 
 def write_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:

@@ -30,6 +30,8 @@ class TaskPreset(BaseModel):
     init_word: str  # the new tokens start from this word's embedding
     caption_template: str  # {tokens} is replaced by the new tokens
     prior_weight: float = 1.0  # loss weight of the base's own images, which keep other prompts unchanged
+    # Min-SNR loss weighting (``trainer.snr_weights``); 5 is the value diffusers and kohya recommend
+    min_snr_gamma: float = 5.0
 
 
 PRESETS: dict[str, TaskPreset] = {

@@ -51,6 +51,7 @@ class TrainingRequest(BaseModel):
 class TrainingResult:
     lora: Path  # the recommended checkpoint, our file: diffusers/PEFT names + embeddings + metadata
     lora_a1111: Path  # the same LoRA under kohya/A1111 names, for A1111, ComfyUI, Civitai
+    embedding: Path  # the new tokens alone (``<name>.safetensors``): ComfyUI's ``embedding:<name>``
     grid: Path  # checkpoints (rows) x scales (columns)
     metadata: dict[str, str]
     checkpoints: list[Path]  # every checkpoint, in step order (our files, each with its scores)
@@ -85,6 +86,7 @@ def resolve_config(
         seed=sampling.random_seed() if request.seed is None else request.seed,
         mask_floor=preset.mask_floor if preset.mask_loss else 1.0,
         prior_weight=preset.prior_weight,
+        min_snr_gamma=pick(checkpoint.train_min_snr_gamma, preset.min_snr_gamma),
         prior_images=pick(request.prior_images, checkpoint.prior_images),
     )
     return cfg, preset
@@ -130,9 +132,10 @@ def run_training(
         extra={
             "lora_studio.caption_template": preset.caption_template,
             "lora_studio.training_config": cfg.model_dump_json(),
+            "ss_min_snr_gamma": str(cfg.min_snr_gamma or None),  # as kohya writes it (None: off)
         },
     )
-    packed = [lora_file.pack_trained(t.unet, t.text_encoder, t.embeddings) for t in trained]
+    packed = [lora_file.pack_trained(t.unet, t.text_encoders, t.embeddings, checkpoint.family_spec) for t in trained]
     candidates = [
         checkpoint_report.Candidate(t.step, binding.bind(pipe, tensors, metadata), t.final_loss)
         for t, tensors in zip(trained, packed, strict=True)
@@ -176,8 +179,13 @@ def run_training(
     embedding_name = f"{preset.name}{cfg.seed}"
     a1111_path = lora_file.write_lora(
         out_dir / f"lora-{preset.name}-{cfg.seed}-a1111.safetensors",
-        lora_convert.to_kohya(chosen_tensors, embedding_name),
+        lora_convert.to_kohya(chosen_tensors, embedding_name, checkpoint.family_spec, dict(pipe.unet.config)),
         {**chosen_meta, "lora_studio.key_format": "kohya", "modelspec.trigger_phrase": embedding_name},
+    )
+
+    embedding_path = lora_file.write_lora(
+        out_dir / f"{embedding_name}.safetensors",
+        *lora_file.embedding_file(chosen_tensors, chosen_meta, checkpoint.family_spec, embedding_name),
     )
 
     grid_path = out_dir / "scales.png"
@@ -190,7 +198,7 @@ def run_training(
         f"sample grid: {prompt!r} at scales {', '.join(map(str, GRID_SCALES))}, seed {cfg.seed}; one row per "
         f"checkpoint (steps {', '.join(str(c.step) for c in candidates)})"
     )
-    return TrainingResult(chosen, a1111_path, grid_path, chosen_meta, files, report_path)
+    return TrainingResult(chosen, a1111_path, embedding_path, grid_path, chosen_meta, files, report_path)
 
 
 def scale_grid(

@@ -37,7 +37,7 @@ def test_none_is_lost_or_duplicated(report):
     outputs = [url.split("?")[0] for o in report.generations for url in o.outputs]
     assert len(outputs) == 50 and len(set(outputs)) == 50  # one image each, no file shared or repeated
     for training in report.trainings:
-        assert len(training.outputs) == 5  # lora, lora_a1111, scales_grid, its one checkpoint, report
+        assert len(training.outputs) == 6  # lora, lora_a1111, embedding, scales_grid, its one checkpoint, report
     for url in (report.generations[0].outputs[0], report.generations[-1].outputs[0], report.trainings[0].outputs[0]):
         assert requests.get(url, timeout=10).status_code == 200  # the signed links work
 

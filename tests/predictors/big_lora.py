@@ -28,12 +28,20 @@ def write_big_outputs(pipe, base_hash, instance_data, request, out_dir, log):
     a1111, grid = Path(out_dir) / "lora_a1111.safetensors", Path(out_dir) / "scales_grid.png"
     a1111.write_bytes(b"".join(payload.blocks(3 * payload.BLOCK + 5, seed + 1)))
     grid.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    embedding = Path(out_dir) / "object0.safetensors"
+    embedding.write_bytes(b"".join(payload.blocks(5, seed + 3)))
     report, checkpoint = Path(out_dir) / "report.json", Path(out_dir) / "checkpoint.safetensors"
     report.write_text("{}")
     checkpoint.write_bytes(b"".join(payload.blocks(2 * payload.BLOCK + 7, seed + 2)))  # the big one is `lora`
     log(f"wrote {size} bytes")
     return training_job.TrainingResult(
-        lora=lora, lora_a1111=a1111, grid=grid, metadata={}, checkpoints=[checkpoint], report=report
+        lora=lora,
+        lora_a1111=a1111,
+        embedding=embedding,
+        grid=grid,
+        metadata={},
+        checkpoints=[checkpoint],
+        report=report,
     )
 
 
