@@ -88,8 +88,9 @@ def snr_weights(noise_schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023; diffusers' ``--snr_gamma``, kohya's ``--min_snr_gamma``):
     ``min(SNR, gamma) / SNR`` for an epsilon-predicting base, so the low-noise steps, whose loss is large and
     which teach fine detail, stop drowning out the noisy steps where a picture's colours and layout are decided.
-    Measured on the tiny base (issue 21, the zigzag concept, 800 steps): the colour gap closed 0.56 (`object`) and
-    0.45 (`style`) at gamma 1, 0.51 and 0.34 at gamma 5, 0.46 and 0.33 without; prompts without the token moved less."""
+    Measured on the tiny base (issue 21, the zigzag concept, 800 steps, seed 0): the colour gap closed 0.56
+    (`object`) and 0.45 (`style`) at gamma 1, 0.51 and 0.34 at gamma 5, 0.46 and 0.33 without (seed 1, `object`: 0.34
+    against 0.30); prompts without the token moved less. On photos `style` did worse at 1 (README, issue 21)."""
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_schedule, t)
