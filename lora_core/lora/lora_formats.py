@@ -113,6 +113,9 @@ def _natural(token: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", token)]
 
 
+_BUNDLE_ENCODER = {vector: encoder for f in families.FAMILIES.values() for encoder, vector in f.bundle_vectors.items()}
+
+
 def _pop_embeddings(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -123,8 +126,10 @@ def _pop_embeddings(
     for key in [k for k in tensors if k in EMBEDDING_ENCODER]:  # ours, diffusers', kohya's, cog-sdxl's
         parts.setdefault(EMBEDDING_ENCODER[key], []).append(tensors.pop(key))
     for key in [k for k in tensors if k.startswith("bundle_emb.")]:  # A1111's bundled embeddings, in file order
-        vec = key.rpartition(".")[2]  # ``clip_l``/``clip_g`` (SDXL); SD 1.x: ``string_to_param.*``
-        parts.setdefault(EMBEDDING_ENCODER.get(vec, "text_encoder"), []).append(tensors.pop(key))
+        # ``bundle_emb.<name>.<vector>``: the vector names ``lora_convert`` writes (``Family.bundle_vectors``);
+        # any other vector is SD 1.x's single text encoder, as A1111 reads it
+        encoder = next((e for vector, e in _BUNDLE_ENCODER.items() if key.endswith("." + vector)), "text_encoder")
+        parts.setdefault(encoder, []).append(tensors.pop(key))
     if not parts:  # cloneofsimo: one vector per token, stored under the token
         keys = tokens = sorted((k for k in tensors if metadata.get(k) == CLONEOFSIMO_EMBED_FLAG), key=_natural)
         if keys:
