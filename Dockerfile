@@ -43,11 +43,12 @@ COPY pyproject.toml README.md predict_generate.py predict_train.py ./
 COPY .cog/ ./.cog/
 COPY lora_core/ ./lora_core/
 COPY --chown=10001:10001 weights/tiny-sd/ ./weights/tiny-sd/
+COPY --chown=10001:10001 weights/tiny-sdxl/ ./weights/tiny-sdxl/
 # Editable on purpose: lora_core finds .cog/, predict_*.py and weights/ beside itself (REPO_ROOT).
 RUN pip install --no-deps -e .
 
 USER 10001:10001
-# A new named volume starts as a copy of the image's folder, so weights/ begins with the tiny base.
+# A new named volume starts as a copy of the image's folder, so weights/ begins with the tiny bases.
 VOLUME ["/data", "/app/weights"]
 EXPOSE 8000
 # GET /health touches no database: what load balancers and this check poll.

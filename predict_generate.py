@@ -16,7 +16,18 @@ from lora_core.net import fetch
 
 # Literal on purpose: Cog's build reads these from the source without importing lora_core
 # (tests check they match the registry and the samplers).
-BASE_MODELS = ["tiny", "sd-1.5", "realistic-vision-v1.3", "inkpunk", "gta5", "vintedois"]
+BASE_MODELS = [
+    "tiny",
+    "tiny-xl",
+    "sd-1.5",
+    "realistic-vision-v1.3",
+    "inkpunk",
+    "gta5",
+    "vintedois",
+    "sdxl-1.0",
+    "realvis-xl-4.0",
+    "dreamshaper-xl-1.0",
+]
 SCHEDULERS = ["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
 MAX_SEED = 4294967295
 

@@ -90,6 +90,14 @@ def _build_tiny_base(args: argparse.Namespace) -> None:
     build_tiny_base(Path(args.out), Path(args.work_dir), cfg, functools.partial(print, flush=True), world_base)
 
 
+def _build_tiny_sdxl(args: argparse.Namespace) -> None:
+    from lora_core.tiny.tiny_sdxl_build import XLBuildConfig, build_tiny_sdxl
+
+    cfg = XLBuildConfig.quick() if args.quick else XLBuildConfig(seed=args.seed)
+    log = functools.partial(print, flush=True)
+    build_tiny_sdxl(Path(args.tiny_sd), Path(args.out), Path(args.work_dir), cfg, log)
+
+
 def _export_single_file(args: argparse.Namespace) -> None:
     from lora_core.base import checkpoints, placement
     from lora_core.base.single_file import export_single_file
@@ -125,7 +133,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _tiny_report(args: argparse.Namespace) -> None:
     from lora_core.tiny.tiny_report import write_report
 
-    print(json.dumps(write_report(Path(args.out)), indent=1))
+    print(json.dumps(write_report(Path(args.out), args.base_model), indent=1))
     if args.presets:
         import tempfile
 
@@ -285,12 +293,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=_build_tiny_base)
 
+    p = sub.add_parser("build-tiny-sdxl", help="train the embedded tiny SDXL base from the tiny SD one (minutes)")
+    p.add_argument("--tiny-sd", default="weights/tiny-sd", help="the tiny SD base it starts from")
+    p.add_argument("--out", default="weights/tiny-sdxl")
+    p.add_argument("--work-dir", default=".build/tiny-sdxl-work", help="checkpoints; rerun to resume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a few steps only: checks the script, not a usable model")
+    p.set_defaults(func=_build_tiny_sdxl)
+
     p = sub.add_parser("export-single-file", help="write a base as one original-layout .safetensors file")
     p.add_argument("--base-model", help="empty: LORA_STUDIO_DEFAULT_BASE or tiny")
     p.add_argument("out")
     p.set_defaults(func=_export_single_file)
 
     p = sub.add_parser("tiny-report", help="colour and shape tests of the tiny base, and the README grid")
+    p.add_argument("--base-model", default="tiny", choices=["tiny", "tiny-xl"], help="which embedded base")
     p.add_argument("--out", default="docs/tiny-grid.png")
     p.add_argument(
         "--presets",

@@ -1,6 +1,10 @@
+import contextlib
+import functools
+import http.server
 import inspect
 import io
 import os
+import threading
 import zipfile
 from pathlib import Path
 
@@ -30,8 +34,8 @@ def train_predictor():
 
 @pytest.fixture(scope="session")
 def preset_lora(train_predictor, tmp_path_factory):
-    """``preset_lora(name, images, seed, task="object", checkpoints=1)``: a preset's full training through
-    predict_train.py, once per session for each ``name`` (the slowest fixture: the training and the generation
+    """``preset_lora(name, images, seed, task="object", checkpoints=1, base_model=None)``: a preset's full training
+    through predict_train.py, once per session for each ``name`` (the slowest fixture: the training and the generation
     tests share it, so each ``name`` is always asked with the same arguments). One checkpoint unless asked:
     ``lora`` is then the last step's, which the quality suites were measured on.
     Returns the output files, copied out of the predictor's folders (it keeps only its latest few)."""
@@ -41,8 +45,8 @@ def preset_lora(train_predictor, tmp_path_factory):
     made: dict = {}
     asked: dict = {}
 
-    def train(name: str, images, seed: int, task: str = "object", checkpoints: int = 1):
-        settings = (seed, task, checkpoints)
+    def train(name: str, images, seed: int, task: str = "object", checkpoints: int = 1, base_model=None):
+        settings = (seed, task, checkpoints, base_model)
         assert asked.setdefault(name, settings) == settings, f"{name!r} was trained with {asked[name]}, not {settings}"
         if name not in made:
             folder = tmp_path_factory.mktemp(f"preset-{name}")
@@ -52,6 +56,7 @@ def preset_lora(train_predictor, tmp_path_factory):
                 task=task,
                 seed=seed,
                 checkpoints=checkpoints,
+                base_model=base_model,
             )
 
             def kept(path) -> Path:
@@ -108,6 +113,31 @@ def call_predictor(predictor, **given):
     params = inspect.signature(predictor.run).parameters
     inputs = {name: getattr(param.default, "default", param.default) for name, param in params.items()}
     return predictor.run(**{**inputs, **given})
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    """A folder over HTTP, quiet, counting the GETs of each path (in ``gets``: tests check what was downloaded)."""
+
+    gets: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Files.gets[self.path] = Files.gets.get(self.path, 0) + 1
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def serve_folder(root):
+    """``http://127.0.0.1:<port>`` serving ``root`` (``Files``) until the block ends."""
+    handler = functools.partial(Files, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
 
 
 def zip_images(path, images, fmt="PNG", stem="img", **save_options):

@@ -118,5 +118,5 @@ def test_precision_is_float16_on_gpus_float32_on_cpus_unless_the_deployment_says
         placement.dtype("cpu")
     monkeypatch.setenv("LORA_STUDIO_DTYPE", "")
     monkeypatch.setenv("LORA_STUDIO_DEFAULT_BASE", "sd-15")
-    with pytest.raises(EnvSettingsError, match="LORA_STUDIO_DEFAULT_BASE: .*choose one of tiny, sd-1.5"):
+    with pytest.raises(EnvSettingsError, match="LORA_STUDIO_DEFAULT_BASE: .*choose one of tiny, tiny-xl, sd-1.5"):
         placement.default_base()

@@ -1,9 +1,7 @@
 """The generation predictor with LoRAs fetched over HTTP from 127.0.0.1, trained here by the trainer."""
 
-import http.server
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import call_predictor, cloneofsimo_modules, purple_stars
+from conftest import Files, call_predictor, cloneofsimo_modules, purple_stars, serve_folder
 from lora_core.base import checkpoints
 from lora_core.lora import lora_file
 from lora_core.lora.prompts import PromptError
@@ -25,17 +23,6 @@ SEED = 4
 
 def concept(shape, colour, n=8):
     return tiny_world.concept_images(shape, colour, n, first_seed=300)
-
-
-class Files(http.server.SimpleHTTPRequestHandler):
-    gets: dict = {}
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        Files.gets[self.path] = Files.gets.get(self.path, 0) + 1
-        super().do_GET()
 
 
 def save_with_diffusers(tensors, rank, path):
@@ -107,11 +94,8 @@ def served(tmp_path_factory, preset_lora):
         metadata={"ss_base_model_version": "sd_v2"},
     )
     (root / "pickle.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)
-    handler = lambda *a, **k: Files(*a, directory=str(root), **k)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
+    with serve_folder(root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

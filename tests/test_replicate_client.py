@@ -124,3 +124,44 @@ def _names_are_private_until_made_public(service, lora_url: str, grid_url: str) 
     tagged_1 = {"input": {"prompt": "<lora:carol/stars:1:1>"}}
     gone = carol("POST", "/v1/models/lora-studio/lora/predictions", json=tagged_1)
     assert gone.status_code == 422 and "no LoRA named 'carol/stars:1'" in gone.json()["detail"], gone.text
+
+
+def test_the_loop_on_the_tiny_sdxl_base(service, tmp_path):
+    """The same loop with ``base_model`` the tiny SDXL base: trained and drawn on it, its "Use this LoRA" link opens
+    the form on it, and the LoRA on the default (SD 1.x) base fails that prediction with both families named."""
+    client = replicate.Client(api_token=service.token("erin"), base_url=service.url)
+    photos = tiny_world.concept_images("star", "purple", 6, first_seed=0)
+    zip_path = zip_images(tmp_path / "stars.zip", photos)
+    version = client.models.get("lora-studio/lora-training").latest_version.id
+    with zip_path.open("rb") as f:
+        training = client.trainings.create(
+            version=f"lora-studio/lora-training:{version}",
+            destination="erin/xl-stars",
+            input={"instance_data": f, "task": "object", "seed": 0, "max_train_steps": 300, "base_model": "tiny-xl"},
+        )
+    deadline = time.monotonic() + 300
+    while training.status not in ("succeeded", "failed", "canceled"):
+        assert time.monotonic() < deadline, training.logs[-2000:]
+        time.sleep(1)
+        training.reload()
+    assert training.status == "succeeded", (training.error, training.logs[-2000:])
+    lora_url = training.output["lora"]
+
+    inputs = {"prompt": "a photo of <1>", "lora_urls": lora_url, "seed": 1, "num_outputs": 4, "base_model": "tiny-xl"}
+    base = _images(client.run("lora-studio/lora", input={**inputs, "lora_scales": "0"}))
+    tuned = _images(client.run("lora-studio/lora", input={**inputs, "lora_scales": "1"}))
+    d_base, d_tuned = tiny_eval.palette_distance(base, photos), tiny_eval.palette_distance(tuned, photos)
+    assert d_tuned < 0.5 * d_base, (d_base, d_tuned)
+
+    page = requests.get(
+        f"{service.url}/predictions/{training.id}", cookies={TOKEN_COOKIE: service.token("erin")}, timeout=30
+    ).text
+    use = re.search(r'href="([^"]+)" data-use-lora', page)
+    assert use and "base_model=tiny-xl" in use.group(1), page[-3000:]
+
+    with pytest.raises(replicate.exceptions.ModelError) as refused:
+        client.run("lora-studio/lora", input={**inputs, "base_model": None, "lora_scales": "1"})
+    message = str(refused.value)
+    assert "made for SDXL" in message and "(SD 1.x" in message and "tiny-xl" in message, message
+    again = _images(client.run("lora-studio/lora", input={**inputs, "lora_scales": "1"}))  # the next one is served
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, tuned, strict=True))

@@ -2,7 +2,7 @@
 
 The pipeline is diffusers' own ``StableDiffusionXLPipeline`` (two text encoders, ``text_time`` conditioning) with
 random weights, so what is checked here is names, shapes and the computation, compared with diffusers' own loader;
-learning needs a trained base (a later step).
+learning is tested on the trained tiny SDXL base (``tests/test_tiny_sdxl.py``).
 """
 
 import numpy as np
@@ -71,7 +71,7 @@ def test_the_pipeline_is_known_by_its_models(xl, sd1):
     assert table.family == "sdxl"
     assert {path.split(".", 1)[0] for path in table.shapes} == {"unet", "text_encoder", "text_encoder_2"}
     assert binding.describe_base(xl, "base model 'x'") == (
-        "base model 'x' (SDXL, UNet channels (32, 64, 64), text widths 32 and 32)"
+        "base model 'x' (SDXL, UNet channels (32, 64, 64), text widths 24 and 40)"
     )
 
 
@@ -168,7 +168,8 @@ def test_sdxl_token_embeddings_read_per_text_encoder_in_every_layout(xl):
     file order) and cog-sdxl's ``embeddings.pti`` (``text_encoders_0``/``_1``): each encoder gets its own rows."""
     table = binding.module_table(xl)
     gen = torch.Generator().manual_seed(3)
-    first, second = torch.randn(3, 32, generator=gen), torch.randn(3, 32, generator=gen)
+    widths = [getattr(xl, e).config.hidden_size for e in ("text_encoder", "text_encoder_2")]
+    first, second = (torch.randn(3, width, generator=gen) for width in widths)
     layouts = {
         "kohya": {"clip_l": first, "clip_g": second},
         "a1111 bundle": {
@@ -185,6 +186,11 @@ def test_sdxl_token_embeddings_read_per_text_encoder_in_every_layout(xl):
         assert torch.equal(contents.embeddings["text_encoder"], first), layout
         assert torch.equal(contents.embeddings["text_encoder_2"], second), layout
         assert contents.tokens == ["<t0>", "<t1>", "<t2>"] and contents.layers == {}, layout
+    # the two widths differ, as in SDXL (768 and 1280): vectors swapped between the encoders are refused
+    with pytest.raises(
+        LoRAFileError, match=r"token embeddings for text_encoder are 40 wide, the base's text encoder 24"
+    ):
+        binding.bind(xl, {"clip_l": second, "clip_g": first}, XL_META, "<1>")
 
 
 def test_cog_sdxl_lora_file_reads_as_unet_layers(xl):
@@ -233,11 +239,15 @@ def test_a_lora_of_the_other_family_fails_with_both_families_named(xl, sd1):
         binding.bind(xl, sd1_lora, {"lora_studio.base_family": "sd-1", "lora_studio.base_model": "tiny"}, "<1>")
     with pytest.raises(LoRAFileError, match=r"made for SDXL.*\(SD 1\.x, UNet channels"):
         binding.bind(sd1, random_lora(xl, seed=7), XL_META, "<1>")
-    # a textual inversion of one family on the other: the count of text encoders tells
-    with pytest.raises(LoRAFileError, match=r"for 1 text encoder, and the base \(SDXL\) has 2; it was made for SD 1"):
-        binding.bind(xl, {"emb_params": torch.zeros(1, 32)}, {"ss_base_model_version": "sd_v1"}, "<1>")
+    # a textual inversion of one family on the other, with no metadata: the count of text encoders tells
+    with pytest.raises(LoRAFileError, match=r"for 1 text encoder, and the base \(SDXL\) has 2; it was made for an"):
+        binding.bind(xl, {"emb_params": torch.zeros(1, 32)}, {}, "<1>")
     with pytest.raises(LoRAFileError, match=r"for 2 text encoders, and the base \(SD 1\.x\) has 1; it was made for"):
-        binding.bind(sd1, {"clip_l": torch.zeros(1, 64), "clip_g": torch.zeros(1, 64)}, XL_META, "<1>")
+        binding.bind(sd1, {"clip_l": torch.zeros(1, 64), "clip_g": torch.zeros(1, 64)}, {}, "<1>")
+    # with it, the metadata decides (kohya's or the model-spec's words), whatever the tensors
+    for meta in ({"ss_base_model_version": "sd_v1"}, {"modelspec.architecture": "stable-diffusion-v1/lora"}):
+        with pytest.raises(LoRAFileError, match=r"made for SD 1\.x, and the base is this base \(SDXL.*\(here: tiny,"):
+            binding.bind(xl, random_lora(xl, seed=8), meta, "<1>")
     assert binding.bind(xl, random_lora(xl, seed=8), XL_META).token_count == 2
 
 
@@ -292,7 +302,7 @@ def test_training_an_sdxl_lora_learns_both_encoders_tokens_and_leaves_the_base(x
     after = pipe_weights(xl)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert set(last.text_encoders) == set(last.embeddings) == {"text_encoder", "text_encoder_2"}
-    assert last.embeddings["text_encoder_2"].shape == (2, 32) and last.text_encoders["text_encoder_2"]
+    assert last.embeddings["text_encoder_2"].shape == (2, 40) and last.text_encoders["text_encoder_2"]
 
     family = families.FAMILIES["sdxl"]
     latents, _ = trainer.encode_examples(xl.vae, examples, 1.0)

@@ -11,6 +11,7 @@ Screenshots go to ``$LORA_STUDIO_SCREENSHOTS`` (or the test's tmp dir); with
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -493,3 +494,26 @@ def test_phone_width_has_no_sideways_scrolling(service, browser, token, a_predic
             shoot(d, shots, f"phone-{name}", width=390)
     finally:
         d.set_window_size(1280, 900)
+
+
+@needs_chromium
+def test_the_form_draws_on_the_tiny_sdxl_base(service, browser, token):
+    """``base_model`` in a link (what "Use this LoRA" writes for an SDXL LoRA) picks the tiny SDXL base in the
+    form's list, and the prediction runs on it: a 64-pixel picture of what the prompt asks."""
+    from PIL import Image
+
+    from lora_core.tiny import tiny_eval
+
+    d = browser
+    sign_in_cookie(d, service.url, token)
+    d.get(service.url + f"/models/{GENERATE}?base_model=tiny-xl&prompt=a+red+square")
+    assert Select(css(d, "select[name='base_model']")).first_selected_option.get_attribute("value") == "tiny-xl"
+    fill(css(d, "input[name='seed']"), "2")
+    css(d, "[data-submit]").click()
+    wait(d, lambda d: "/predictions/" in d.current_url)
+    assert wait_final(d, 120) == "succeeded", css(d, "[data-logs]").text[-2000:]
+    prediction = Api(service.url, token)("GET", f"/v1/predictions/{d.current_url.rsplit('/', 1)[1]}").json()
+    assert prediction["input"]["base_model"] == "tiny-xl"
+    picture = css(d, "[data-output-image]").get_attribute("src")
+    image = Image.open(io.BytesIO(requests.get(picture, timeout=30).content)).convert("RGB")
+    assert image.size == (64, 64) and tiny_eval.dominant_colour(image) == "red"

@@ -37,8 +37,8 @@ EXTRA = {
 COMMIT = "c0ffee" * 6 + "beef"
 
 
-def tiny_files() -> dict[str, bytes]:
-    return {p.relative_to(TINY).as_posix(): p.read_bytes() for p in sorted(TINY.rglob("*")) if p.is_file()}
+def tiny_files(folder: Path = TINY) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 NEEDED = {k: v for k, v in tiny_files().items() if k != "build_info.json"}  # the pipeline never reads build_info
@@ -195,6 +195,7 @@ class QuietServer(ThreadingHTTPServer):
 def hub(monkeypatch, tmp_path_factory):
     h = Hub()
     h.repos["org/tiny"] = tiny_files() | EXTRA
+    h.repos["org/tiny-xl"] = tiny_files(TINY.parent / "tiny-sdxl") | {"text_encoder_2/pytorch_model.bin": b"\x80\x02"}
     server = QuietServer(("127.0.0.1", 0), handler_for(h))
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     h.url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -224,6 +225,19 @@ def hub(monkeypatch, tmp_path_factory):
             path="single-hub.safetensors",
             config="cfg",
             source="org/single",
+            defaults=defaults,
+        ),
+    )
+    monkeypatch.setitem(
+        checkpoints.REGISTRY,
+        "xl-hub",
+        checkpoints.Checkpoint(
+            name="xl-hub",
+            description="the tiny SDXL base on a local hub",
+            family="sdxl",
+            layout="diffusers",
+            path="xl-hub",
+            source="org/tiny-xl",
             defaults=defaults,
         ),
     )
@@ -267,6 +281,18 @@ def test_a_full_fetch_gives_the_same_bytes_and_skips_what_the_pipeline_does_not_
     assert re.search(r"\d+\.\d MB downloaded in [\d.]+s \([\d.]+ MB/s\)", text)
     assert summary.bytes_downloaded == summary.bytes_total == sum(map(len, NEEDED.values()))
     assert f"fetched {UNET} (6.5 MB, sha256 ok)" in lines
+
+
+def test_an_sdxl_repository_gives_both_text_encoders_and_tokenizers_and_loads(hub, tmp_path):
+    """The family decides the folders: an SDXL repo's second text encoder and tokenizer come too (its pickle
+    twin does not), and the folder loads as the registry entry's pipeline and draws."""
+    summary, _ = fetch(hub, tmp_path, name="xl-hub")
+    expected = {k: v for k, v in tiny_files(TINY.parent / "tiny-sdxl").items() if k != "build_info.json"}
+    assert files_under(tmp_path / "xl-hub") == expected
+    assert {"text_encoder_2/model.safetensors", "tokenizer_2/vocab.json"} <= set(expected)
+    assert summary.skipped["text_encoder_2/pytorch_model.bin"] == "pickle"
+    pipe = checkpoints.load_pipeline(checkpoints.get_checkpoint("xl-hub"), root=tmp_path)
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
 
 
 def test_files_of_a_megabyte_and_more_log_progress_lines_every_10_percent(hub, tmp_path, monkeypatch):
@@ -452,9 +478,11 @@ def test_the_cli_fetches_and_prints_the_summary(hub, tmp_path, capsys):
 def test_the_cli_explains_unknown_names_and_the_embedded_base(hub, tmp_path, capsys):
     assert main(["weights", "fetch", "nope", "--dest", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: Unknown base model 'nope'. Choose one of: tiny, sd-1.5,") and "tiny-hub" in err
-    assert main(["weights", "fetch", "tiny", "--dest", str(tmp_path)]) == 2
-    assert "ships with the repository" in capsys.readouterr().err
+    assert err.startswith("error: Unknown base model 'nope'. Choose one of: tiny, tiny-xl, sd-1.5,")
+    assert "sdxl-1.0" in err and "tiny-hub" in err
+    for embedded in ("tiny", "tiny-xl"):
+        assert main(["weights", "fetch", embedded, "--dest", str(tmp_path)]) == 2
+        assert "ships with the repository" in capsys.readouterr().err
     assert main(["weights", "fetch", "tiny-sd", "--source", "org/tiny", "--dest", str(tmp_path)]) == 2
     assert "weights/tiny-sd belongs to base model 'tiny'" in capsys.readouterr().err
     assert (

@@ -80,6 +80,35 @@ class Checkpoint(BaseModel):
 
 
 _SD15 = SamplingDefaults(width=512, height=512, num_inference_steps=30, guidance_scale=7.5)
+# SDXL's native 1024 px; 30 steps and guidance 7 as A1111's and ComfyUI's SDXL workflows start (cog-sdxl: 50, 7.5)
+_SDXL = SamplingDefaults(width=1024, height=1024, num_inference_steps=30, guidance_scale=7.0)
+
+# What both embedded tiny bases (SD 1.x and SDXL, one world) sample and train with: one source for both.
+_TINY_WORLD: dict[str, Any] = dict(
+    layout="diffusers",
+    defaults=SamplingDefaults(width=64, height=64, num_inference_steps=20, guidance_scale=3.0),
+    train_lr_scale=10.0,
+    # a concept's new colours: 0.56/0.45 of the gap (object/style) at 1, 0.51/0.34 at 5 (issue 21)
+    train_min_snr_gamma=1.0,
+    train_batch_size=8,
+    train_resnets=True,
+    prior_images=96,
+    prior_prompts=(
+        "a red circle",
+        "a blue square on a white background",
+        "a green triangle",
+        "a yellow star on a black background",
+        "a photo of an orange circle",
+        "a purple square on a gray background",
+        "a red and white striped pattern",
+        "a blue circle and a yellow triangle",
+    ),
+    bleed_prompts=(
+        "a green square",
+        "an orange triangle on a black background",
+        "a yellow circle on a blue striped background",
+    ),
+)
 
 REGISTRY: dict[str, Checkpoint] = {
     c.name: c
@@ -87,30 +116,15 @@ REGISTRY: dict[str, Checkpoint] = {
         Checkpoint(
             name="tiny",
             description="Embedded tiny SD-1.x model of coloured shapes and patterns (CPU, 64x64)",
-            layout="diffusers",
             path="tiny-sd",
-            defaults=SamplingDefaults(width=64, height=64, num_inference_steps=20, guidance_scale=3.0),
-            train_lr_scale=10.0,
-            # a concept's new colours: 0.56/0.45 of the gap (object/style) at 1, 0.51/0.34 at 5 (issue 21)
-            train_min_snr_gamma=1.0,
-            train_batch_size=8,
-            train_resnets=True,
-            prior_images=96,
-            prior_prompts=(
-                "a red circle",
-                "a blue square on a white background",
-                "a green triangle",
-                "a yellow star on a black background",
-                "a photo of an orange circle",
-                "a purple square on a gray background",
-                "a red and white striped pattern",
-                "a blue circle and a yellow triangle",
-            ),
-            bleed_prompts=(
-                "a green square",
-                "an orange triangle on a black background",
-                "a yellow circle on a blue striped background",
-            ),
+            **_TINY_WORLD,
+        ),
+        Checkpoint(
+            name="tiny-xl",
+            description="Embedded tiny SDXL model of the same world (two text encoders, size conditioning; CPU, 64x64)",
+            family="sdxl",
+            path="tiny-sdxl",
+            **_TINY_WORLD,
         ),
         Checkpoint(
             name="sd-1.5",
@@ -152,6 +166,33 @@ REGISTRY: dict[str, Checkpoint] = {
             path="vintedois",
             source="22h/vintedois-diffusion-v0-1",
             defaults=_SD15,
+        ),
+        Checkpoint(
+            name="sdxl-1.0",
+            description="Stable Diffusion XL 1.0 (base)",
+            family="sdxl",
+            layout="diffusers",
+            path="sdxl-1.0",
+            source="stabilityai/stable-diffusion-xl-base-1.0",
+            defaults=_SDXL,
+        ),
+        Checkpoint(
+            name="realvis-xl-4.0",
+            description="RealVisXL 4.0 (photographic SDXL fine-tune)",
+            family="sdxl",
+            layout="diffusers",
+            path="realvis-xl-4.0",
+            source="SG161222/RealVisXL_V4.0",
+            defaults=_SDXL,
+        ),
+        Checkpoint(
+            name="dreamshaper-xl-1.0",
+            description="DreamShaper XL 1.0 (artistic SDXL fine-tune)",
+            family="sdxl",
+            layout="diffusers",
+            path="dreamshaper-xl-1.0",
+            source="Lykon/dreamshaper-xl-1-0",
+            defaults=_SDXL,
         ),
     ]
 }

@@ -1,10 +1,11 @@
-"""The original (CompVis/A1111) single-file checkpoint layout of an SD-1.x pipeline.
+"""The original (CompVis/A1111, SGM for SDXL) single-file checkpoint layout of an SD-1.x or SDXL pipeline.
 
 Format conversion only: diffusers key names -> original key names. Loading a single file
 back is diffusers' own ``from_single_file`` (see ``checkpoints``). diffusers ships no
 converter in this direction; this one generalises the map of its
-``convert_diffusers_to_original_stable_diffusion`` script to any number of blocks and
-layers per block, so a tiny pipeline exports exactly like SD-1.5 does.
+``convert_diffusers_to_original_stable_diffusion`` and ``..._sdxl`` scripts to any number of blocks and
+layers per block, so a tiny pipeline exports exactly like SD-1.5 or SDXL does. SDXL's second text encoder is
+written in OpenCLIP's names, as SGM checkpoints hold it (the inverse of diffusers' ``convert_open_clip_checkpoint``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
+SDXL_TEXT_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 _UNET_FIXED = {
     "time_embedding.linear_1.": "time_embed.0.",
@@ -21,6 +24,8 @@ _UNET_FIXED = {
     "conv_in.": "input_blocks.0.0.",
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",  # SDXL's pooled prompt and sizes
+    "add_embedding.linear_2.": "label_emb.0.2.",
 }
 _UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -110,19 +115,65 @@ def vae_to_original(state: dict, config: dict) -> dict:
     return out
 
 
-def text_encoder_to_original(state: dict) -> dict:
+def text_encoder_to_original(state: dict, prefix: str = TEXT_PREFIX) -> dict:
     """transformers 5 drops the ``text_model.`` level; the original layout keeps it."""
-    return {TEXT_PREFIX + k.removeprefix("text_model."): v for k, v in state.items()}
+    return {prefix + k.removeprefix("text_model."): v for k, v in state.items()}
+
+
+_OPEN_CLIP_FIXED = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+_OPEN_CLIP_LAYER = {"self_attn.out_proj.": "attn.out_proj.", "layer_norm1.": "ln_1.", "layer_norm2.": "ln_2."}
+_OPEN_CLIP_LAYER |= {"mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj."}
+
+
+def open_clip_to_original(state: dict, prefix: str = SDXL_OPEN_CLIP_PREFIX) -> dict:
+    """A ``CLIPTextModelWithProjection`` in OpenCLIP's names: each layer's q, k and v in one ``in_proj``, the
+    projection stored transposed (``text_projection`` is ``x @ P`` there, a ``Linear`` here)."""
+    import torch
+
+    out: dict = {}
+    qkv: dict[str, dict] = {}  # in_proj key -> the q, k and v it is made of
+    for key, value in state.items():
+        key = key.removeprefix("text_model.")
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T
+        elif key in _OPEN_CLIP_FIXED:
+            out[prefix + _OPEN_CLIP_FIXED[key]] = value
+        elif key.startswith("encoder.layers."):
+            layer, rest = key.removeprefix("encoder.layers.").split(".", 1)
+            block = f"{prefix}transformer.resblocks.{layer}."
+            if rest.startswith("self_attn.") and rest[len("self_attn.")] in "qkv" and "_proj." in rest:
+                kind = rest.rsplit(".", 1)[1]  # weight or bias
+                qkv.setdefault(f"{block}attn.in_proj_{kind}", {})[rest[len("self_attn.")]] = value
+                continue
+            for new, old in _OPEN_CLIP_LAYER.items():
+                rest = rest.replace(new, old)
+            out[block + rest] = value
+        else:
+            raise ValueError(f"no OpenCLIP name for {key!r}")
+    for key, parts in qkv.items():
+        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
 
 
 def export_single_file(pipe, path: Path) -> Path:
-    """Write ``pipe`` (an SD-1.x pipeline) as one original-layout ``.safetensors`` file."""
+    """Write ``pipe`` (an SD-1.x or SDXL pipeline) as one original-layout ``.safetensors`` file."""
     from safetensors.torch import save_file
+
+    from lora_core.base import families
 
     state = {}
     state.update(unet_to_original(pipe.unet.state_dict(), dict(pipe.unet.config)))
     state.update(vae_to_original(pipe.vae.state_dict(), dict(pipe.vae.config)))
-    state.update(text_encoder_to_original(pipe.text_encoder.state_dict()))
+    if families.of_pipeline(pipe).name == "sdxl":
+        state.update(text_encoder_to_original(pipe.text_encoder.state_dict(), SDXL_TEXT_PREFIX))
+        state.update(open_clip_to_original(pipe.text_encoder_2.state_dict()))
+    else:
+        state.update(text_encoder_to_original(pipe.text_encoder.state_dict()))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, path, metadata={"format": "pt"})
     return path

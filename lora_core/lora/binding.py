@@ -16,9 +16,9 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
-from lora_core.base import families
+from lora_core.base import checkpoints, families
 from lora_core.env_settings import PREFIXED, read_env
-from lora_core.lora.lora_file import LoRAFileError, family_of
+from lora_core.lora.lora_file import LoRAFileError, declared_family, family_of
 from lora_core.lora.lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents
 
 
@@ -76,7 +76,16 @@ def bind(
     base_label: str = "this base",
     table: ModuleTable | None = None,
 ) -> BoundLoRA:
-    """An ``BoundLoRA`` for ``pipe`` from a file's tensors; ``LoRAFileError`` (naming both bases) if it does not fit."""
+    """An ``BoundLoRA`` for ``pipe`` from a file's tensors; ``LoRAFileError`` (naming both bases) if it does not fit:
+    its metadata names another family, or its layers or token vectors are not the base's."""
+    family = families.of_pipeline(pipe)
+    declared = declared_family(metadata)
+    if declared is not None and declared.name != family.name:
+        raise LoRAFileError(
+            f"{name} does not fit this base model: it was made for {declared.title}{_made_on(metadata)}, and the "
+            f"base is {describe_base(pipe, base_label)}. Use it with a base of its own family"
+            f"{_bases_of(declared)}."
+        )
     try:
         contents = read_contents(tensors, metadata, table or module_table(pipe))
     except UnsupportedLayout as e:
@@ -87,7 +96,6 @@ def bind(
             f"{_made_on(metadata)}, and the base is {describe_base(pipe, base_label)}; {e}. "
             "Use it with a base of its own family."
         ) from None
-    family = families.of_pipeline(pipe)
     _check_embeddings(pipe, family, contents.embeddings, name, metadata)
     # diffusers' ``model.device``/``.dtype`` walk every module (~3 ms on SD-1.5's UNet): ask once per component
     placement = {c: (w.device, w.dtype) for c in family.lora_components for w in [next(getattr(pipe, c).parameters())]}
@@ -127,6 +135,11 @@ def _check_embeddings(
                 f"{name} does not fit this base model: its token embeddings{which} are {rows.shape[-1]} wide, "
                 f"the base's text encoder {width}; {made}."
             )
+
+
+def _bases_of(family: families.Family) -> str:
+    names = [c.name for c in checkpoints.REGISTRY.values() if c.family == family.name]
+    return f" (here: {', '.join(names)})" if names else ""
 
 
 def _made_on(metadata: dict[str, str]) -> str:

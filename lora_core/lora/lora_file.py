@@ -223,3 +223,16 @@ def family_of(metadata: dict[str, str]) -> str:
     """The base family a file says it was made for, in words a person knows."""
     family = metadata.get("lora_studio.base_family") or metadata.get("ss_base_model_version") or ""
     return families.title_of(family)
+
+
+def declared_family(metadata: dict[str, str]) -> families.Family | None:
+    """The known family a file's metadata names (ours, kohya's ``ss_base_model_version`` or the model-spec's
+    architecture), or None when it names none we know. What decides when layers alone cannot: the tiny bases share
+    UNet shapes across families, so an SD 1.x LoRA of the UNet alone would fit the tiny SDXL base."""
+    spec = metadata.get("modelspec.architecture", "").split("/", 1)[0]
+    for family in families.FAMILIES.values():
+        if metadata.get("lora_studio.base_family") == family.name:
+            return family
+        if metadata.get("ss_base_model_version") == family.kohya_version or spec == family.modelspec_architecture:
+            return family
+    return None

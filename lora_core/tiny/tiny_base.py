@@ -40,8 +40,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from lora_core.base import families
 from lora_core.tiny import tiny_vae_data, tiny_world
 from lora_core.tiny.tiny_tokenizer import write_clip_tokenizer_files
+from lora_core.training import conditioning
 
 MAX_TOKENS = 32  # captions use at most 20; room for prompts with added LoRA tokens
 
@@ -336,7 +338,7 @@ def encode_latents(vae, images: np.ndarray, path: Path, log: Log) -> torch.Tenso
 
 @dataclass(frozen=True)
 class UnetStage:
-    """The UNet + text encoder loop of stage 3."""
+    """The UNet + text encoders loop of stage 3 (and of the tiny SDXL base's build)."""
 
     name: str
     steps: int
@@ -345,53 +347,83 @@ class UnetStage:
     final_lr_fraction: float
     ema_decay: float
     seed: int
+    batch: int
+    caption_dropout: float
+    min_snr_gamma: float
+    checkpoint_every: int
+
+    @classmethod
+    def of(cls, cfg: Any, name: str = "unet") -> UnetStage:
+        """The stage a build's settings describe (tiny SD's ``BuildConfig``, tiny SDXL's: the same field names)."""
+        return cls(
+            name,
+            cfg.unet_steps,
+            cfg.unet_lr,
+            cfg.warmup_steps,
+            cfg.unet_final_lr_fraction,
+            cfg.ema_decay,
+            cfg.seed + 2,
+            cfg.unet_batch,
+            cfg.caption_dropout,
+            cfg.min_snr_gamma,
+            cfg.checkpoint_every,
+        )
+
+
+# (encoder_hidden_states, added_cond_kwargs) for a batch of token ids: what the UNet is conditioned on
+Condition = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor] | None]]
 
 
 def train_unet(
     unet,
-    text_encoder,
+    encoders: dict[str, torch.nn.Module],
+    condition: Condition,
     latents: torch.Tensor,
     token_ids: torch.Tensor,
     empty_ids: torch.Tensor,
     stage: UnetStage,
-    cfg: BuildConfig,
     work_dir: Path,
     log: Log,
 ):
-    """Jointly trains UNet and text encoder from the weights given; returns their EMA weights."""
+    """Jointly trains ``unet`` and ``encoders`` (the text encoders ``condition`` runs) from the weights given, in
+    place, and leaves their EMA weights in them."""
     from diffusers import DDPMScheduler
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + [p for e in encoders.values() for p in e.parameters()]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.01)
     noise_schedule = DDPMScheduler(**NOISE_SCHEDULE)
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weight_of_t = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # Min-SNR-γ for epsilon prediction
+    weight_of_t = torch.clamp(snr, max=stage.min_snr_gamma) / snr  # Min-SNR-γ for epsilon prediction
     gen = torch.Generator().manual_seed(stage.seed)
+    models = {"unet": unet, **encoders}
     ckpt, start = _Checkpoint(work_dir, stage.name), 0
     if (state := ckpt.load()) is not None:
-        unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text_encoder"])
+        for name, model in models.items():
+            model.load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
         for e, s in zip(ema, state["ema"], strict=True):
             e.copy_(s)
         gen.set_state(state["gen"])
         start = state["step"]
         log(f"{stage.name}: resuming at step {start}/{stage.steps}")
-    unet.train(), text_encoder.train()
+    for model in models.values():
+        model.train()
     t0, running = time.time(), 0.0
     for step in range(start, stage.steps):
         for group in opt.param_groups:
             group["lr"] = stage.lr * _lr_factor(step, stage.steps, stage.warmup, stage.final_lr_fraction)
-        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+        idx = torch.randint(len(latents), (stage.batch,), generator=gen)
         x0 = latents[idx]
         ids = token_ids[idx].clone()
-        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        drop = torch.rand(len(idx), generator=gen) < stage.caption_dropout
         ids[drop] = empty_ids
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, NOISE_SCHEDULE["num_train_timesteps"], (len(idx),), generator=gen)
         noisy = noise_schedule.add_noise(x0, noise, t)
-        pred = unet(noisy, t, text_encoder(ids)[0]).sample
+        states, added = condition(ids)
+        pred = unet(noisy, t, states, added_cond_kwargs=added).sample
         loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight_of_t[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -400,17 +432,9 @@ def train_unet(
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - stage.ema_decay)
         running = 0.98 * running + 0.02 * loss.item() if step > start else loss.item()
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stage.steps:
-            ckpt.save(
-                {
-                    "unet": unet.state_dict(),
-                    "text_encoder": text_encoder.state_dict(),
-                    "opt": opt.state_dict(),
-                    "ema": ema,
-                    "gen": gen.get_state(),
-                    "step": step + 1,
-                }
-            )
+        if (step + 1) % stage.checkpoint_every == 0 or step + 1 == stage.steps:
+            weights = {name: model.state_dict() for name, model in models.items()}
+            ckpt.save({**weights, "opt": opt.state_dict(), "ema": ema, "gen": gen.get_state(), "step": step + 1})
             rate = (step + 1 - start) / (time.time() - t0)
             eta = (stage.steps - step - 1) / rate
             log(
@@ -420,7 +444,8 @@ def train_unet(
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
-    return unet.eval(), text_encoder.eval()
+    for model in models.values():
+        model.eval()
 
 
 # ---- the whole build -----------------------------------------------------------------
@@ -446,11 +471,24 @@ def _world_base(
     unet = UNet2DConditionModel(**UNET_CONFIG)
     special = (tokenizer.bos_token_id, tokenizer.eos_token_id)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer), *special)))
-    stage = UnetStage(
-        "unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps, cfg.unet_final_lr_fraction, cfg.ema_decay, cfg.seed + 2
-    )
-    unet, text_encoder = train_unet(
-        unet, text_encoder, latents * scaling, ids(world_captions), ids([""])[0], stage, cfg, work_dir, log
+    stage = UnetStage.of(cfg)
+
+    def condition(batch: torch.Tensor):  # what the LoRA trainer conditions on, for SD 1.x: the last hidden state
+        return conditioning.encode(
+            families.SD1, {"text_encoder": text_encoder}, {"text_encoder": batch}, tiny_world.SIZE
+        )
+
+    latents = latents * scaling
+    train_unet(
+        unet,
+        {"text_encoder": text_encoder},
+        condition,
+        latents,
+        ids(world_captions),
+        ids([""])[0],
+        stage,
+        work_dir,
+        log,
     )
     return vae, unet, text_encoder, scaling
 

@@ -87,9 +87,9 @@ def vae_report(vae, n: int = 64) -> dict:
     }
 
 
-def write_report(grid_path: Path) -> dict:
-    """Measure the committed tiny base and draw the README grid (prompts x seeds)."""
-    checkpoint = checkpoints.get_checkpoint("tiny")
+def write_report(grid_path: Path, base_model: str = "tiny") -> dict:
+    """Measure a committed tiny base (``tiny`` or ``tiny-xl``) and draw the README grid (prompts x seeds)."""
+    checkpoint = checkpoints.get_checkpoint(base_model)
     folder = checkpoints.weights_dir() / checkpoint.path
     checkpoints.load_pipeline(checkpoint)  # first load pays for imports; time the second
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 What SDXL adds to SD 1.x, at the smallest size that keeps its shape: two text encoders (a ``CLIPTextModel`` and a
 ``CLIPTextModelWithProjection``, whose penultimate hidden states are concatenated into the UNet's cross-attention
-input, 32 + 32 = the tiny SD UNet's 64), and the ``text_time`` added conditioning (the second encoder's pooled
+input, 24 + 40 = the tiny SD UNet's 64), and the ``text_time`` added conditioning (the second encoder's pooled
 projection and six size numbers through ``add_embedding``). Linear attention projections, as SDXL has.
 
 Everything else is the tiny SD base's: its UNet blocks (already SDXL's pattern: no attention at full resolution,
@@ -11,7 +11,8 @@ the last up block without attention or upsampler), its VAE, tokenizer and noise 
 same shape, which a trained tiny SDXL base can start from (``docs/plans/sdxl.md`` §7).
 
 ``random_pipeline`` builds it with random weights in about a second: what the formats, binding and patching tests of
-SDXL LoRAs run on. A trained base (``weights/tiny-sdxl``) is not built yet.
+SDXL LoRAs run on. The trained base, ``weights/tiny-sdxl`` (registry name ``tiny-xl``), is built from tiny SD's
+weights by ``tiny_sdxl_build``.
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from pathlib import Path
 
 from lora_core.tiny import tiny_base
 
-TEXT_WIDTH = 32  # each encoder; the UNet's cross-attention reads both side by side
+# The two encoders' widths (SDXL: 768 and 1280), side by side the tiny SD UNet's 64. Unequal on purpose, as in SDXL:
+# readers tell the encoders' tensors apart by width (diffusers' single-file loader, A1111's clip_l/clip_g), so equal
+# widths would load one encoder's weights into the other and let a swapped clip_l/clip_g pass every shape check.
+TEXT_WIDTHS = (24, 40)
 TIME_EMBED_DIM = 8  # per size number (SDXL: 256)
 UNET_CONFIG = {
     **tiny_base.UNET_CONFIG,
-    "cross_attention_dim": 2 * TEXT_WIDTH,
+    "cross_attention_dim": sum(TEXT_WIDTHS),
     "use_linear_projection": True,
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": TIME_EMBED_DIM,
     # six size numbers (original size, crop corner, target size) and the pooled prompt, as diffusers checks
-    "projection_class_embeddings_input_dim": 6 * TIME_EMBED_DIM + TEXT_WIDTH,
+    "projection_class_embeddings_input_dim": 6 * TIME_EMBED_DIM + TEXT_WIDTHS[1],
 }
 
 
@@ -38,10 +42,10 @@ def text_encoder_config(vocab_size: int, bos: int, eos: int, *, second: bool) ->
     OpenCLIP-G-like (``gelu``, a projection for the pooled prompt), the first CLIP-L-like (``quick_gelu``)."""
     return {
         **tiny_base.text_encoder_config(vocab_size, bos, eos),
-        "hidden_size": TEXT_WIDTH,
-        "intermediate_size": 4 * TEXT_WIDTH,
+        "hidden_size": TEXT_WIDTHS[second],
+        "intermediate_size": 4 * TEXT_WIDTHS[second],
         "num_hidden_layers": 3,
-        "projection_dim": TEXT_WIDTH,
+        "projection_dim": TEXT_WIDTHS[second],
         "hidden_act": "gelu" if second else "quick_gelu",
     }
 

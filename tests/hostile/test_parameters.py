@@ -32,7 +32,7 @@ REFUSED = {  # raw JSON body -> (field, phrase in its description)
     "unknown base model": (
         '{"input": {"prompt": "x", "base_model": "sdxl-turbo"}}',
         "input.base_model",
-        "must be one of: tiny, sd-1.5",
+        "must be one of: tiny, tiny-xl, sd-1.5",
     ),
     "unknown scheduler": (
         '{"input": {"prompt": "x", "scheduler": "LCM"}}',

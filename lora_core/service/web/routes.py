@@ -259,7 +259,7 @@ async def lora_catalog(request: Request) -> HTMLResponse:
     named = await run_in_threadpool(svc.loras_of, viewer[0])
     generator = _generation_model(svc)
     for lora in named:
-        query = {"lora_urls": lora["ref"], "prompt": "a photo of <1>"}
+        query = {"lora_urls": lora["ref"], "prompt": "a photo of <1>", **_base_of(lora["metadata"])}
         lora["use"] = f"/models/{generator.full_name}?{urlencode(query)}" if generator else None
         lora["sample"] = await run_in_threadpool(_sample_grid, svc, lora["versions"][0]["training"], viewer[0])
     return await _page(request, "loras.html", viewer=viewer, loras=named)
@@ -378,8 +378,19 @@ def _use_lora_link(svc: Service, row: dict, lora: pages.OutputItem | None) -> st
     generator = _generation_model(svc)
     if lora is None or lora.file_id is None or generator is None:
         return None
-    query = {"lora_urls": svc.urls.file_api({"id": lora.file_id}), "prompt": pages.lora_prompt(row["logs"] or "")}
+    query = {
+        "lora_urls": svc.urls.file_api({"id": lora.file_id}),
+        "prompt": pages.lora_prompt(row["logs"] or ""),
+        **_base_of(lora.metadata),
+    }
     return f"/models/{generator.full_name}?{urlencode(query)}"
+
+
+def _base_of(metadata: dict[str, str]) -> dict[str, str]:
+    """``base_model`` for a "Use" link: the base the LoRA was trained on, so an SDXL LoRA opens on an SDXL base
+    (empty in a file from elsewhere: the form's default)."""
+    base = metadata.get("lora_studio.base_model")
+    return {"base_model": base} if base else {}
 
 
 def _generation_model(svc: Service) -> Model | None:
