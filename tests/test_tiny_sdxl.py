@@ -34,7 +34,8 @@ def test_the_warm_unet_predicts_what_tiny_sds_does():
     with torch.no_grad():
         expected = sd_unet(x, t, context).sample
         got = xl_unet(x, t, context, added_cond_kwargs=added).sample
-    assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
+    # a 1x1 convolution there, a linear layer here: the same sums in another order, so float noise only
+    assert torch.allclose(got, expected, atol=1e-4), float((got - expected).abs().max())
 
 
 def test_the_quick_build_writes_a_plain_sdxl_pipeline_and_repeats_itself(tmp_path):
