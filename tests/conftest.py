@@ -140,6 +140,21 @@ def serve_folder(root):
         httpd.shutdown()
 
 
+def local_generator(cache_dir):
+    """predict_generate.py's predictor, set up to fetch LoRAs from this machine's test servers (127.0.0.1) into
+    ``cache_dir``; the process's environment is left as it was."""
+    from predict_generate import Predictor
+
+    os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] = "127.0.0.1"
+    os.environ["LORA_STUDIO_CACHE_DIR"] = str(cache_dir)
+    try:
+        p = Predictor()
+        p.setup()
+    finally:
+        del os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"], os.environ["LORA_STUDIO_CACHE_DIR"]
+    return p
+
+
 def zip_images(path, images, fmt="PNG", stem="img", **save_options):
     """A zip upload of PIL images, as a user makes one."""
     ext = "jpg" if fmt == "JPEG" else fmt.lower()

@@ -1,7 +1,6 @@
 """The generation predictor with LoRAs fetched over HTTP from 127.0.0.1, trained here by the trainer."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import Files, call_predictor, cloneofsimo_modules, purple_stars, serve_folder
+from conftest import Files, call_predictor, cloneofsimo_modules, local_generator, purple_stars, serve_folder
 from lora_core.base import checkpoints
 from lora_core.lora import lora_file
 from lora_core.lora.prompts import PromptError
@@ -100,16 +99,7 @@ def served(tmp_path_factory, preset_lora):
 
 @pytest.fixture(scope="module")
 def predictor(served, tmp_path_factory):
-    from predict_generate import Predictor
-
-    os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] = "127.0.0.1"
-    os.environ["LORA_STUDIO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        p = Predictor()
-        p.setup()
-    finally:
-        del os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"], os.environ["LORA_STUDIO_CACHE_DIR"]
-    return p
+    return local_generator(tmp_path_factory.mktemp("cache"))
 
 
 def pixels(predictor, **given):

@@ -2,8 +2,6 @@
 script that builds it from the tiny SD base, in its few-step mode. Its prompts are tested beside tiny SD's
 (``test_tiny_base_prompts.py``)."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import call_predictor, serve_folder
+from conftest import call_predictor, local_generator, serve_folder
 from lora_core.base import checkpoints, families
 from lora_core.lora import lora_file
 from lora_core.tiny import tiny_eval, tiny_sdxl
@@ -134,16 +132,7 @@ def served(xl_stars, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(served, tmp_path_factory):
-    from predict_generate import Predictor
-
-    os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] = "127.0.0.1"
-    os.environ["LORA_STUDIO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        p = Predictor()
-        p.setup()
-    finally:
-        del os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"], os.environ["LORA_STUDIO_CACHE_DIR"]
-    return p
+    return local_generator(tmp_path_factory.mktemp("cache"))
 
 
 def images(generator, **given) -> list[Image.Image]:
