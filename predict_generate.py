@@ -10,24 +10,10 @@ from typing import Optional, cast
 from cog import BaseRunner, Input, Path, current_scope
 
 from lora_core import image_files, output_dirs
-from lora_core.base import checkpoints
+from lora_core.base import checkpoints, own_checkpoints
 from lora_core.lora import binding, generation_job
 from lora_core.net import fetch
 
-# Literal on purpose: Cog's build reads these from the source without importing lora_core
-# (tests check they match the registry and the samplers).
-BASE_MODELS = [
-    "tiny",
-    "tiny-xl",
-    "sd-1.5",
-    "realistic-vision-v1.3",
-    "inkpunk",
-    "gta5",
-    "vintedois",
-    "sdxl-1.0",
-    "realvis-xl-4.0",
-    "dreamshaper-xl-1.0",
-]
 SCHEDULERS = ["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]
 MAX_SEED = 4294967295
 
@@ -35,9 +21,11 @@ MAX_SEED = 4294967295
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load the deployment's default base once (LORA_STUDIO_DEFAULT_BASE); it stays warm across predictions."""
-        self.bases = checkpoints.WarmPipelineCache()
+        log = lambda line: print(line, flush=True)  # noqa: E731
+        # base_model URLs: users' own checkpoints, under their own download limits and cache
+        self.bases = checkpoints.WarmPipelineCache(own=own_checkpoints.OwnCheckpoints.from_env(log))
         self.bases.get()
-        self.fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env(), log=lambda line: print(line, flush=True))
+        self.fetcher = fetch.Fetcher(fetch.FetchPolicy.from_env(), log=log)
         self.adapters = binding.BindingCache.from_env()
         self.outputs = output_dirs.OutputDirs("generate-")  # the previous prediction's images go when the next starts
 
@@ -65,8 +53,11 @@ class Predictor(BaseRunner):
         ),
         base_model: Optional[str] = Input(
             default=None,
-            choices=BASE_MODELS,
-            description="Base checkpoint to sample. Empty: this deployment's default (sd-1.5 on GPUs, tiny on CPUs).",
+            max_length=2048,
+            description="Base checkpoint to sample: a name (sd-1.5, realistic-vision-v1.3, inkpunk, gta5, vintedois, "
+            "sdxl-1.0, realvis-xl-4.0, dreamshaper-xl-1.0, tiny, tiny-xl), or the https:// URL of "
+            "your own single-file .safetensors checkpoint (SD 1.x or SDXL, as A1111 and Civitai share them). "
+            "Empty: this deployment's default (sd-1.5 on GPUs, tiny on CPUs).",
         ),
         scheduler: str = Input(
             default="DPMSolverMultistep",

@@ -12,25 +12,15 @@ from cog import BaseModel, BaseRunner, Input, Path
 from pydantic import ValidationError
 
 from lora_core import output_dirs
-from lora_core.base import checkpoints, sampling
+from lora_core.base import checkpoints, own_checkpoints, sampling
 from lora_core.net import cog_uploads
 from lora_core.training import training_job
 
-# Literal on purpose: Cog's build reads these from the source without importing lora_core
-# (tests check they match the registry).
-BASE_MODELS = [
-    "tiny",
-    "tiny-xl",
-    "sd-1.5",
-    "realistic-vision-v1.3",
-    "inkpunk",
-    "gta5",
-    "vintedois",
-    "sdxl-1.0",
-    "realvis-xl-4.0",
-    "dreamshaper-xl-1.0",
-]
 MAX_SEED = 4294967295
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
 
 
 class Output(BaseModel):
@@ -45,7 +35,8 @@ class Output(BaseModel):
 class Predictor(BaseRunner):
     def setup(self) -> None:
         """Load the deployment's default base once (LORA_STUDIO_DEFAULT_BASE); its trainings reuse the warm weights."""
-        self.bases = checkpoints.WarmPipelineCache()
+        # base_model URLs: users' own checkpoints, under their own download limits and cache
+        self.bases = checkpoints.WarmPipelineCache(own=own_checkpoints.OwnCheckpoints.from_env(_log))
         self.bases.get()
         self.outputs = output_dirs.OutputDirs("train-")  # the previous training's files go when the next starts
 
@@ -63,9 +54,11 @@ class Predictor(BaseRunner):
         ),
         base_model: Optional[str] = Input(
             default=None,
-            choices=BASE_MODELS,
-            description="Base checkpoint the LoRA is trained for. Empty: this deployment's default "
-            "(sd-1.5 on GPUs, tiny on CPUs).",
+            max_length=2048,
+            description="Base checkpoint the LoRA is trained for: a name (sd-1.5, realistic-vision-v1.3, inkpunk, "
+            "gta5, vintedois, sdxl-1.0, realvis-xl-4.0, dreamshaper-xl-1.0, tiny, tiny-xl), or the https:// URL of "
+            "your own single-file .safetensors checkpoint (SD 1.x or SDXL, as A1111 and Civitai share them). "
+            "Empty: this deployment's default (sd-1.5 on GPUs, tiny on CPUs).",
         ),
         seed: Optional[int] = Input(
             default=None, ge=0, le=MAX_SEED, description="Random seed. Empty: random (recorded in the file and logs)."
@@ -143,7 +136,8 @@ class Predictor(BaseRunner):
                 Path(instance_data),
                 request,
                 out_dir,
-                log=lambda line: print(line, flush=True),
+                log=_log,
+                checkpoint=self.bases.checkpoint,
             )
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)  # a failed training leaves nothing behind
@@ -157,4 +151,4 @@ class Predictor(BaseRunner):
             "report": Path(result.report),
         }
         # uploaded here, streamed: Cog's server would put an object's files into its JSON as base64 (cog_uploads)
-        return Output(**cog_uploads.deliver(files, log=lambda line: print(line, flush=True)))
+        return Output(**cog_uploads.deliver(files, log=_log))

@@ -12,7 +12,6 @@ from pathlib import Path
 def _generate(args: argparse.Namespace) -> None:
     """What the generation predictor does, from the command line: the same job, so the same pixels."""
     from lora_core import image_files
-    from lora_core.base import checkpoints
     from lora_core.lora import binding, generation_job
     from lora_core.net import fetch
 
@@ -27,13 +26,13 @@ def _generate(args: argparse.Namespace) -> None:
         log=functools.partial(print, file=sys.stderr, flush=True),
     )
     generation = generation_job.run_generation(
-        checkpoints.WarmPipelineCache(),
+        _bases(),
         fetcher,
         binding.BindingCache.from_env(),
         prompt=args.prompt,
         lora_urls=urls,
         lora_scales=args.lora_scales,
-        base_model=args.base_model,
+        base_model=_base_model(args.base_model),
         negative_prompt=args.negative_prompt,
         scheduler=args.scheduler,
         num_inference_steps=args.steps,
@@ -49,21 +48,46 @@ def _generate(args: argparse.Namespace) -> None:
     print(json.dumps({"settings": generation.settings.model_dump(), "outputs": [str(p) for p in paths]}, indent=1))
 
 
+def _base_model(given: str | None) -> str | None:
+    """A local ``.safetensors`` path is this user's own checkpoint, given to the fetcher as a file:// URL."""
+    if given and given.endswith(".safetensors") and "://" not in given:
+        return Path(given).resolve().as_uri()
+    return given
+
+
+_BASE_HELP = "a registry name, a checkpoint URL or a local .safetensors; empty: LORA_STUDIO_DEFAULT_BASE or tiny"
+
+
+def _bases():
+    """The CLI's warm base: registry names, and checkpoint URLs and local files (allowed here, never on a server)."""
+    from lora_core.base import checkpoints, own_checkpoints
+    from lora_core.net import fetch
+
+    log = functools.partial(print, file=sys.stderr, flush=True)
+    policy = fetch.FetchPolicy.for_checkpoints().model_copy(update={"allow_file_urls": True})
+    return checkpoints.WarmPipelineCache(own=own_checkpoints.OwnCheckpoints(fetch.Fetcher(policy, log=log), log=log))
+
+
 def _train(args: argparse.Namespace) -> None:
-    from lora_core.base import checkpoints
     from lora_core.training import training_job
 
     request = training_job.TrainingRequest(
         task=args.task,
-        base_model=args.base_model,
+        base_model=_base_model(args.base_model),
         seed=args.seed,
         max_train_steps=args.steps,
         checkpoints=args.checkpoints,
     )
-    cache = checkpoints.WarmPipelineCache()
+    cache = _bases()
     pipe = cache.get(request.base_model)
     result = training_job.run_training(
-        pipe, cache.base_hash, Path(args.zip), request, Path(args.out), log=functools.partial(print, flush=True)
+        pipe,
+        cache.base_hash,
+        Path(args.zip),
+        request,
+        Path(args.out),
+        log=functools.partial(print, flush=True),
+        checkpoint=cache.checkpoint,
     )
     print(
         json.dumps(
@@ -258,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-urls", default="", help="LoRA files (URLs or local paths), separated by '|'")
     p.add_argument("--lora-scales", default="0.5", help="one scale for all LoRAs or one per LoRA, separated by '|'")
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--base-model", help="empty: LORA_STUDIO_DEFAULT_BASE or tiny")
+    p.add_argument("--base-model", help=_BASE_HELP)
     p.add_argument("--scheduler", default="DPMSolverMultistep")
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance-scale", type=float)
@@ -273,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train a LoRA from a zip of photos (what predict_train.py does)")
     p.add_argument("zip")
     p.add_argument("--task", default="face", choices=["face", "object", "style"])
-    p.add_argument("--base-model", help="empty: LORA_STUDIO_DEFAULT_BASE or tiny")
+    p.add_argument("--base-model", help=_BASE_HELP)
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int, help="override the task preset's step count")
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints kept and scored (1: only the last)")

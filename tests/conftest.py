@@ -141,17 +141,33 @@ def serve_folder(root):
 
 
 def local_generator(cache_dir):
-    """predict_generate.py's predictor, set up to fetch LoRAs from this machine's test servers (127.0.0.1) into
-    ``cache_dir``; the process's environment is left as it was."""
+    """predict_generate.py's predictor, set up to fetch LoRAs and base checkpoints from this machine's test servers
+    (127.0.0.1) into ``cache_dir`` (checkpoints into its ``checkpoints`` folder); the environment is left as it was."""
     from predict_generate import Predictor
 
-    os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"] = "127.0.0.1"
-    os.environ["LORA_STUDIO_CACHE_DIR"] = str(cache_dir)
+    return _local(Predictor, cache_dir)
+
+
+def local_trainer(cache_dir):
+    """predict_train.py's predictor, set up as ``local_generator``'s (base checkpoints by URL from 127.0.0.1)."""
+    from predict_train import Predictor
+
+    return _local(Predictor, cache_dir)
+
+
+def _local(predictor_class, cache_dir):
+    env = {
+        "LORA_STUDIO_ALLOWED_PRIVATE_HOSTS": "127.0.0.1",
+        "LORA_STUDIO_CACHE_DIR": str(cache_dir),
+        "LORA_STUDIO_CHECKPOINT_CACHE_DIR": str(Path(cache_dir) / "checkpoints"),
+    }
+    os.environ.update(env)
     try:
-        p = Predictor()
+        p = predictor_class()
         p.setup()
     finally:
-        del os.environ["LORA_STUDIO_ALLOWED_PRIVATE_HOSTS"], os.environ["LORA_STUDIO_CACHE_DIR"]
+        for name in env:
+            del os.environ[name]
     return p
 
 

@@ -648,10 +648,9 @@ def test_generation_predictor_schema():
         "maximum": 4,
         "default": 1,
     }
-    assert props["base_model"]["allOf"] == [{"$ref": "#/components/schemas/base_model"}]
     # empty: the deployment's default base (LORA_STUDIO_DEFAULT_BASE: sd-1.5 on the GPU images, tiny here)
     assert props["base_model"]["default"] is None and props["base_model"]["nullable"] is True
-    assert schemas["base_model"]["enum"] == list(checkpoints.REGISTRY)
+    _names_every_base(props["base_model"], schemas)
     assert schemas["scheduler"]["enum"] == list(sampling.SCHEDULER_NAMES)
     assert props["seed"]["maximum"] == sampling.MAX_SEED and props["seed"]["nullable"] is True
     signature = list(inspect.signature(Predictor.run).parameters)[1:]
@@ -661,6 +660,16 @@ def test_generation_predictor_schema():
     assert '"maximum":4,"minimum":1' in text and "\\u003c1\\u003e" in text  # "<1>" as Go escapes it
 
 
+def _names_every_base(prop: dict, schemas: dict) -> None:
+    """``base_model`` is free text, no enum (Cog would refuse a checkpoint URL), whose description lists every registry
+    name (written out: Cog's build reads descriptions without importing lora_core) and whose length bound is the
+    one the provenance and the training request keep."""
+    assert prop["type"] == "string" and "base_model" not in schemas and "allOf" not in prop
+    assert prop["maxLength"] == checkpoints.BASE_MODEL_MAX_CHARS
+    listed = prop["description"].split("(", 1)[1].split(")", 1)[0]
+    assert sorted(listed.split(", ")) == sorted(checkpoints.REGISTRY), listed
+
+
 def test_training_predictor_signature():
     """predict_train.py's run() as Cog sees it (served with COG_PREDICT_TYPE_STUB)."""
     doc = cog_schema.openapi_schema("predict_train.py:Predictor", root=ROOT)
@@ -668,7 +677,7 @@ def test_training_predictor_signature():
     assert props["instance_data"]["format"] == "uri" and props["instance_data"]["type"] == "string"
     assert schemas["Input"]["required"] == ["instance_data"]
     assert schemas["task"]["enum"] == ["face", "object", "style"]
-    assert schemas["base_model"]["enum"] == list(checkpoints.REGISTRY)  # the literal list in predict_train.py
+    _names_every_base(props["base_model"], schemas)
     assert props["seed"]["maximum"] == sampling.MAX_SEED
     assert [p["x-order"] for p in props.values()] == list(range(len(props)))
     assert schemas["Output"]["required"] == ["lora", "lora_a1111", "embedding", "scales_grid", "checkpoints", "report"]

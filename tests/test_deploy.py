@@ -119,6 +119,7 @@ def code_reads(env: dict[str, str]) -> tuple:
     readers = (
         ServiceConfig.from_env,
         fetch.FetchPolicy.from_env,
+        fetch.FetchPolicy.for_checkpoints,
         checkpoints.weights_dir,
         lambda: binding.BindingCache.from_env().max_bytes,
         placement.settings,

@@ -10,7 +10,8 @@ import replicate
 import requests
 from PIL import Image
 
-from conftest import zip_images
+from conftest import Files, serve_folder, zip_images
+from lora_core.base import checkpoints, single_file
 from lora_core.service.auth.tokens import TOKEN_COOKIE
 from lora_core.tiny import tiny_eval, tiny_world
 from service_harness import Api, progress_steps
@@ -165,3 +166,32 @@ def test_the_loop_on_the_tiny_sdxl_base(service, tmp_path):
     assert "made for SDXL" in message and "(SD 1.x" in message and "tiny-xl" in message, message
     again = _images(client.run("lora-studio/lora", input={**inputs, "lora_scales": "1"}))  # the next one is served
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, tuned, strict=True))
+
+
+def test_an_own_checkpoint_by_url_through_the_official_client(service, tmp_path):
+    """``base_model`` as the URL of a single file (the tiny SDXL base exported as a user shares a fine-tune) draws
+    what the registry name draws, and a second prediction downloads nothing; a misspelt name is refused before
+    anything is queued (422, naming the choices); a VAE given as the base fails that one prediction with a
+    sentence, and the next is served."""
+    client = replicate.Client(api_token=service.token("frank"), base_url=service.url)
+    files = tmp_path / "files"
+    single_file.export_single_file(
+        checkpoints.load_pipeline(checkpoints.get_checkpoint("tiny-xl")), files / "my-xl.safetensors"
+    )
+    (files / "vae.safetensors").write_bytes(b"")  # not even a header: what a failed upload leaves
+    inputs = {"prompt": "a red circle on a blue background", "seed": 4, "num_outputs": 2}
+    named = _images(client.run("lora-studio/lora", input={**inputs, "base_model": "tiny-xl"}))
+    with serve_folder(files) as url:
+        own_url = f"{url}/my-xl.safetensors"
+        own = _images(client.run("lora-studio/lora", input={**inputs, "base_model": own_url}))
+        gets = Files.gets["/my-xl.safetensors"]
+        again = _images(client.run("lora-studio/lora", input={**inputs, "base_model": own_url}))
+        assert Files.gets["/my-xl.safetensors"] == gets  # the worker's checkpoint cache answered
+        with pytest.raises(replicate.exceptions.ModelError) as refused:
+            client.run("lora-studio/lora", input={**inputs, "base_model": f"{url}/vae.safetensors"})
+        assert "'vae.safetensors' is not a complete .safetensors file" in str(refused.value), str(refused.value)
+    for a, b, c in zip(named, own, again, strict=True):
+        assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1 and np.array_equal(np.asarray(b), c)
+    with pytest.raises(replicate.exceptions.ReplicateError) as misspelt:
+        client.run("lora-studio/lora", input={**inputs, "base_model": "tiny_xl"})
+    assert misspelt.value.status == 422 and "must be one of: tiny, tiny-xl" in str(misspelt.value.detail)

@@ -29,6 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from browser import chromium, needs_chromium
 from conftest import zip_images
+from lora_core.base import checkpoints
 from lora_core.service.models import load_models
 from lora_core.service.web import pages
 from lora_core.tiny import tiny_world
@@ -57,6 +58,8 @@ def test_the_form_comes_from_the_schema():
     generate = {f.name: f for f in pages.form_fields(models[GENERATE].schema)}
     assert generate["prompt"].kind == "textarea" and generate["lora_scales"].kind == "text"
     assert generate["scheduler"].choices[0] == "DPMSolverMultistep"
+    # a registry name or a checkpoint URL: free text, offered the registry's names
+    assert generate["base_model"].kind == "text" and generate["base_model"].suggestions == tuple(checkpoints.REGISTRY)
     assert generate["guidance_scale"].kind == "number" and generate["num_outputs"].kind == "integer"
     # a new input appears without touching a template
     schema = json.loads(json.dumps(models[GENERATE].schema))
@@ -499,7 +502,8 @@ def test_phone_width_has_no_sideways_scrolling(service, browser, token, a_predic
 @needs_chromium
 def test_the_form_draws_on_the_tiny_sdxl_base(service, browser, token):
     """``base_model`` in a link (what "Use this LoRA" writes for an SDXL LoRA) picks the tiny SDXL base in the
-    form's list, and the prediction runs on it: a 64-pixel picture of what the prompt asks."""
+    form (a text field offering the registry's names), and the prediction runs on it: a 64-pixel picture of what
+    the prompt asks."""
     from PIL import Image
 
     from lora_core.tiny import tiny_eval
@@ -507,7 +511,12 @@ def test_the_form_draws_on_the_tiny_sdxl_base(service, browser, token):
     d = browser
     sign_in_cookie(d, service.url, token)
     d.get(service.url + f"/models/{GENERATE}?base_model=tiny-xl&prompt=a+red+square")
-    assert Select(css(d, "select[name='base_model']")).first_selected_option.get_attribute("value") == "tiny-xl"
+    field = css(d, "input[name='base_model']")
+    assert field.get_attribute("value") == "tiny-xl"
+    offered = [
+        o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, f"#{field.get_attribute('list')} option")
+    ]
+    assert offered == list(checkpoints.REGISTRY)
     fill(css(d, "input[name='seed']"), "2")
     css(d, "[data-submit]").click()
     wait(d, lambda d: "/predictions/" in d.current_url)

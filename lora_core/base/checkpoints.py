@@ -1,12 +1,14 @@
 """Named base checkpoints: where their weights live, how to load them, one warm per process.
 
-Weights are fetched into ``weights/`` when the image is built, never while predicting:
-a missing checkpoint is an error that says which command fetches it.
+Registry weights are fetched into ``weights/`` when the image is built, never while predicting: a missing
+checkpoint is an error that says which command fetches it. A user's own checkpoint (``base_model`` as a URL) is
+``own_checkpoints``' job; it becomes a ``Checkpoint`` like these and is loaded warm the same way.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +18,7 @@ from lora_core.base import families, placement
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
+BASE_MODEL_MAX_CHARS = 2048  # a registry name or a checkpoint URL (signed ones are long)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
 
@@ -44,6 +47,7 @@ class Checkpoint(BaseModel):
     path: str
     config: str | None = Field(None, description="single_file only: a local diffusers folder with the configs")
     source: str | None = Field(None, description="where `lora-studio weights fetch` gets it (hub id or URL)")
+    sha256: str | None = Field(None, description="a single file's SHA-256 when known (a fetched one): not read twice")
     defaults: SamplingDefaults
     train_lr_scale: float = Field(
         1.0, description="multiplies the task presets' learning rates (tiny models need more)"
@@ -202,11 +206,16 @@ def weights_dir() -> Path:
     return Path(os.environ.get("LORA_STUDIO_WEIGHTS", DEFAULT_WEIGHTS_DIR))
 
 
+OWN_CHECKPOINT_HINT = "or give the https:// URL of your own single-file .safetensors checkpoint (SD 1.x or SDXL)"
+
+
 def get_checkpoint(name: str) -> Checkpoint:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise CheckpointError(f"Unknown base model {name!r}. Choose one of: {', '.join(REGISTRY)}.") from None
+        raise CheckpointError(
+            f"Unknown base model {name[:200]!r}. Choose one of: {', '.join(REGISTRY)}; {OWN_CHECKPOINT_HINT}."
+        ) from None
 
 
 def refuse_pickle(path: Path) -> None:
@@ -245,6 +254,8 @@ def resolve(checkpoint: Checkpoint, root: Path | None = None) -> tuple[Path, Pat
         raise CheckpointError(f"Weights for base model {checkpoint.name!r} are not installed at {path}; {fetch_hint}.")
     if checkpoint.layout == "single_file":
         refuse_pickle(path)
+        if path.suffix != ".safetensors":  # diffusers reads any other name with torch.load
+            raise CheckpointError(f"{path.name} is not named .safetensors; refusing to load it.")
         config = root / (checkpoint.config or "")
         if not (config / "model_index.json").is_file():
             raise CheckpointError(f"Base model {checkpoint.name!r} needs its config folder {config}; {fetch_hint}.")
@@ -277,6 +288,8 @@ def weights_hash(checkpoint: Checkpoint, root: Path | None = None) -> str:
     on, and keys what is cached per base (prior images are decoded by the VAE, so a new VAE alone is a new base)."""
     import hashlib
 
+    if checkpoint.sha256:
+        return checkpoint.sha256[:12]
     path, _ = resolve(checkpoint, root)
     targets = (
         [path]
@@ -296,26 +309,44 @@ class WarmPipelineCache:
 
     Holding one keeps memory bounded; asking for another base drops the current one first. It runs on
     ``placement.device()`` in ``placement.dtype()``: float16 on a GPU, float32 on a CPU, unless the deployment says
-    otherwise.
+    otherwise. ``own`` turns a ``base_model`` URL into a ``Checkpoint`` (``own_checkpoints.OwnCheckpoints``);
+    without it, only registry names are bases.
     """
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root
-        self.name: str | None = None
+    def __init__(self, root: Path | None = None, own: Callable[[str], Checkpoint] | None = None) -> None:
+        self.root, self.own = root, own
+        self.checkpoint: Checkpoint | None = None  # the warm one
         self.pipeline: Any = None  # a diffusers pipeline once loaded
         self.base_hash = ""
 
-    def get(self, name: str | None = None):
-        """The warm pipeline of base ``name``; None: the deployment's default (``LORA_STUDIO_DEFAULT_BASE``)."""
-        name = name or placement.default_base()
-        checkpoint = get_checkpoint(name)
-        if self.name != name:
-            self.pipeline, self.name = None, None  # release before loading the next
+    @property
+    def name(self) -> str | None:
+        return self.checkpoint.name if self.checkpoint else None
+
+    def checkpoint_of(self, base_model: str | None) -> Checkpoint:
+        """The checkpoint ``base_model`` names: a registry name, a URL (fetched, or found in the cache) or, when
+        empty, the deployment's default (``LORA_STUDIO_DEFAULT_BASE``)."""
+        base_model = base_model or placement.default_base()
+        if base_model not in REGISTRY and "://" in base_model[:12]:
+            if self.own is None:
+                raise CheckpointError("This deployment takes no checkpoint URLs; choose one of: " + ", ".join(REGISTRY))
+            return self.own(base_model)
+        return get_checkpoint(base_model)
+
+    def get(self, base_model: str | None = None):
+        """The warm pipeline of ``base_model`` (as ``checkpoint_of`` reads it)."""
+        return self.load(self.checkpoint_of(base_model))
+
+    def load(self, checkpoint: Checkpoint):
+        """The warm pipeline of ``checkpoint``, loaded unless it is the warm one (same name, same weights file)."""
+        warm = self.checkpoint
+        if warm is None or (warm.name, warm.path) != (checkpoint.name, checkpoint.path):
+            self.pipeline, self.checkpoint = None, None  # release before loading the next
             device = placement.device()
             self.pipeline = on_device(load_pipeline(checkpoint, self.root, placement.dtype(device)), device)
             self.base_hash = weights_hash(checkpoint, self.root)
             self.pipeline.set_progress_bar_config(disable=True)
-            self.name = name
+            self.checkpoint = checkpoint
         return self.pipeline
 
 

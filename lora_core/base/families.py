@@ -5,9 +5,8 @@ One source of truth per fact, no torch: the pipeline class a folder loads with, 
 covers, and the names kohya and the model-spec give the family in a LoRA's metadata. Conditioning code (how a prompt
 becomes the UNet's inputs) is not data and lives with the pipelines that use it.
 
-SDXL's entry is its published layout (diffusers' ``StableDiffusionXLPipeline``, kohya's ``sdxl_base_v1-0``). LoRAs
-of both families are read, bound, trained and written; no registry checkpoint is SDXL yet (issue 20's later steps:
-a trained tiny SDXL base, then SDXL 1.0 and its fine-tunes).
+SDXL's entry is its published layout (diffusers' ``StableDiffusionXLPipeline``, kohya's ``sdxl_base_v1-0``, SGM's
+single files).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ class Family(BaseModel):
     bundle_vectors: dict[str, str]  # text encoder -> its vector's name in A1111's ``bundle_emb.<name>.<vector>``
     kohya_version: str  # kohya's ``ss_base_model_version``
     modelspec_architecture: str  # the model-spec's base architecture (a LoRA's is ``<it>/lora``)
+    single_file_text: tuple[str, ...]  # each text encoder's key prefix in an original single file, text_pairs' order
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
@@ -65,6 +65,7 @@ FAMILIES: dict[str, Family] = {
             bundle_vectors={"text_encoder": "string_to_param.*"},
             kohya_version="sd_v1",
             modelspec_architecture="stable-diffusion-v1",
+            single_file_text=("cond_stage_model.transformer.",),  # CompVis / A1111: transformers' CLIP names
         ),
         Family(
             name="sdxl",
@@ -87,6 +88,8 @@ FAMILIES: dict[str, Family] = {
             bundle_vectors={"text_encoder": "clip_l", "text_encoder_2": "clip_g"},
             kohya_version="sdxl_base_v1-0",
             modelspec_architecture="stable-diffusion-xl-v1-base",
+            # SGM: CLIP in transformers' names, then OpenCLIP's (one in_proj per layer, the projection transposed)
+            single_file_text=("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
         ),
     ]
 }

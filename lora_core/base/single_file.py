@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lora_core.base import families
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.transformer.text_model."
-SDXL_TEXT_PREFIX = "conditioner.embedders.0.transformer.text_model."
-SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+TEXT_PREFIX = families.SD1.single_file_text[0] + "text_model."
+SDXL_TEXT_PREFIX = families.FAMILIES["sdxl"].single_file_text[0] + "text_model."
+SDXL_OPEN_CLIP_PREFIX = families.FAMILIES["sdxl"].single_file_text[1]
 
 _UNET_FIXED = {
     "time_embedding.linear_1.": "time_embed.0.",
@@ -163,8 +165,6 @@ def open_clip_to_original(state: dict, prefix: str = SDXL_OPEN_CLIP_PREFIX) -> d
 def export_single_file(pipe, path: Path) -> Path:
     """Write ``pipe`` (an SD-1.x or SDXL pipeline) as one original-layout ``.safetensors`` file."""
     from safetensors.torch import save_file
-
-    from lora_core.base import families
 
     state = {}
     state.update(unet_to_original(pipe.unet.state_dict(), dict(pipe.unet.config)))

@@ -54,6 +54,13 @@ class Generation:
     provenance: provenance.Provenance  # what decided the pixels: to re-make them, or say why that cannot be exact
 
 
+def _settings(checkpoint: checkpoints.Checkpoint, prompt: str, settings: dict) -> sampling.SamplingRequest:
+    try:
+        return sampling.resolve_request(checkpoint.defaults, prompt=prompt, **settings)
+    except ValidationError as e:
+        raise sampling.SettingsError.of(e) from None
+
+
 def run_generation(
     bases: checkpoints.WarmPipelineCache,
     fetcher: fetch.Fetcher,
@@ -67,15 +74,17 @@ def run_generation(
     **settings,
 ) -> Generation:
     """One prediction's images; ``settings`` are ``SamplingRequest`` fields (None = the base's default), and no
-    ``base_model`` is the deployment's default base (``LORA_STUDIO_DEFAULT_BASE``)."""
+    ``base_model`` is the deployment's default base (``LORA_STUDIO_DEFAULT_BASE``); a URL is the user's own
+    checkpoint (``own_checkpoints``)."""
     prompt, urls, scales = prompts.parse_request(prompt, lora_urls, lora_scales)
     base_model = base_model or placement.default_base()
-    checkpoint = checkpoints.get_checkpoint(base_model)
-    try:
-        request = sampling.resolve_request(checkpoint.defaults, prompt=prompt, **settings)  # validated before fetching
-    except ValidationError as e:
-        raise sampling.SettingsError.of(e) from None
-    pipe = bases.get(base_model)
+    named = checkpoints.REGISTRY.get(base_model)
+    # validated before fetching; a URL's defaults come with its file, so it is checked with the default base's first
+    request = _settings(named or checkpoints.get_checkpoint(placement.default_base()), prompt, settings)
+    checkpoint = named or bases.checkpoint_of(base_model)
+    if named is None:
+        request = _settings(checkpoint, prompt, settings)
+    pipe = bases.load(checkpoint)
     loaded = load_adapters(fetcher, cache, bases, urls, log)
     record = provenance.Provenance(
         seed=request.seed,

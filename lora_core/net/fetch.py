@@ -68,6 +68,21 @@ class FetchPolicy(BaseModel):
             **{k: v for k, v in limits.items() if v is not None},
         )
 
+    @classmethod
+    def for_checkpoints(cls) -> FetchPolicy:
+        """Users' own base checkpoints (``base_model`` as a URL): the same network rules as LoRAs, their own
+        limits and their own cache, so that a 7 GB base never evicts LoRAs, nor LoRAs a base."""
+        env = read_env(FetchEnv)
+        return cls(
+            cache_dir=env.checkpoint_cache_dir,
+            max_bytes=env.max_checkpoint_bytes,
+            cache_max_bytes=env.checkpoint_cache_max_bytes,
+            read_timeout_s=env.checkpoint_read_timeout_s,
+            total_timeout_s=env.checkpoint_timeout_s,
+            allow_file_urls=env.allow_file_urls,
+            allowed_private_hosts=env.allowed_private_hosts,
+        )
+
 
 class FetchEnv(BaseSettings):
     """``LORA_STUDIO_*`` variables of the workers' LoRA downloads, parsed and checked by pydantic-settings: a bad
@@ -80,6 +95,12 @@ class FetchEnv(BaseSettings):
     max_lora_bytes: int | None = Field(None, gt=0)
     lora_read_timeout_s: float | None = Field(None, gt=0)
     lora_timeout_s: float | None = Field(None, gt=0)  # the whole download, headers included
+    # users' own base checkpoints: an SDXL single file in fp32 is 6.9 GB, SD 1.5's 4.3 GB
+    checkpoint_cache_dir: Path = Path.home() / ".cache" / "lora-studio" / "checkpoints"
+    max_checkpoint_bytes: int = Field(8 * 2**30, gt=0)
+    checkpoint_cache_max_bytes: int = Field(40 * 2**30, gt=0)
+    checkpoint_read_timeout_s: float = Field(60.0, gt=0)
+    checkpoint_timeout_s: float = Field(1800.0, gt=0)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 
 from lora_core import __version__
+from lora_core.base import checkpoints
 from lora_core.service.config import REPO_ROOT
 
 
@@ -110,6 +112,7 @@ class Model:
                 continue
             name = ".".join(str(p) for p in error.path) or "input"
             errors.append(InvalidField(f"input.{name}", str(error.validator), _describe(error)))
+        errors += _base_model_problems(value)
         if errors:
             raise InputError(errors)
         ordered = sorted(props, key=lambda k: props[k].get("x-order", 0))
@@ -132,6 +135,19 @@ class Model:
             if got == 0 or (isinstance(wanted, int) and got != wanted):
                 return f"the worker finished with {got} of {wanted or 'its'} output files; the others failed to upload"
         return None
+
+
+def _base_model_problems(value: dict) -> list[InvalidField]:
+    """``base_model`` is free text in the schema (a registry name or a checkpoint URL; Cog's ``choices`` would refuse
+    URLs), so a misspelt name is caught here, before anything is queued, as an enum would be."""
+    base = value.get("base_model")
+    if not isinstance(base, str) or not base or base in checkpoints.REGISTRY:
+        return []
+    if urlsplit(base).scheme.lower() in ("http", "https"):
+        return []  # fetched by the worker, under its network rules and limits
+    names = ", ".join(checkpoints.REGISTRY)
+    hint = checkpoints.OWN_CHECKPOINT_HINT
+    return [InvalidField("input.base_model", "enum", f"must be one of: {names}; {hint}")]
 
 
 def _non_finite(value: Any, path: str = "") -> list[tuple[str, float]]:
@@ -183,7 +199,8 @@ MODELS: dict[str, dict] = {
         kind="prediction",
         predictor="predict_generate.py:Predictor",
         schema=".cog/openapi_schema.json",
-        description="Generate images with one or more LoRAs (<1>, <2>… in the prompt) on a Stable Diffusion 1.x base.",
+        description="Generate images with one or more LoRAs (<1>, <2>… in the prompt) on an SD 1.x or SDXL base, "
+        "a named one or your own.",
     ),
     "lora-studio/lora-training": dict(
         kind="training",

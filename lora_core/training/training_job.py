@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lora_core import image_files
-from lora_core.base import checkpoints, placement, sampling
+from lora_core.base import checkpoints, own_checkpoints, placement, sampling
 from lora_core.lora import binding, lora_convert, lora_file, patching, prompts
 from lora_core.training import checkpoint_report, dataset, preprocess, presets, prior_images, trainer
 
@@ -26,7 +26,8 @@ class TrainingRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     task: presets.TaskName = "face"
-    base_model: str = Field(default_factory=placement.default_base)  # None too: LORA_STUDIO_DEFAULT_BASE
+    # a registry name or a checkpoint URL; None too: LORA_STUDIO_DEFAULT_BASE
+    base_model: str = Field(default_factory=placement.default_base, max_length=checkpoints.BASE_MODEL_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=sampling.MAX_SEED)
     resolution: int | None = Field(None, ge=32, le=1024, multiple_of=8)
     max_train_steps: int | None = Field(None, ge=1, le=20_000)
@@ -93,9 +94,16 @@ def resolve_config(
 
 
 def run_training(
-    pipe, base_hash: str, zip_path: Path, request: TrainingRequest, out_dir: Path, log: Callable[[str], None] = print
+    pipe,
+    base_hash: str,
+    zip_path: Path,
+    request: TrainingRequest,
+    out_dir: Path,
+    log: Callable[[str], None] = print,
+    checkpoint: checkpoints.Checkpoint | None = None,
 ) -> TrainingResult:
-    checkpoint = checkpoints.get_checkpoint(request.base_model)
+    """``checkpoint`` is ``pipe``'s (a user's own one comes resolved); None: the registry's ``request.base_model``."""
+    checkpoint = checkpoint or checkpoints.get_checkpoint(request.base_model)
     cfg, preset = resolve_config(request, checkpoint)
     log(f"task {preset.name}: {preset.description}; seed {cfg.seed}")
     data = dataset.read_instance_zip(zip_path, log=log)
@@ -118,7 +126,7 @@ def run_training(
 
     prompt = preset.caption_template.format(tokens="<1>")
     metadata = lora_file.lora_metadata(
-        base_model=checkpoint.name,
+        base_model=own_checkpoints.shareable(checkpoint.name),  # a signed URL's token stays out of a shared file
         base_family=checkpoint.family,
         base_hash=base_hash,
         task=preset.name,

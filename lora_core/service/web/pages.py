@@ -15,6 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from lora_core import progress as progress_lines
+from lora_core.base import checkpoints
 from lora_core.service.queue import outputs
 
 Kind = Literal["file", "enum", "boolean", "integer", "number", "text", "textarea"]
@@ -34,6 +35,7 @@ class FormField:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    suggestions: tuple[str, ...] = ()  # a free text's usual values, offered as a datalist
 
     @property
     def wide(self) -> bool:
@@ -64,6 +66,11 @@ class FormField:
         return str(value)
 
 
+# ``base_model`` takes a registry name or a checkpoint URL, so it is free text (Cog's ``choices`` would refuse URLs);
+# the form offers the registry's names. The registry is torch-free data.
+SUGGESTIONS: dict[str, tuple[str, ...]] = {"base_model": tuple(checkpoints.REGISTRY)}
+
+
 def form_fields(schema: dict) -> list[FormField]:
     """The model's inputs in ``x-order``, each with what its form control needs."""
     components = schema["components"]["schemas"]
@@ -85,7 +92,7 @@ def form_fields(schema: dict) -> list[FormField]:
             kind = type_name
         else:
             # a string whose default is a short value ("0.5") is one line; free text (prompts, URL lists) is not
-            kind = "textarea" if not prop.get("default") else "text"
+            kind = "textarea" if not prop.get("default") and name not in SUGGESTIONS else "text"
         out.append(
             FormField(
                 name=name,
@@ -99,6 +106,7 @@ def form_fields(schema: dict) -> list[FormField]:
                 minimum=prop.get("minimum"),
                 maximum=prop.get("maximum"),
                 choices=tuple(str(c) for c in enum["enum"]) if enum is not None else (),
+                suggestions=SUGGESTIONS.get(name, ()) if kind == "text" else (),
             )
         )
     return out

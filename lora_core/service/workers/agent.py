@@ -66,7 +66,8 @@ class Worker:
 
 def worker_env(config: ServiceConfig, signer: Signer) -> dict[str, str]:
     """What every Cog worker of this service needs, started here or in a GPU container: the token its webhooks
-    carry, the one private host its LoRA and input URLs may use (the service's internal address), its LoRA cache."""
+    carry, the one private host its LoRA and input URLs may use (the service's internal address), its LoRA cache and
+    the cache of users' own checkpoints."""
     service = urlsplit(config.internal_url)
     return {
         "WEBHOOK_AUTH_TOKEN": signer.worker_token(),
@@ -74,6 +75,7 @@ def worker_env(config: ServiceConfig, signer: Signer) -> dict[str, str]:
             sorted({f"{service.hostname}:{service.port or 80}", *config.allowed_private_hosts})
         ),
         "LORA_STUDIO_CACHE_DIR": str(lora_cache_dir(config)),
+        "LORA_STUDIO_CHECKPOINT_CACHE_DIR": str(config.data_dir / "cache" / "checkpoints"),  # users' own bases
     }
 
 
