@@ -56,8 +56,9 @@ class Predictor(BaseRunner):
             default=None,
             max_length=2048,
             description="Base checkpoint the LoRA is trained for: a name (sd-1.5, realistic-vision-v1.3, inkpunk, "
-            "gta5, vintedois, sdxl-1.0, realvis-xl-4.0, dreamshaper-xl-1.0, tiny, tiny-xl), or the https:// URL of "
-            "your own single-file .safetensors checkpoint (SD 1.x or SDXL, as A1111 and Civitai share them). "
+            "gta5, vintedois, sdxl-1.0, realvis-xl-4.0, dreamshaper-xl-1.0, tiny, tiny-xl), or your own SD 1.x or "
+            "SDXL checkpoint: the https:// URL of a single .safetensors file (as A1111 and Civitai share them) or a "
+            "hub id (owner/name). "
             "Empty: this deployment's default (sd-1.5 on GPUs, tiny on CPUs).",
         ),
         seed: Optional[int] = Input(

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import lora_core
-from lora_core.base import checkpoints
+from lora_core.catalog import registry
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft")
 MAX_LORAS = 8
@@ -45,7 +45,7 @@ class Provenance(BaseModel):
     """Everything that decides a generation's pixels beside its inputs as written."""
 
     seed: int = Field(ge=0)
-    base_model: str = Field(max_length=checkpoints.BASE_MODEL_MAX_CHARS)  # a registry name or a URL
+    base_model: str = Field(max_length=registry.BASE_MODEL_MAX_CHARS)  # a registry name or a URL
     base_hash: str = Field(max_length=128)
     loras: list[LoRAUse] = Field(max_length=MAX_LORAS)
     settings: dict[str, Any]  # the resolved SamplingRequest: every default filled in, the seed drawn

@@ -102,7 +102,7 @@ def draw(pipe, prompt: str, seeds) -> list:
 
 def pipe_weights(pipe) -> dict[str, torch.Tensor]:
     """A copy of every parameter of the parts LoRAs patch (``component.name``), to compare bit for bit later."""
-    from lora_core.base import families
+    from lora_core.catalog import families
 
     components = families.of_pipeline(pipe).lora_components
     return {f"{c}.{n}": p.detach().clone() for c in components for n, p in getattr(pipe, c).named_parameters()}

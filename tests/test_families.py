@@ -1,4 +1,4 @@
-"""The model families' facts (``lora_core.base.families``) agree with the libraries and tools they describe."""
+"""The model families' facts (``lora_core.catalog.families``) agree with the libraries and tools they describe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import inspect
 import diffusers
 import pytest
 
-from lora_core.base import checkpoints, families
+from lora_core.base import checkpoints
+from lora_core.catalog import families
 from lora_core.lora import lora_file
 
 

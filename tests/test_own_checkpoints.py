@@ -1,7 +1,8 @@
 """Users' own base checkpoints: ``base_model`` as the URL of a single-file .safetensors, as A1111 and Civitai users
-bring them (issue 20 item 6). The embedded bases, exported as the single files a user would share and served over
-local HTTP, are the checkpoints; what is no base (a pickle, a truncated download, a VAE, a LoRA, a refiner, an
-inpainting model, one of a size nothing installed has) fails that one prediction with one sentence."""
+bring them, or as a hub id (issue 20 item 6). The embedded bases, exported as the single files a user would share
+and served over local HTTP, or on the local hub of ``test_weights_fetch``, are the checkpoints; what is no base (a
+pickle, a truncated download, a VAE, a LoRA, a refiner, an inpainting model, one of a size nothing installed has)
+fails that one prediction with one sentence."""
 
 import hashlib
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from test_weights_fetch import COMMIT, running_hub
 
 from conftest import Files, call_predictor, local_generator, local_trainer, purple_stars, serve_folder, zip_images
-from lora_core.base import checkpoints, single_file
+from lora_core.base import checkpoints, hub_checkpoints, own_checkpoints, single_file
 from lora_core.base.single_file import UNET_PREFIX
 from lora_core.lora import lora_file
 from lora_core.net import fetch
@@ -28,6 +30,7 @@ def files(tmp_path_factory):
         single_file.export_single_file(
             checkpoints.load_pipeline(checkpoints.get_checkpoint(name)), root / f"{name}.safetensors"
         )
+    EXPORTED.update({name: (root / f"{name}.safetensors").read_bytes() for name in ("tiny", "tiny-xl")})
     tiny = load_file(root / "tiny.safetensors")
     data = (root / "tiny.safetensors").read_bytes()
     (root / "truncated.safetensors").write_bytes(data[: len(data) // 2])  # a download cut short
@@ -180,3 +183,58 @@ def test_a_lora_trained_on_an_own_checkpoint_names_it_and_draws_on_it(files, tmp
         at_1 = pixels(call_predictor(generator, lora_scales="1", **given)[0])
         plain = pixels(call_predictor(generator, prompt="a photo of object", seed=2, base_model=base)[0])  # <1> at 0
     assert np.array_equal(at_0, plain) and not np.array_equal(at_1, plain)
+
+
+# ---- hub ids --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path_factory, files):
+    """The local hub of ``test_weights_fetch`` as the deployment's HF_ENDPOINT, with a single-file repository too."""
+    running = running_hub(monkeypatch, tmp_path_factory)
+    h = next(running)
+    h.repos["org/single"] = {"README.md": b"one file", "tiny.safetensors": EXPORTED["tiny"]}
+    monkeypatch.setenv("HF_ENDPOINT", h.url)
+    yield h
+    running.close()
+
+
+EXPORTED: dict[str, bytes] = {}  # the single-file exports, by base name (filled by the ``files`` fixture)
+
+
+@pytest.mark.parametrize(("repo", "name"), [("org/tiny", "tiny"), ("org/tiny-xl", "tiny-xl"), ("org/single", "tiny")])
+def test_a_hub_id_draws_as_its_registry_base(generator, hub, repo, name, capsys):
+    """A diffusers repository (or one holding a single file) by hub id: the registry base's pixels; a second
+    prediction asks the hub nothing and loads nothing."""
+    given = dict(prompt="a yellow star on a black background", seed=5)
+    registry = pixels(call_predictor(generator, base_model=name, **given)[0])
+    own = pixels(call_predictor(generator, base_model=repo, **given)[0])
+    assert np.abs(registry - own).max() <= 1
+    assert f"from the hub, commit {COMMIT[:12]}" in capsys.readouterr().out
+    asked, warm = (len(hub.requests), hub.listings), generator.bases.pipeline
+    again = pixels(call_predictor(generator, base_model=repo, **given)[0])
+    assert (len(hub.requests), hub.listings) == asked and generator.bases.pipeline is warm
+    assert np.array_equal(own, again)
+
+
+def test_what_a_hub_id_cannot_give_fails_with_one_sentence(generator, hub, tmp_path):
+    with pytest.raises(checkpoints.CheckpointError, match=r"^base_model 'org/nope': .*org/nope") as failed:
+        call_predictor(generator, prompt="x", base_model="org/nope")
+    assert "\n" not in str(failed.value)
+    small = fetch.FetchPolicy(cache_dir=tmp_path / "small", max_bytes=2**20)
+    with pytest.raises(
+        checkpoints.CheckpointError, match=r"base_model 'org/tiny': org/tiny is [\d.]+ MB; the limit is 1.0 MB"
+    ):
+        own_checkpoints.OwnCheckpoints(fetch.Fetcher(small), log=lambda _: None)("org/tiny")
+    assert not hub.downloaded()  # refused from the listing: nothing downloaded
+
+
+def test_the_hub_cache_keeps_the_latest_commit_and_drops_the_least_recently_used(hub, tmp_path):
+    policy = fetch.FetchPolicy(cache_dir=tmp_path, cache_max_bytes=12 * 2**20, ttl_s=0)  # room for one repository
+    cache = hub_checkpoints.HubCache(policy, log=lambda _: None)
+    tiny = cache.get("org/tiny")
+    assert tiny.layout == "diffusers" and (tiny.path / "model_index.json").is_file() and tiny.downloaded_bytes > 0
+    again = cache.get("org/tiny")  # the TTL is over: listed again, nothing downloaded
+    assert again.path == tiny.path and again.downloaded_bytes == 0 and hub.listings == 2
+    xl = cache.get("org/tiny-xl")
+    assert xl.path.is_dir() and not tiny.path.exists()  # past the bound: the older repository went

@@ -96,7 +96,8 @@ def test_nothing_run_at_prediction_time_imports_the_build_time_rooms():
 
 # lora_core's rooms, top to bottom: a module imports only its own room and rooms in lower layers, never one beside
 # it (the API and the pages share the service's core, not each other). ``shared`` is lora_core's top-level modules
-# (progress, settings, image files, output folders); ``service.x`` is a room of the service or one of its top
+# (progress, settings, image files, output folders); ``catalog`` is data about base models (families, the registry)
+# that the service reads too; ``service.x`` is a room of the service or one of its top
 # modules (config, models, urls, views: its vocabulary; core, app, server: its assembly).
 LAYERS: list[set[str]] = [
     {"cli"},
@@ -113,10 +114,12 @@ LAYERS: list[set[str]] = [
     {"service.storage"},
     {"training"},
     {"lora"},
-    {"base", "net"},
+    {"base"},
+    {"net"},
     {"shared"},
+    {"catalog"},
 ]
-TORCH_FREE = ("net", "shared")  # what the service may use outside itself: it never loads torch's rooms
+TORCH_FREE = ("net", "shared", "catalog")  # what the service may use outside itself: it never loads torch's rooms
 
 
 def _room(module: str) -> str | None:

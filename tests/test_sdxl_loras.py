@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import pipe_weights
-from lora_core.base import checkpoints, families, sampling
+from lora_core.base import checkpoints, sampling
+from lora_core.catalog import families
 from lora_core.lora import binding, lora_convert, lora_file, lora_formats, patching, prompts, token_slots
 from lora_core.lora.lora_file import LoRAFileError
 from lora_core.tiny import tiny_sdxl

@@ -10,7 +10,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import call_predictor, local_generator, serve_folder
-from lora_core.base import checkpoints, families
+from lora_core.base import checkpoints
+from lora_core.catalog import families
 from lora_core.lora import lora_file
 from lora_core.tiny import tiny_eval, tiny_sdxl
 from lora_core.tiny.tiny_sdxl_build import XLBuildConfig, build_tiny_sdxl, warm_unet

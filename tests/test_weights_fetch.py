@@ -193,6 +193,12 @@ class QuietServer(ThreadingHTTPServer):
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path_factory):
+    yield from running_hub(monkeypatch, tmp_path_factory)
+
+
+def running_hub(monkeypatch, tmp_path_factory):
+    """A local hub with ``org/tiny`` and ``org/tiny-xl`` (the embedded bases, with files a pipeline does not load)
+    and registry entries fetched from it, until the generator is closed (``hub``; ``test_own_checkpoints``)."""
     h = Hub()
     h.repos["org/tiny"] = tiny_files() | EXTRA
     h.repos["org/tiny-xl"] = tiny_files(TINY.parent / "tiny-sdxl") | {"text_encoder_2/pytorch_model.bin": b"\x80\x02"}

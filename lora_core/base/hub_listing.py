@@ -35,7 +35,8 @@ from huggingface_hub.errors import (
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lora_core import __version__
-from lora_core.base import checkpoints, families
+from lora_core.base import checkpoints
+from lora_core.catalog import families
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 WANTED_SUFFIXES = (".json", ".txt", ".safetensors")

@@ -1,4 +1,4 @@
-"""A user's own base checkpoint: ``base_model`` given as the URL of a single-file ``.safetensors`` (issue 20).
+"""A user's own base checkpoint: ``base_model`` as the URL of a single ``.safetensors`` or a hub id (issue 20).
 
 A1111's and Civitai's users bring fine-tunes as one file in the original layout (CompVis for SD 1.x, SGM for SDXL).
 Such a file comes through the guarded fetcher under checkpoint limits (``FetchPolicy.for_checkpoints``: size and
@@ -7,7 +7,9 @@ time caps, no private addresses, its own cache by SHA-256 under an LRU bound). I
 (``Family.single_file_text``), its sizes from a few shapes. It borrows the configs, sampling defaults and training
 settings of the installed registry base of that family with those sizes: a fine-tune of SD 1.5 samples and trains
 as SD 1.5 does. A file that is none of that (a pickle, a truncated file, a VAE, a LoRA, an SDXL refiner, SD 2.x,
-an inpainting model) fails the prediction with one sentence saying what it is.
+an inpainting model) fails the prediction with one sentence saying what it is. A hub id brings a diffusers folder
+(or a single file) through ``hub_checkpoints``; a folder has its own configs and takes the settings of the registry
+base of its sizes.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from lora_core.base import families
+from lora_core.base import hub_checkpoints
 from lora_core.base.checkpoints import (
     PICKLE_SUFFIXES,
     REGISTRY,
     Checkpoint,
     CheckpointError,
     holds_pickle,
+    is_hub_id,
     resolve,
 )
 from lora_core.base.hub_download import size_text
 from lora_core.base.single_file import UNET_PREFIX
+from lora_core.catalog import families
 from lora_core.net import fetch
 
 UNET_IN = UNET_PREFIX + "input_blocks.0.0.weight"  # conv_in: (width, latent channels, 3, 3)
@@ -122,25 +126,53 @@ def config_sizes(folder: Path, family: families.Family) -> tuple[int, int, int, 
     return unet["in_channels"], unet["block_out_channels"][0], cross if isinstance(cross, int) else cross[0], texts
 
 
-def fitting_base(sizes: FileSizes, label: str, root: Path | None = None) -> tuple[Checkpoint, Path]:
-    """The first installed registry base of the file's family with its sizes, and that base's config folder."""
+def installed_fit(
+    family: families.Family, sizes: tuple[int, int, int, tuple[int, ...]], root: Path | None = None
+) -> tuple[tuple[Checkpoint, Path] | None, list[str]]:
+    """(the first installed registry base of ``family`` with ``sizes`` and its config folder, or None; the names of
+    the installed bases of that family)."""
     installed = []
     for checkpoint in REGISTRY.values():
-        if checkpoint.family != sizes.family.name:
+        if checkpoint.family != family.name:
             continue
         try:
             path, config = resolve(checkpoint, root)
         except CheckpointError:
             continue
         installed.append(checkpoint.name)
-        folder = config or path
-        wanted = (sizes.latent_channels, sizes.unet_width, sizes.cross_attention_dim, sizes.text_widths)
-        if config_sizes(folder, sizes.family) == wanted:
-            return checkpoint, folder
-    raise CheckpointError(
-        f"{label} is an {sizes.family.title} checkpoint ({sizes.describe()}) that no installed base's configuration "
-        f"fits (installed {sizes.family.title} bases: {', '.join(installed) or 'none'})"
-    )
+        if config_sizes(config or path, family) == sizes:
+            return (checkpoint, config or path), installed
+    return None, installed
+
+
+def fitting_base(sizes: FileSizes, label: str, root: Path | None = None) -> tuple[Checkpoint, Path]:
+    """The first installed registry base of the file's family with its sizes, and that base's config folder."""
+    wanted = (sizes.latent_channels, sizes.unet_width, sizes.cross_attention_dim, sizes.text_widths)
+    fit, installed = installed_fit(sizes.family, wanted, root)
+    if fit is None:
+        raise CheckpointError(
+            f"{label} is an {sizes.family.title} checkpoint ({sizes.describe()}) that no installed base's "
+            f"configuration fits (installed {sizes.family.title} bases: {', '.join(installed) or 'none'})"
+        )
+    return fit
+
+
+def folder_checkpoint(path: Path, label: str, root: Path | None = None) -> tuple[families.Family, Checkpoint]:
+    """(family, the registry base whose settings it takes) of a diffusers pipeline folder: the installed one with its
+    sizes, else the family's full-size entry (its settings are data, installed or not)."""
+    index = json.loads((path / "model_index.json").read_text())
+    family = next((f for f in families.FAMILIES.values() if f.pipeline_class == index.get("_class_name")), None)
+    if family is None:
+        raise CheckpointError(
+            f"{label} is a {index.get('_class_name')!r} pipeline; give an SD 1.x or SDXL text-to-image one"
+        )
+    sizes = config_sizes(path, family)
+    if sizes[0] != 4:
+        raise CheckpointError(f"{label} is an inpainting or other {sizes[0]}-channel model; give a text-to-image one")
+    if family.name == "sd-1" and sizes[2] == 1024:
+        raise CheckpointError(f"{label} is an SD 2.x pipeline (1024-wide cross-attention), which is not run here")
+    fit, _ = installed_fit(family, sizes, root)
+    return family, fit[0] if fit else next(c for c in REGISTRY.values() if c.family == family.name and c.source)
 
 
 def shareable(url: str) -> str:
@@ -161,9 +193,9 @@ def _link(target: Path, link: Path) -> Path:
 
 
 class OwnCheckpoints:
-    """``base_model`` URLs to ``Checkpoint``s, for ``WarmPipelineCache(own=...)``. A second prediction with the same
-    URL downloads nothing (the fetcher's cache, revalidated after its TTL) and loads nothing (the warm pipeline is
-    keyed by the file)."""
+    """``base_model`` URLs and hub ids to ``Checkpoint``s, for ``WarmPipelineCache(own=...)``. A second prediction
+    with the same one downloads nothing (the caches, asked again after their TTL) and loads nothing (the warm
+    pipeline is keyed by its files)."""
 
     def __init__(self, fetcher: fetch.Fetcher, root: Path | None = None, log: Callable[[str], None] = print) -> None:
         self.fetcher, self.root, self.log = fetcher, root, log
@@ -178,7 +210,11 @@ class OwnCheckpoints:
         the blob's space."""
         return _link(fetched.path, self.fetcher.policy.cache_dir / "named" / f"{fetched.sha256}.safetensors")
 
-    def __call__(self, url: str) -> Checkpoint:
+    def __call__(self, value: str) -> Checkpoint:
+        """The checkpoint at URL or hub id ``value``, fetched or found in the cache."""
+        return self._from_url(value) if "://" in value[:12] else self._from_hub(value)
+
+    def _from_url(self, url: str) -> Checkpoint:
         name = unquote(PurePosixPath(urlsplit(url).path).name) or "checkpoint"
         label = f"base_model {name[:100]!r}"
         if PurePosixPath(name.lower()).suffix in PICKLE_SUFFIXES:
@@ -189,22 +225,53 @@ class OwnCheckpoints:
             fetched = self.fetcher.fetch(url)
         except fetch.FetchError as e:
             raise CheckpointError(f"{label}: {e}") from None
-        source = "the cache" if fetched.downloaded_bytes == 0 else "a download"
-        sizes = read_sizes(fetched.path, label)
-        path = self._named(fetched)
+        source = f"{'the cache' if fetched.downloaded_bytes == 0 else 'a download'}, sha256 {fetched.sha256[:12]}"
+        return self._single_file(fetched.path, self._named(fetched), label, url, source, fetched.sha256)
+
+    def _single_file(self, path: Path, named: Path, label: str, value: str, source: str, sha256: str | None):
+        sizes = read_sizes(path, label)
         base, folder = fitting_base(sizes, label, self.root)
         self.log(
-            f"{label}: {size_text(fetched.size)} from {source}, sha256 {fetched.sha256[:12]}, "
-            f"{sizes.family.title} ({sizes.describe()}): {base.name}'s configuration and defaults"
+            f"{label}: {size_text(path.stat().st_size)} from {source}, {sizes.family.title} ({sizes.describe()}): "
+            f"{base.name}'s configuration and defaults"
         )
         return base.model_copy(
             update=dict(
-                name=url,
-                description=f"{name}: an {sizes.family.title} checkpoint by URL, with {base.name}'s configuration",
+                name=value,
+                description=f"{label}: an {sizes.family.title} checkpoint of yours, with {base.name}'s configuration",
                 layout="single_file",
-                path=str(path),
+                path=str(named),
                 config=str(folder),
-                source=shareable(url),
-                sha256=fetched.sha256,
+                source=shareable(value),
+                sha256=sha256,
+            )
+        )
+
+    def _from_hub(self, repo: str) -> Checkpoint:
+        from lora_core.base.hub_listing import HubError
+        from lora_core.base.weights_fetch import WeightsFetchError
+
+        label = f"base_model {repo[:100]!r}"
+        if not is_hub_id(repo):
+            raise CheckpointError(f"{label} is neither a base model's name, a URL nor a hub id like 'owner/name'")
+        try:
+            files = hub_checkpoints.HubCache(self.fetcher.policy, self.log).get(repo)
+        except (HubError, WeightsFetchError) as e:
+            raise CheckpointError(f"{label}: {e}") from None
+        source = f"{'the cache' if files.downloaded_bytes == 0 else 'the hub'}, commit {files.commit[:12]}"
+        if files.layout == "single_file":
+            return self._single_file(files.path, files.path, label, repo, source, None)
+        family, base = folder_checkpoint(files.path, label, self.root)
+        self.log(f"{label}: an {family.title} pipeline from {source}: {base.name}'s defaults")
+        return base.model_copy(
+            update=dict(
+                name=repo,
+                description=f"{label}: an {family.title} pipeline from the hub, with {base.name}'s defaults",
+                family=family.name,
+                layout="diffusers",
+                path=str(files.path),
+                config=None,
+                source=repo,
+                sha256=None,
             )
         )

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
-from lora_core.base import families
+from lora_core.catalog import families
 from lora_core.progress import Progress
 
 SchedulerName = Literal["DPMSolverMultistep", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "PNDM", "K_LMS"]

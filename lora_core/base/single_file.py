@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_core.base import families
+from lora_core.catalog import families
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

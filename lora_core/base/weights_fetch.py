@@ -21,6 +21,7 @@ from lora_core.base.hub_listing import (
     HubError,
     HubOptions,
     Log,
+    RepoListing,
     inside,
     list_repo,
     safe_relative,
@@ -155,7 +156,23 @@ def _fetch_files(
     started: float,
     log: Log,
 ) -> FetchSummary:
-    listing = list_repo(repo, options, log)
+    return fetch_listed(repo, list_repo(repo, options, log), options, checkpoint, target, log, started=started)
+
+
+def fetch_listed(
+    repo: str,
+    listing: RepoListing,
+    options: FetchOptions,
+    checkpoint: checkpoints.Checkpoint,
+    target: Path,
+    log: Log,
+    max_bytes: int | None = None,
+    started: float | None = None,
+) -> FetchSummary:
+    """The files of ``listing`` that ``checkpoint``'s layout and family load, into ``target`` (a folder, or the
+    single file's path), each checked against the listing; those present and intact are kept. ``max_bytes``: refuse
+    before downloading when the checkpoint's files add up to more."""
+    started = time.perf_counter() if started is None else started
     if checkpoint.layout == "single_file":
         entry, skipped = select_single_file(listing.files, repo, options.file)
         needed = {target.name: entry}
@@ -165,6 +182,9 @@ def _fetch_files(
         folder = target
     if skipped:
         log(f"not fetching {len(skipped)} files the pipeline does not load: {', '.join(sorted(skipped))}")
+    total = sum(e.size for e in needed.values())
+    if max_bytes is not None and total > max_bytes:
+        raise WeightsFetchError(f"{repo} is {size_text(total)}; the limit is {size_text(max_bytes)}")
 
     present, downloads = [], []
     for rel, entry in needed.items():
@@ -192,7 +212,7 @@ def _fetch_files(
         present=present,
         skipped=skipped,
         bytes_downloaded=sum(d.entry.size for d in downloads),
-        bytes_total=sum(e.size for e in needed.values()),
+        bytes_total=total,
         seconds=time.perf_counter() - started,
         checks=checks,
     )

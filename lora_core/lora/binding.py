@@ -16,7 +16,8 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
-from lora_core.base import checkpoints, families
+from lora_core.base import checkpoints
+from lora_core.catalog import families
 from lora_core.env_settings import PREFIXED, read_env
 from lora_core.lora.lora_file import LoRAFileError, declared_family, family_of
 from lora_core.lora.lora_formats import Layer, LayerMismatch, ModuleTable, UnsupportedLayout, read_contents

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from lora_core.base import families, single_file
+from lora_core.base import single_file
+from lora_core.catalog import families
 
 _PEFT_SUFFIX = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from lora_core import __version__
-from lora_core.base import checkpoints, families
+from lora_core.base import checkpoints
+from lora_core.catalog import families
 
 FORMAT_VERSION = "1"
 EMBEDDINGS_KEY = families.SD1.embedding_keys["text_encoder"]

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from lora_core.base import families
+from lora_core.catalog import families
 from lora_core.lora.lora_file import EMBEDDING_ENCODER
 
 CLONEOFSIMO_EMBED_FLAG = "<embed>"

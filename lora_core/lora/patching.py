@@ -31,7 +31,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from lora_core.base import families
+from lora_core.catalog import families
 from lora_core.lora import token_slots
 from lora_core.lora.binding import BoundLoRA
 

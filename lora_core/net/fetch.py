@@ -333,16 +333,10 @@ class Fetcher:
             tmp.replace(blob)
         return FetchedFile(blob, sha, len(data), 0)
 
-    @contextmanager
     def _lock(self, key: str):
         """One download per URL at a time, across processes. 256 lock files, not one per URL: a URL that fails
         (or is refused) leaves nothing behind, and URLs sharing a stripe only wait for each other."""
-        with (self.index / f"{key[:2]}.lock").open("w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return file_lock(self.index / f"{key[:2]}.lock")
 
     def _read_index(self, key: str) -> dict | None:
         try:
@@ -365,6 +359,17 @@ class Fetcher:
             if blob != keep:
                 total -= blob.stat().st_size
                 blob.unlink(missing_ok=True)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on ``path`` (created if missing) across processes, held for the block."""
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class _Deadline:

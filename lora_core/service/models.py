@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import jsonschema
 
 from lora_core import __version__
-from lora_core.base import checkpoints
+from lora_core.catalog import registry
 from lora_core.service.config import REPO_ROOT
 
 
@@ -138,15 +138,15 @@ class Model:
 
 
 def _base_model_problems(value: dict) -> list[InvalidField]:
-    """``base_model`` is free text in the schema (a registry name or a checkpoint URL; Cog's ``choices`` would refuse
-    URLs), so a misspelt name is caught here, before anything is queued, as an enum would be."""
+    """``base_model`` is free text in the schema (a registry name, a checkpoint URL or a hub id; Cog's ``choices``
+    would refuse the last two), so a misspelt name is caught here, before anything is queued, as an enum would be."""
     base = value.get("base_model")
-    if not isinstance(base, str) or not base or base in checkpoints.REGISTRY:
+    if not isinstance(base, str) or not base or base in registry.REGISTRY:
         return []
-    if urlsplit(base).scheme.lower() in ("http", "https"):
+    if urlsplit(base).scheme.lower() in ("http", "https") or registry.is_hub_id(base):
         return []  # fetched by the worker, under its network rules and limits
-    names = ", ".join(checkpoints.REGISTRY)
-    hint = checkpoints.OWN_CHECKPOINT_HINT
+    names = ", ".join(registry.REGISTRY)
+    hint = registry.OWN_CHECKPOINT_HINT
     return [InvalidField("input.base_model", "enum", f"must be one of: {names}; {hint}")]
 
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from lora_core.base import families
+from lora_core.catalog import families
 from lora_core.tiny import tiny_vae_data, tiny_world
 from lora_core.tiny.tiny_tokenizer import write_clip_tokenizer_files
 from lora_core.training import conditioning

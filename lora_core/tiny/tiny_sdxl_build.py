@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from lora_core.base import families
+from lora_core.catalog import families
 from lora_core.tiny import tiny_base, tiny_sdxl, tiny_world
 from lora_core.training import conditioning
 

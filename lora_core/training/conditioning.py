@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from lora_core.base import families
+from lora_core.catalog import families
 
 
 def encode(

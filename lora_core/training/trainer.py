@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from lora_core.base import families
+from lora_core.catalog import families
 from lora_core.progress import Progress
 from lora_core.training import conditioning
 from lora_core.training.preprocess import Example

@@ -19,7 +19,7 @@ from lora_core import output_dirs  # noqa: E402
 from lora_core.training import training_job  # noqa: E402
 
 
-def write_big_outputs(pipe, base_hash, instance_data, request, out_dir, log):
+def write_big_outputs(pipe, base_hash, instance_data, request, out_dir, log, checkpoint=None):
     size, seed = int(os.environ["BIG_LORA_BYTES"]), int(os.environ.get("BIG_LORA_SEED", "0"))
     lora = Path(out_dir) / "lora.safetensors"
     with lora.open("wb") as f:
@@ -47,6 +47,7 @@ def write_big_outputs(pipe, base_hash, instance_data, request, out_dir, log):
 
 class _NoBase:
     base_hash = "none"
+    checkpoint = None
 
     def get(self, name: str) -> None:
         return None

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from lora_core import progress as progress_lines
-from lora_core.base import checkpoints
+from lora_core.catalog import registry
 from lora_core.service.queue import outputs
 
 Kind = Literal["file", "enum", "boolean", "integer", "number", "text", "textarea"]
@@ -68,7 +68,7 @@ class FormField:
 
 # ``base_model`` takes a registry name or a checkpoint URL, so it is free text (Cog's ``choices`` would refuse URLs);
 # the form offers the registry's names. The registry is torch-free data.
-SUGGESTIONS: dict[str, tuple[str, ...]] = {"base_model": tuple(checkpoints.REGISTRY)}
+SUGGESTIONS: dict[str, tuple[str, ...]] = {"base_model": tuple(registry.REGISTRY)}
 
 
 def form_fields(schema: dict) -> list[FormField]:
