@@ -194,19 +194,81 @@ def test_sdxl_token_embeddings_read_per_text_encoder_in_every_layout(xl):
         binding.bind(xl, {"clip_l": second, "clip_g": first}, XL_META, "<1>")
 
 
-def test_cog_sdxl_lora_file_reads_as_unet_layers(xl):
-    """cog-sdxl's ``lora.safetensors``: unprefixed attention-processor names, no alpha (alpha = rank)."""
+def cog_sdxl_names(ours: dict) -> dict:
+    """The UNet attention layers of one of our files in cog-sdxl's ``lora.safetensors`` names."""
     tensors = {}
-    for key, value in layers_only(random_lora(xl, seed=4)).items():
+    for key, value in layers_only(ours).items():
         if key.startswith("unet.") and ".attn" in key:
             module, _, rest = key[len("unet.") :].rpartition(".lora_")
             block, _, proj = module.rpartition(".")
             proj = "to_out" if module.endswith("to_out.0") else proj
             block = block.removesuffix(".to_out") if proj == "to_out" else block
             tensors[f"{block}.processor.{proj}_lora.{'down' if rest == 'A.weight' else 'up'}.weight"] = value
+    return tensors
+
+
+def test_cog_sdxl_lora_file_reads_as_unet_layers(xl):
+    """cog-sdxl's ``lora.safetensors``: unprefixed attention-processor names, no alpha (alpha = rank)."""
+    tensors = cog_sdxl_names(random_lora(xl, seed=4))
     contents = lora_formats.read_contents(tensors, {}, binding.module_table(xl))
     assert contents.layout == "diffusers/PEFT" and len(contents.layers) == len(tensors) // 2
     assert all(p.startswith("unet.") and layer.alpha == 4 for p, layer in contents.layers.items())
+
+
+def cog_sdxl_tar(folder, members: dict[str, bytes]):
+    """A tar as cog-sdxl's train.py writes one (``tarfile.open(out, "w")``, names relative to its output folder)."""
+    import io
+    import tarfile
+
+    path = folder / "trained_model.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_cog_sdxl_trained_model_tar_reads_as_one_lora(xl, tmp_path):
+    """Replicate's SDXL trainer's output as its users hold it, ``trained_model.tar``, is one LoRA: the layers of its
+    ``lora.safetensors`` and the vectors of its ``embeddings.pti`` bind exactly as the same LoRA in our file does.
+    Other members (checkpoints, a name climbing out) are not read; a tar of a full UNet fine-tune, or a truncated
+    one, is refused with a sentence."""
+    from safetensors.torch import save
+
+    ours = random_lora(xl, seed=4)
+    layers = cog_sdxl_names(ours)
+    vectors = {"text_encoders_0": ours["clip_l"], "text_encoders_1": ours["clip_g"]}
+    tar = cog_sdxl_tar(
+        tmp_path,
+        {
+            "lora.safetensors": save(layers),
+            "embeddings.pti": save(vectors),
+            "special_params.json": b'{"TOK": "<s0><s1>"}',
+            "checkpoint/lora-100.safetensors": b"not read",
+            "../../escaped.safetensors": b"not read either",
+        },
+    )
+    tensors, meta = lora_file.read_lora(tar, name="trained_model.tar")
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and not (tmp_path.parent / "escaped.safetensors").exists()
+    got = binding.bind(xl, tensors, meta, "<1>")
+    same = {k: v for k, v in ours.items() if (k.startswith("unet.") and ".attn" in k) or k in ("clip_l", "clip_g")}
+    want = binding.bind(xl, same, {"ss_base_model_version": "sdxl_base_v1-0"}, "<1>")
+    assert got.layers.keys() == want.layers.keys() and len(got.layers) == len(layers) // 2
+    for path, layer in want.layers.items():
+        mine = got.layers[path]
+        assert torch.equal(mine.down, layer.down) and torch.equal(mine.up, layer.up) and mine.alpha == layer.alpha
+    assert got.embeddings.keys() == want.embeddings.keys() == {"text_encoder", "text_encoder_2"}
+    assert all(torch.equal(got.embeddings[e], want.embeddings[e]) for e in want.embeddings)
+
+    (tmp_path / "full").mkdir()
+    full = cog_sdxl_tar(tmp_path / "full", {"unet.safetensors": save(layers)})
+    with pytest.raises(LoRAFileError, match=r"holds unet.safetensors, a fine-tune of the UNet rather than a LoRA"):
+        lora_file.read_lora(full, name="full.tar")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(tar.read_bytes()[:2000])
+    with pytest.raises(LoRAFileError, match=r"cut.tar is not a readable tar|has no lora.safetensors"):
+        lora_file.read_lora(cut, name="cut.tar")
 
 
 def test_concept_tokens_reach_both_text_encoders_and_leave_no_trace(xl):
@@ -382,3 +444,31 @@ def test_a_training_on_an_sdxl_base_writes_files_that_draw_alike(xl, tmp_path, m
             pictures.append(draw(xl, prompts.expand("a photo of <1>", texts)))
     assert np.abs(pictures[0] - pictures[1]).max() <= 1
     assert not np.array_equal(pictures[0], draw(xl, "a photo of object"))
+
+
+def test_a_float16_vae_that_asks_for_it_encodes_the_photos_in_float32():
+    """SDXL's VAE overflows float16 (its config says ``force_upcast``), which would make every training latent NaN
+    on a GPU: training encodes with it in float32, as diffusers' SDXL pipelines decode, and leaves it in float16.
+    Shown on the tiny VAE with its first convolution scaled until its outputs pass float16's 65504."""
+    from diffusers import AutoencoderKL
+
+    from lora_core.tiny import tiny_world
+    from lora_core.training import trainer
+    from lora_core.training.preprocess import Example
+
+    vae = AutoencoderKL.from_pretrained(checkpoints.DEFAULT_WEIGHTS_DIR / "tiny-sdxl" / "vae")
+    with torch.no_grad():  # its largest weight 30000, still a float16 number; its outputs pass 65504
+        vae.encoder.conv_in.weight *= 30000 / vae.encoder.conv_in.weight.abs().max()
+    vae = vae.to(torch.float16)
+    images = tiny_world.concept_images("star", "purple", 2, first_seed=0)
+    examples = [Example(f"{i}", image.resize((64, 64)), None, "") for i, image in enumerate(images)]
+    exact = AutoencoderKL.from_config(vae.config).to(torch.float32)
+    exact.load_state_dict({k: v.float() for k, v in vae.state_dict().items()})  # the same float16 weights, in float32
+
+    vae.register_to_config(force_upcast=False)
+    overflowed, _ = trainer.encode_examples(vae, examples, 1.0)
+    assert not torch.isfinite(overflowed).all()  # what a float16 encode gives
+    vae.register_to_config(force_upcast=True)
+    latents, _ = trainer.encode_examples(vae, examples, 1.0)
+    assert vae.dtype == torch.float16 and torch.isfinite(latents).all()
+    assert torch.equal(latents, trainer.encode_examples(exact, examples, 1.0)[0])

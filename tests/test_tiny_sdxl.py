@@ -181,3 +181,26 @@ def test_a_lora_of_the_other_family_fails_that_prediction_alone(generator, serve
     for url, base in ((xl_lora, "tiny-xl"), (sd_lora, "tiny")):
         paths = call_predictor(generator, prompt="a photo of <1>", lora_urls=url, base_model=base, seed=1)
         assert Image.open(paths[0]).size == (64, 64)
+
+
+@pytest.mark.slow
+def test_a_cog_sdxl_tar_url_draws_as_the_same_lora_in_our_file(xl_stars, generator, tmp_path):
+    """The stars LoRA as Replicate's SDXL trainer would hand it over (``trained_model.tar``: its UNet attention
+    layers in attention-processor names and its tokens in ``embeddings.pti``), given in ``lora_urls``, draws the
+    pixels of the same layers and tokens in our file, and not the base's."""
+    from safetensors.torch import save, save_file
+    from test_sdxl_loras import cog_sdxl_names, cog_sdxl_tar
+
+    tensors, _ = lora_file.read_lora(xl_stars.lora)
+    kept = {k: v for k, v in tensors.items() if (k.startswith("unet.") and ".attn" in k) or k in ("clip_l", "clip_g")}
+    vectors = {"text_encoders_0": tensors["clip_l"], "text_encoders_1": tensors["clip_g"]}
+    cog_sdxl_tar(tmp_path, {"lora.safetensors": save(cog_sdxl_names(kept)), "embeddings.pti": save(vectors)})
+    save_file(kept, tmp_path / "same.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    given = dict(prompt="a photo of <1>", seed=3, num_outputs=2, base_model="tiny-xl", lora_scales="1")
+    with serve_folder(tmp_path) as url:
+        from_tar = call_predictor(generator, lora_urls=f"{url}/trained_model.tar", **given)
+        from_ours = call_predictor(generator, lora_urls=f"{url}/same.safetensors", **given)
+        base = call_predictor(generator, lora_urls=f"{url}/same.safetensors", **{**given, "lora_scales": "0"})
+    tar_pixels, our_pixels, base_pixels = ([np.asarray(Image.open(p)) for p in o] for o in (from_tar, from_ours, base))
+    assert all(np.array_equal(a, b) for a, b in zip(tar_pixels, our_pixels, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(tar_pixels, base_pixels, strict=True))

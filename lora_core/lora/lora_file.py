@@ -20,6 +20,7 @@ import torch
 from lora_core import __version__
 from lora_core.base import checkpoints
 from lora_core.catalog import families
+from lora_core.lora import cog_sdxl_tar
 
 FORMAT_VERSION = "1"
 EMBEDDINGS_KEY = families.SD1.embedding_keys["text_encoder"]
@@ -205,9 +206,13 @@ def check_safetensors(path: Path, name: str = "") -> dict:
 
 
 def read_lora(path: Path, name: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a LoRA file, after ``check_safetensors`` has vetted its header."""
+    """Tensors and metadata of a LoRA file, after ``check_safetensors`` has vetted its header (or of cog-sdxl's tar,
+    ``cog_sdxl_tar``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    if Path(path).stat().st_size > 262 and cog_sdxl_tar.is_tar(path):
+        return cog_sdxl_tar.read(path, name or Path(path).name)
 
     header = check_safetensors(path, name)
     metadata = header.get("__metadata__") or {}  # already parsed with the header: no second read

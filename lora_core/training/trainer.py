@@ -104,7 +104,22 @@ def _lora_config(rank: int, targets: tuple[str, ...]):
 
 
 def encode_examples(vae, examples: Sequence[Example], floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents of every example and its mirror image, and the matching loss weights."""
+    """Latents of every example and its mirror image, and the matching loss weights.
+
+    A VAE that asks for it (``force_upcast``: SDXL's, whose activations overflow float16 into NaN latents) encodes
+    in float32 when the warm pipeline is in float16, as diffusers' SDXL pipelines decode and its SDXL training
+    scripts keep that VAE; it goes back to float16 afterwards."""
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        return _encode(vae, examples, floor)
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
+def _encode(vae, examples: Sequence[Example], floor: float) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = torch.stack(
         [torch.from_numpy(np.asarray(e.image, np.float32)).permute(2, 0, 1) / 127.5 - 1 for e in examples]
     )
