@@ -234,6 +234,8 @@ def test_cog_sdxl_trained_model_tar_reads_as_one_lora(xl, tmp_path):
     ``lora.safetensors`` and the vectors of its ``embeddings.pti`` bind exactly as the same LoRA in our file does.
     Other members (checkpoints, a name climbing out) are not read; a tar of a full UNet fine-tune, or a truncated
     one, is refused with a sentence."""
+    import tarfile
+
     from safetensors.torch import save
 
     ours = random_lora(xl, seed=4)
@@ -265,6 +267,13 @@ def test_cog_sdxl_trained_model_tar_reads_as_one_lora(xl, tmp_path):
     full = cog_sdxl_tar(tmp_path / "full", {"unet.safetensors": save(layers)})
     with pytest.raises(LoRAFileError, match=r"holds unet.safetensors, a fine-tune of the UNet rather than a LoRA"):
         lora_file.read_lora(full, name="full.tar")
+    linked = tmp_path / "linked.tar"  # lora.safetensors as a link to a file of the machine's: not followed
+    with tarfile.open(linked, "w") as archive:
+        link = tarfile.TarInfo("lora.safetensors")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    with pytest.raises(LoRAFileError, match=r"linked.tar is a tar that has no lora.safetensors"):
+        lora_file.read_lora(linked, name="linked.tar")
     cut = tmp_path / "cut.tar"
     cut.write_bytes(tar.read_bytes()[:2000])
     with pytest.raises(LoRAFileError, match=r"cut.tar is not a readable tar|has no lora.safetensors"):
