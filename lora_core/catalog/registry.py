@@ -31,7 +31,7 @@ class SamplingDefaults(BaseModel):
 
 
 class Checkpoint(BaseModel):
-    """One named base model. ``path`` is relative to the weights folder."""
+    """One named base model. ``path`` is relative to the weights folder (absolute for a user's own checkpoint)."""
 
     model_config = ConfigDict(frozen=True)
     name: str
