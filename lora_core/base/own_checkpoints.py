@@ -228,7 +228,9 @@ class OwnCheckpoints:
         source = f"{'the cache' if fetched.downloaded_bytes == 0 else 'a download'}, sha256 {fetched.sha256[:12]}"
         return self._single_file(fetched.path, self._named(fetched), label, url, source, fetched.sha256)
 
-    def _single_file(self, path: Path, named: Path, label: str, value: str, source: str, sha256: str | None):
+    def _single_file(
+        self, path: Path, named: Path, label: str, value: str, source: str, sha256: str | None
+    ) -> Checkpoint:
         sizes = read_sizes(path, label)
         base, folder = fitting_base(sizes, label, self.root)
         self.log(
@@ -258,6 +260,8 @@ class OwnCheckpoints:
             files = hub_checkpoints.HubCache(self.fetcher.policy, self.log).get(repo)
         except (HubError, WeightsFetchError) as e:
             raise CheckpointError(f"{label}: {e}") from None
+        except OSError as e:  # a full or read-only cache disk: the operator's to fix, said in one line
+            raise CheckpointError(f"{label}: the checkpoint cache cannot store it ({e})") from None
         source = f"{'the cache' if files.downloaded_bytes == 0 else 'the hub'}, commit {files.commit[:12]}"
         if files.layout == "single_file":
             return self._single_file(files.path, files.path, label, repo, source, None)
