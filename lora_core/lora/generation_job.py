@@ -75,7 +75,7 @@ def run_generation(
 ) -> Generation:
     """One prediction's images; ``settings`` are ``SamplingRequest`` fields (None = the base's default), and no
     ``base_model`` is the deployment's default base (``LORA_STUDIO_DEFAULT_BASE``); a URL is the user's own
-    checkpoint (``own_checkpoints``)."""
+    checkpoint (``own_checkpoints``), as is a hub id."""
     prompt, urls, scales = prompts.parse_request(prompt, lora_urls, lora_scales)
     base_model = base_model or placement.default_base()
     named = checkpoints.REGISTRY.get(base_model)

@@ -26,7 +26,7 @@ class TrainingRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     task: presets.TaskName = "face"
-    # a registry name or a checkpoint URL; None too: LORA_STUDIO_DEFAULT_BASE
+    # a registry name, a checkpoint URL or a hub id; None too: LORA_STUDIO_DEFAULT_BASE
     base_model: str = Field(default_factory=placement.default_base, max_length=checkpoints.BASE_MODEL_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=sampling.MAX_SEED)
     resolution: int | None = Field(None, ge=32, le=1024, multiple_of=8)
