@@ -36,11 +36,11 @@ def read(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
     from lora_core.lora.lora_file import LoRAFileError, check_safetensors, read_lora
 
     with tempfile.TemporaryDirectory(prefix="cog-sdxl-") as tmp:
-        found = _copy_members(Path(path), Path(tmp), name)
+        found, names = _copy_members(Path(path), Path(tmp), name)
         if LORA not in found:
             what = (
                 f"holds {FULL_UNET}, a fine-tune of the UNet rather than a LoRA (cog-sdxl's is_lora=false)"
-                if FULL_UNET in found
+                if FULL_UNET in names
                 else f"has no {LORA}"
             )
             raise LoRAFileError(f"{name} is a tar that {what}; give cog-sdxl's LoRA output or a .safetensors LoRA.")
@@ -59,16 +59,19 @@ def read(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return tensors, {"ss_base_model_version": families.FAMILIES["sdxl"].kohya_version, **metadata}
 
 
-def _copy_members(path: Path, into: Path, name: str) -> dict[str, Path]:
-    """The wanted regular members, copied to fixed names under ``into``."""
+def _copy_members(path: Path, into: Path, name: str) -> tuple[dict[str, Path], set[str]]:
+    """The LoRA's regular members, copied to fixed names under ``into``, and the names of every member (a full
+    UNet fine-tune is only named in the refusal, never copied)."""
     from lora_core.lora.lora_file import LoRAFileError
 
-    wanted = {LORA, EMBEDDINGS, FULL_UNET}
+    wanted = {LORA, EMBEDDINGS}
     found: dict[str, Path] = {}
+    names: set[str] = set()
     try:
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:  # headers one after another: nothing is read that is not asked for
                 member_name = member.name.removeprefix("./")
+                names.add(member_name)
                 if member_name in wanted and member_name not in found and member.isreg():
                     source = tar.extractfile(member)
                     if source is None:
@@ -79,4 +82,4 @@ def _copy_members(path: Path, into: Path, name: str) -> dict[str, Path]:
                     found[member_name] = target
     except (tarfile.TarError, EOFError, OSError) as e:
         raise LoRAFileError(f"{name} is not a readable tar ({type(e).__name__}: truncated or damaged).") from None
-    return found
+    return found, names
