@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_weights_fetch import COMMIT, running_hub
+from test_weights_fetch import COMMIT, TINY, running_hub, tiny_files
 
 from conftest import Files, call_predictor, local_generator, local_trainer, purple_stars, serve_folder, zip_images
 from lora_core.base import checkpoints, hub_checkpoints, own_checkpoints, single_file
@@ -202,15 +202,21 @@ def hub(monkeypatch, tmp_path_factory, files):
 EXPORTED: dict[str, bytes] = {}  # the single-file exports, by base name (filled by the ``files`` fixture)
 
 
-@pytest.mark.parametrize(("repo", "name"), [("org/tiny", "tiny"), ("org/tiny-xl", "tiny-xl"), ("org/single", "tiny")])
+@pytest.mark.parametrize(
+    ("repo", "name"),
+    [("org/tiny", "tiny"), ("org/tiny-xl", "tiny-xl"), ("org/single", "tiny"), (f"org/tiny@{COMMIT}", "tiny")],
+)
 def test_a_hub_id_draws_as_its_registry_base(generator, hub, repo, name, capsys):
-    """A diffusers repository (or one holding a single file) by hub id: the registry base's pixels; a second
-    prediction asks the hub nothing and loads nothing."""
+    """A diffusers repository (or one holding a single file) by hub id, or pinned to a commit: the registry base's
+    pixels; a second prediction asks the hub nothing and loads nothing. Following a branch, the log says how to pin
+    the commit it drew on."""
     given = dict(prompt="a yellow star on a black background", seed=5)
     registry = pixels(call_predictor(generator, base_model=name, **given)[0])
     own = pixels(call_predictor(generator, base_model=repo, **given)[0])
     assert np.abs(registry - own).max() <= 1
-    assert f"from the hub, commit {COMMIT[:12]}" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert f"from the hub, commit {COMMIT[:12]}" in log
+    assert (f"to keep drawing on it: {repo}@{COMMIT})" in log) == ("@" not in repo)
     asked, warm = (len(hub.requests), hub.listings), generator.bases.pipeline
     again = pixels(call_predictor(generator, base_model=repo, **given)[0])
     assert (len(hub.requests), hub.listings) == asked and generator.bases.pipeline is warm
@@ -221,12 +227,56 @@ def test_what_a_hub_id_cannot_give_fails_with_one_sentence(generator, hub, tmp_p
     with pytest.raises(checkpoints.CheckpointError, match=r"^base_model 'org/nope': .*org/nope") as failed:
         call_predictor(generator, prompt="x", base_model="org/nope")
     assert "\n" not in str(failed.value)
+    with pytest.raises(checkpoints.CheckpointError, match=r"^base_model 'org/tiny@v9': org/tiny has no revision 'v9'"):
+        call_predictor(generator, prompt="x", base_model="org/tiny@v9")
     small = fetch.FetchPolicy(cache_dir=tmp_path / "small", max_bytes=2**20)
     with pytest.raises(
         checkpoints.CheckpointError, match=r"base_model 'org/tiny': org/tiny is [\d.]+ MB; the limit is 1.0 MB"
     ):
         own_checkpoints.OwnCheckpoints(fetch.Fetcher(small), log=lambda _: None)("org/tiny")
     assert not hub.downloaded()  # refused from the listing: nothing downloaded
+
+
+def test_a_commit_stays_as_it_was_when_main_moves_on(hub, tmp_path):
+    """``owner/name@commit`` draws on that commit for good (exact re-runs): the hub is asked about it once, whatever
+    the TTL; a branch is asked again after the TTL and follows the new commit, and a commit no revision names any
+    more leaves the cache."""
+    cache = hub_checkpoints.HubCache(fetch.FetchPolicy(cache_dir=tmp_path, ttl_s=0), log=lambda _: None)
+    first = cache.get("org/tiny")
+    new = "feed" * 10
+    hub.push("org/tiny", tiny_files(TINY.parent / "tiny-sdxl"), new)
+    moved = cache.get("org/tiny")
+    assert (first.commit, moved.commit) == (COMMIT, new) and (moved.path / "text_encoder_2").is_dir()
+    assert not first.path.exists()  # no revision names COMMIT any more
+    pinned = cache.get("org/tiny", COMMIT)
+    assert pinned.commit == COMMIT and pinned.downloaded_bytes > 0 and not (pinned.path / "text_encoder_2").exists()
+    asked = hub.listings
+    again = cache.get("org/tiny", COMMIT)
+    assert (again.path, again.downloaded_bytes, hub.listings) == (pinned.path, 0, asked)
+    assert (pinned.path / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        TINY / "unet" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("org/tiny", True),
+        ("org/tiny@v1.0", True),
+        (f"org/tiny@{COMMIT}", True),
+        ("org/tiny@", False),
+        ("org/tiny@refs/pr/1", False),  # a "/" would reach a cache file's name
+        ("org/tiny@..", False),
+        ("org/tiny@a b", False),
+        ("org/tiny@v1@v2", False),
+    ],
+)
+def test_which_hub_ids_the_service_takes(value, ok):
+    """The service's check before queueing and the worker's agree: what one takes, the other fetches."""
+    from lora_core.service import models
+
+    assert checkpoints.is_hub_id(value) is ok
+    assert (models._base_model_problems({"base_model": value}) == []) is ok
 
 
 def test_the_hub_cache_keeps_the_latest_commit_and_drops_the_least_recently_used(hub, tmp_path):

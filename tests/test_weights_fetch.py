@@ -57,7 +57,9 @@ class Hub:
     misbehave on cue."""
 
     def __init__(self) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
+        self.repos: dict[str, dict[str, bytes]] = {}  # each repository's files at its head (COMMIT unless pushed)
+        self.heads: dict[str, str] = {}
+        self.past: dict[tuple[str, str], dict[str, bytes]] = {}  # (repository, commit) → the files then
         self.extra_rows: list[dict] = []
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header) on resolve
         self.listings = 0
@@ -71,9 +73,22 @@ class Hub:
         self.url = ""
         self.cache = Path()
 
-    def listing(self, repo: str) -> dict:
+    def at(self, repo: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
+        """The commit ``revision`` names in ``repo`` ("main" or a commit) and its files; None if there is none."""
+        head = self.heads.get(repo, COMMIT)
+        if repo in self.repos and revision in ("main", head):
+            return head, self.repos[repo]
+        return (revision, self.past[repo, revision]) if (repo, revision) in self.past else None
+
+    def push(self, repo: str, files: dict[str, bytes], commit: str) -> None:
+        """A new commit on ``main``; the one before stays reachable by its id."""
+        self.past[repo, self.heads.get(repo, COMMIT)] = self.repos[repo]
+        self.repos[repo], self.heads[repo] = files, commit
+
+    def listing(self, repo: str, revision: str = "main") -> dict:
         rows = []
-        for path, data in self.repos[repo].items():
+        commit, files = self.at(repo, revision) or ("", {})
+        for path, data in files.items():
             row: dict = {"rfilename": path, "size": len(data), "blobId": git_sha1(data)}
             if is_lfs(path):  # the blob id is then the pointer's; the content's sha256 is in lfs
                 sha = hashlib.sha256(data).hexdigest()
@@ -83,7 +98,7 @@ class Hub:
                     "lfs": {"sha256": sha, "size": len(data), "pointerSize": 134},
                 }
             rows.append(row)
-        return {"id": repo, "sha": COMMIT, "private": False, "siblings": rows + self.extra_rows}
+        return {"id": repo, "sha": commit, "private": False, "siblings": rows + self.extra_rows}
 
     def fault(self, method: str, path: str):
         with self.lock:
@@ -117,15 +132,19 @@ def handler_for(hub: Hub):
                 hub.listings += 1
                 if api[1] not in hub.repos:
                     return self.answer(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
-                if unquote(api[2]) not in ("main", COMMIT):
+                if hub.at(api[1], unquote(api[2])) is None:
                     return self.answer(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
                 if fail := hub.fault("GET", "listing"):
                     return self.answer(fail, b"try again")
                 assert parse_qs(url.query).get("blobs") == ["true"], url.query  # sizes and hashes are asked for
-                return self.answer(200, json.dumps(hub.listing(api[1])).encode(), {"Content-Type": "application/json"})
+                listing = hub.listing(api[1], unquote(api[2]))
+                return self.answer(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
             file = re.fullmatch(r"/(cdn/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", url.path)
             path = unquote(file[4]) if file else ""
-            data = hub.repos.get(file[2], {}).get(path) if file and unquote(file[3]) == COMMIT else None
+            # files are asked for at the listing's commit, never at "main"
+            found = hub.at(file[2], unquote(file[3])) if file and unquote(file[3]) != "main" else None
+            commit, files = found or (COMMIT, {})
+            data = files.get(path)
             if data is None:
                 return self.answer(404, b"not found", {"X-Error-Code": "EntryNotFound"} if file else {})
             if hub.cdn and is_lfs(path) and not file[1]:
@@ -135,7 +154,7 @@ def handler_for(hub: Hub):
                     b"",
                     {
                         "Location": f"{hub.cdn}/cdn{url.path}",
-                        "X-Repo-Commit": COMMIT,
+                        "X-Repo-Commit": commit,
                         "X-Linked-Etag": f'"{sha}"',
                         "X-Linked-Size": str(len(data)),
                     },
@@ -154,11 +173,11 @@ def handler_for(hub: Hub):
                 start, end, status = int(a), min(len(data), int(b) + 1 if b else len(data)), 206
             self.send_response(status)
             self.send_header("Content-Length", str(end - start))
-            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("X-Repo-Commit", commit)
             if is_lfs(path):  # what the hub says of an LFS file (it would also redirect to a CDN)
-                self.send_header("X-Linked-Etag", f'"{hashlib.sha256(hub.repos[file[2]][path]).hexdigest()}"')
+                self.send_header("X-Linked-Etag", f'"{hashlib.sha256(files[path]).hexdigest()}"')
                 self.send_header("X-Linked-Size", str(len(data)))
-            self.send_header("ETag", f'"{git_sha1(hub.repos[file[2]][path])}"')
+            self.send_header("ETag", f'"{git_sha1(files[path])}"')
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
             self.end_headers()
@@ -331,7 +350,7 @@ def test_an_interrupted_run_keeps_the_finished_files_and_fetches_the_rest_again(
     """Nothing resumes across runs (huggingface_hub deletes its temporary file when a download fails): the next run
     fetches the unfinished file from its first byte, and only what is missing."""
     hub.faults[("GET", UNET)] = [("drop", 3_000_000), 503]  # the library resumes after the drop; the 503 ends it
-    with pytest.raises(WeightsFetchError, match=f"{UNET}: HTTP 503 from .*gave up after 1 attempts; run the command"):
+    with pytest.raises(WeightsFetchError, match=f"{UNET}: HTTP 503 from .*gave up after 1 attempts; trying again"):
         fetch(hub, tmp_path, attempts=1)
     folder = tmp_path / "tiny-hub"
     assert not (folder / UNET).exists() and list(tmp_path.iterdir()) == [folder]  # no partial file, no staging

@@ -23,6 +23,7 @@ from lora_core.catalog.registry import (
     SamplingDefaults as SamplingDefaults,
     get_checkpoint as get_checkpoint,
     is_hub_id as is_hub_id,
+    split_hub_id as split_hub_id,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

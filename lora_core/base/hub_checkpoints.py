@@ -3,15 +3,17 @@
 A diffusers repository, or one holding a single ``.safetensors``, is chosen, downloaded and checked as
 ``lora-studio weights fetch`` does it (``weights_fetch.fetch_listed``: safetensors only, every listed path checked,
 the sha256 or git sha1 of every file), under the checkpoint size cap, from ``HF_ENDPOINT`` with ``HF_TOKEN``: the
-host is the operator's, only the repository is the user's. Which commit ``main`` is gets asked again after the
-fetcher's TTL (24 h); in between, a prediction asks the hub nothing. One lock per repository across processes; the
-least recently used repositories go when the cache passes its bound.
+host is the operator's, only the repository is the user's. ``owner/name@revision`` takes a branch, a tag or a commit
+(``main`` without it). Which commit a branch or tag is gets asked again after the fetcher's TTL (24 h); in between, a
+prediction asks the hub nothing, and a commit, which never changes, is never asked again. A repository's folder keeps
+the files of the commits its revisions were last found at; a revision unused for the TTL is forgotten, and a commit
+no revision names is removed. One lock per repository across processes; the least recently used repositories go
+when the cache passes its bound.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from lora_core.catalog import families
 from lora_core.net.fetch import FetchPolicy, file_lock
 
 Layout = Literal["diffusers", "single_file"]
+REFS = "refs.json"
 
 
 @dataclass(frozen=True)
@@ -35,34 +38,44 @@ class HubFiles:
 
 
 class HubCache:
-    """Hub repositories under ``policy.cache_dir / "hub"``, one folder per repository holding its latest commit."""
+    """Hub repositories under ``policy.cache_dir / "hub"``: one folder per repository, holding a commit's files per
+    revision asked for and ``refs.json`` (revision → its commit's files, when checked, when last used)."""
 
     def __init__(self, policy: FetchPolicy, log: Callable[[str], None] = print) -> None:
         self.policy, self.log = policy, log
         self.root = policy.cache_dir / "hub"
 
-    def get(self, repo: str) -> HubFiles:
-        """``repo``'s files at its ``main``; raises ``HubError`` or ``WeightsFetchError`` with a sentence."""
+    def get(self, repo: str, revision: str = "main") -> HubFiles:
+        """``repo``'s files at ``revision``; raises ``HubError`` or ``WeightsFetchError`` with a sentence."""
         folder = self.root / repo.replace("/", "--")
         with self._lock(folder.name):
-            memo = _read(folder / "main.json")
-            if memo and time.time() - memo["checked_at"] < self.policy.ttl_s and (folder / memo["path"]).exists():
-                os.utime(folder / "main.json")  # LRU: recently used
-                return HubFiles(memo["layout"], folder / memo["path"], memo["commit"], 0)
-            files = self._fetch(repo, folder)
-            memo = {"layout": files.layout, "path": files.path.name, "commit": files.commit, "checked_at": time.time()}
-            (folder / "main.json").write_text(json.dumps(memo))
-            for old in folder.iterdir():  # an earlier commit's files
-                if old.name not in (files.path.name, "main.json"):
+            refs = _read(folder / REFS) or {}
+            now = time.time()
+            ref = refs.get(revision)
+            if (
+                ref is not None
+                and (ref["commit"] == revision or now - ref["checked_at"] < self.policy.ttl_s)
+                and (folder / ref["path"]).exists()
+            ):
+                files = HubFiles(ref["layout"], folder / ref["path"], ref["commit"], 0)
+            else:
+                files = self._fetch(repo, revision, folder)
+                ref = {"layout": files.layout, "path": files.path.name, "commit": files.commit, "checked_at": now}
+            refs = {r: v for r, v in refs.items() if now - v.get("used_at", 0) < self.policy.ttl_s}
+            refs[revision] = ref | {"used_at": now}  # the LRU's clock too: the file's time is the repository's use
+            _write(folder / REFS, refs)
+            kept = {v["path"] for v in refs.values()} | {REFS}
+            for old in folder.iterdir():  # commits no revision names any more
+                if old.name not in kept:
                     shutil.rmtree(old) if old.is_dir() else old.unlink()
         self._prune(keep=folder)
         return files
 
-    def _fetch(self, repo: str, folder: Path) -> HubFiles:
+    def _fetch(self, repo: str, revision: str, folder: Path) -> HubFiles:
         from lora_core.base import weights_fetch
         from lora_core.base.hub_listing import list_repo
 
-        options = weights_fetch.FetchOptions.from_env()
+        options = weights_fetch.FetchOptions.from_env(revision=revision)
         listing = list_repo(repo, options, self.log)
         paths = {e.path for e in listing.files}
         layout: Layout = "diffusers" if "model_index.json" in paths else "single_file"
@@ -83,8 +96,8 @@ class HubCache:
 
     def _prune(self, keep: Path) -> None:
         """Least recently used repositories go until the cache fits its bound (never ``keep``)."""
-        folders = [f for f in self.root.iterdir() if f.is_dir() and (f / "main.json").is_file()]
-        folders.sort(key=lambda f: (f / "main.json").stat().st_mtime)
+        folders = [f for f in self.root.iterdir() if f.is_dir() and (f / REFS).is_file()]
+        folders.sort(key=lambda f: (f / REFS).stat().st_mtime)
         sizes = {f: sum(p.stat().st_size for p in f.rglob("*") if p.is_file()) for f in folders}
         total = sum(sizes.values())
         for folder in folders:
@@ -101,3 +114,10 @@ def _read(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def _write(path: Path, value: dict) -> None:
+    """Atomically: a worker killed while writing leaves the old memo, not half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)

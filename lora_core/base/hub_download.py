@@ -162,7 +162,7 @@ def _fetch(repo: str, commit: str, d: Download, staging: Path, options: HubOptio
     if problem:
         path.unlink(missing_ok=True)
         raise HubError(
-            f"{d.name} failed its checksum check: {problem}. The download was deleted; run the command again "
+            f"{d.name} failed its checksum check: {problem}. The download was deleted; try again "
             "(if it fails again, the server serves other bytes than the hub lists)"
         )
     d.target.parent.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,7 @@ def retry(call: Callable[[], T], what: str, repo: str, options: HubOptions, log:
                 raise HubError(problem) from None
             if i >= options.attempts:
                 raise HubError(
-                    f"{problem} (gave up after {i} attempts; run the command again: files already fetched are kept)"
+                    f"{problem} (gave up after {i} attempts; trying again resumes: files already fetched are kept)"
                 ) from None
             log(f"{what}: {passing}; retrying ({i}/{options.attempts - 1})")
             time.sleep(options.backoff_s * 2 ** (i - 1))
@@ -160,7 +160,10 @@ def _explain(e: BaseException, what: str, repo: str, options: HubOptions) -> str
             return f"{what}: HTTP {status}: {repo} is gated or private; accept its terms on the hub and set HF_TOKEN"
         return f"{what}: HTTP {status} from {hub}"
     if isinstance(e, FileMetadataError) or isinstance(e.__cause__, FileMetadataError):
-        return f"{what}: {hub} does not answer like a Hugging Face hub ({e.__cause__ or e}); check --endpoint"
+        return (
+            f"{what}: {hub} does not answer like a Hugging Face hub ({e.__cause__ or e}); "
+            "check the hub address (--endpoint, HF_ENDPOINT)"
+        )
     if isinstance(e, LocalEntryNotFoundError):  # what hf_hub_download raises when its HEAD failed
         return _explain(e.__cause__, what, repo, options) if e.__cause__ else f"{what}: {e}"
     if isinstance(e, httpx2.HTTPError):
@@ -182,7 +185,7 @@ def list_repo(repo: str, options: HubOptions, log: Log) -> RepoListing:
                 raise
             raise HubError(
                 f"{options.endpoint} did not answer the listing of {repo} like a Hugging Face hub "
-                f"({type(e).__name__}: {str(e)[:200]}); check --endpoint"
+                f"({type(e).__name__}: {str(e)[:200]}); check the hub address (--endpoint, HF_ENDPOINT)"
             ) from None
         files = [
             {

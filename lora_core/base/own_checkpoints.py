@@ -30,6 +30,7 @@ from lora_core.base.checkpoints import (
     holds_pickle,
     is_hub_id,
     resolve,
+    split_hub_id,
 )
 from lora_core.base.hub_download import size_text
 from lora_core.base.single_file import UNET_PREFIX
@@ -249,27 +250,32 @@ class OwnCheckpoints:
             )
         )
 
-    def _from_hub(self, repo: str) -> Checkpoint:
+    def _from_hub(self, value: str) -> Checkpoint:
         from lora_core.base.hub_listing import HubError
         from lora_core.base.weights_fetch import WeightsFetchError
 
-        label = f"base_model {repo[:100]!r}"
-        if not is_hub_id(repo):
-            raise CheckpointError(f"{label} is neither a base model's name, a URL nor a hub id like 'owner/name'")
+        label = f"base_model {value[:120]!r}"
+        if not is_hub_id(value):
+            raise CheckpointError(
+                f"{label} is neither a base model's name, a URL nor a hub id like 'owner/name' or 'owner/name@revision'"
+            )
+        repo, revision = split_hub_id(value)
         try:
-            files = hub_checkpoints.HubCache(self.fetcher.policy, self.log).get(repo)
+            files = hub_checkpoints.HubCache(self.fetcher.policy, self.log).get(repo, revision)
         except (HubError, WeightsFetchError) as e:
             raise CheckpointError(f"{label}: {e}") from None
         except OSError as e:  # a full or read-only cache disk: the operator's to fix, said in one line
             raise CheckpointError(f"{label}: the checkpoint cache cannot store it ({e})") from None
         source = f"{'the cache' if files.downloaded_bytes == 0 else 'the hub'}, commit {files.commit[:12]}"
+        if revision != files.commit:  # a branch or tag moves; the commit is what a re-run needs
+            source += f" (to keep drawing on it: {repo}@{files.commit})"
         if files.layout == "single_file":
-            return self._single_file(files.path, files.path, label, repo, source, None)
+            return self._single_file(files.path, files.path, label, value, source, None)
         family, base = folder_checkpoint(files.path, label, self.root)
         self.log(f"{label}: an {family.title} pipeline from {source}: {base.name}'s defaults")
         return base.model_copy(
             update=dict(
-                name=repo,
+                name=value,
                 description=f"{label}: an {family.title} pipeline from the hub, with {base.name}'s defaults",
                 family=family.name,
                 layout="diffusers",

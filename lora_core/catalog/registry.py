@@ -198,14 +198,23 @@ REGISTRY: dict[str, Checkpoint] = {
 
 OWN_CHECKPOINT_HINT = (
     "or give your own SD 1.x or SDXL checkpoint: the https:// URL of a single .safetensors file, "
-    "or a hub id (owner/name)"
+    "or a hub id (owner/name, or owner/name@revision for a branch, tag or commit)"
 )
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # huggingface_hub's rule, checked again when listing
+# huggingface_hub's rule for the repository (checked again when listing), then an optional @revision: a branch, a tag
+# or a commit, as ``revision=`` takes them (no "/" or "..": it becomes part of a cache folder's file name)
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(@(?P<revision>[\w.-]{1,64}))?")
 
 
 def is_hub_id(value: str) -> bool:
-    """``owner/name``, as a hub repository is named (no registry name has a slash)."""
-    return bool(_HUB_ID.fullmatch(value)) and ".." not in value and len(value) <= 96
+    """``owner/name`` or ``owner/name@revision``, as a hub repository is named (no registry name has a slash)."""
+    found = _HUB_ID.fullmatch(value)
+    return found is not None and ".." not in value and len(found["repo"]) <= 96
+
+
+def split_hub_id(value: str) -> tuple[str, str]:
+    """``owner/name@revision`` as (repository, revision); without ``@``, the revision is ``main``."""
+    repo, _, revision = value.partition("@")
+    return repo, revision or "main"
 
 
 def get_checkpoint(name: str) -> Checkpoint:
