@@ -74,7 +74,8 @@ def vae_report(vae, n: int = 64) -> dict:
     from lora_core.tiny import tiny_vae_data, tiny_world
 
     colours = tiny_vae_data.saturated_colours(n, seed=10_001)
-    crops = tiny_vae_data.held_out_crops(n, seed=10_002)
+    crops, photos = tiny_vae_data.held_out_crops(n, seed=10_002)
+    crop_copies, names = vae_round_trip(vae, crops), np.array(photos)
     world = tiny_world.sample_world(n, seed=10_003)[0]
     colour_copies = vae_round_trip(vae, colours)
     hue = tiny_eval.hue_errors_deg(colours, colour_copies)
@@ -82,7 +83,12 @@ def vae_report(vae, n: int = 64) -> dict:
         "colours_mae": round(tiny_eval.mean_abs_error(colours, colour_copies), 2),
         "colours_hue_error_max_deg": round(float(hue.max()), 1),
         "colours_hue_error_mean_deg": round(float(hue.mean()), 1),
-        "held_out_photos_mae": round(tiny_eval.mean_abs_error(crops, vae_round_trip(vae, crops)), 2),
+        "held_out_photos_mae": round(tiny_eval.mean_abs_error(crops, crop_copies), 2),
+        "held_out_photos_by_photo": {
+            name: round(tiny_eval.mean_abs_error(crops[names == name], crop_copies[names == name]), 2)
+            for name in sorted(set(photos))
+        },
+        "held_out_photos_baselines": tiny_eval.codec_baselines(crops),
         "world_mae": round(tiny_eval.mean_abs_error(world, vae_round_trip(vae, world)), 2),
     }
 

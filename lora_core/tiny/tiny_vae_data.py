@@ -55,13 +55,19 @@ def photo(name: str) -> np.ndarray:
 
 def photo_crop(rng: np.random.Generator, names: tuple[str, ...] = TRAIN_PHOTOS) -> np.ndarray:
     """A random square crop of a random photo, 1/8 to all of its short side, resized to SIZE (sometimes flipped)."""
-    image = photo(names[rng.integers(len(names))])
+    return named_photo_crop(rng, names)[1]
+
+
+def named_photo_crop(rng: np.random.Generator, names: tuple[str, ...]) -> tuple[str, np.ndarray]:
+    """``photo_crop`` and the name of the photo it came from."""
+    name = names[rng.integers(len(names))]
+    image = photo(name)
     h, w = image.shape[:2]
     side = int(rng.uniform(0.125, 1.0) * min(h, w))
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
     crop = Image.fromarray(image[y : y + side, x : x + side]).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
     out = np.asarray(crop)
-    return out[:, ::-1].copy() if rng.random() < 0.5 else out
+    return name, out[:, ::-1].copy() if rng.random() < 0.5 else out
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -143,10 +149,12 @@ def colour_pictures(n: int, seed: int, photo_share: float = 0.4) -> np.ndarray:
     return out
 
 
-def held_out_crops(n: int, seed: int) -> np.ndarray:
-    """Crops of the photos no training ever sees: what the round-trip figures are measured on."""
+def held_out_crops(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Crops of the photos no training ever sees (what the round-trip figures are measured on), and the photo each
+    came from."""
     rng = np.random.default_rng(seed)
-    return np.stack([photo_crop(rng, HELD_OUT_PHOTOS) for _ in range(n)])
+    names, crops = zip(*(named_photo_crop(rng, HELD_OUT_PHOTOS) for _ in range(n)), strict=True)
+    return np.stack(crops), list(names)
 
 
 def saturated_colours(n: int, seed: int) -> np.ndarray:
