@@ -265,8 +265,10 @@ def test_a_commit_stays_as_it_was_when_main_moves_on(hub, tmp_path):
         ("org/tiny@v1.0", True),
         (f"org/tiny@{COMMIT}", True),
         ("org/tiny@", False),
-        ("org/tiny@refs/pr/1", False),  # a "/" would reach a cache file's name
+        ("org/tiny@refs/pr/1", True),  # a pull request's ref
         ("org/tiny@..", False),
+        ("org/tiny@v1/../../x", False),
+        ("org/tiny@/main", False),
         ("org/tiny@a b", False),
         ("org/tiny@v1@v2", False),
     ],

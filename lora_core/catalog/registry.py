@@ -200,9 +200,10 @@ OWN_CHECKPOINT_HINT = (
     "or give your own SD 1.x or SDXL checkpoint: the https:// URL of a single .safetensors file, "
     "or a hub id (owner/name, or owner/name@revision for a branch, tag or commit)"
 )
-# huggingface_hub's rule for the repository (checked again when listing), then an optional @revision: a branch, a tag
-# or a commit, as ``revision=`` takes them (no "/" or "..": it becomes part of a cache folder's file name)
-_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(@(?P<revision>[\w.-]{1,64}))?")
+# huggingface_hub's rule for the repository (checked again when listing), then an optional @revision: a branch, a tag,
+# a commit or a pull request's ref (refs/pr/1), as ``revision=`` takes them. huggingface_hub quotes it whole in the
+# listing's URL; the files are then asked for by the commit the listing names, and the cache's folders are named by it.
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(@(?P<revision>\w[\w./-]{0,99}))?")
 
 
 def is_hub_id(value: str) -> bool:
