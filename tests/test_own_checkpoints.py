@@ -223,6 +223,18 @@ def test_a_hub_id_draws_as_its_registry_base(generator, hub, repo, name, capsys)
     assert np.array_equal(own, again)
 
 
+@pytest.mark.medium
+@pytest.mark.parametrize("repo", ["org/tiny", "org/single"])
+def test_a_lora_trained_on_a_hub_branch_names_the_commit(repo, hub, tmp_path_factory):
+    """Trained on ``owner/name`` (its main), the LoRA's metadata names ``owner/name@<commit>``: "Use this LoRA"
+    then draws on the weights it learned on, wherever main has gone since."""
+    trainer = local_trainer(tmp_path_factory.mktemp("hub-train-cache"))
+    zip_path = zip_images(tmp_path_factory.mktemp("hub-zip") / "stars.zip", purple_stars())
+    given = dict(task="object", seed=0, max_train_steps=4, checkpoints=1, prior_images=0, grid_steps=2)
+    out = call_predictor(trainer, instance_data=zip_path, base_model=repo, **given)
+    assert lora_file.read_lora(out.lora)[1]["lora_studio.base_model"] == f"{repo}@{COMMIT}"
+
+
 def test_what_a_hub_id_cannot_give_fails_with_one_sentence(generator, hub, tmp_path):
     with pytest.raises(checkpoints.CheckpointError, match=r"^base_model 'org/nope': .*org/nope") as failed:
         call_predictor(generator, prompt="x", base_model="org/nope")

@@ -176,6 +176,14 @@ def folder_checkpoint(path: Path, label: str, root: Path | None = None) -> tuple
     return family, fit[0] if fit else next(c for c in REGISTRY.values() if c.family == family.name and c.source)
 
 
+def recorded_name(checkpoint: Checkpoint) -> str:
+    """How a LoRA's metadata names the base it was trained on, so "Use this LoRA" draws on the same weights: a
+    registry name as it is, a URL without its query (``shareable``), a hub id at the commit it was trained on."""
+    if is_hub_id(checkpoint.name) and checkpoint.source and is_hub_id(checkpoint.source):
+        return checkpoint.source
+    return shareable(checkpoint.name)
+
+
 def shareable(url: str) -> str:
     """``url`` without its query and fragment: a signed URL's token does not go into files that others see."""
     parts = urlsplit(url)
@@ -227,15 +235,16 @@ class OwnCheckpoints:
         except fetch.FetchError as e:
             raise CheckpointError(f"{label}: {e}") from None
         source = f"{'the cache' if fetched.downloaded_bytes == 0 else 'a download'}, sha256 {fetched.sha256[:12]}"
-        return self._single_file(fetched.path, self._named(fetched), label, url, source, fetched.sha256)
+        return self._single_file(fetched.path, self._named(fetched), label, url, source, shareable(url), fetched.sha256)
 
     def _single_file(
-        self, path: Path, named: Path, label: str, value: str, source: str, sha256: str | None
+        self, path: Path, named: Path, label: str, value: str, found_in: str, origin: str, sha256: str | None
     ) -> Checkpoint:
+        """``found_in``: where the log says it came from; ``origin``: where it comes from again (``recorded_name``)."""
         sizes = read_sizes(path, label)
         base, folder = fitting_base(sizes, label, self.root)
         self.log(
-            f"{label}: {size_text(path.stat().st_size)} from {source}, {sizes.family.title} ({sizes.describe()}): "
+            f"{label}: {size_text(path.stat().st_size)} from {found_in}, {sizes.family.title} ({sizes.describe()}): "
             f"{base.name}'s configuration and defaults"
         )
         return base.model_copy(
@@ -245,7 +254,7 @@ class OwnCheckpoints:
                 layout="single_file",
                 path=str(named),
                 config=str(folder),
-                source=shareable(value),
+                source=origin,
                 sha256=sha256,
             )
         )
@@ -267,10 +276,11 @@ class OwnCheckpoints:
         except OSError as e:  # a full or read-only cache disk: the operator's to fix, said in one line
             raise CheckpointError(f"{label}: the checkpoint cache cannot store it ({e})") from None
         source = f"{'the cache' if files.downloaded_bytes == 0 else 'the hub'}, commit {files.commit[:12]}"
+        pinned = f"{repo}@{files.commit}"  # what a LoRA trained on it names (``recorded_name``)
         if revision != files.commit:  # a branch or tag moves; the commit is what a re-run needs
-            source += f" (to keep drawing on it: {repo}@{files.commit})"
+            source += f" (to keep drawing on it: {pinned})"
         if files.layout == "single_file":
-            return self._single_file(files.path, files.path, label, value, source, None)
+            return self._single_file(files.path, files.path, label, value, source, pinned, None)
         family, base = folder_checkpoint(files.path, label, self.root)
         self.log(f"{label}: an {family.title} pipeline from {source}: {base.name}'s defaults")
         return base.model_copy(
@@ -281,7 +291,7 @@ class OwnCheckpoints:
                 layout="diffusers",
                 path=str(files.path),
                 config=None,
-                source=repo,
+                source=pinned,
                 sha256=None,
             )
         )

@@ -126,7 +126,7 @@ def run_training(
 
     prompt = preset.caption_template.format(tokens="<1>")
     metadata = lora_file.lora_metadata(
-        base_model=own_checkpoints.shareable(checkpoint.name),  # a signed URL's token stays out of a shared file
+        base_model=own_checkpoints.recorded_name(checkpoint),  # no signed URL's token; a hub id's commit
         base_family=checkpoint.family,
         base_hash=base_hash,
         task=preset.name,
