@@ -178,10 +178,11 @@ def folder_checkpoint(path: Path, label: str, root: Path | None = None) -> tuple
 
 def recorded_name(checkpoint: Checkpoint) -> str:
     """How a LoRA's metadata names the base it was trained on, so "Use this LoRA" draws on the same weights: a
-    registry name as it is, a URL without its query (``shareable``), a hub id at the commit it was trained on."""
-    if is_hub_id(checkpoint.name) and checkpoint.source and is_hub_id(checkpoint.source):
+    registry base by its name, a user's own by the ``source`` ``OwnCheckpoints`` gave it (a URL without its query, a
+    hub id at the commit it was trained on)."""
+    if checkpoint.name not in REGISTRY and checkpoint.source:
         return checkpoint.source
-    return shareable(checkpoint.name)
+    return checkpoint.name
 
 
 def shareable(url: str) -> str:
