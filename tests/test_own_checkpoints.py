@@ -5,6 +5,7 @@ pickle, a truncated download, a VAE, a LoRA, a refiner, an inpainting model, one
 fails that one prediction with one sentence."""
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -291,6 +292,19 @@ def test_which_hub_ids_the_service_takes(value, ok):
 
     assert checkpoints.is_hub_id(value) is ok
     assert (models._base_model_problems({"base_model": value}) == []) is ok
+
+
+def test_a_cache_folder_from_before_revisions_is_still_dropped_by_the_lru(hub, tmp_path):
+    """A repository the cache held before revisions (its memo ``main.json``, no ``refs.json``) still counts towards
+    the bound and goes first when it was used least recently."""
+    old = tmp_path / "hub" / "org--old"
+    (old / COMMIT[:12]).mkdir(parents=True)
+    (old / COMMIT[:12] / "model.safetensors").write_bytes(bytes(8 * 2**20))
+    (old / hub_checkpoints.LEGACY_MEMO).write_text("{}")
+    os.utime(old / hub_checkpoints.LEGACY_MEMO, (1, 1))  # used long ago
+    policy = fetch.FetchPolicy(cache_dir=tmp_path, cache_max_bytes=12 * 2**20)  # room for org/tiny, not both
+    tiny = hub_checkpoints.HubCache(policy, log=lambda _: None).get("org/tiny")
+    assert tiny.path.is_dir() and not old.exists()
 
 
 def test_the_hub_cache_keeps_the_latest_commit_and_drops_the_least_recently_used(hub, tmp_path):

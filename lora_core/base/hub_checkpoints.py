@@ -27,6 +27,7 @@ from lora_core.net.fetch import FetchPolicy, file_lock
 
 Layout = Literal["diffusers", "single_file"]
 REFS = "refs.json"
+LEGACY_MEMO = "main.json"  # the memo of caches written before revisions: still counted and dropped by the LRU
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,8 @@ class HubCache:
 
     def _prune(self, keep: Path) -> None:
         """Least recently used repositories go until the cache fits its bound (never ``keep``)."""
-        folders = [f for f in self.root.iterdir() if f.is_dir() and (f / REFS).is_file()]
-        folders.sort(key=lambda f: (f / REFS).stat().st_mtime)
+        memos = {f: m for f in self.root.iterdir() for m in (f / REFS, f / LEGACY_MEMO) if f.is_dir() and m.is_file()}
+        folders = sorted(memos, key=lambda f: memos[f].stat().st_mtime)
         sizes = {f: sum(p.stat().st_size for p in f.rglob("*") if p.is_file()) for f in folders}
         total = sum(sizes.values())
         for folder in folders:
