@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,11 @@ from unittest import mock
 
 import requests
 
+from lora_core.service.workers.cog_process import free_port as free_port  # the service's own
+
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("succeeded", "failed", "canceled")
 WORKER_TOKEN = "test-worker-token"  # the operators' credential: /internal/health shows the workers with it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServiceProcess:

@@ -13,7 +13,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import pytest
 
 from lora_core import cli
 from lora_core.base import checkpoints, sampling
+from lora_core.service.workers import cog_process
 from lora_core.tools import cog_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -745,9 +745,7 @@ SERVED_TRAIN = """
 @contextlib.contextmanager
 def cog_server(cwd: Path, ref: str, train: bool = False):
     """``python -m cog.server.http`` in ``cwd``, the venv's bin first on PATH (coglet spawns ``python``)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = cog_process.free_port()
     env = {
         **os.environ,
         "PORT": str(port),

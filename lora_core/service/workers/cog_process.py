@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,10 +28,35 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+PORTS_FROM = 20_000  # above the usual fixed ports (8000, 9000, 5432, 6379, 11211…)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free local port for a server about to start, drawn below the kernel's ephemeral range.
+
+    Binding port 0 would hand out an ephemeral port, and the kernel gives that same range to outgoing connections'
+    source ports: one found that way can be taken before the server binds it (seen in CI: a Cog server's "address
+    already in use"). Below the range only servers take ports; random ones are tried until one binds."""
+    low = _ephemeral_low()
+    for _ in range(200) if low - PORTS_FROM >= 1000 else ():
+        port = random.randrange(PORTS_FROM, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a kernel with a wide ephemeral range, or a crowded machine: any free port
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 class CogProcess:
